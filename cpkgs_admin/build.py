@@ -1,0 +1,439 @@
+"""`cpkgs new-env`: the pipeline of DESIGN.md, one function per step.
+
+spec -> solve -> stage (hidden 0700 dir in the same envs/, final prefix patched in) -> post-process -> verify ->
+seal -> publish (rename, record, generated files, audit). A kill at any moment leaves at most a hidden staging dir
+that the next run for that name removes; the lock is a lease that a dead owner does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin import __version__
+from cpkgs_admin.errors import BuildError, EnvExists, SpecError, UsageError
+from cpkgs_admin.locking import atomic_write, atomic_write_json, audited, current_user, env_locked
+from cpkgs_admin.names import EnvName
+from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
+from cpkgs_admin.site import Site
+from cpkgs_admin.spec import (
+    Spec,
+    apply_changes,
+    check_sources,
+    from_environment_file,
+    from_family,
+    read_explicit,
+    validate_specs,
+)
+
+Log = Callable[[str], None] | None
+STAGING_PREFIX = ".staging-"
+EMBEDDED_RECORD = "conda-meta/cpkgs-record.json"
+PKG_LIST = "list-of-pkgs-inside.txt"
+EXPLICIT_LOCK = "conda-meta/explicit.txt"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    name: EnvName
+    specs: tuple[str, ...] = ()
+    spec_file: Path | None = None
+    from_env: str | None = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    lock_file: Path | None = None
+    channels: tuple[str, ...] = ()
+    platform: str | None = None
+    overrides: tuple[str, ...] = ()
+    dry_run: bool = False
+
+
+@dataclass
+class BuildResult:
+    name: str
+    platform: str
+    prefix: str
+    packages: list[PackageEntry]
+    dry_run: bool = False
+    file_count: int = 0
+    size: int = 0
+    seconds: float = 0.0
+    restored: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "prefix": self.prefix,
+            "dry_run": self.dry_run,
+            "file_count": self.file_count,
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "packages": [
+                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256}
+                for p in self.packages
+            ],
+        }
+
+
+# ----------------------------------------------------------------------------------------------------- 1. spec
+
+
+def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list[Any]]:
+    """(spec, locked records for --from). --lock is handled separately."""
+    check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
+    if req.from_env:
+        from cpkgs_admin.envs import get_record
+
+        old = get_record(site, req.from_env, subdir)
+        validate_specs(req.add)
+        specs = apply_changes(tuple(old.requested_specs), req.add, req.remove)
+        removed = set()
+        for r in req.remove:
+            from cpkgs_admin.spec import spec_name
+
+            removed.add(spec_name(r))
+        missing = removed - {p.name for p in old.packages}
+        if missing:
+            raise SpecError(f"--remove {', '.join(sorted(missing))}: not in {old.name}")
+        locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
+        spec = Spec(specs=specs, channels=tuple(old.channels), source=f"--from {old.name}", extends=tuple(old.extends))
+        return spec, locked
+    if req.spec_file:
+        spec = from_environment_file(req.spec_file)
+        if req.specs:
+            spec = Spec(
+                specs=spec.specs + validate_specs(req.specs), channels=spec.channels, source=spec.source, sha256=spec.sha256
+            )
+        return spec, []
+    if req.specs:
+        return Spec(specs=validate_specs(req.specs), source="command line"), []
+    return from_family(site.specs_dir, req.name.family), []
+
+
+def _prefix_records(prefix: Path) -> list[Any]:
+    from rattler import PrefixRecord
+
+    out = []
+    for p in sorted((prefix / "conda-meta").glob("*.json")):
+        if not p.name.startswith("cpkgs-"):
+            with contextlib.suppress(Exception):
+                out.append(PrefixRecord.from_path(p))
+    return out
+
+
+def package_entries(records: list[Any]) -> list[PackageEntry]:
+    out = []
+    for r in sorted(records, key=lambda r: r.name.normalized):
+        out.append(
+            PackageEntry(
+                name=r.name.normalized,
+                version=str(r.version),
+                build=str(r.build),
+                channel=str(r.channel or ""),
+                sha256=r.sha256.hex() if r.sha256 else "",
+                md5=r.md5.hex() if r.md5 else "",
+                url=str(r.url),
+                subdir=str(r.subdir),
+                filename=str(r.file_name),
+                depends=tuple(r.depends),
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- 3. stage
+
+
+def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
+    """Under the name lock, any staging dir for NAME belongs to a run that died: remove it."""
+    from cpkgs_admin.seal import make_removable
+
+    if not envs_dir.is_dir():
+        return
+    for entry in os.scandir(envs_dir):
+        if entry.name.startswith(f"{STAGING_PREFIX}{name}-") and entry.is_dir(follow_symlinks=False):
+            doomed = Path(entry.path)
+            if log:
+                log(f"removing leftover staging dir {doomed.name} of an interrupted run")
+            with contextlib.suppress(OSError):
+                make_removable(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+
+def check_space(path: Path, records: list[Any]) -> None:
+    import psutil
+
+    # .conda archives are zstd: unpacked trees are typically 3-5x larger; count 4x plus the cached archive.
+    archive = sum(int(r.size or 0) for r in records)
+    need = archive * 5
+    free = psutil.disk_usage(str(path)).free
+    if need > free:
+        raise BuildError(
+            f"not enough space on {path}: about {need // 2**20} MiB needed, {free // 2**20} MiB free"
+        )
+
+
+def install_into(
+    records: list[Any], staging: Path, final: Path, subdir: str, cache_dir: Path, specs: list[str], progress: bool
+) -> None:
+    from rattler import Config, MatchSpec, Platform, install
+
+    # Copies only: a hard link would tie the sealed env to the package cache, and a later chmod or edit of one
+    # would change the other.
+    config = Config.from_toml("allow-hard-links = false\nallow-symbolic-links = false\n")
+    native = subdir == _native()
+
+    async def run() -> None:
+        await install(
+            records,
+            target_prefix=staging,
+            cache_dir=cache_dir,
+            installed_packages=[],
+            platform=Platform(subdir),
+            execute_link_scripts=native,
+            show_progress=progress,
+            requested_specs=[MatchSpec(s) for s in specs] if specs else None,
+            alternative_target_prefix=final,
+            config=config,
+        )
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise BuildError(f"install into {staging.name} failed: {text[0] if text else type(exc).__name__}") from None
+
+
+def _native() -> str:
+    from cpkgs_admin.site import native_subdir
+
+    return native_subdir()
+
+
+# ----------------------------------------------------------------------------------------------------- 4. post-process
+
+
+def explicit_text(packages: list[PackageEntry], subdir: str) -> str:
+    lines = [
+        f"# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
+        f"# platform: {subdir}",
+        "@EXPLICIT",
+    ]
+    for p in packages:
+        lines.append(f"{p.url}#{p.sha256}" if p.sha256 else (f"{p.url}#{p.md5}" if p.md5 else p.url))
+    return "\n".join(lines) + "\n"
+
+
+def pkg_list_text(packages: list[PackageEntry]) -> str:
+    rows = [("# name", "version", "build", "channel")] + [(p.name, p.version, p.build, p.channel) for p in packages]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+
+
+def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
+    """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written."""
+    from cpkgs_admin.integrations import write_env_integrations
+
+    written: dict[str, str] = {
+        PKG_LIST: pkg_list_text(record.packages),
+        EXPLICIT_LOCK: explicit_text(record.packages, record.platform),
+    }
+    for rel, text in written.items():
+        atomic_write(staging / rel, text, 0o644)
+    extra = write_env_integrations(staging, final, record)
+    return [*written, *extra]
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+
+
+def _tree_size(prefix: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _d, filenames in os.walk(prefix):
+        for n in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, n))
+                files += 1
+                size += st.st_size
+    return files, size
+
+
+def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None:
+    """Raise EnvExists when NAME is taken; return an embedded record to restore when a run died after publishing."""
+    from cpkgs_admin.records import load_record_file, record_from_json
+
+    rec_path = site.record_path(name, subdir)
+    if rec_path.exists():
+        rec = load_record_file(rec_path)
+        raise EnvExists(
+            f"environment {name} ({subdir}) already exists (status {rec.status}); environments are immutable: "
+            "build a new version"
+        )
+    prefix = site.env_prefix(name, subdir)
+    if prefix.exists() or prefix.is_symlink():
+        embedded = prefix / EMBEDDED_RECORD
+        if embedded.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                return record_from_json(json.loads(embedded.read_bytes()), embedded)
+        raise EnvExists(f"{prefix} exists but has no cpkgs record; remove it by hand or choose another name")
+    return None
+
+
+def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    name = req.name.name
+    subdir = req.platform or site.default_subdir()
+    if subdir not in site.config.platforms:
+        raise UsageError(
+            f"platform {subdir} is not served by this site (platforms: {', '.join(site.config.platforms)}); "
+            "add it with 'cpkgs init --platform'"
+        )
+    from cpkgs_admin.solve import check_channels, env_overrides, parse_overrides, resolve_lock, solve, virtual_packages
+
+    overrides = {**site.config.virtual_packages, **env_overrides(), **parse_overrides(req.overrides)}
+    repodata_cache = site.pkgs_cache_dir / "repodata" if os.access(site.state_dir, os.W_OK) else None
+
+    if req.lock_file:
+        check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
+        lock = read_explicit(req.lock_file)
+        if lock.platform and lock.platform != subdir and not req.platform:
+            subdir = lock.platform
+        channels = check_channels(req.channels or site.config.channels or ())  if (req.channels or site.config.channels) else []
+        if log:
+            log(f"resolving {len(lock.packages)} locked packages")
+        records = resolve_lock(lock, channels, subdir, repodata_cache)
+        spec = Spec(specs=(), channels=tuple(channels), source=f"--lock {req.lock_file}")
+        requested: list[str] = []
+    else:
+        spec, locked = resolve_spec(site, req, subdir)
+        if not spec.specs:
+            raise SpecError(f"nothing to install: {spec.source} lists no dependencies")
+        channels = check_channels(req.channels or spec.channels or site.config.channels)
+        if log:
+            log(f"solving {' '.join(spec.specs)} for {subdir}")
+        records = solve(channels, spec.specs, subdir, virtual_packages(subdir, overrides), locked, repodata_cache)
+        requested = list(spec.specs)
+    timings["solve"] = time.monotonic() - t0
+    packages = package_entries(records)
+    final = site.env_prefix(name, subdir)
+    if req.dry_run:
+        return BuildResult(name=name, platform=subdir, prefix=str(final), packages=packages, dry_run=True,
+                           seconds=time.monotonic() - t0, timings=timings)
+
+    existing_env_problem(site, name, subdir)  # fail fast, before waiting for a lock
+    envs_dir = site.envs_dir(subdir)
+    if not envs_dir.is_dir():
+        raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")
+    with env_locked(site, name, subdir):
+        restore = existing_env_problem(site, name, subdir)
+        if restore is not None:
+            # A run died after the rename: the env is complete and sealed; only its record is missing.
+            save_record(site.record_path(name, subdir), restore)
+            audited(site, "new-env", env=name, platform=subdir, result="record restored")
+            files, size = restore.file_count, restore.size
+            return BuildResult(name=name, platform=subdir, prefix=str(final), packages=restore.packages,
+                               file_count=files, size=size, seconds=time.monotonic() - t0, restored=True)
+        clean_stale_staging(envs_dir, name, log)
+        check_space(envs_dir, records)
+        staging = envs_dir / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}"
+        try:
+            os.mkdir(staging, 0o700)
+        except PermissionError:
+            raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
+        try:
+            t = time.monotonic()
+            install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress)
+            os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
+            timings["install"] = time.monotonic() - t
+
+            t = time.monotonic()
+            record = EnvRecord(
+                name=name,
+                family=req.name.family,
+                version=req.name.version,
+                platform=subdir,
+                prefix=str(final),
+                requested_specs=requested,
+                channels=list(channels),
+                packages=packages,
+                creator=current_user(),
+                host=socket.gethostname(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                cpkgs_version=__version__,
+                size=0,
+                file_count=0,
+                spec_source=spec.source,
+                spec_sha256=spec.sha256,
+                extends=list(spec.extends),
+                virtual_packages=overrides,
+            )
+            site_files = post_process(staging, final, record)
+            from cpkgs_admin.verify import EXECUTABLES_LIST, executables_at_publish, site_manifest
+
+            manifest = site_manifest(staging, site_files)
+            executables = executables_at_publish(staging)
+            record.file_count, record.size = _tree_size(staging)
+            record.file_count += 3  # the manifest, the executables list and the embedded record below
+            atomic_write_json(staging / "conda-meta" / "cpkgs-site-files.json", manifest)
+            atomic_write_json(staging / EXECUTABLES_LIST, executables)
+            atomic_write_json(staging / EMBEDDED_RECORD, record.to_json())
+            timings["post"] = time.monotonic() - t
+
+            t = time.monotonic()
+            from cpkgs_admin.verify import check_integrity
+
+            problems, _n, _b = check_integrity(staging)
+            if problems:
+                p = problems[0]
+                raise BuildError(
+                    f"verify failed before publishing {name}: {p.kind} {p.path} ({p.detail})"
+                    + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
+                )
+            timings["verify"] = time.monotonic() - t
+
+            t = time.monotonic()
+            from cpkgs_admin.seal import seal_tree
+
+            seal_tree(staging, site.admin_gid())
+            timings["seal"] = time.monotonic() - t
+
+            t = time.monotonic()
+            # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed one.
+            os.rename(staging, final)
+        except BaseException:
+            from cpkgs_admin.seal import make_removable
+
+            with contextlib.suppress(OSError):
+                make_removable(staging)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        save_record(site.record_path(name, subdir), record)
+        from cpkgs_admin.integrations import publish_outside
+
+        publish_outside(site, record)
+        audited(site, "new-env", env=name, platform=subdir, packages=len(packages), result="ok")
+        timings["publish"] = time.monotonic() - t
+    return BuildResult(
+        name=name,
+        platform=subdir,
+        prefix=str(final),
+        packages=packages,
+        file_count=record.file_count,
+        size=record.size,
+        seconds=time.monotonic() - t0,
+        timings=timings,
+    )

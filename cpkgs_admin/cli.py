@@ -1,0 +1,587 @@
+"""Command line: one click group, one thin function per command.
+
+The only module that prints or exits. Every command parses its options, calls one core function, and renders the
+value it returns as a table or (with --json) as one JSON document. Core errors are CpkgsError subclasses carrying
+their exit code; they become one line on stderr. Tracebacks only with -v.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from cpkgs_admin import __version__
+from cpkgs_admin.errors import CheckFailed, CpkgsError, NotImplementedYet
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_state: dict[str, Any] = {"verbose": 0, "quiet": False}
+
+
+class Ctx:
+    def __init__(self, root: str | None, verbose: int, quiet: bool) -> None:
+        from cpkgs_admin.site import resolve_root
+
+        self.root = resolve_root(root)
+        self.verbose = verbose
+        self.quiet = quiet
+
+    def site(self) -> Any:
+        from cpkgs_admin.site import open_site
+
+        return open_site(self.root)
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(msg)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(f)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def not_yet(what: str) -> NoReturn:
+    raise NotImplementedYet(f"'{what}' is not implemented yet")
+
+
+# ------------------------------------------------------------------------------------------------------------- group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--root", metavar="DIR", help="Site root (default: $CPKGS_ROOT, else /nfs/cpkgs).")
+@click.option("-v", "--verbose", count=True, help="More output; tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.version_option(__version__, prog_name="cpkgs")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None:
+    """cpkgs: a site's shared conda installation on a network drive.
+
+    Admins build sealed, versioned environments under the site root; users activate them from any Linux or macOS
+    host that mounts it (source <root>/etc/profile.d/conda.sh), from Lmod modules or from Jupyter.
+    """
+    _state["verbose"] = verbose
+    _state["quiet"] = quiet
+    ctx.obj = Ctx(root, verbose, quiet)
+
+
+# ------------------------------------------------------------------------------------------------------------- admin
+
+
+@cli.command()
+@click.option("--admin-group", metavar="G", help="Group allowed to change the site.")
+@click.option("-c", "--channel", "channels", multiple=True, metavar="CHANNEL", help="Site channel (repeatable).")
+@click.option("--platform", "platforms", multiple=True, metavar="SUBDIR", help="Platform to serve (repeatable).")
+@click.option("--force", is_flag=True, help="Use a root that is not empty and not yet a cpkgs site.")
+@json_option
+@pass_ctx
+def init(
+    c: Ctx, admin_group: str | None, channels: tuple[str, ...], platforms: tuple[str, ...], force: bool, as_json: bool
+) -> None:
+    """Create or upgrade the site tree (idempotent)."""
+    from cpkgs_admin.tree import init_site
+
+    report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    if not report.changed:
+        c.say(f"site {c.root} is up to date; nothing changed")
+        return
+    for line in report.config_changes:
+        c.say(f"config  {line}")
+    for p in report.created:
+        c.say(f"created {p}")
+    for p in report.updated:
+        c.say(f"updated {p}")
+
+
+@cli.command("new-env")
+@click.argument("name")
+@click.argument("specs", nargs=-1)
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="environment.yml to build from.")
+@click.option("--from", "from_env", metavar="OLD", help="Start from OLD's requested specs.")
+@click.option("--add", "add", multiple=True, metavar="SPEC", help="With --from: add or change a spec.")
+@click.option("--remove", "remove", multiple=True, metavar="PKG", help="With --from: drop a package.")
+@click.option("--lock", "lock_file", type=click.Path(dir_okay=False), help="Explicit lock file: exact rebuild.")
+@click.option("-c", "--channel", "channels", multiple=True, metavar="CHANNEL", help="Override the site channels.")
+@click.option("--platform", "platform", metavar="SUBDIR", help="Target another installation (e.g. osx-arm64).")
+@click.option("--override-virtual", "overrides", multiple=True, metavar="PKG=VER", help="e.g. __cuda=12.4")
+@click.option("--dry-run", is_flag=True, help="Solve and print the package table; write nothing.")
+@json_option
+@pass_ctx
+def new_env(
+    c: Ctx,
+    name: str,
+    specs: tuple[str, ...],
+    spec_file: str | None,
+    from_env: str | None,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    lock_file: str | None,
+    channels: tuple[str, ...],
+    platform: str | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Build a sealed, versioned environment NAME (e.g. ml-pyroot-2024.1)."""
+    from cpkgs_admin.build import BuildRequest, new_env as build_new_env
+    from cpkgs_admin.names import parse_name
+
+    env_name = parse_name(name)  # before anything else, even before the site is opened
+    site = c.site()
+    req = BuildRequest(
+        name=env_name,
+        specs=specs,
+        spec_file=Path(spec_file) if spec_file else None,
+        from_env=from_env,
+        add=add,
+        remove=remove,
+        lock_file=Path(lock_file) if lock_file else None,
+        channels=channels,
+        platform=platform,
+        overrides=overrides,
+        dry_run=dry_run,
+    )
+    progress = sys.stderr.isatty() and not c.quiet and not as_json
+    result = build_new_env(site, req, progress=progress, log=None if c.quiet or as_json else _log)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if dry_run:
+        click.echo(package_table(result.packages))
+        c.say(f"dry run: {len(result.packages)} packages for {name} ({result.platform}); nothing written")
+        return
+    c.say(
+        f"built {name} ({result.platform}) at {result.prefix}: {len(result.packages)} packages, "
+        f"{result.file_count} files, {human_size(result.size)} in {result.seconds:.1f}s"
+    )
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def package_table(packages: Iterable[Any]) -> str:
+    rows = [(p.name, p.version, p.build, p.channel) for p in packages]
+    return table(rows, ["name", "version", "build", "channel"])
+
+
+@cli.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include retired and removed environments.")
+@json_option
+@pass_ctx
+def list_cmd(c: Ctx, show_all: bool, as_json: bool) -> None:
+    """List environments (reads records only)."""
+    from cpkgs_admin.envs import list_envs
+
+    rows = list_envs(c.site(), show_all=show_all)
+    if as_json:
+        emit_json([r.to_json() for r in rows])
+        return
+    if not rows:
+        c.say("no environments")
+        return
+    click.echo(
+        table(
+            [(r.name, r.platform, r.status, r.created, human_size(r.size)) for r in rows],
+            ["name", "platform", "status", "created", "size"],
+        )
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--platform", metavar="SUBDIR", help="Which platform's env, when NAME exists on several.")
+@json_option
+@pass_ctx
+def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
+    """Show an environment's record and packages."""
+    from cpkgs_admin.envs import get_record
+
+    rec = get_record(c.site(), name, platform)
+    if as_json:
+        emit_json(rec.to_json())
+        return
+    fields = [
+        ("name", rec.name),
+        ("family", rec.family),
+        ("version", rec.version),
+        ("platform", rec.platform),
+        ("status", rec.status),
+        ("prefix", rec.prefix),
+        ("created", f"{rec.created} by {rec.creator} on {rec.host}"),
+        ("size", f"{human_size(rec.size)} in {rec.file_count} files"),
+        ("spec", f"{rec.spec_source or '-'}" + (f" (sha256 {rec.spec_sha256[:12]})" if rec.spec_sha256 else "")),
+        ("requested", " ".join(rec.requested_specs) or "-"),
+        ("channels", " ".join(rec.channels)),
+    ]
+    if rec.retired:
+        fields.append(("retired", f"successor {rec.retired.get('successor') or '-'}: {rec.retired.get('message') or ''}"))
+    if rec.unsealed:
+        fields.append(("unsealed", f"{rec.unsealed.get('reason')} (by {rec.unsealed.get('by')})"))
+    for k, v in fields:
+        click.echo(f"{k:10} {v}")
+    click.echo("")
+    click.echo(package_table(rec.packages))
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@json_option
+@pass_ctx
+def diff(c: Ctx, old: str, new: str, as_json: bool) -> None:
+    """Packages added, removed and changed between two environments."""
+    from cpkgs_admin.envs import diff_envs
+
+    d = diff_envs(c.site(), old, new)
+    if as_json:
+        emit_json(d.to_json())
+        return
+    rows: list[tuple[str, str, str, str]] = []
+    rows += [("+", p.name, "", f"{p.version}={p.build}") for p in d.added]
+    rows += [("-", p.name, f"{p.version}={p.build}", "") for p in d.removed]
+    rows += [("~", a.name, f"{a.version}={a.build}", f"{b.version}={b.build}") for a, b in d.changed]
+    if not rows:
+        c.say(f"{old} and {new} hold the same packages")
+        return
+    click.echo(table(rows, ["", "package", old, new]))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["explicit", "yaml"]), default="explicit", show_default=True)
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def export(c: Ctx, name: str, fmt: str, platform: str | None) -> None:
+    """Print an environment as an explicit lock file or environment.yml."""
+    from cpkgs_admin.envs import export_env
+
+    click.echo(export_env(c.site(), name, fmt, platform), nl=False)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@json_option
+@pass_ctx
+def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Check permissions and every file's integrity (exit 4 on problems)."""
+    from cpkgs_admin.verify import verify_envs
+
+    reports = verify_envs(c.site(), names)
+    problems = sum(len(r.problems) for r in reports)
+    if as_json:
+        emit_json([r.to_json() for r in reports])
+    else:
+        for r in reports:
+            for p in r.problems:
+                click.echo(f"{r.name}: {p.kind}: {p.path}: {p.detail}")
+            c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s)" + (" [unsealed]" if r.unsealed else ""))
+    if problems:
+        raise CheckFailed(f"verify found {problems} problem(s)")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def seal(c: Ctx, name: str, platform: str | None) -> None:
+    """Make an environment read-only again."""
+    from cpkgs_admin.envs import seal_env
+
+    rec = seal_env(c.site(), name, platform)
+    c.say(f"sealed {rec.name} ({rec.platform})")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def unseal(c: Ctx, name: str, reason: str, platform: str | None) -> None:
+    """Make an environment owner-writable for a maintenance window (audited)."""
+    from cpkgs_admin.envs import unseal_env
+
+    rec = unseal_env(c.site(), name, reason, platform)
+    c.say(f"unsealed {rec.name} ({rec.platform}); run 'cpkgs seal {rec.name}' when done")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--successor", metavar="NEW", help="The environment users should move to.")
+@click.option("--message", metavar="TEXT", help="Shown on activation and in modules.")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def retire(c: Ctx, name: str, successor: str | None, message: str | None, platform: str | None) -> None:
+    """Mark an environment retired (it stays usable)."""
+    from cpkgs_admin.envs import retire_env
+
+    rec = retire_env(c.site(), name, successor, message, platform)
+    c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def remove(c: Ctx, name: str, platform: str | None) -> None:
+    """Move an environment into the trash (purge deletes it later)."""
+    from cpkgs_admin.envs import remove_env
+
+    rec = remove_env(c.site(), name, platform)
+    c.say(f"removed {rec.name} ({rec.platform}); in trash at {(rec.removed or {}).get('trash')}")
+
+
+@cli.command()
+@click.option("--older-than", metavar="DURATION", help="Only trash older than this (default: the site's grace).")
+@json_option
+@pass_ctx
+def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
+    """Delete trash older than the grace period; busy .nfs files are skipped and reported."""
+    from cpkgs_admin.envs import purge_trash
+
+    rep = purge_trash(c.site(), older_than)
+    if as_json:
+        emit_json(rep.to_json())
+        return
+    for p in rep.deleted:
+        c.say(f"deleted {p}")
+    for p in rep.kept_busy:
+        c.say(f"kept    {p} (files still open on some host: .nfs*)")
+    if not rep.deleted and not rep.kept_busy:
+        c.say("nothing to purge")
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def locks(ctx: click.Context, as_json: bool) -> None:
+    """List held locks with owner and age."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cpkgs_admin.locking import list_locks
+
+    c: Ctx = ctx.obj
+    site = c.site()
+    infos = list_locks(site.locks_dir, site.config.lease_seconds)
+    if as_json:
+        emit_json([i.to_json() for i in infos])
+        return
+    if not infos:
+        c.say("no locks held")
+        return
+    rows = []
+    for i in infos:
+        o = i.owner
+        rows.append(
+            (i.name, i.state, f"{o.user}@{o.host}" if o else "?", o.pid if o else "?", human_age(i.age_seconds), o.command if o else "")
+        )
+    click.echo(table(rows, ["lock", "state", "owner", "pid", "age", "command"]))
+
+
+@locks.command("break")
+@click.argument("lock")
+@pass_ctx
+def locks_break(c: Ctx, lock: str) -> None:
+    """Break LOCK now, whoever holds it (the holder must be gone)."""
+    from cpkgs_admin.locking import audit, break_lock
+
+    site = c.site()
+    info = break_lock(site.locks_dir, lock, site.config.lease_seconds)
+    o = info.owner
+    audit(site.audit_log, {"action": "locks-break", "lock": info.name, "owner": o.__dict__ if o else None})
+    c.say(f"broke {info.name}" + (f" (held by {o.user}@{o.host} pid {o.pid})" if o else ""))
+
+
+@cli.command("write-profiles")
+@pass_ctx
+def write_profiles_cmd(c: Ctx) -> None:
+    """Render <root>/etc/profile.d/conda.sh and conda.csh."""
+    from cpkgs_admin.profiles import write_profiles
+
+    changed = write_profiles(c.site())
+    for p in changed:
+        c.say(f"wrote {p}")
+    if not changed:
+        c.say("profiles are up to date")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def refresh(c: Ctx, as_json: bool) -> None:
+    """Regenerate profiles, modulefiles and kernelspecs; remove orphans."""
+    from cpkgs_admin.refresh import refresh_site
+
+    rep = refresh_site(c.site())
+    if as_json:
+        emit_json(rep.to_json())
+        return
+    for line in rep.lines():
+        c.say(line)
+    if not rep.changed:
+        c.say("everything is up to date")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write (.tar.gz).")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def pack(c: Ctx, name: str, output: str, platform: str | None) -> None:
+    """conda-pack archive of NAME for machines without the drive."""
+    from cpkgs_admin.pack import pack_env
+
+    out = pack_env(c.site(), name, Path(output), platform)
+    c.say(f"wrote {out}; on the target: mkdir DIR && tar -xzf {Path(out).name} -C DIR && DIR/bin/conda-unpack")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("directory", metavar="DIR")
+@click.option("--platform", metavar="SUBDIR")
+@pass_ctx
+def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
+    """A local channel holding exactly NAME's packages."""
+    from cpkgs_admin.pack import mirror_env
+
+    rep = mirror_env(c.site(), name, Path(directory), platform)
+    c.say(f"mirrored {rep.count} packages of {name} into {rep.directory} (channel file://{rep.directory})")
+
+
+# -------------------------------------------------------------------------------------------------------------- user
+
+
+@cli.command("link-user")
+@click.option("--condarc", type=click.Path(dir_okay=False), help="File to edit (default: $CONDARC or ~/.condarc).")
+@click.option("--dry-run", is_flag=True, help="Print the change as a unified diff; write nothing.")
+@pass_ctx
+def link_user(c: Ctx, condarc: str | None, dry_run: bool) -> None:
+    """Add the site's shared envs to your own conda (envs_dirs)."""
+    from cpkgs_admin.condarc import link_user as do_link
+
+    rep = do_link(c.root, Path(condarc) if condarc else None, dry_run=dry_run)
+    if dry_run:
+        click.echo(rep.diff, nl=False)
+        return
+    c.say(rep.message)
+
+
+@cli.command("unlink-user")
+@click.option("--condarc", type=click.Path(dir_okay=False), help="File to edit (default: $CONDARC or ~/.condarc).")
+@pass_ctx
+def unlink_user(c: Ctx, condarc: str | None) -> None:
+    """Remove exactly what link-user added."""
+    from cpkgs_admin.condarc import unlink_user as do_unlink
+
+    rep = do_unlink(c.root, Path(condarc) if condarc else None)
+    c.say(rep.message)
+
+
+@cli.command()
+@click.option("--deep", is_flag=True, help="Admin side: also run verify on every environment.")
+@json_option
+@pass_ctx
+def doctor(c: Ctx, deep: bool, as_json: bool) -> None:
+    """Check this user's and this host's setup (exit 4 when a check fails)."""
+    from cpkgs_admin.doctor import run_doctor
+
+    rep = run_doctor(c.root, deep=deep)
+    if as_json:
+        emit_json(rep.to_json())
+    else:
+        for f in rep.findings:
+            click.echo(f"[{f.status:4}] {f.check}: {f.message}" + (f" -> {f.fix}" if f.fix else ""))
+    if rep.failed:
+        raise CheckFailed(f"doctor: {rep.failed} check(s) failed")
+
+
+@cli.command()
+@click.argument("base")
+@click.argument("directory", metavar="DIR")
+@click.option("--force", is_flag=True, help="Use DIR even if it exists and is not empty.")
+@pass_ctx
+def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
+    """Personal layer in DIR on top of shared env BASE (pip installs go to DIR)."""
+    from cpkgs_admin.layered import extend_env
+
+    rep = extend_env(c.root, base, Path(directory), force=force)
+    c.say(f"layer {rep.directory} on {rep.base}: conda activate {rep.directory}; pip install goes into the layer")
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="cpkgs", standalone_mode=False)
+    except CpkgsError as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        if not isinstance(exc, CheckFailed) or not str(exc) == "":
+            click.echo(f"cpkgs: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("cpkgs: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("cpkgs: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        click.echo(f"cpkgs: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,334 @@
+"""The catalog and the lifecycle after publish: list, info, diff, export, seal/unseal, retire, remove, purge."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
+from cpkgs_admin.locking import atomic_write, audited, current_user, env_locked, site_locked
+from cpkgs_admin.names import parse_name
+from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, save_record
+from cpkgs_admin.site import Site, parse_duration
+
+
+@dataclass(frozen=True)
+class ListRow:
+    name: str
+    platform: str
+    status: str
+    created: str
+    size: int
+    successor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "platform": self.platform,
+            "status": self.status,
+            "created": self.created,
+            "size": self.size,
+            "successor": self.successor,
+        }
+
+
+def list_envs(site: Site, show_all: bool = False) -> list[ListRow]:
+    """Reads records only. json.loads of the whole record is the cost; 500 records take a few ms."""
+    import json
+
+    rows = []
+    for _plat, path in iter_record_files(site.records_dir):
+        try:
+            d = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CpkgsError(f"{path}: unreadable record ({exc})") from None
+        status = d.get("status", "active")
+        if not show_all and status in ("retired", "removed"):
+            continue
+        rows.append(
+            ListRow(
+                name=d["name"],
+                platform=d["platform"],
+                status=status,
+                created=d.get("created", ""),
+                size=int(d.get("size", 0)),
+                successor=(d.get("retired") or {}).get("successor"),
+            )
+        )
+    rows.sort(key=lambda r: (r.name, r.platform))
+    return rows
+
+
+def get_record(site: Site, name: str, platform: str | None) -> EnvRecord:
+    parse_name(name)
+    if platform:
+        from cpkgs_admin.records import load_record_file
+
+        return load_record_file(site.record_path(name, platform))
+    recs = find_records(site.records_dir, name)
+    if not recs:
+        raise EnvNotFound(f"no environment named {name} in {site.root} (see 'cpkgs list --all')")
+    if len(recs) == 1:
+        return recs[0]
+    native = [r for r in recs if r.platform == site.native_subdir]
+    if native:
+        return native[0]
+    raise UsageError(f"{name} exists for {', '.join(r.platform for r in recs)}: pass --platform")
+
+
+# ----------------------------------------------------------------------------------------------------- diff/export
+
+
+@dataclass
+class EnvDiff:
+    old: str
+    new: str
+    added: list[PackageEntry] = field(default_factory=list)
+    removed: list[PackageEntry] = field(default_factory=list)
+    changed: list[tuple[PackageEntry, PackageEntry]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def pk(p: PackageEntry) -> dict[str, str]:
+            return {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel}
+
+        return {
+            "old": self.old,
+            "new": self.new,
+            "added": [pk(p) for p in self.added],
+            "removed": [pk(p) for p in self.removed],
+            "changed": [
+                {"name": a.name, "old": {"version": a.version, "build": a.build}, "new": {"version": b.version, "build": b.build}}
+                for a, b in self.changed
+            ],
+        }
+
+
+def diff_envs(site: Site, old: str, new: str) -> EnvDiff:
+    a = {p.name: p for p in get_record(site, old, None).packages}
+    b = {p.name: p for p in get_record(site, new, None).packages}
+    d = EnvDiff(old=old, new=new)
+    d.added = [b[n] for n in sorted(set(b) - set(a))]
+    d.removed = [a[n] for n in sorted(set(a) - set(b))]
+    d.changed = [
+        (a[n], b[n])
+        for n in sorted(set(a) & set(b))
+        if (a[n].version, a[n].build, a[n].sha256) != (b[n].version, b[n].build, b[n].sha256)
+    ]
+    return d
+
+
+def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
+    from cpkgs_admin.build import explicit_text
+
+    rec = get_record(site, name, platform)
+    if fmt == "explicit":
+        return explicit_text(rec.packages, rec.platform)
+    import yaml
+
+    doc = {
+        "name": rec.name,
+        "channels": list(rec.channels),
+        "dependencies": [f"{p.name}=={p.version}={p.build}" for p in rec.packages],
+    }
+    return f"# {rec.name} ({rec.platform}), exported by cpkgs\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------- seal/unseal
+
+
+def _update(site: Site, rec: EnvRecord, action: str, **audit_fields: Any) -> None:
+    rec.history.append({"action": action, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), **audit_fields})
+    save_record(site.record_path(rec.name, rec.platform), rec)
+    audited(site, action, env=rec.name, platform=rec.platform, **audit_fields)
+
+
+def _live(site: Site, name: str, platform: str | None) -> EnvRecord:
+    rec = get_record(site, name, platform)
+    if rec.status == "removed":
+        raise CpkgsError(f"environment {name} ({rec.platform}) was removed")
+    return rec
+
+
+def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
+    from cpkgs_admin.seal import seal_tree
+
+    rec = _live(site, name, platform)
+    with env_locked(site, rec.name, rec.platform):
+        rec = _live(site, name, rec.platform)
+        seal_tree(Path(rec.prefix), site.admin_gid())
+        rec.unsealed = None
+        rec.status = "retired" if rec.retired else "active"
+        _update(site, rec, "seal")
+    return rec
+
+
+def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvRecord:
+    from cpkgs_admin.seal import unseal_tree
+
+    if not reason.strip():
+        raise UsageError("--reason must say why the environment is unsealed")
+    rec = _live(site, name, platform)
+    with env_locked(site, rec.name, rec.platform):
+        rec = _live(site, name, rec.platform)
+        unseal_tree(Path(rec.prefix))
+        rec.unsealed = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), "reason": reason}
+        rec.status = "unsealed"
+        _update(site, rec, "unseal", reason=reason)
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------------- retire/remove
+
+
+def retire_env(site: Site, name: str, successor: str | None, message: str | None, platform: str | None) -> EnvRecord:
+    from cpkgs_admin.integrations import publish_outside
+
+    rec = _live(site, name, platform)
+    if successor:
+        succ = get_record(site, successor, rec.platform)
+        if succ.status == "removed":
+            raise UsageError(f"successor {successor} was removed")
+        if succ.name == rec.name:
+            raise UsageError("an environment cannot be its own successor")
+    if message is not None and ("\n" in message or len(message) > 500):
+        raise UsageError("--message must be one line of at most 500 characters")
+    with env_locked(site, rec.name, rec.platform):
+        rec = _live(site, name, rec.platform)
+        rec.retired = {"successor": successor, "message": message, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "by": current_user()}
+        if rec.status != "unsealed":
+            rec.status = "retired"
+        # The marker the shell reads with a builtin, no fork: one line, shown on activation.
+        atomic_write(site.retired_marker(rec.name, rec.platform), retired_line(rec) + "\n")
+        _update(site, rec, "retire", successor=successor, message=message)
+        publish_outside(site, rec)
+    return rec
+
+
+def retired_line(rec: EnvRecord) -> str:
+    r = rec.retired or {}
+    text = f"cpkgs: {rec.name} is retired"
+    if r.get("successor"):
+        text += f"; use {r['successor']}"
+    if r.get("message"):
+        text += f" ({r['message']})"
+    return text
+
+
+def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
+    """Rename into .cpkgs/trash (processes on other hosts may still have files open); purge deletes later."""
+    from cpkgs_admin.integrations import withdraw_outside
+
+    rec = _live(site, name, platform)
+    with env_locked(site, rec.name, rec.platform):
+        rec = _live(site, name, rec.platform)
+        prefix = Path(rec.prefix)
+        stamp = int(time.time())
+        trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
+        site.trash_dir.mkdir(parents=True, exist_ok=True)
+        if prefix.exists():
+            try:
+                os.rename(prefix, trash)
+            except PermissionError:
+                raise PermissionProblem(f"cannot move {prefix} to the trash: permission denied") from None
+            except OSError as exc:
+                raise CpkgsError(f"cannot move {prefix} to {trash}: {exc.strerror}") from None
+        with contextlib.suppress(FileNotFoundError):
+            site.retired_marker(rec.name, rec.platform).unlink()
+        rec.status = "removed"
+        rec.removed = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), "trash": str(trash)}
+        _update(site, rec, "remove", trash=str(trash))
+        withdraw_outside(site, rec)
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------------- purge
+
+_TRASH_NAME = re.compile(r".+@[a-z0-9-]+@(?P<stamp>[0-9]+)\Z")
+
+
+@dataclass
+class PurgeReport:
+    deleted: list[str] = field(default_factory=list)
+    kept_busy: list[str] = field(default_factory=list)
+    kept_young: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"deleted": self.deleted, "kept_busy": self.kept_busy, "kept_young": self.kept_young}
+
+
+def _delete_tree_except_nfs(top: Path) -> list[str]:
+    """Delete TOP bottom-up, leaving `.nfsXXXX` files (an NFS client's silly-renames of files still open on some
+    host: the client removes them at last close; deleting them ourselves would break that process). Returns the
+    busy paths left behind; TOP itself stays when any remain."""
+    from cpkgs_admin.seal import make_removable
+
+    with contextlib.suppress(OSError):
+        make_removable(top)
+    busy: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = os.path.join(dirpath, n)
+            if n.startswith(".nfs"):
+                busy.append(p)
+                continue
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(p)
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if os.path.islink(p):
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
+    if not busy:
+        try:
+            os.rmdir(top)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(top, ignore_errors=True)
+    return busy
+
+
+def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
+    grace = parse_duration(older_than if older_than is not None else site.config.trash_grace, "--older-than")
+    rep = PurgeReport()
+    now = time.time()
+    with site_locked(site):
+        try:
+            entries = sorted(os.scandir(site.trash_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            entries = []
+        for e in entries:
+            if e.name.startswith(".nfs"):
+                continue
+            m = _TRASH_NAME.match(e.name)
+            stamp = int(m.group("stamp")) if m else int(e.stat(follow_symlinks=False).st_mtime)
+            if now - stamp < grace:
+                rep.kept_young.append(e.path)
+                continue
+            if e.is_dir(follow_symlinks=False):
+                busy = _delete_tree_except_nfs(Path(e.path))
+            else:
+                busy = []
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+            if busy:
+                rep.kept_busy.append(e.path)
+            else:
+                rep.deleted.append(e.path)
+        if rep.deleted or rep.kept_busy:
+            from cpkgs_admin.locking import audit
+
+            audit(site.audit_log, {"action": "purge", "deleted": rep.deleted, "kept_busy": rep.kept_busy})
+    return rep

@@ -1,0 +1,311 @@
+"""NFS-safe mutual exclusion, atomic state writes and the audit log.
+
+Why not flock/fcntl: NFS clients implement them through NLM or NFSv4 state that many servers and client mounts
+(``nolock``, ``local_lock=all``) get wrong across hosts. filelock's soft locks only need an exclusive create and a
+rename, which NFS does atomically on the server. `SoftFileLease` adds a heartbeat so that a holder that died on
+*another* host can be taken over once its lease ran out, while a same-host holder that died is recovered at once
+(filelock proves death by pid + process start time, never by pid alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem
+
+# --------------------------------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, os.replace: readers see the old or the new file, never half of one.
+
+    The temp name starts with '.' and ends with '.tmp' so listings skip it; the directory is fsynced so the rename
+    survives a crash of the writer's host (NFS commits on close, local filesystems need the dir fsync).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode)
+
+
+def write_if_changed(path: Path, data: str, mode: int = 0o644) -> bool:
+    """Atomically write `data` unless the file already holds exactly it (and has `mode`). True when changed."""
+    try:
+        if path.read_text(encoding="utf-8") == data:
+            if (path.stat().st_mode & 0o7777) != mode:
+                os.chmod(path, mode)
+                return True
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write(path, data, mode)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------- owner records
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def current_command() -> str:
+    return " ".join(["cpkgs", *sys.argv[1:]])[:300]
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    host: str
+    pid: int
+    start: float | None
+    user: str
+    command: str
+    acquired_at: float
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    path: str
+    owner: LockOwner | None
+    age_seconds: float | None
+    state: str  # held | stale (same-host owner dead) | expired (lease not refreshed) | unknown
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+def _owner_file(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + ".owner.json")
+
+
+# --------------------------------------------------------------------------------------------------- the lock
+
+
+class SiteLock:
+    """An NFS-safe lease lock with a human-readable owner record beside it.
+
+    `timeout` < 0 waits forever, 0 tries once. On timeout raises LockBusy naming the owner.
+    """
+
+    def __init__(self, path: Path, *, what: str, lease_seconds: float, timeout: float) -> None:
+        self.path = path
+        self.what = what
+        self.lease_seconds = lease_seconds
+        self.timeout = timeout
+        self._lock: Any = None
+
+    def _make(self) -> Any:
+        from filelock import SoftFileLease
+
+        return SoftFileLease(
+            str(self.path),
+            lease_duration=self.lease_seconds,
+            timeout=self.timeout,
+            poll_interval=min(0.05, self.lease_seconds / 10),
+            thread_local=False,
+            is_singleton=False,
+        )
+
+    def acquire(self) -> None:
+        from filelock import Timeout
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise PermissionProblem(f"cannot create lock directory {self.path.parent}: permission denied") from None
+        self._lock = self._make()
+        try:
+            self._lock.acquire()
+        except Timeout:
+            owner = read_owner(self.path)
+            who = f" by {owner.user}@{owner.host} pid {owner.pid} ({owner.command})" if owner else ""
+            raise LockBusy(
+                f"{self.what} is locked{who}; wait, or if that process is gone run 'cpkgs locks break {self.path.name}'"
+            ) from None
+        except PermissionError:
+            raise PermissionProblem(f"cannot create lock {self.path}: permission denied") from None
+        owner = LockOwner(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            start=_process_start(os.getpid()),
+            user=current_user(),
+            command=current_command(),
+            acquired_at=time.time(),
+        )
+        atomic_write_json(_owner_file(self.path), asdict(owner))
+
+    def release(self) -> None:
+        if self._lock is None:
+            return
+        with contextlib.suppress(OSError):
+            _owner_file(self.path).unlink()
+        self._lock.release()
+        self._lock = None
+
+    def __enter__(self) -> SiteLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_owner(lock_path: Path) -> LockOwner | None:
+    try:
+        data = json.loads(_owner_file(lock_path).read_text(encoding="utf-8"))
+        return LockOwner(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _marker_state(lock_path: Path, lease_seconds: float) -> tuple[str, Any]:
+    """What filelock's marker says: held / stale / expired, plus its owner record."""
+    from filelock import SoftFileLease
+    from filelock._identity import owner_is_stale  # the same proof of death filelock itself applies
+
+    probe = SoftFileLease(str(lock_path), lease_duration=lease_seconds, is_singleton=False)
+    rec = probe.owner
+    if rec is None:
+        return "unknown", None
+    if owner_is_stale(rec.pid, rec.hostname, rec.start):
+        return "stale", rec
+    try:
+        age = time.time() - lock_path.stat().st_mtime
+    except OSError:
+        return "unknown", rec
+    if rec.lease_duration is not None and age > rec.lease_duration:
+        return "expired", rec
+    return "held", rec
+
+
+def list_locks(locks_dir: Path, lease_seconds: float) -> list[LockInfo]:
+    out: list[LockInfo] = []
+    if not locks_dir.is_dir():
+        return out
+    for path in sorted(locks_dir.glob("*.lock")):
+        if not path.is_file():
+            continue
+        state, rec = _marker_state(path, lease_seconds)
+        owner = read_owner(path)
+        if owner is None and rec is not None:
+            owner = LockOwner(host=rec.hostname, pid=rec.pid, start=None, user="?", command="?", acquired_at=0.0)
+        age = time.time() - owner.acquired_at if owner and owner.acquired_at else None
+        out.append(LockInfo(name=path.name, path=str(path), owner=owner, age_seconds=age, state=state))
+    return out
+
+
+def break_lock(locks_dir: Path, name: str, lease_seconds: float) -> LockInfo:
+    """Remove a lock whoever holds it: the operator says its holder is gone (`cpkgs locks break`)."""
+    from filelock import SoftFileLease
+
+    if "/" in name or name.startswith("."):
+        raise CpkgsError(f"{name!r} is not a lock name (see 'cpkgs locks')")
+    path = locks_dir / (name if name.endswith(".lock") else name + ".lock")
+    if not path.exists():
+        raise CpkgsError(f"no lock named {path.name} in {locks_dir}")
+    info = next((i for i in list_locks(locks_dir, lease_seconds) if i.name == path.name), None)
+    try:
+        SoftFileLease(str(path), lease_duration=lease_seconds, is_singleton=False).force_break()
+        with contextlib.suppress(FileNotFoundError):
+            _owner_file(path).unlink()
+    except PermissionError:
+        raise PermissionProblem(f"cannot remove lock {path}: permission denied") from None
+    return info or LockInfo(name=path.name, path=str(path), owner=None, age_seconds=None, state="unknown")
+
+
+# --------------------------------------------------------------------------------------------------- audit log
+
+
+def audit(audit_log: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line. Callers hold the site lock: O_APPEND is not atomic across NFS clients."""
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "user": current_user(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": current_command(),
+        **entry,
+    }
+    audit_log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def site_locked(site: Any, timeout: float | None = None) -> Iterator[SiteLock]:
+    lock = SiteLock(
+        site.site_lock,
+        what=f"site {site.root}",
+        lease_seconds=site.config.lease_seconds,
+        timeout=site.config.lock_timeout if timeout is None else timeout,
+    )
+    with lock:
+        yield lock
+
+
+@contextlib.contextmanager
+def env_locked(site: Any, name: str, subdir: str, timeout: float | None = None) -> Iterator[SiteLock]:
+    lock = SiteLock(
+        site.env_lock(name, subdir),
+        what=f"environment {name} ({subdir})",
+        lease_seconds=site.config.lease_seconds,
+        timeout=site.config.lock_timeout if timeout is None else timeout,
+    )
+    with lock:
+        yield lock
+
+
+def audited(site: Any, action: str, **fields: Any) -> None:
+    """Append an audit line under the site lock."""
+    with site_locked(site):
+        audit(site.audit_log, {"action": action, **fields})

@@ -1,0 +1,57 @@
+"""`cpkgs write-profiles`: render profiles/conda.sh and conda.csh for a site root.
+
+Templates are files (package data `cpkgs_admin.templates`, the repo's `profiles/` dir). Placeholders are `@NAME@`;
+values are computed here so the shell never has to parse cpkgs.yaml at start-up.
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from pathlib import Path
+
+from cpkgs_admin.locking import write_if_changed
+from cpkgs_admin.site import Site
+
+PROFILE_TEMPLATES = {"conda.sh": "conda.sh", "conda.csh": "conda.csh"}
+
+
+def template_text(name: str) -> str:
+    return resources.files("cpkgs_admin.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def _platform_installations(site: Site) -> list[tuple[str, str]]:
+    """(subdir, installation dir name) for every platform the site serves."""
+    return [(sub, site.installation_name(sub)) for sub in site.config.platforms]
+
+
+def substitutions(site: Site) -> dict[str, str]:
+    root = str(site.root)
+    pairs = _platform_installations(site)
+    return {
+        "ROOT": root,
+        "ROOT_SH": shlex.quote(root),
+        # "linux-64=anaconda3_linux osx-arm64=anaconda3_macOS": a word list both sh and csh can walk without forking.
+        "INSTALLATIONS": " ".join(f"{sub}={inst}" for sub, inst in pairs),
+    }
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    out = template
+    for key, value in values.items():
+        out = out.replace(f"@{key}@", value)
+    return out
+
+
+def render_profiles(site: Site) -> dict[Path, str]:
+    values = substitutions(site)
+    return {site.profile_dir / out: render(template_text(tpl), values) for out, tpl in PROFILE_TEMPLATES.items()}
+
+
+def write_profiles(site: Site) -> list[str]:
+    """Write the rendered profiles; return the paths that changed."""
+    changed = []
+    for path, text in render_profiles(site).items():
+        if write_if_changed(path, text, 0o664 if site.config.admin_group else 0o644):
+            changed.append(str(path))
+    return changed

@@ -1,0 +1,137 @@
+"""Environment records: one JSON file per published env under .cpkgs/records/<platform>/<name>.json.
+
+Written atomically; each carries a schema version and `load_record` migrates older ones. `list` reads only these
+files, never the environments themselves, so listing 500 envs on NFS costs 500 small reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError, EnvNotFound
+from cpkgs_admin.locking import atomic_write_json
+
+RECORD_SCHEMA = 1
+STATUSES = ("active", "retired", "unsealed", "removed")
+
+
+@dataclass(frozen=True)
+class PackageEntry:
+    name: str
+    version: str
+    build: str
+    channel: str
+    sha256: str
+    url: str = ""
+    md5: str = ""
+    subdir: str = ""
+    filename: str = ""
+    depends: tuple[str, ...] = ()
+
+
+@dataclass
+class EnvRecord:
+    name: str
+    family: str
+    version: str
+    platform: str
+    prefix: str
+    requested_specs: list[str]
+    channels: list[str]
+    packages: list[PackageEntry]
+    creator: str
+    host: str
+    created: str
+    cpkgs_version: str
+    size: int
+    file_count: int
+    status: str = "active"
+    spec_source: str | None = None
+    spec_sha256: str | None = None
+    extends: list[str] = field(default_factory=list)
+    virtual_packages: dict[str, str] = field(default_factory=dict)
+    retired: dict[str, Any] | None = None  # {"successor":..., "message":..., "at":..., "by":...}
+    removed: dict[str, Any] | None = None  # {"at":..., "by":..., "trash":...}
+    unsealed: dict[str, Any] | None = None  # {"at":..., "by":..., "reason":...}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    schema: int = RECORD_SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["packages"] = [asdict(p) for p in self.packages]
+        for p in d["packages"]:
+            p["depends"] = list(p["depends"])
+        return d
+
+    @property
+    def python_version(self) -> str | None:
+        for p in self.packages:
+            if p.name == "python":
+                return p.version
+        return None
+
+    def package(self, name: str) -> PackageEntry | None:
+        return next((p for p in self.packages if p.name == name), None)
+
+
+def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    schema = data.get("schema", 1)
+    if schema > RECORD_SCHEMA:
+        raise CpkgsError(f"{path}: record schema {schema} is newer than this cpkgs understands; upgrade cpkgs")
+    return data
+
+
+def record_from_json(data: dict[str, Any], path: Path) -> EnvRecord:
+    data = _migrate(dict(data), path)
+    try:
+        pkgs = [PackageEntry(**{**p, "depends": tuple(p.get("depends", ()))}) for p in data.pop("packages")]
+        return EnvRecord(packages=pkgs, **data)
+    except (TypeError, KeyError) as exc:
+        raise CpkgsError(f"{path}: damaged record ({exc})") from None
+
+
+def load_record_file(path: Path) -> EnvRecord:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise EnvNotFound(f"no environment record {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CpkgsError(f"{path}: unreadable record ({exc})") from None
+    return record_from_json(data, path)
+
+
+def save_record(path: Path, record: EnvRecord) -> None:
+    atomic_write_json(path, record.to_json())
+
+
+def iter_record_files(records_dir: Path) -> list[tuple[str, Path]]:
+    """(platform, path) of every record, without stat-ing env trees. Skips temp files and NFS silly-renames."""
+    out: list[tuple[str, Path]] = []
+    try:
+        platforms = sorted(os.scandir(records_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return out
+    for pe in platforms:
+        if pe.name.startswith(".") or not pe.is_dir():
+            continue
+        for fe in sorted(os.scandir(pe.path), key=lambda e: e.name):
+            if fe.name.endswith(".json") and not fe.name.startswith("."):
+                out.append((pe.name, Path(fe.path)))
+    return out
+
+
+def load_all(records_dir: Path) -> list[EnvRecord]:
+    return [load_record_file(p) for _, p in iter_record_files(records_dir)]
+
+
+def find_records(records_dir: Path, name: str) -> list[EnvRecord]:
+    """Records of NAME on every platform (a name may exist for linux-64 and osx-arm64)."""
+    out = []
+    for _plat, p in iter_record_files(records_dir):
+        if p.stem == name:
+            out.append(load_record_file(p))
+    return out

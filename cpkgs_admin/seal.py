@@ -1,0 +1,75 @@
+"""Step 6 of new-env: make a tree read-only for everyone (and undo it for a maintenance window)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cpkgs_admin.errors import PermissionProblem
+
+EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+def sealed_mode(st_mode: int) -> int:
+    """dirs 0555; files 0555 when anyone could execute them, else 0444. Drops setuid, setgid, sticky, write."""
+    if stat.S_ISDIR(st_mode):
+        return 0o555
+    return 0o555 if st_mode & EXEC_BITS else 0o444
+
+
+def _walk(top: Path) -> list[tuple[str, os.stat_result]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            out.append((p, os.lstat(p)))
+    return out
+
+
+def seal_tree(top: Path, gid: int | None = None) -> int:
+    """Seal every file and directory under TOP (TOP itself last, so a failure leaves it visibly unsealed)."""
+    count = 0
+    try:
+        for path, st in _walk(top):
+            if stat.S_ISLNK(st.st_mode):
+                if gid is not None and st.st_gid != gid:
+                    os.lchown(path, -1, gid)
+                continue
+            if gid is not None and st.st_gid != gid:
+                os.lchown(path, -1, gid)
+            mode = sealed_mode(st.st_mode)
+            if (st.st_mode & 0o7777) != mode:
+                os.chmod(path, mode)
+            count += 1
+        if gid is not None:
+            os.lchown(top, -1, gid)
+        os.chmod(top, 0o555)
+    except PermissionError as exc:
+        raise PermissionProblem(f"cannot seal {exc.filename}: permission denied") from None
+    return count
+
+
+def unseal_tree(top: Path) -> int:
+    """Owner-writable again (u+w), nothing else: group and others stay read-only."""
+    count = 0
+    try:
+        os.chmod(top, 0o755)
+        for path, st in _walk(top):
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            os.chmod(path, (st.st_mode & 0o777) | stat.S_IWUSR)
+            count += 1
+    except PermissionError as exc:
+        raise PermissionProblem(f"cannot unseal {exc.filename}: permission denied") from None
+    return count
+
+
+def make_removable(top: Path) -> None:
+    """Before deleting a sealed tree: directories need u+w for their entries to be unlinked."""
+    for dirpath, dirnames, _ in os.walk(top):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755)
+    os.chmod(top, 0o755)

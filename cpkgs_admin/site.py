@@ -1,0 +1,354 @@
+"""The site tree: every path under the root, the installations, and cpkgs.yaml (load + validate).
+
+No other module joins path strings for site locations; they ask a `Site`.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import platform as _platform
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import ConfigError, SiteError, UsageError
+
+SCHEMA_VERSION = 1
+CONFIG_NAME = "cpkgs.yaml"
+DEFAULT_ROOT = "/nfs/cpkgs"
+
+DEFAULT_INSTALLATIONS: dict[str, str] = {
+    "linux-64": "anaconda3_linux",
+    "osx-arm64": "anaconda3_macOS",
+    "osx-64": "anaconda3_macOS_x86_64",
+    "linux-aarch64": "anaconda3_linux_aarch64",
+}
+DEFAULT_PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64")
+KNOWN_SUBDIRS = frozenset(
+    {"linux-64", "linux-aarch64", "linux-ppc64le", "linux-s390x", "osx-64", "osx-arm64", "win-64", "win-arm64"}
+)
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?\Z")
+_DURATION = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>s|m|h|d|w)?\Z")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int | float, what: str = "duration") -> float:
+    """'30d', '12h', '90m', '45s' or a number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"{what} must not be negative: {text}")
+        return float(text)
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise UsageError(f"{what} {text!r} is not a duration (e.g. 30d, 12h, 90m, 45s)")
+    return float(m.group("n")) * _UNITS[m.group("unit") or "s"]
+
+
+def native_subdir() -> str:
+    system = _platform.system()
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(machine, machine)
+    if system == "Linux":
+        return "linux-" + arch
+    if system == "Darwin":
+        return "osx-" + ("arm64" if arch in ("arm64", "aarch64") else "64")
+    return f"{system.lower()}-{arch}"
+
+
+def normalize_channel(value: str) -> str:
+    """A channel as cpkgs.yaml stores it: a URL or a bare channel name; an absolute path becomes file://."""
+    value = value.strip()
+    if value.startswith("/"):
+        return Path(value).resolve().as_uri()
+    return value.rstrip("/") if "://" in value else value
+
+
+def channel_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("file", "http", "https"):
+            return f"has unsupported scheme {scheme!r} (use file://, http:// or https://)"
+        if scheme == "file" and not rest.startswith("/"):
+            return "is a file:// URL without an absolute path"
+        if scheme != "file" and (not rest or rest.startswith("/") or " " in rest):
+            return "is not a valid URL"
+        return None
+    if not _CHANNEL_NAME.match(value):
+        return "is neither a URL nor a channel name"
+    return None
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    schema: int = SCHEMA_VERSION
+    admin_group: str | None = None
+    channels: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+    installations: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INSTALLATIONS))
+    trash_grace: str = "7d"
+    lease_seconds: float = 60.0
+    lock_timeout: float = 600.0
+    virtual_packages: dict[str, str] = field(default_factory=dict)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "admin_group": self.admin_group,
+            "channels": list(self.channels),
+            "platforms": list(self.platforms),
+            "installations": dict(self.installations),
+            "trash_grace": self.trash_grace,
+            "lease_seconds": self.lease_seconds,
+            "lock_timeout": self.lock_timeout,
+            "virtual_packages": dict(self.virtual_packages),
+        }
+
+
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "schema": (int,),
+    "admin_group": (str, type(None)),
+    "channels": (list,),
+    "platforms": (list,),
+    "installations": (dict,),
+    "trash_grace": (str, int),
+    "lease_seconds": (int, float),
+    "lock_timeout": (int, float),
+    "virtual_packages": (dict,),
+}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    # Schema 1 is the first; later versions add their migrations here, oldest first.
+    return data
+
+
+def config_from_mapping(data: Any, source: str) -> SiteConfig:
+    """Validate a parsed cpkgs.yaml; every problem is one line naming the file and the key."""
+
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' {problem}")
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    for key, value in data.items():
+        if key not in _KEY_TYPES:
+            raise bad(str(key), f"is unknown (known keys: {', '.join(sorted(_KEY_TYPES))})")
+        types = _KEY_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise bad(key, f"must be {names}, got {type(value).__name__}")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if schema > SCHEMA_VERSION or schema < 1:
+        raise bad("schema", f"is {schema}; this cpkgs understands schema {SCHEMA_VERSION} (upgrade cpkgs)")
+    data = _migrate(dict(data))
+    channels = data.get("channels", [])
+    for i, ch in enumerate(channels):
+        problem = channel_problem(ch)
+        if problem:
+            raise bad(f"channels[{i}]", f"{ch!r} {problem}")
+    installations = dict(DEFAULT_INSTALLATIONS)
+    for sub, inst in data.get("installations", {}).items():
+        if sub not in KNOWN_SUBDIRS:
+            raise bad(f"installations.{sub}", "is not a known platform")
+        if not isinstance(inst, str) or not re.match(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z", inst):
+            raise bad(f"installations.{sub}", f"{inst!r} is not a valid directory name")
+        installations[sub] = inst
+    platforms = data.get("platforms", list(DEFAULT_PLATFORMS))
+    for i, sub in enumerate(platforms):
+        if not isinstance(sub, str) or sub not in installations:
+            raise bad(f"platforms[{i}]", f"{sub!r} is not a platform with an installation")
+    if len(set(installations[p] for p in platforms)) != len(platforms):
+        raise bad("installations", "maps two platforms to one directory")
+    admin_group = data.get("admin_group")
+    if admin_group is not None and not re.match(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z", admin_group):
+        raise bad("admin_group", f"{admin_group!r} is not a group name")
+    grace = data.get("trash_grace", "7d")
+    try:
+        parse_duration(grace)
+    except UsageError as exc:
+        raise bad("trash_grace", str(exc)) from None
+    lease = float(data.get("lease_seconds", 60.0))
+    if lease <= 0:
+        raise bad("lease_seconds", "must be positive")
+    lock_timeout = float(data.get("lock_timeout", 600.0))
+    if lock_timeout < 0:
+        raise bad("lock_timeout", "must not be negative")
+    vps = data.get("virtual_packages", {})
+    for k, v in vps.items():
+        if not isinstance(k, str) or not k.startswith("__") or not isinstance(v, (str, int, float)):
+            raise bad(f"virtual_packages.{k}", "must map a virtual package (e.g. __cuda) to a version")
+    return SiteConfig(
+        schema=SCHEMA_VERSION,
+        admin_group=admin_group,
+        channels=tuple(channels),
+        platforms=tuple(platforms),
+        installations=installations,
+        trash_grace=str(grace),
+        lease_seconds=lease,
+        lock_timeout=lock_timeout,
+        virtual_packages={k: str(v) for k, v in vps.items()},
+    )
+
+
+def load_config_file(path: Path) -> SiteConfig:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SiteError(f"{path} does not exist: not a cpkgs site (run 'cpkgs init')") from None
+    except OSError as exc:
+        raise SiteError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where} invalid YAML: {problem}") from None
+    return config_from_mapping(data, str(path))
+
+
+@dataclass(frozen=True)
+class Site:
+    """The tree under one root. Paths only; nothing here writes."""
+
+    root: Path
+    config: SiteConfig = field(default_factory=SiteConfig)
+
+    # --- top level
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.root / "etc" / "profile.d"
+
+    @property
+    def specs_dir(self) -> Path:
+        return self.root / "specs"
+
+    @property
+    def modulefiles_dir(self) -> Path:
+        return self.root / "modulefiles"
+
+    @property
+    def jupyter_dir(self) -> Path:
+        return self.root / "share" / "jupyter"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.jupyter_dir / "kernels"
+
+    # --- state
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".cpkgs"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.state_dir / "records"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.state_dir / "locks"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.state_dir / "trash"
+
+    @property
+    def pkgs_cache_dir(self) -> Path:
+        return self.state_dir / "pkgs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "audit.log"
+
+    @property
+    def retired_dir(self) -> Path:
+        """Retirement markers the shell reads without forking: retired/<installation>/<name>."""
+        return self.state_dir / "retired"
+
+    # --- installations
+    def installation_name(self, subdir: str) -> str:
+        try:
+            return self.config.installations[subdir]
+        except KeyError:
+            raise UsageError(f"platform {subdir!r} has no installation in {self.config_file}") from None
+
+    def installation(self, subdir: str) -> Path:
+        return self.root / self.installation_name(subdir)
+
+    def envs_dir(self, subdir: str) -> Path:
+        return self.installation(subdir) / "envs"
+
+    def env_prefix(self, name: str, subdir: str) -> Path:
+        return self.envs_dir(subdir) / name
+
+    def record_path(self, name: str, subdir: str) -> Path:
+        return self.records_dir / subdir / f"{name}.json"
+
+    def retired_marker(self, name: str, subdir: str) -> Path:
+        return self.retired_dir / self.installation_name(subdir) / name
+
+    def spec_file(self, family: str) -> Path:
+        return self.specs_dir / f"{family}.yml"
+
+    def module_file(self, family: str, version: str) -> Path:
+        return self.modulefiles_dir / family / f"{version}.lua"
+
+    def kernel_dir(self, kernel: str) -> Path:
+        return self.kernels_dir / kernel
+
+    def env_lock(self, name: str, subdir: str) -> Path:
+        return self.locks_dir / f"env-{subdir}-{name}.lock"
+
+    @property
+    def site_lock(self) -> Path:
+        return self.locks_dir / "site.lock"
+
+    @property
+    def native_subdir(self) -> str:
+        return native_subdir()
+
+    def default_subdir(self) -> str:
+        """The platform this host builds for when no --platform is given."""
+        return native_subdir()
+
+    # --- permissions
+    def admin_gid(self) -> int | None:
+        if self.config.admin_group is None:
+            return None
+        try:
+            return grp.getgrnam(self.config.admin_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"{self.config_file}: admin_group {self.config.admin_group!r} is not a group on this host") from None
+
+    def with_config(self, config: SiteConfig) -> Site:
+        return replace(self, config=config)
+
+
+def resolve_root(option: str | None) -> Path:
+    """--root, else $CPKGS_ROOT, else /nfs/cpkgs."""
+    raw = option or os.environ.get("CPKGS_ROOT") or DEFAULT_ROOT
+    return Path(os.path.abspath(os.path.expanduser(raw)))
+
+
+def open_site(root: Path) -> Site:
+    """Load an existing site, with one clear line when the drive is missing or the tree is not a site."""
+    if not root.exists():
+        raise SiteError(f"site root {root} does not exist (is the drive mounted? run 'cpkgs init' to create a site)")
+    if not root.is_dir():
+        raise SiteError(f"site root {root} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise SiteError(f"site root {root} is not readable by this user")
+    config = load_config_file(root / CONFIG_NAME)
+    return Site(root=root, config=config)

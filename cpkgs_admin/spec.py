@@ -1,0 +1,244 @@
+"""Step 1 of new-env: what to build. Spec files (environment.yml format), match specs, --from, --lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import SpecError, UsageError
+from cpkgs_admin.names import check_family
+
+_EXPLICIT_LINE = re.compile(r"(?P<url>\S+?)(?:#(?P<hash>[0-9a-fA-F]{32}|[0-9a-fA-F]{64}|sha256:[0-9a-fA-F]{64}))?\Z")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A request: match specs plus the channels a spec file named (empty = the site's)."""
+
+    specs: tuple[str, ...]
+    channels: tuple[str, ...] = ()
+    source: str | None = None  # spec file path, or "command line", "--from X", "--lock FILE"
+    sha256: str | None = None  # of the spec file(s) that built it
+    extends: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    url: str
+    filename: str
+    sha256: str | None
+    md5: str | None
+
+
+@dataclass(frozen=True)
+class ExplicitLock:
+    path: str
+    platform: str | None
+    packages: tuple[LockedPackage, ...] = field(default_factory=tuple)
+
+
+def spec_name(spec: str) -> str:
+    """The package name a match spec constrains (validates the spec as a side effect)."""
+    return str(parse_match_spec(spec).name.normalized)
+
+
+def parse_match_spec(spec: str) -> Any:
+    from rattler import MatchSpec
+
+    if not spec or not spec.strip():
+        raise SpecError("empty match spec")
+    try:
+        ms = MatchSpec(spec.strip())
+    except Exception as exc:  # rattler raises its own InvalidMatchSpecError family
+        raise SpecError(f"invalid match spec {spec!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if ms.name is None:
+        raise SpecError(f"match spec {spec!r} names no package")
+    return ms
+
+
+def validate_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    out = []
+    for s in specs:
+        parse_match_spec(s)
+        out.append(s.strip())
+    return tuple(out)
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {path}: cannot read: {exc}") from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"spec file {path}:{where} invalid YAML: {problem}") from None
+
+
+def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
+    """Parse and check an environment.yml; the file's `name` is ignored."""
+    data, text = _load_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file {path}: expected a mapping with 'dependencies', got {type(data).__name__}")
+    allowed = {"name", "channels", "dependencies", "extends", "prefix", "variables"}
+    for key in data:
+        if key not in allowed:
+            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends)")
+    deps = data.get("dependencies") or []
+    if not isinstance(deps, list):
+        raise SpecError(f"spec file {path}: 'dependencies' must be a list")
+    for i, d in enumerate(deps):
+        if isinstance(d, dict):
+            if "pip" in d:
+                raise SpecError(
+                    f"spec file {path}: a 'pip:' section is not supported; build conda packages or use 'cpkgs extend'"
+                )
+            raise SpecError(f"spec file {path}: dependencies[{i}] must be a match spec string")
+        if not isinstance(d, str):
+            raise SpecError(f"spec file {path}: dependencies[{i}] must be a match spec string")
+        try:
+            parse_match_spec(d)
+        except SpecError as exc:
+            raise SpecError(f"spec file {path}: dependencies[{i}]: {exc}") from None
+    channels = data.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) and c.strip() for c in channels):
+        raise SpecError(f"spec file {path}: 'channels' must be a list of channel names or URLs")
+    ext = data.get("extends")
+    if ext is not None and not isinstance(ext, (str, list)):
+        raise SpecError(f"spec file {path}: 'extends' must be a family name or a list of them")
+    return data, text
+
+
+def from_environment_file(path: Path) -> Spec:
+    data, text = load_environment_yml(path)
+    if data.get("extends"):
+        raise SpecError(f"spec file {path}: 'extends' is only for the site's specs/<family>.yml files")
+    return Spec(
+        specs=tuple(d.strip() for d in data.get("dependencies") or []),
+        channels=tuple(data.get("channels") or []),
+        source=str(path),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def from_family(specs_dir: Path, family: str) -> Spec:
+    """specs/<family>.yml, following `extends:` (parents first, their channels first; cycles refused)."""
+    check_family(family)
+    digest = hashlib.sha256()
+    chain: list[str] = []
+
+    def load(fam: str, seen: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        check_family(fam)
+        if fam in seen:
+            raise SpecError(f"spec {specs_dir / (fam + '.yml')}: 'extends' cycle: {' -> '.join((*seen, fam))}")
+        path = specs_dir / f"{fam}.yml"
+        if not path.exists():
+            if not seen:
+                raise SpecError(
+                    f"no spec file {path} for family {fam!r}: give specs, -f FILE, --from OLD or --lock FILE"
+                )
+            raise SpecError(f"spec {specs_dir / (seen[-1] + '.yml')} extends {fam!r}, but {path} does not exist")
+        data, text = load_environment_yml(path)
+        digest.update(text.encode())
+        parents = data.get("extends") or []
+        if isinstance(parents, str):
+            parents = [parents]
+        deps: list[str] = []
+        chans: list[str] = []
+        for parent in parents:
+            pd, pc = load(parent, (*seen, fam))
+            deps += pd
+            chans += pc
+            chain.append(parent)
+        # Own dependencies override a parent's spec for the same package name.
+        own = [d.strip() for d in data.get("dependencies") or []]
+        own_names = {spec_name(d) for d in own}
+        deps = [d for d in deps if spec_name(d) not in own_names] + own
+        chans = list(dict.fromkeys([*chans, *(data.get("channels") or [])]))
+        return deps, chans
+
+    deps, chans = load(family, ())
+    return Spec(
+        specs=tuple(deps),
+        channels=tuple(chans),
+        source=str(specs_dir / f"{family}.yml"),
+        sha256=digest.hexdigest(),
+        extends=tuple(dict.fromkeys(chain)),
+    )
+
+
+def apply_changes(base: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> tuple[str, ...]:
+    """--from OLD --add/--remove: drop removed names, replace specs of added names, append new ones."""
+    removed = {spec_name(r) if r.strip() else "" for r in remove}
+    added = {spec_name(a): a.strip() for a in add}
+    out = [s for s in base if spec_name(s) not in removed and spec_name(s) not in added]
+    return tuple(out) + tuple(added.values())
+
+
+def read_explicit(path: Path) -> ExplicitLock:
+    """A conda explicit file: '@EXPLICIT' then one package URL per line, with #md5 or #sha256."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"lock file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"lock file {path}: cannot read: {exc}") from None
+    platform = None
+    seen_explicit = False
+    pkgs: list[LockedPackage] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            if line.startswith("# platform:"):
+                platform = line.split(":", 1)[1].strip()
+            continue
+        if line == "@EXPLICIT":
+            seen_explicit = True
+            continue
+        if not seen_explicit:
+            raise SpecError(f"lock file {path} line {n}: expected '@EXPLICIT' before package URLs")
+        m = _EXPLICIT_LINE.match(line)
+        if not m or "://" not in m.group("url"):
+            raise SpecError(f"lock file {path} line {n}: not a package URL: {line[:80]!r}")
+        url = m.group("url")
+        filename = url.rsplit("/", 1)[-1]
+        if not (filename.endswith(".conda") or filename.endswith(".tar.bz2")):
+            raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
+        h = m.group("hash")
+        sha256 = md5 = None
+        if h:
+            h = h.removeprefix("sha256:").lower()
+            if len(h) == 64:
+                sha256 = h
+            else:
+                md5 = h
+        pkgs.append(LockedPackage(url=url, filename=filename, sha256=sha256, md5=md5))
+    if not seen_explicit:
+        raise SpecError(f"lock file {path}: not a conda explicit file (no '@EXPLICIT' line)")
+    if not pkgs:
+        raise SpecError(f"lock file {path}: lists no packages")
+    return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs))
+
+
+def check_sources(
+    specs: tuple[str, ...], spec_file: Path | None, from_env: str | None, lock_file: Path | None,
+    add: tuple[str, ...], remove: tuple[str, ...],
+) -> None:
+    if lock_file and (specs or spec_file or from_env):
+        raise UsageError("--lock builds exactly the lock file's packages; it takes no specs, -f or --from")
+    if (add or remove) and not from_env:
+        raise UsageError("--add and --remove go with --from OLD")
+    if from_env and spec_file:
+        raise UsageError("use either --from OLD or -f FILE, not both")

@@ -1,0 +1,201 @@
+"""`cpkgs init`: create or upgrade the site tree. Idempotent: a second identical run changes no file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import PermissionProblem, SiteError, UsageError
+from cpkgs_admin.locking import site_locked, write_if_changed
+from cpkgs_admin.site import (
+    CONFIG_NAME,
+    KNOWN_SUBDIRS,
+    Site,
+    SiteConfig,
+    channel_problem,
+    config_from_mapping,
+    load_config_file,
+    normalize_channel,
+)
+
+CONFIG_HEADER = """\
+# cpkgs site configuration. Edit with care: every cpkgs command validates this file.
+# schema: format version of this file (cpkgs migrates older ones)
+# admin_group: group that may change the site (files are group-writable for it), or null
+# channels: conda channels environments are solved against (file:// mirrors work offline)
+# platforms: platforms with an installation here; installations: platform -> directory under the root
+# trash_grace: how long removed envs stay in .cpkgs/trash before 'cpkgs purge' deletes them
+# lease_seconds: lock lease; a lock held by a host that stopped refreshing it is taken over after this
+# lock_timeout: how long commands wait for a busy lock before giving up (exit 3)
+# virtual_packages: overrides for the solver, e.g. {__cuda: "12.4"} to build GPU envs on a host without a GPU
+"""
+
+
+@dataclass
+class InitReport:
+    root: str
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    config_changes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.config_changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "changed": self.changed,
+            "created": self.created,
+            "updated": self.updated,
+            "config_changes": self.config_changes,
+        }
+
+
+def render_config(config: SiteConfig) -> str:
+    import yaml
+
+    return CONFIG_HEADER + yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, default_flow_style=False)
+
+
+def modes(config: SiteConfig) -> tuple[int, int]:
+    """(dir mode, file mode): readable by all, writable by the owner and, when there is one, the admin group."""
+    if config.admin_group:
+        return 0o2775, 0o664  # setgid dirs: files created later inherit the admin group
+    return 0o755, 0o644
+
+
+def _is_site_or_empty(root: Path) -> bool:
+    if not root.exists():
+        return True
+    if (root / CONFIG_NAME).exists():
+        return True
+    return not any(e for e in os.listdir(root) if not e.startswith(".nfs"))
+
+
+def _merge_config(
+    old: SiteConfig | None,
+    admin_group: str | None,
+    channels: tuple[str, ...],
+    platforms: tuple[str, ...],
+) -> tuple[SiteConfig, list[str]]:
+    base = old or SiteConfig()
+    new = base
+    if admin_group is not None:
+        new = replace(new, admin_group=admin_group or None)
+    if channels:
+        normalized = tuple(normalize_channel(c) for c in channels)
+        for c in normalized:
+            problem = channel_problem(c)
+            if problem:
+                raise UsageError(f"channel {c!r} {problem}")
+        new = replace(new, channels=normalized)
+    if platforms:
+        for p in platforms:
+            if p not in KNOWN_SUBDIRS or p not in new.installations:
+                raise UsageError(f"platform {p!r} is not known (known: {', '.join(sorted(new.installations))})")
+        new = replace(new, platforms=tuple(dict.fromkeys(platforms)))
+    # Round-trip through the validator so init never writes a config that later loads would refuse.
+    new = config_from_mapping(new.to_yaml_dict(), "cpkgs init options")
+    changes: list[str] = []
+    if old is not None:
+        a, b = old.to_yaml_dict(), new.to_yaml_dict()
+        for key in b:
+            if a.get(key) != b[key]:
+                changes.append(f"{key}: {a.get(key)!r} -> {b[key]!r}")
+    return new, changes
+
+
+def init_site(
+    root: Path,
+    *,
+    admin_group: str | None = None,
+    channels: tuple[str, ...] = (),
+    platforms: tuple[str, ...] = (),
+    force: bool = False,
+) -> InitReport:
+    from cpkgs_admin.profiles import render_profiles
+
+    if root.exists() and not root.is_dir():
+        raise SiteError(f"site root {root} exists and is not a directory")
+    if not _is_site_or_empty(root) and not force:
+        raise SiteError(f"{root} is not empty and is not a cpkgs site (no {CONFIG_NAME}); use --force to use it anyway")
+    old: SiteConfig | None = None
+    if (root / CONFIG_NAME).exists():
+        old = load_config_file(root / CONFIG_NAME)
+    config, changes = _merge_config(old, admin_group, channels, platforms)
+    site = Site(root=root, config=config)
+    gid = site.admin_gid()  # validates the group exists before anything is written
+    dmode, fmode = modes(config)
+    report = InitReport(root=str(root))
+
+    def ensure_dir(path: Path) -> None:
+        try:
+            if not path.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                report.created.append(str(path.relative_to(root)) + "/" if path != root else str(root))
+            _fix_perms(path, dmode, gid, report, root)
+        except PermissionError:
+            raise PermissionProblem(f"cannot create {path}: permission denied") from None
+
+    ensure_dir(root)
+    ensure_dir(site.state_dir)
+    # The lock directory and the config must exist before the site lock can be taken.
+    for d in (site.locks_dir,):
+        ensure_dir(d)
+    with site_locked(site):
+        for d in (
+            site.records_dir,
+            site.trash_dir,
+            site.pkgs_cache_dir,
+            site.retired_dir,
+            site.profile_dir.parent,
+            site.profile_dir,
+            site.specs_dir,
+            site.modulefiles_dir,
+            site.root / "share",
+            site.jupyter_dir,
+            site.kernels_dir,
+        ):
+            ensure_dir(d)
+        for sub in config.platforms:
+            ensure_dir(site.installation(sub))
+            ensure_dir(site.envs_dir(sub))
+            ensure_dir(site.records_dir / sub)
+            ensure_dir(site.retired_dir / site.installation_name(sub))
+        files: dict[Path, tuple[str, int]] = {site.config_file: (render_config(config), fmode)}
+        for path, text in render_profiles(site).items():
+            files[path] = (text, fmode)
+        for path, (text, mode) in files.items():
+            existed = path.exists()
+            try:
+                if write_if_changed(path, text, mode):
+                    rel = str(path.relative_to(root))
+                    (report.updated if existed else report.created).append(rel)
+                if gid is not None and path.stat().st_gid != gid:
+                    os.chown(path, -1, gid)
+            except PermissionError:
+                raise PermissionProblem(f"cannot write {path}: permission denied") from None
+    if old is not None:
+        report.config_changes = changes
+        if changes and "cpkgs.yaml" in report.updated:
+            report.updated.remove("cpkgs.yaml")
+    return report
+
+
+def _fix_perms(path: Path, mode: int, gid: int | None, report: InitReport, root: Path) -> None:
+    st = path.stat()
+    changed = False
+    if gid is not None and st.st_gid != gid:
+        os.chown(path, -1, gid)
+        changed = True
+    if (st.st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+        changed = True
+    if changed:
+        rel = str(path.relative_to(root)) + "/" if path != root else str(root)
+        if rel not in report.created:
+            report.updated.append(rel + " (permissions)")
+

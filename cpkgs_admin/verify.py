@@ -1,0 +1,249 @@
+"""Step 5 of new-env and `cpkgs verify`: every file against conda-meta, and the seal's permissions.
+
+Hashing runs on a thread pool: hashlib releases the GIL on large buffers, so two threads keep two cores busy
+without the start-up cost of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.seal import EXEC_BITS
+
+# Written by cpkgs after install (post-process); not part of any package, checked against our own manifest.
+SITE_MANIFEST = "conda-meta/cpkgs-site-files.json"
+EXECUTABLES_LIST = "conda-meta/cpkgs-executables.json"
+_BUF = 1 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # missing | modified | size | unexpected | writable | setuid | unsealed | executable
+    path: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    name: str
+    platform: str
+    prefix: str
+    files: int = 0
+    bytes: int = 0
+    unsealed: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = not self.problems
+        return d
+
+
+@dataclass(frozen=True)
+class Expected:
+    rel: str
+    sha256: str | None
+    size: int | None
+    executable: bool | None
+
+
+def is_nfs_silly(name: str) -> bool:
+    return name.startswith(".nfs")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(_BUF)
+        view = memoryview(buf)
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def expected_files(prefix: Path) -> dict[str, Expected]:
+    """What conda-meta says the prefix holds: path -> sha256 (after prefix replacement) and size."""
+    meta = prefix / "conda-meta"
+    out: dict[str, Expected] = {}
+    try:
+        entries = sorted(meta.glob("*.json"))
+    except OSError as exc:
+        raise CpkgsError(f"{meta}: cannot read: {exc.strerror}") from None
+    for p in entries:
+        if p.name.startswith("cpkgs-"):
+            continue
+        try:
+            data = json.loads(p.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CpkgsError(f"{p}: unreadable conda-meta record ({exc})") from None
+        paths = (data.get("paths_data") or {}).get("paths") or []
+        for e in paths:
+            if e.get("path_type") == "directory":
+                continue
+            rel = e["_path"]
+            sha = e.get("sha256_in_prefix") or e.get("sha256")
+            size = e.get("size_in_bytes")
+            if e.get("prefix_placeholder") and not e.get("sha256_in_prefix"):
+                sha, size = None, None  # patched file whose new hash nobody recorded: existence only
+            if e.get("path_type") == "softlink":
+                sha, size = None, None
+            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None)
+    manifest = prefix / SITE_MANIFEST
+    if manifest.exists():
+        try:
+            for rel, info in json.loads(manifest.read_bytes()).items():
+                out[rel] = Expected(rel=rel, sha256=info["sha256"], size=info["size"], executable=info.get("executable"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CpkgsError(f"{manifest}: unreadable ({exc})") from None
+    # The record files themselves change when packages are added; they are checked as JSON above.
+    return out
+
+
+def _check_one(prefix: str, exp: Expected) -> tuple[Problem | None, int]:
+    path = os.path.join(prefix, exp.rel)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Problem("missing", exp.rel, "listed in conda-meta but not on disk"), 0
+    except OSError as exc:
+        return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0
+    if stat.S_ISLNK(st.st_mode):
+        return None, 0
+    if exp.size is not None and st.st_size != exp.size:
+        return Problem("modified", exp.rel, f"size {st.st_size}, expected {exp.size}"), st.st_size
+    if exp.sha256 is not None:
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0
+        if digest != exp.sha256:
+            return Problem("modified", exp.rel, f"sha256 {digest[:16]}…, expected {exp.sha256[:16]}…"), st.st_size
+    return None, st.st_size
+
+
+def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Problem], int, int]:
+    """(problems, files checked, bytes hashed). Also reports files on disk that no package lists."""
+    expected = expected_files(prefix)
+    problems: list[Problem] = []
+    total = 0
+    workers = workers or max(2, os.cpu_count() or 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Large files first, so the slowest hash does not start last.
+        order = sorted(expected.values(), key=lambda e: -(e.size or 0))
+        for problem, size in pool.map(lambda e: _check_one(str(prefix), e), order, chunksize=16):
+            total += size
+            if problem:
+                problems.append(problem)
+    on_disk = set()
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        rel_dir = os.path.relpath(dirpath, prefix)
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            if is_nfs_silly(name):
+                continue
+            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
+            on_disk.add(rel)
+    for rel in sorted(on_disk - set(expected)):
+        if rel.startswith("conda-meta/"):
+            continue
+        problems.append(Problem("unexpected", rel, "not listed by any package"))
+    problems.sort(key=lambda p: (p.path, p.kind))
+    return problems, len(expected), total
+
+
+def check_permissions(prefix: Path, expect_sealed: bool, executables: set[str] | None = None) -> list[Problem]:
+    problems: list[Problem] = []
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        for name in [*dirnames, *filenames, ""] if dirpath == str(prefix) else [*dirnames, *filenames]:
+            if name and is_nfs_silly(name):
+                continue
+            path = os.path.join(dirpath, name) if name else dirpath
+            rel = os.path.relpath(path, prefix)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = st.st_mode
+            if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
+                problems.append(Problem("setuid", rel, f"mode {oct(mode & 0o7777)} has setuid/setgid"))
+            if mode & stat.S_IWOTH:
+                problems.append(Problem("writable", rel, f"mode {oct(mode & 0o7777)} is world-writable"))
+            elif expect_sealed and mode & (stat.S_IWUSR | stat.S_IWGRP):
+                problems.append(Problem("unsealed", rel, f"mode {oct(mode & 0o7777)} is writable"))
+            if executables is not None and stat.S_ISREG(mode) and mode & EXEC_BITS and rel not in executables:
+                problems.append(Problem("executable", rel, f"mode {oct(mode & 0o7777)}: was not executable when published"))
+    return problems
+
+
+def package_executables(prefix: Path) -> set[str] | None:
+    """Files that were executable when the env was published (rattler's conda-meta records no modes)."""
+    try:
+        return set(json.loads((prefix / EXECUTABLES_LIST).read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def executables_at_publish(prefix: Path) -> list[str]:
+    out = []
+    for dirpath, _dirnames, filenames in os.walk(prefix):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & EXEC_BITS:
+                out.append(os.path.relpath(path, prefix))
+    return sorted(out)
+
+
+def verify_prefix(prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "") -> VerifyReport:
+    rep = VerifyReport(name=name or prefix.name, platform=platform, prefix=str(prefix))
+    if not prefix.is_dir():
+        rep.problems.append(Problem("missing", str(prefix), "environment directory does not exist"))
+        return rep
+    problems, files, nbytes = check_integrity(prefix)
+    rep.files, rep.bytes = files, nbytes
+    rep.problems = problems + check_permissions(prefix, expect_sealed, package_executables(prefix))
+    rep.unsealed = not expect_sealed
+    return rep
+
+
+def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
+    from cpkgs_admin.envs import get_record
+    from cpkgs_admin.records import load_all
+
+    names = list(names)
+    if names:
+        records = [get_record(site, n, None) for n in names]
+    else:
+        records = [r for r in load_all(site.records_dir) if r.status != "removed"]
+    reports = []
+    for rec in records:
+        if rec.status == "removed":
+            raise CpkgsError(f"environment {rec.name} was removed; nothing to verify")
+        rep = verify_prefix(
+            Path(rec.prefix), expect_sealed=rec.status != "unsealed", name=rec.name, platform=rec.platform
+        )
+        reports.append(rep)
+    return reports
+
+
+def site_manifest(prefix: Path, rels: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Hashes of the files cpkgs itself writes into an env, so verify can check them like package files."""
+    out: dict[str, dict[str, Any]] = {}
+    for rel in rels:
+        path = prefix / rel
+        st = path.stat()
+        out[rel] = {"sha256": sha256_file(str(path)), "size": st.st_size, "executable": bool(st.st_mode & EXEC_BITS)}
+    return out

@@ -1,0 +1,1 @@
+# Shell and modulefile templates, shipped as package data `cpkgs_admin.templates`.
