@@ -38,9 +38,9 @@ from cpkgs_admin.spec import (
 
 Log = Callable[[str], None] | None
 STAGING_PREFIX = ".staging-"
-EMBEDDED_RECORD = "conda-meta/cpkgs-record.json"
+EMBEDDED_RECORD = "conda-meta/cpkgs/record.json"
 PKG_LIST = "list-of-pkgs-inside.txt"
-EXPLICIT_LOCK = "conda-meta/explicit.txt"
+EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,8 @@ def _prefix_records(prefix: Path) -> list[Any]:
 
     out = []
     for p in sorted((prefix / "conda-meta").glob("*.json")):
-        if not p.name.startswith("cpkgs-"):
-            with contextlib.suppress(Exception):
-                out.append(PrefixRecord.from_path(p))
+        with contextlib.suppress(Exception):
+            out.append(PrefixRecord.from_path(p))
     return out
 
 
@@ -205,7 +204,8 @@ def install_into(
             platform=Platform(subdir),
             execute_link_scripts=native,
             show_progress=progress,
-            requested_specs=[MatchSpec(s) for s in specs] if specs else None,
+            # py-rattler 0.28 hands this list to Rust unwrapped; pass the inner objects it expects.
+            requested_specs=[MatchSpec(s)._match_spec for s in specs] if specs else None,
             alternative_target_prefix=final,
             config=config,
         )
@@ -335,6 +335,9 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                            seconds=time.monotonic() - t0, timings=timings)
 
     existing_env_problem(site, name, subdir)  # fail fast, before waiting for a lock
+    from cpkgs_admin.integrations import preflight
+
+    preflight(site, req.name, subdir, packages)
     envs_dir = site.envs_dir(subdir)
     if not envs_dir.is_dir():
         raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")
@@ -342,6 +345,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         restore = existing_env_problem(site, name, subdir)
         if restore is not None:
             # A run died after the rename: the env is complete and sealed; only its record is missing.
+            os.chmod(final, 0o555)
             save_record(site.record_path(name, subdir), restore)
             audited(site, "new-env", env=name, platform=subdir, result="record restored")
             files, size = restore.file_count, restore.size
@@ -358,6 +362,9 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             t = time.monotonic()
             install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress)
             os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
+            # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
+            with contextlib.suppress(FileNotFoundError):
+                (staging / "CACHEDIR.TAG").unlink()
             timings["install"] = time.monotonic() - t
 
             t = time.monotonic()
@@ -382,13 +389,13 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 virtual_packages=overrides,
             )
             site_files = post_process(staging, final, record)
-            from cpkgs_admin.verify import EXECUTABLES_LIST, executables_at_publish, site_manifest
+            from cpkgs_admin.verify import EXECUTABLES_LIST, SITE_MANIFEST, executables_at_publish, site_manifest
 
             manifest = site_manifest(staging, site_files)
             executables = executables_at_publish(staging)
             record.file_count, record.size = _tree_size(staging)
             record.file_count += 3  # the manifest, the executables list and the embedded record below
-            atomic_write_json(staging / "conda-meta" / "cpkgs-site-files.json", manifest)
+            atomic_write_json(staging / SITE_MANIFEST, manifest)
             atomic_write_json(staging / EXECUTABLES_LIST, executables)
             atomic_write_json(staging / EMBEDDED_RECORD, record.to_json())
             timings["post"] = time.monotonic() - t
@@ -408,12 +415,14 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             t = time.monotonic()
             from cpkgs_admin.seal import seal_tree
 
-            seal_tree(staging, site.admin_gid())
+            seal_tree(staging, site.admin_gid(), top_mode=0o700)
             timings["seal"] = time.monotonic() - t
 
             t = time.monotonic()
             # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed one.
+            # The top dir opens to users only after the rename: a kill in between leaves nothing they can enter.
             os.rename(staging, final)
+            os.chmod(final, 0o555)
         except BaseException:
             from cpkgs_admin.seal import make_removable
 

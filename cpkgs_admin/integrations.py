@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 
+def preflight(site: Any, name: Any, subdir: str, packages: list[Any]) -> None:
+    """Before anything is installed: refuse a publish whose generated names would collide with another family's."""
+    return None
+
+
 def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]:
     """Files written inside the env before sealing; returns their paths relative to the env."""
     return []

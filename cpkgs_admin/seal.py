@@ -27,8 +27,10 @@ def _walk(top: Path) -> list[tuple[str, os.stat_result]]:
     return out
 
 
-def seal_tree(top: Path, gid: int | None = None) -> int:
-    """Seal every file and directory under TOP (TOP itself last, so a failure leaves it visibly unsealed)."""
+def seal_tree(top: Path, gid: int | None = None, top_mode: int = 0o555) -> int:
+    """Seal every file and directory under TOP, TOP itself last (a failure leaves it visibly unsealed).
+
+    The build passes top_mode=0o700 so a staging dir stays private until it is renamed into place."""
     count = 0
     try:
         for path, st in _walk(top):
@@ -44,7 +46,7 @@ def seal_tree(top: Path, gid: int | None = None) -> int:
             count += 1
         if gid is not None:
             os.lchown(top, -1, gid)
-        os.chmod(top, 0o555)
+        os.chmod(top, top_mode)
     except PermissionError as exc:
         raise PermissionProblem(f"cannot seal {exc.filename}: permission denied") from None
     return count

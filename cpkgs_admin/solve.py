@@ -114,7 +114,6 @@ def solve(
             platforms=[subdir, "noarch"],
             locked_packages=locked or None,
             virtual_packages=virtuals,
-            timestamp_policy="ignore",
         )
 
     try:

@@ -19,9 +19,10 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.seal import EXEC_BITS
 
-# Written by cpkgs after install (post-process); not part of any package, checked against our own manifest.
-SITE_MANIFEST = "conda-meta/cpkgs-site-files.json"
-EXECUTABLES_LIST = "conda-meta/cpkgs-executables.json"
+# Written by cpkgs after install (post-process) into conda-meta/cpkgs/, a directory conda and rattler ignore
+# (they read conda-meta/*.json only); not part of any package, checked against our own manifest.
+SITE_MANIFEST = "conda-meta/cpkgs/site-files.json"
+EXECUTABLES_LIST = "conda-meta/cpkgs/executables.json"
 _BUF = 1 << 20
 
 
@@ -82,8 +83,6 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
     except OSError as exc:
         raise CpkgsError(f"{meta}: cannot read: {exc.strerror}") from None
     for p in entries:
-        if p.name.startswith("cpkgs-"):
-            continue
         try:
             data = json.loads(p.read_bytes())
         except (OSError, ValueError) as exc:
@@ -95,8 +94,11 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
             rel = e["_path"]
             sha = e.get("sha256_in_prefix") or e.get("sha256")
             size = e.get("size_in_bytes")
-            if e.get("prefix_placeholder") and not e.get("sha256_in_prefix"):
-                sha, size = None, None  # patched file whose new hash nobody recorded: existence only
+            if e.get("prefix_placeholder"):
+                # The installer rewrote the prefix: size_in_bytes is the package's, not the patched file's.
+                size = None
+                if not e.get("sha256_in_prefix"):
+                    sha = None  # patched file whose new hash nobody recorded: existence only
             if e.get("path_type") == "softlink":
                 sha, size = None, None
             out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None)

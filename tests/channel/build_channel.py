@@ -69,11 +69,7 @@ def default_cache_root() -> Path:
 def cache_key() -> str:
     """Hash of everything that determines the channel's contents."""
     h = hashlib.sha256()
-    files = sorted(
-        p
-        for p in RECIPES_DIR.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    )
+    files = sorted(p for p in RECIPES_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for p in files:
         h.update(p.relative_to(RECIPES_DIR).as_posix().encode() + b"\0")
         h.update(p.read_bytes() + b"\0")
@@ -84,9 +80,7 @@ def cache_key() -> str:
 
 
 def is_complete(channel: Path) -> bool:
-    return (channel / _DONE_MARKER).is_file() and all(
-        (channel / s / "repodata.json").is_file() for s in SUBDIRS
-    )
+    return (channel / _DONE_MARKER).is_file() and all((channel / s / "repodata.json").is_file() for s in SUBDIRS)
 
 
 def ensure_channel(cache_root: Path | None = None) -> Path:
@@ -102,10 +96,16 @@ def ensure_channel(cache_root: Path | None = None) -> Path:
     if is_complete(final):
         return final
 
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"channel-{key}.lock")):
+    lock = FileLock(str(root / f"channel-{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _log(f"waiting for another process building {final}")
+        lock.acquire()
+    try:
         if is_complete(final):  # built by someone else while we waited
             return final
         # Leftovers of killed builds of this key: nobody else holds the lock.
@@ -124,6 +124,8 @@ def ensure_channel(cache_root: Path | None = None) -> Path:
             _log(f"test channel ready in {time.monotonic() - started:.1f}s: {final}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return final
 
 
@@ -155,8 +157,15 @@ class _Progress:
 
 def _python_context() -> dict[str, str]:
     """Facts about the interpreter that the ``python`` recipe repackages."""
-    short = sysconfig.get_config_var("VERSION") or "%d.%d" % sys.version_info[:2]
+    short = sysconfig.get_config_var("VERSION") or "{}.{}".format(*sys.version_info[:2])
     src = Path(sys.base_prefix)
+    if os.path.realpath(src) in ("/", "/usr", "/usr/local", "/opt/local"):
+        # Copying (and rewriting every text file naming) a system prefix makes
+        # no sense; a distribution's Python is also split over many packages.
+        raise RuntimeError(
+            f"cannot repackage the Python at {src}: run build_channel.py with a self-contained "
+            "CPython install (pyenv, python.org build) or a venv made from one"
+        )
     exe = src / "bin" / f"python{short}"
     if not exe.is_file():
         raise RuntimeError(f"cannot repackage Python: {exe} does not exist")
@@ -168,7 +177,7 @@ def _python_context() -> dict[str, str]:
         if soname and not (src / "lib" / soname).exists():
             raise RuntimeError(f"cannot repackage Python: {src}/lib/{soname} does not exist")
     return {
-        "cpkgs_py_version": "%d.%d.%d" % sys.version_info[:3],
+        "cpkgs_py_version": "{}.{}.{}".format(*sys.version_info[:3]),
         "cpkgs_py_short": short,
         "cpkgs_py_soname": soname,
     }
@@ -182,8 +191,15 @@ def _download_wheels(dest: Path) -> dict[str, str]:
     dest.mkdir(parents=True, exist_ok=True)
     constraints = RECIPES_DIR / "ipykernel" / "constraints.txt"
     cmd = [
-        sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-        "--only-binary=:all:", "--dest", str(dest), *WHEEL_REQUIREMENTS,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+        *WHEEL_REQUIREMENTS,
     ]
     _log("downloading wheels for pip/ipykernel: " + " ".join(WHEEL_REQUIREMENTS))
     for extra in (["--constraint", str(constraints)] if constraints.is_file() else [], []):
@@ -192,10 +208,10 @@ def _download_wheels(dest: Path) -> dict[str, str]:
             break
         if extra:
             _log("pip download with pinned versions failed; retrying unpinned")
+            shutil.rmtree(dest)
+            dest.mkdir()
     else:
-        raise RuntimeError(
-            f"pip download failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise RuntimeError(f"pip download failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     versions = {}
     for whl in dest.glob("*.whl"):
         m = _WHEEL_RE.match(whl.name)
@@ -221,9 +237,7 @@ def _build(tmp: Path) -> Path:
     from rattler.index import index_fs
     from rattler_build import RenderConfig, Stage0Recipe, ToolConfiguration, VariantConfig
 
-    missing = sorted(
-        {p.parent.name for p in RECIPES_DIR.glob("*/recipe.yaml")} - set(BUILD_ORDER)
-    )
+    missing = sorted({p.parent.name for p in RECIPES_DIR.glob("*/recipe.yaml")} - set(BUILD_ORDER))
     if missing:
         raise RuntimeError(f"recipes not in BUILD_ORDER: {missing}")
 
@@ -258,11 +272,7 @@ def _build(tmp: Path) -> Path:
         for name in BUILD_ORDER:
             recipe_dir = RECIPES_DIR / name
             variants_file = recipe_dir / "variants.yaml"
-            variant_config = (
-                VariantConfig.from_file(str(variants_file))
-                if variants_file.is_file()
-                else VariantConfig()
-            )
+            variant_config = VariantConfig.from_file(str(variants_file)) if variants_file.is_file() else VariantConfig()
             recipe = Stage0Recipe.from_file(recipe_dir / "recipe.yaml")
             progress = _Progress()
             t0 = time.monotonic()

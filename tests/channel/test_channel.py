@@ -27,7 +27,10 @@ ENV_SPECS = [
     "cpkgs-test-activate",
 ]
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the test channel is linux-64")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="the test channel is linux-64"),
+]
 
 
 def _run_async(coro):  # noqa: ANN001, ANN202
@@ -102,9 +105,17 @@ def test_channel_layout(channel: Path) -> None:
     assert (channel / "noarch" / "repodata.json").is_file()
     names = {p.name for p in channel.glob("*/*.conda")}
     prefixes = [
-        "cpkgs-test-lib-1.0-", "cpkgs-test-lib-1.1-", "cpkgs-test-lib-2.0-",
-        "cpkgs-test-mid-1.0-", "cpkgs-test-app-1.0-", "cpkgs-test-textprefix-1.0-",
-        "cpkgs-test-binprefix-1.0-", "cpkgs-test-activate-1.0-", "python-", "pip-", "ipykernel-",
+        "cpkgs-test-lib-1.0-",
+        "cpkgs-test-lib-1.1-",
+        "cpkgs-test-lib-2.0-",
+        "cpkgs-test-mid-1.0-",
+        "cpkgs-test-app-1.0-",
+        "cpkgs-test-textprefix-1.0-",
+        "cpkgs-test-binprefix-1.0-",
+        "cpkgs-test-activate-1.0-",
+        "python-",
+        "pip-",
+        "ipykernel-",
     ]
     for prefix in prefixes:
         assert any(n.startswith(prefix) for n in names), (prefix, sorted(names))
@@ -149,11 +160,20 @@ def test_python_does_not_touch_its_origin(env: Path) -> None:
         pytest.skip("strace not installed")
     origin = os.path.realpath(sys.base_prefix)
     log = env.parent / "strace.log"
-    run([
-        strace, "-f", "-qq", "-e", "trace=file", "-o", str(log),
-        str(env / "bin" / "python"), "-c",
-        "import ssl, sqlite3, ctypes, json, sysconfig; sysconfig.get_config_vars(); import pip",
-    ])
+    run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            "trace=file",
+            "-o",
+            str(log),
+            str(env / "bin" / "python"),
+            "-c",
+            "import ssl, sqlite3, ctypes, json, sysconfig; sysconfig.get_config_vars(); import pip",
+        ]
+    )
     hits = [line for line in log.read_text().splitlines() if origin in line]
     assert not hits, hits[:10]
     config = run([str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_config_vars())"])
@@ -165,6 +185,39 @@ def test_ipykernel_importable(env: Path) -> None:
     out = run([str(env / "bin" / "python"), "-c", "import ipykernel, IPython; print(ipykernel.__file__)"])
     assert out.startswith(str(env / "lib"))
     assert (env / "share" / "jupyter" / "kernels" / "python3" / "kernel.json").is_file()
+
+
+def test_kernel_executes_code(env: Path, work: Path) -> None:
+    """pyzmq, tornado & co. work after relocation: a kernel runs code."""
+    code = """
+import sys
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+try:
+    out = []
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+    reply = kc.execute_interactive("import sys; print(sys.prefix)", output_hook=hook, timeout=60)
+    assert reply["content"]["status"] == "ok", reply
+    print("".join(out).strip())
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+"""
+    env_vars = clean_env()
+    env_vars["JUPYTER_RUNTIME_DIR"] = str(work / "jupyter-runtime")
+    env_vars["IPYTHONDIR"] = str(work / "ipython")
+    env_vars["JUPYTER_PATH"] = str(env / "share" / "jupyter")
+    out = run([str(env / "bin" / "python"), "-c", code], env=env_vars)
+    assert out.strip().splitlines()[-1] == str(env)
+
+
+def test_venv_from_env_python(env: Path, work: Path) -> None:
+    venv = work / "venv"
+    run([str(env / "bin" / "python"), "-m", "venv", "--without-pip", str(venv)])
+    out = run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix, sys.base_prefix)"])
+    assert out.split() == [str(venv), str(env)]
 
 
 def test_dependency_chain(env: Path) -> None:
@@ -187,7 +240,9 @@ def test_unsatisfiable_lib_pin(channel: Path, work: Path) -> None:
         solve(channel, ["cpkgs-test-app", "cpkgs-test-lib ==1.0"], work)
     assert "cpkgs-test-lib" in str(info.value)
     # ... while lib 1.1 can, and lib 1.0 alone can.
-    names = {(r.name.normalized, str(r.version)) for r in solve(channel, ["cpkgs-test-app", "cpkgs-test-lib ==1.1"], work)}
+    names = {
+        (r.name.normalized, str(r.version)) for r in solve(channel, ["cpkgs-test-app", "cpkgs-test-lib ==1.1"], work)
+    }
     assert ("cpkgs-test-lib", "1.1") in names
     names = {(r.name.normalized, str(r.version)) for r in solve(channel, ["cpkgs-test-lib ==1.0"], work)}
     assert names == {("cpkgs-test-lib", "1.0")}

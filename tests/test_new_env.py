@@ -1,0 +1,299 @@
+"""`cpkgs new-env`: real py-rattler solves and installs from the local test channel."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FULL_SPECS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
+
+ENVS = "anaconda3_linux/envs"
+
+
+def test_published_env_runs_and_embeds_final_prefix(built_site: Path) -> None:
+    prefix = built_site / ENVS / "demo-1.0"
+    assert (prefix / "bin" / "python").exists()
+    out = as_nobody([str(prefix / "bin" / "python"), "-c", "import sys; print(sys.prefix)"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(prefix)
+    # text and binary prefix placeholders point at the final path, not at the staging dir
+    assert as_nobody([str(prefix / "bin" / "cpkgs-test-textprefix")]).stdout.strip() == str(prefix)
+    assert as_nobody([str(prefix / "bin" / "cpkgs-test-binprefix")]).stdout.strip() == str(prefix)
+    assert as_nobody([str(prefix / "bin" / "cpkgs-test-app")]).stdout.strip() == "app ok"
+    assert not list((built_site / ENVS).glob(".staging-*"))
+
+
+def test_list_of_pkgs_inside_and_explicit_lock(built_site: Path) -> None:
+    prefix = built_site / ENVS / "demo-1.0"
+    listing = (prefix / "list-of-pkgs-inside.txt").read_text()
+    assert "cpkgs-test-lib" in listing and "1.1" in listing and "python" in listing
+    explicit = (prefix / "conda-meta" / "cpkgs" / "explicit.txt").read_text()
+    assert "@EXPLICIT" in explicit and "# platform: linux-64" in explicit
+    assert all("#" in line for line in explicit.splitlines() if line.startswith("file://"))
+
+
+def test_sealed_against_an_ordinary_user(built_site: Path) -> None:
+    prefix = built_site / ENVS / "demo-1.0"
+    py = prefix / "bin" / "python3.11"
+    for cmd in (
+        ["touch", str(prefix / "new")],
+        ["touch", str(prefix / "bin" / "new")],
+        ["sh", "-c", f"echo x >> {prefix}/list-of-pkgs-inside.txt"],
+        ["rm", "-f", str(prefix / "list-of-pkgs-inside.txt")],
+        ["chmod", "777", str(py)],
+        ["mv", str(prefix), str(prefix) + "-moved"],
+        ["mkdir", str(prefix / "lib" / "x")],
+    ):
+        r = as_nobody(cmd)
+        assert r.returncode != 0, cmd
+    assert (prefix / "list-of-pkgs-inside.txt").exists()
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        for n in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            assert not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH | stat.S_ISUID | stat.S_ISGID), n
+
+
+def test_record_list_info_json(built_site: Path) -> None:
+    r = run_cpkgs("list", "--json", root=built_site)
+    assert r.returncode == 0, r
+    names = {e["name"]: e for e in r.json()}
+    assert set(names) == {"demo-1.0", "demo-2.0", "tools-1.0"}  # retired old-1.0 hidden
+    assert names["demo-1.0"]["platform"] == "linux-64" and names["demo-1.0"]["status"] == "active"
+    assert names["demo-1.0"]["created"] and names["demo-1.0"]["size"] > 0
+    every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=built_site).json()}
+    assert every["old-1.0"]["status"] == "retired" and every["old-1.0"]["successor"] == "demo-2.0"
+    info = run_cpkgs("info", "demo-1.0", "--json", root=built_site).json()
+    pk = {p["name"]: p for p in info["packages"]}
+    assert pk["cpkgs-test-lib"]["version"] == "1.1"
+    assert set(pk["python"]) >= {"name", "version", "build", "channel", "sha256"}
+    assert len(pk["python"]["sha256"]) == 64
+    assert info["requested_specs"][0] == "python" and info["creator"] and info["host"]
+    assert info["file_count"] > 100 and info["status"] == "active"
+    human = run_cpkgs("info", "demo-1.0", root=built_site)
+    assert "cpkgs-test-lib" in human.stdout and "1.1" in human.stdout
+
+
+def test_diff(built_site: Path) -> None:
+    d = run_cpkgs("diff", "demo-1.0", "demo-2.0", "--json", root=built_site).json()
+    assert d["added"] == [] and d["removed"] == []
+    changed = {c["name"]: c for c in d["changed"]}
+    assert changed["cpkgs-test-lib"]["old"]["version"] == "1.1"
+    assert changed["cpkgs-test-lib"]["new"]["version"] == "2.0"
+    d = run_cpkgs("diff", "tools-1.0", "demo-1.0", "--json", root=built_site).json()
+    assert "python" in {a["name"] for a in d["added"]}
+    human = run_cpkgs("diff", "demo-1.0", "demo-2.0", root=built_site)
+    assert "cpkgs-test-lib" in human.stdout and "2.0" in human.stdout
+
+
+def test_export_formats(built_site: Path) -> None:
+    e = run_cpkgs("export", "demo-1.0", "--format", "explicit", root=built_site)
+    assert e.returncode == 0 and "@EXPLICIT" in e.stdout
+    y = run_cpkgs("export", "demo-1.0", "--format", "yaml", root=built_site)
+    import yaml
+
+    doc = yaml.safe_load(y.stdout)
+    assert doc["name"] == "demo-1.0" and any(d.startswith("cpkgs-test-lib==1.1=") for d in doc["dependencies"])
+
+
+def test_existing_name_fails_and_changes_nothing(built_site: Path) -> None:
+    before = tree_hash(built_site / ".cpkgs" / "records")
+    r = run_cpkgs("new-env", "demo-1.0", "python", root=built_site)
+    assert r.returncode == 1
+    assert "already exists" in r.stderr and r.stderr.count("\n") == 1
+    assert tree_hash(built_site / ".cpkgs" / "records") == before
+
+
+def test_dry_run_writes_nothing(site: Path) -> None:
+    before = tree_hash(site)
+    r = run_cpkgs("new-env", "dry-1.0", "cpkgs-test-app", "--dry-run", root=site)
+    assert r.returncode == 0, r
+    assert "cpkgs-test-mid" in r.stdout and "cpkgs-test-lib" in r.stdout and "2.0" in r.stdout
+    assert tree_hash(site) == before
+
+
+def test_family_spec_file_with_extends(site: Path) -> None:
+    (site / "specs" / "ml-base.yml").write_text("dependencies:\n  - python\n  - cpkgs-test-lib 1.0.*\n")
+    (site / "specs" / "ml-pyroot.yml").write_text(
+        "# ROOT on top of ml-base, like the ATLAS images\nextends: ml-base\ndependencies:\n  - cpkgs-test-textprefix\n"
+    )
+    r = run_cpkgs("new-env", "ml-pyroot-2024.1", root=site)
+    assert r.returncode == 0, r
+    info = run_cpkgs("info", "ml-pyroot-2024.1", "--json", root=site).json()
+    assert info["family"] == "ml-pyroot" and info["version"] == "2024.1"
+    assert info["spec_source"].endswith("specs/ml-pyroot.yml") and len(info["spec_sha256"]) == 64
+    assert info["extends"] == ["ml-base"]
+    pk = {p["name"]: p["version"] for p in info["packages"]}
+    assert pk["cpkgs-test-lib"] == "1.0" and "cpkgs-test-textprefix" in pk and "python" in pk
+
+
+def test_environment_file_and_from_with_add_remove(site: Path, tmp_path: Path) -> None:
+    envfile = tmp_path / "environment.yml"
+    envfile.write_text("name: ignored\ndependencies:\n  - cpkgs-test-app\n  - cpkgs-test-lib 1.1.*\n  - cpkgs-test-textprefix\n")
+    assert run_cpkgs("new-env", "app-1.0", "-f", str(envfile), root=site).returncode == 0
+    r = run_cpkgs("new-env", "app-1.1", "--from", "app-1.0", "--add", "cpkgs-test-activate",
+                  "--remove", "cpkgs-test-textprefix", root=site)
+    assert r.returncode == 0, r
+    d = run_cpkgs("diff", "app-1.0", "app-1.1", "--json", root=site).json()
+    assert [a["name"] for a in d["added"]] == ["cpkgs-test-activate"]
+    assert [a["name"] for a in d["removed"]] == ["cpkgs-test-textprefix"]
+    assert d["changed"] == []  # OLD's exact versions kept: lib stays 1.1 although 2.0 exists
+    r = run_cpkgs("new-env", "app-2.0", "--from", "app-1.1", "--add", "cpkgs-test-lib >=2", root=site)
+    assert r.returncode == 0, r
+    d = run_cpkgs("diff", "app-1.1", "app-2.0", "--json", root=site).json()
+    assert [c["name"] for c in d["changed"]] == ["cpkgs-test-lib"]
+
+
+def test_override_virtual_package(site: Path, channel_url: str) -> None:
+    r = run_cpkgs("new-env", "gpu-1.0", "cpkgs-test-app", "--override-virtual", "__cuda=12.4", "--dry-run", root=site)
+    assert r.returncode == 0, r
+    r = run_cpkgs("new-env", "gpu-1.0", "cpkgs-test-app", "--override-virtual", "cuda", root=site)
+    assert r.returncode == 2 and "PKG=VERSION" in r.stderr
+
+
+def test_other_platform_installation(site: Path) -> None:
+    r = run_cpkgs("new-env", "mac-1.0", "cpkgs-test-lib", "--platform", "osx-arm64", root=site)
+    assert r.returncode == 0, r
+    assert (site / "anaconda3_macOS" / "envs" / "mac-1.0" / "share" / "cpkgs-test-lib" / "VERSION").exists()
+    listing = run_cpkgs("list", "--json", root=site).json()
+    assert [(e["name"], e["platform"]) for e in listing] == [("mac-1.0", "osx-arm64")]
+    r = run_cpkgs("new-env", "mac-2.0", "cpkgs-test-lib", "--platform", "win-64", root=site)
+    assert r.returncode == 2 and "not served" in r.stderr
+
+
+BAD_INPUTS = [
+    (["nothing-1.0"], "no spec file"),
+    (["x-1.0", "cpkgs-test-app", "cpkgs-test-lib 1.0.*"], "cannot solve"),
+    (["x-1.0", "no-such-package-anywhere"], "cannot solve"),
+    (["x-1.0", "python >>= 3"], "invalid match spec"),
+    (["x-1.0", "cpkgs-test-app", "-c", "file:///does/not/exist"], "does not exist"),
+    (["x-1.0", "cpkgs-test-app", "-c", "ftp://x/y"], "unsupported scheme"),
+    (["x-1.0", "--lock", "/does/not/exist.txt"], "does not exist"),
+    (["x-1.0", "--from", "nope-1.0"], "no environment named nope-1.0"),
+    (["x-1.0", "--add", "python"], "--add and --remove go with --from"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_one_line_nothing_created(site: Path, args: list[str], message: str) -> None:
+    before = tree_hash(site)
+    r = run_cpkgs("new-env", *args, root=site)
+    assert r.returncode in (1, 2), r
+    assert message in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert tree_hash(site) == before
+
+
+BAD_YAML = [
+    ("dependencies: [python\n", "invalid YAML"),
+    ("- python\n", "expected a mapping"),
+    ("dependencies: python\n", "must be a list"),
+    ("dependencies:\n  - python\n  - pip:\n    - requests\n", "'pip:' section is not supported"),
+    ("dependencies:\n  - 'python >>= 3'\n", "invalid match spec"),
+    ("channels: [5]\ndependencies: [python]\n", "'channels' must be a list"),
+    ("surprise: 1\ndependencies: [python]\n", "unknown key 'surprise'"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_YAML)
+def test_bad_environment_yml(site: Path, tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "environment.yml"
+    f.write_text(text)
+    before = tree_hash(site)
+    r = run_cpkgs("new-env", "x-1.0", "-f", str(f), root=site)
+    assert r.returncode == 1, r
+    assert message in r.stderr and str(f) in r.stderr and r.stderr.count("\n") == 1
+    assert tree_hash(site) == before
+
+
+def test_extends_cycle_and_missing_parent(site: Path) -> None:
+    (site / "specs" / "a.yml").write_text("extends: b\ndependencies: [python]\n")
+    (site / "specs" / "b.yml").write_text("extends: a\ndependencies: [python]\n")
+    r = run_cpkgs("new-env", "a-1.0", root=site)
+    assert r.returncode == 1 and "cycle" in r.stderr
+    (site / "specs" / "c.yml").write_text("extends: missing\ndependencies: [python]\n")
+    r = run_cpkgs("new-env", "c-1.0", root=site)
+    assert r.returncode == 1 and "missing.yml does not exist" in r.stderr
+
+
+def test_ordinary_user_cannot_build(site: Path) -> None:
+    r = run_cpkgs("new-env", "u-1.0", "cpkgs-test-app", root=site, user=True)
+    assert r.returncode == 1 and "permission denied" in r.stderr and "Traceback" not in r.stderr
+    assert not (site / ENVS / "u-1.0").exists()
+
+
+@pytest.mark.slow
+def test_four_parallel_same_name_exactly_one_wins(site: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(site), "new-env", "race-1.0", "cpkgs-test-app"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(c for c, _ in results)
+    assert codes == [0, 1, 1, 1], results
+    for code, err in results:
+        if code:
+            assert "already exists" in err and err.count("\n") == 1
+    assert run_cpkgs("verify", "race-1.0", root=site).returncode == 0
+
+
+@pytest.mark.slow
+def test_four_parallel_different_names_all_succeed(site: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(site), "new-env", f"par-{i}.0", "cpkgs-test-app"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0, 0, 0]
+    assert len(run_cpkgs("list", "--json", root=site).json()) == 4
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_url: str) -> None:
+    """10 builds killed at random points; users never see a half env, and the rerun always succeeds."""
+    root = make_site(tmp_path / "site", channel_url, lease=2.0)
+    rng = random.Random(20261122)
+    specs = [*FULL_SPECS]
+    # Time a full build once, to spread the kills across all its steps.
+    t = time.monotonic()
+    assert run_cpkgs("new-env", "timing-1.0", *specs, root=root).returncode == 0
+    full = time.monotonic() - t
+    for i in range(10):
+        name = f"crash-{i}.0"
+        p = subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *specs],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, full * 1.1))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        envs = root / ENVS
+        prefix = envs / name
+        if prefix.exists():
+            # Published before the kill: it must be whole and sealed.
+            # Renamed into place before the kill: whole and sealed (the top opens last), never half.
+            mode = stat.S_IMODE(prefix.stat().st_mode)
+            world_traversable(root)
+            run = as_nobody([str(prefix / "bin" / "cpkgs-test-app")])
+            if mode == 0o555:
+                assert run.stdout.strip() == "app ok"
+            else:
+                assert mode == 0o700 and run.returncode != 0
+        for leftover in envs.glob(".staging-*"):
+            assert stat.S_IMODE(leftover.stat().st_mode) == 0o700, leftover
+            assert as_nobody(["ls", str(leftover)]).returncode != 0
+        world_traversable(root)
+        r = run_cpkgs("new-env", name, *specs, root=root)
+        assert r.returncode == 0, (i, r)
+        assert run_cpkgs("verify", name, root=root).returncode == 0
+        assert not list(envs.glob(f".staging-{name}-*"))
+        out = as_nobody([str(prefix / "bin" / "cpkgs-test-binprefix")])
+        assert out.stdout.strip() == str(prefix)
