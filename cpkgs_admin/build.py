@@ -109,7 +109,8 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
         if missing:
             raise SpecError(f"--remove {', '.join(sorted(missing))}: not in {old.name}")
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
-        spec = Spec(specs=specs, channels=tuple(old.channels), source=f"--from {old.name}", extends=tuple(old.extends))
+        # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
+        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends))
         return spec, locked
     if req.spec_file:
         spec = from_environment_file(req.spec_file)
@@ -305,6 +306,14 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
     from cpkgs_admin.solve import check_channels, env_overrides, parse_overrides, resolve_lock, solve, virtual_packages
 
     overrides = {**site.config.virtual_packages, **env_overrides(), **parse_overrides(req.overrides)}
+    if not req.dry_run:
+        envs_dir = site.envs_dir(subdir)
+        if not envs_dir.is_dir():
+            raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")
+        if not os.access(envs_dir, os.W_OK) or not os.access(site.locks_dir, os.W_OK):
+            raise BuildError(f"cannot write to {envs_dir}: permission denied (are you a site admin?)")
+        if not req.lock_file:
+            existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
     repodata_cache = site.pkgs_cache_dir / "repodata" if os.access(site.state_dir, os.W_OK) else None
 
     if req.lock_file:
@@ -339,8 +348,6 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
 
     preflight(site, req.name, subdir, packages)
     envs_dir = site.envs_dir(subdir)
-    if not envs_dir.is_dir():
-        raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")
     with env_locked(site, name, subdir):
         restore = existing_env_problem(site, name, subdir)
         if restore is not None:

@@ -187,8 +187,11 @@ def new_env(
         overrides=overrides,
         dry_run=dry_run,
     )
+    # Progress (rattler's bars, step lines) on a terminal or with -v; plain output otherwise, so that a failure
+    # in a script or a test is exactly one line on stderr.
     progress = sys.stderr.isatty() and not c.quiet and not as_json
-    result = build_new_env(site, req, progress=progress, log=None if c.quiet or as_json else _log)
+    chatty = (progress or c.verbose > 0) and not c.quiet
+    result = build_new_env(site, req, progress=progress, log=_log if chatty else None)
     if as_json:
         emit_json(result.to_json())
         return
@@ -552,6 +555,10 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 
     rep = extend_env(c.root, base, Path(directory), force=force)
     c.say(f"layer {rep.directory} on {rep.base}: conda activate {rep.directory}; pip install goes into the layer")
+    if not rep.has_pip:
+        c.say(f"note: {rep.base} has no pip; run '{rep.directory}/bin/python -m ensurepip' once to get one in the layer")
+    if rep.notice:
+        click.echo(rep.notice, err=True)
 
 
 # -------------------------------------------------------------------------------------------------------------- main

@@ -70,7 +70,10 @@ def get_record(site: Site, name: str, platform: str | None) -> EnvRecord:
     if platform:
         from cpkgs_admin.records import load_record_file
 
-        return load_record_file(site.record_path(name, platform))
+        path = site.record_path(name, platform)
+        if not path.exists():
+            raise EnvNotFound(f"no environment named {name} for {platform} in {site.root} (see 'cpkgs list --all')")
+        return load_record_file(path)
     recs = find_records(site.records_dir, name)
     if not recs:
         raise EnvNotFound(f"no environment named {name} in {site.root} (see 'cpkgs list --all')")

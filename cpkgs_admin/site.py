@@ -308,6 +308,21 @@ class Site:
     def kernel_dir(self, kernel: str) -> Path:
         return self.kernels_dir / kernel
 
+    @property
+    def modulefiles_tcl_dir(self) -> Path:
+        """Tcl modulefiles for sites on environment-modules (Lmod reads them too)."""
+        return self.root / "modulefiles-tcl"
+
+    def module_file_tcl(self, family: str, version: str) -> Path:
+        return self.modulefiles_tcl_dir / family / version
+
+    def module_rc(self, family: str) -> Path:
+        """Lmod's per-family rc: default version, hidden (retired) versions."""
+        return self.modulefiles_dir / family / ".modulerc.lua"
+
+    def module_rc_tcl(self, family: str) -> Path:
+        return self.modulefiles_tcl_dir / family / ".modulerc"
+
     def env_lock(self, name: str, subdir: str) -> Path:
         return self.locks_dir / f"env-{subdir}-{name}.lock"
 

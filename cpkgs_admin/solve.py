@@ -75,7 +75,11 @@ def check_channels(channels: Sequence[str]) -> list[str]:
             raise UsageError(f"channel {ch!r} {problem}")
         if ch.startswith("file://"):
             path = Path(ch[len("file://"):])
-            if not path.is_dir():
+            try:
+                exists = path.is_dir()
+            except PermissionError:
+                raise SolveError(f"channel {ch} is not readable by this user") from None
+            if not exists:
                 raise SolveError(f"channel {ch} does not exist (no directory {path})")
         out.append(ch)
     if not out:
@@ -114,6 +118,8 @@ def solve(
             platforms=[subdir, "noarch"],
             locked_packages=locked or None,
             virtual_packages=virtuals,
+            # conda adds pip to every python (its add_pip_as_python_dependency default); admins expect that.
+            add_pip_as_python_dependency=True,
         )
 
     try:

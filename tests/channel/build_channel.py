@@ -60,10 +60,21 @@ def _log(msg: str) -> None:
 
 
 def default_cache_root() -> Path:
+    """``$CPKGS_TEST_CHANNEL_CACHE``, else ``~/.cache/cpkgs-test-channel``.
+
+    ``~`` is the user's home from the password database, not ``$HOME``: tests
+    that point HOME at a temporary directory still share one cached channel.
+    """
     env = os.environ.get("CPKGS_TEST_CHANNEL_CACHE")
     if env:
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "cpkgs-test-channel"
+    try:
+        import pwd
+
+        home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):
+        home = Path.home()
+    return home / ".cache" / "cpkgs-test-channel"
 
 
 def cache_key() -> str:
@@ -134,7 +145,7 @@ def ensure_channel(cache_root: Path | None = None) -> Path:
 
 
 class _Progress:
-    """rattler-build progress callback: progress lines to stderr, log kept."""
+    """rattler-build progress callback: keeps the log for the error report."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []

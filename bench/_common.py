@@ -1,0 +1,166 @@
+"""Helpers shared by the bench/bench_*.py scripts: paths, the test channel, a fresh site, timing, machine facts.
+
+Every benchmark builds its own site in a temporary directory (under $CPKGS_BENCH_TMP, else the system temp dir), so
+`make bench` works on a fresh machine: the local test channel is built once per machine and cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# The interpreter running the bench is the venv's (`make bench`, or .venv/bin/python bench/x.py); its bin dir holds
+# the `cpkgs` console script. Fall back to the repo's venv.
+_BIN = Path(sys.executable).parent
+CPKGS = str(_BIN / "cpkgs") if (_BIN / "cpkgs").exists() else str(REPO / ".venv" / "bin" / "cpkgs")
+PYTHON = sys.executable
+
+SPECS = ["python", "cpkgs-test-app", "cpkgs-test-textprefix", "cpkgs-test-binprefix", "cpkgs-test-activate"]
+
+
+def channel_dir() -> Path:
+    """The local test channel (built and cached per machine on first use)."""
+    sys.path.insert(0, str(REPO / "tests" / "channel"))
+    try:
+        from build_channel import ensure_channel  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    return Path(ensure_channel())
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def temp_dir(tag: str) -> Iterator[Path]:
+    base = os.environ.get("CPKGS_BENCH_TMP") or None
+    d = Path(tempfile.mkdtemp(prefix=f"cpkgs-bench-{tag}-", dir=base))
+    try:
+        yield d
+    finally:
+        rmtree(d)
+
+
+def rmtree(path: Path) -> None:
+    """Remove a tree that may hold sealed (0555/0444) environments."""
+    if not path.exists():
+        return
+    for dirpath, dirnames, _files in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p):
+                    os.chmod(p, 0o755)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cpkgs(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([CPKGS, "--root", str(root), *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"cpkgs {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+def make_site(root: Path, channel: Path) -> Path:
+    cpkgs(root, "init", "-c", channel.as_uri())
+    return root
+
+
+def timed(cmd: Sequence[str], **kw: Any) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Wall time of one whole command (interpreter start included), output captured."""
+    t = time.perf_counter()
+    proc = subprocess.run(list(cmd), capture_output=True, check=False, **kw)
+    dt = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
+    return dt, proc
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def fmt_runs(xs: Sequence[float], unit: str = "s", scale: float = 1.0, digits: int = 3) -> str:
+    return "[" + ", ".join(f"{x * scale:.{digits}f}" for x in xs) + f"] {unit}"
+
+
+def tree_bytes(prefix: Path) -> tuple[int, int]:
+    """(regular files, bytes) under PREFIX, symlinks not followed."""
+    files = size = 0
+    for dirpath, _d, names in os.walk(prefix):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISREG(st.st_mode):
+                files += 1
+                size += st.st_size
+    return files, size
+
+
+def _fs_type(path: str) -> str:
+    best, fstype = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 3:
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fstype = mnt, f"{parts[2]} ({parts[0]} on {mnt})"
+    return fstype
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = "?"
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+                break
+    tmp = os.path.realpath(os.environ.get("CPKGS_BENCH_TMP") or tempfile.gettempdir())
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram": ram,
+        "tmp_fs": _fs_type(tmp),
+        "tmp": tmp,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def print_machine() -> dict[str, Any]:
+    m = machine()
+    print(f"machine: nproc={m['nproc']}  cpu={m['cpu']}  ram={m['ram']}  {m['tmp']}: {m['tmp_fs']}  "
+          f"python {m['python']}  {m['date']}")
+    return m
+
+
+def drop_writeback() -> None:
+    """Flush dirty pages so no timed run pays for the previous run's writeback."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sync()
+
+
+def final_json(bench: str, data: dict[str, Any]) -> None:
+    print(json.dumps({"bench": bench, **data}, sort_keys=False), flush=True)

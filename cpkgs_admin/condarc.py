@@ -1,0 +1,705 @@
+"""`cpkgs link-user` / `cpkgs unlink-user`: list the site's shared envs in the user's own conda (`envs_dirs`).
+
+Shared homes: one `~/.condarc` is read by conda on Linux and on macOS alike, so the entry must not name one OS's
+installation. It names none: link-user appends exactly one item
+
+    <root>/${CPKGS_INSTALLATION}/envs
+
+and the site's `etc/profile.d/conda.sh` / `conda.csh` export CPKGS_INSTALLATION for the host they run on
+(`anaconda3_linux` on Linux x86_64, `anaconda3_macOS` on an arm64 Mac). conda expands environment variables in
+envs_dirs: conda/base/context.py declares `_envs_dirs = ParameterLoader(SequenceParameter(...),
+aliases=("envs_dirs", "envs_path"), expandvars=True)` (conda/common/configuration.py applies `os.path.expandvars`
+to each raw value) and `mockable_context_envs_dirs` passes every entry through conda/common/path.py
+`expand()` = `abspath(expanduser(expandvars(path)))`. Where CPKGS_INSTALLATION is unset, expandvars leaves the text
+as it is: `<root>/${CPKGS_INSTALLATION}/envs` does not exist and users cannot create it (the root is not theirs),
+so conda lists nothing from it and never creates an env there. The item goes last: conda creates new envs in the
+first writable entry, so the user's own dirs keep that role.
+
+The user's file is theirs. ruamel.yaml's round-trip composer (the YAML library conda itself reads condarc files
+with) locates the nodes; the change is spliced in at their marks so every byte outside the touched list stays as
+it was (a full round-trip dump re-indents and re-spaces); every result is parsed again and must equal the old
+settings plus (or minus) exactly that one item, else ruamel's round-trip dump is used and checked the same way.
+Writes happen under a lock beside the file, keep a timestamped backup, replace atomically and keep the mode; a
+symlinked file (dotfile managers) is edited at its target and stays a symlink.
+
+unlink-user removes every item equal to that entry, nothing else. When link-user had to create the `envs_dirs` key
+it marks the key's line with the comment `# added by cpkgs link-user`; unlink-user removes such a key once its list
+is empty, and leaves `envs_dirs: []` when the key was the user's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import ConfigError, CpkgsError, PermissionProblem, UsageError
+from cpkgs_admin.locking import SiteLock, atomic_write
+from cpkgs_admin.site import Site, SiteConfig, native_subdir, open_site
+
+INSTALLATION_VAR = "CPKGS_INSTALLATION"
+MARKER = "added by cpkgs link-user"
+KEY = "envs_dirs"
+ALIAS_KEY = "envs_path"  # conda's alias of envs_dirs; a file holding both is rejected by conda itself
+NEW_FILE_MODE = 0o644
+LOCK_LEASE = 30.0
+LOCK_TIMEOUT = 120.0
+
+_DASH_PREFIX = re.compile(r"[ \t]*-[ \t]+\Z")
+_BLANK_OR_COMMENT = re.compile(r"[ \t]*(#.*)?\Z")
+
+
+@dataclass(frozen=True)
+class CondarcChange:
+    """What link-user / unlink-user did (or, with --dry-run, would do) to one condarc file."""
+
+    path: str  # the file as named (may be a symlink)
+    target: str  # the file actually read and written
+    entry: str
+    changed: bool
+    created: bool
+    written: bool
+    backup: str | None
+    diff: str
+    message: str
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "target": self.target,
+            "entry": self.entry,
+            "changed": self.changed,
+            "created": self.created,
+            "written": self.written,
+            "backup": self.backup,
+            "diff": self.diff,
+            "message": self.message,
+            "warnings": list(self.warnings),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------- the entry
+
+
+def shared_envs_entry(site: Site) -> str:
+    """`<root>/${CPKGS_INSTALLATION}/envs`: the site's envs dir with the installation left to the shell profile.
+
+    Asked of the Site (which alone knows the tree) for an installation whose name is the variable itself.
+    """
+    if "$" in str(site.root):
+        raise UsageError(f"site root {site.root} contains '$': conda would expand it inside envs_dirs")
+    templ = SiteConfig(installations={"*": "${" + INSTALLATION_VAR + "}"})
+    return str(site.with_config(templ).envs_dir("*"))
+
+
+def conda_expand(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """An envs_dirs/pkgs_dirs item as conda resolves it: `abspath(expanduser(expandvars(path)))`.
+
+    conda/common/path.py `expand`; os.path.expandvars reads os.environ, so another environment is swapped in.
+    """
+    if environ is None:
+        return os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+    with _swapped_environ(environ):
+        return os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+
+
+@contextlib.contextmanager
+def _swapped_environ(environ: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def default_condarc(environ: Mapping[str, str] | None = None) -> Path:
+    """$CONDARC when set (conda reads it as one more config file), else ~/.condarc."""
+    env = os.environ if environ is None else environ
+    if env.get("CONDARC"):
+        return Path(os.path.expanduser(env["CONDARC"]))
+    home = env.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".condarc"
+
+
+# ----------------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _Doc:
+    """One condarc file parsed twice: the node tree (for marks) and plain settings (for checks)."""
+
+    name: str  # how messages name the file
+    text: str
+    root: Any  # ruamel MappingNode, or None for an empty document
+    data: dict[str, Any]
+    key: str = KEY
+    key_node: Any = None
+    seq: Any = None  # ruamel SequenceNode of envs_dirs, or None when the key is absent
+
+    @property
+    def items(self) -> list[Any]:
+        return list(self.seq.value) if self.seq is not None else []
+
+    def values(self) -> list[Any]:
+        return list(self.data.get(self.key) or [])
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _yaml_problem(name: str, exc: Exception) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return ConfigError(f"{name}: invalid YAML:{where} {problem}")
+
+
+def _plain(text: str) -> Any:
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def parse_condarc(text: str, name: str) -> _Doc:
+    """Parse and validate; every problem is one ConfigError line naming the file."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    try:
+        root = YAML(typ="rt").compose(text)
+        # Constructing too: the composer accepts duplicate keys, which conda's loader (and this one) reject.
+        YAML(typ="rt").load(text)
+        data = _plain(text)
+    except YAMLError as exc:
+        raise _yaml_problem(name, exc) from None
+    except Exception as exc:  # ruamel raises a few plain exceptions (e.g. on some bad unicode)
+        raise ConfigError(f"{name}: invalid YAML: {exc}") from None
+    if root is None or data is None:
+        return _Doc(name=name, text=text, root=None, data={})
+    if not isinstance(root, MappingNode) or not isinstance(data, dict):
+        raise ConfigError(f"{name}: the document is {_describe(data)}, not a mapping of settings")
+    doc = _Doc(name=name, text=text, root=root, data=data)
+    own = {k.value: (k, v) for k, v in root.value if hasattr(k, "value") and isinstance(k.value, str)}
+    if KEY in data and ALIAS_KEY in data:
+        raise ConfigError(f"{name}: both {KEY} and its alias {ALIAS_KEY} are set (conda rejects that); keep one")
+    if ALIAS_KEY in data:
+        doc.key = ALIAS_KEY
+    if doc.key not in data:
+        return doc
+    if doc.key not in own:
+        raise ConfigError(f"{name}: {doc.key} comes from a merge key (<<); edit it by hand")
+    doc.key_node, node = own[doc.key]
+    value = data[doc.key]
+    if not isinstance(node, SequenceNode) or not isinstance(value, list):
+        raise ConfigError(f"{name}: {doc.key} is {_describe(value)}, not a list")
+    if _references(root, node) > 1:
+        anchor = getattr(node, "anchor", None)
+        raise ConfigError(
+            f"{name}: {doc.key} shares its list with another key through the YAML anchor"
+            f"{' &' + str(anchor) if anchor else ''}; edit it by hand"
+        )
+    doc.seq = node
+    return doc
+
+
+def _references(tree: Any, target: Any) -> int:
+    """How often `target` occurs in the node tree (an alias composes to the anchored node itself)."""
+    count, stack, seen = 0, [tree], set()
+    while stack:
+        node = stack.pop()
+        if node is target:
+            count += 1
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        value = getattr(node, "value", None)
+        if isinstance(value, list):
+            for child in value:
+                if isinstance(child, tuple):
+                    stack.extend(child)
+                else:
+                    stack.append(child)
+    return count
+
+
+def read_condarc(path: Path) -> dict[str, Any] | None:
+    """The settings of a condarc file (None when it does not exist); ConfigError when unusable. For doctor."""
+    text = _read_text(path, path)
+    if text is None:
+        return None
+    return parse_condarc(text, str(path)).data
+
+
+def _read_text(path: Path, name: Path) -> str | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{name}: cannot read: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+
+
+# ----------------------------------------------------------------------------------------------------- splicing
+
+
+def _newline(text: str) -> str:
+    return "\r\n" if "\r\n" in text else "\n"
+
+
+def _line_start(text: str, index: int) -> int:
+    return text.rfind("\n", 0, index) + 1
+
+
+def _line_end(text: str, index: int) -> int:
+    """Index just past the newline ending the line that holds `index` (len(text) on the last line)."""
+    nl = text.find("\n", index)
+    return len(text) if nl < 0 else nl + 1
+
+
+def _scalar(value: str, style: str | None, flow: bool) -> str:
+    """`value` as a YAML scalar in the style of its neighbours; plain only where plain reads back as itself."""
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    if style != '"':
+        probe = f"[{value}]" if flow else f"- {value}"
+        with contextlib.suppress(Exception):
+            if _plain(probe) == [value]:
+                return value
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+
+
+def _item_style(doc: _Doc) -> str | None:
+    for node in reversed(doc.items):
+        if getattr(node, "style", None) in ("'", '"'):
+            return str(node.style)
+    return None
+
+
+def _seq_indent(doc: _Doc) -> int:
+    """How far block sequences in this file sit right of their key (conda's own `conda config` writes 2)."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    stack = [doc.root] if doc.root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if isinstance(v, SequenceNode) and not v.flow_style and v.value:
+                    first = v.value[0]
+                    prefix = doc.text[_line_start(doc.text, first.start_mark.index) : first.start_mark.index]
+                    if _DASH_PREFIX.match(prefix):
+                        return max(0, prefix.index("-") - k.start_mark.column)
+                stack.append(v)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return 2
+
+
+def _splice_append(doc: _Doc, entry: str) -> str | None:
+    """The text with `entry` appended to envs_dirs, or None when the layout is one the splice does not handle."""
+    from ruamel.yaml.nodes import ScalarNode
+
+    text, nl = doc.text, _newline(doc.text)
+    if doc.seq is None:
+        if doc.root is not None and doc.root.flow_style:
+            return None
+        col = doc.root.value[0][0].start_mark.column if doc.root is not None and doc.root.value else 0
+        head = text if not text or text.endswith("\n") else text + nl
+        ind = " " * col
+        item = " " * _seq_indent(doc) + "- " + _scalar(entry, None, flow=False)
+        return f"{head}{ind}{doc.key}:  # {MARKER}{nl}{ind}{item}{nl}"
+    items = doc.items
+    if doc.seq.flow_style:
+        close = doc.seq.end_mark.index - 1
+        if text[close : close + 1] != "]":
+            return None
+        value = _scalar(entry, _item_style(doc), flow=True)
+        if not items:
+            return text[:close] + value + text[close:]
+        at = items[-1].end_mark.index
+        sep = ", "
+        if len(items) > 1 and " " not in text[items[-2].end_mark.index : items[-1].start_mark.index]:
+            sep = ","
+        return text[:at] + sep + value + text[at:]
+    last = items[-1]
+    if not isinstance(last, ScalarNode) or last.style in ("|", ">"):
+        return None
+    prefix = text[_line_start(text, last.start_mark.index) : last.start_mark.index]
+    if not _DASH_PREFIX.match(prefix):
+        return None
+    at = _line_end(text, last.end_mark.index)
+    head = text[:at] if text[:at].endswith("\n") else text[:at] + nl
+    return head + prefix + _scalar(entry, last.style, flow=False) + nl + text[at:]
+
+
+def _splice_remove_one(doc: _Doc, entry: str) -> str | None:
+    """The text without the first item equal to `entry` (the key too when link-user created it), or None."""
+    text = doc.text
+    items = doc.items
+    i = next(n for n, node in enumerate(items) if getattr(node, "value", None) == entry)
+    node = items[i]
+    marked = _key_marked(doc)
+    if len(items) == 1 and marked:
+        start = _line_start(text, doc.key_node.start_mark.index)
+        if text[start : doc.key_node.start_mark.index].strip():
+            return None
+        end_index = doc.seq.end_mark.index if doc.seq.flow_style else node.end_mark.index
+        end = _line_end(text, end_index)
+        rest = text[end_index:end].rstrip("\r\n")
+        if not _BLANK_OR_COMMENT.match(rest):
+            return None
+        return text[:start] + text[end:]
+    if doc.seq.flow_style:
+        if i > 0:
+            return text[: items[i - 1].end_mark.index] + text[node.end_mark.index :]
+        if i + 1 < len(items):
+            return text[: node.start_mark.index] + text[items[i + 1].start_mark.index :]
+        return text[: node.start_mark.index] + text[node.end_mark.index :]
+    start = _line_start(text, node.start_mark.index)
+    if not _DASH_PREFIX.match(text[start : node.start_mark.index]):
+        return None
+    end = _line_end(text, node.end_mark.index)
+    out = text[:start] + text[end:]
+    if len(items) == 1:
+        # A block sequence cannot be empty: the user's key stays, as `envs_dirs: []`.
+        colon = doc.key_node.end_mark.index
+        while colon < len(out) and out[colon] in " \t":
+            colon += 1
+        if out[colon : colon + 1] != ":":
+            return None
+        out = out[: colon + 1] + " []" + out[colon + 1 :]
+    return out
+
+
+def _key_marked(doc: _Doc) -> bool:
+    if doc.key_node is None:
+        return False
+    text = doc.text
+    line = text[doc.key_node.start_mark.index : _line_end(text, doc.key_node.start_mark.index)]
+    return f"# {MARKER}" in line
+
+
+def _dump_edit(doc: _Doc, edit: Callable[[Any], None]) -> str:
+    """Fallback: ruamel's own round trip (keeps comments, quotes, flow style, anchors; may re-indent)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 4096
+    ind = _seq_indent(doc)
+    y.indent(mapping=2, sequence=ind + 2, offset=ind)
+    data = y.load(doc.text)
+    if data is None:
+        from ruamel.yaml.comments import CommentedMap
+
+        data = CommentedMap()
+    edit(data)
+    buf = io.StringIO()
+    y.dump(data, buf)
+    return buf.getvalue()
+
+
+def _appended(doc: _Doc, entry: str) -> str:
+    from ruamel.yaml.comments import CommentedSeq
+
+    def edit(data: Any) -> None:
+        if doc.key in data:
+            data[doc.key].append(entry)
+        else:
+            data[doc.key] = CommentedSeq([entry])
+
+    expect = dict(doc.data)
+    expect[doc.key] = [*doc.values(), entry]
+    for candidate in (lambda: _splice_append(doc, entry), lambda: _dump_edit(doc, edit)):
+        out = candidate()
+        if out is not None and _reads_as(out, expect):
+            return out
+    raise CpkgsError(f"{doc.name}: cannot add {entry!r} to {doc.key} without changing other settings; add it by hand")
+
+
+def _removed(doc: _Doc, entry: str) -> str:
+    expect_list = [v for v in doc.values() if v != entry]
+    current = doc
+    while any(getattr(n, "value", None) == entry for n in current.items):
+        out = _splice_remove_one(current, entry)
+        if out is None:
+            break
+        current = parse_condarc(out, doc.name)
+    else:
+        if _removed_ok(current.text, doc, expect_list):
+            return current.text
+
+    def edit(data: Any) -> None:
+        seq = data[doc.key]
+        for n in reversed(range(len(seq))):
+            if seq[n] == entry:
+                del seq[n]
+
+    out = _dump_edit(doc, edit)
+    if _removed_ok(out, doc, expect_list):
+        return out
+    raise CpkgsError(f"{doc.name}: cannot remove {entry!r} from {doc.key} without changing other settings")
+
+
+def _removed_ok(text: str, doc: _Doc, expect_list: list[Any]) -> bool:
+    expect = dict(doc.data)
+    expect[doc.key] = expect_list
+    if _reads_as(text, expect):
+        return True
+    if not expect_list:  # the key link-user created is gone
+        del expect[doc.key]
+        return _reads_as(text, expect)
+    return False
+
+
+def _reads_as(text: str, expect: dict[str, Any]) -> bool:
+    try:
+        data = _plain(text)
+    except Exception:
+        return False
+    return (data or {}) == expect
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+
+
+def _target_of(path: Path) -> Path:
+    """The file a (chain of) symlink(s) points at: edited there so the link stays a link."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _backup(target: Path, data: bytes, mode: int) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    base = target.with_name(f"{target.name}.cpkgs-backup-{stamp}")
+    for n in range(1000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return candidate
+    raise CpkgsError(f"{target}: too many backups named {base.name}*")
+
+
+def _diff(old: str | None, new: str, target: Path) -> str:
+    def lines(text: str) -> list[str]:
+        out = text.splitlines(keepends=True)
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n\\ No newline at end of file\n"
+        return out
+
+    return "".join(
+        difflib.unified_diff(
+            lines(old or ""), lines(new), fromfile=str(target) if old is not None else "/dev/null", tofile=str(target)
+        )
+    )
+
+
+@dataclass
+class _Outcome:
+    old: str | None
+    new: str | None  # None: nothing to change
+    backup: Path | None = None
+    written: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _edit(path: Path, target: Path, compute: Callable[[str | None], str | None], dry_run: bool) -> _Outcome:
+    def once() -> _Outcome:
+        old = _read_text(target, path)
+        return _Outcome(old=old, new=compute(old))
+
+    if dry_run:
+        return once()
+    if not target.parent.is_dir():
+        raise ConfigError(f"{path}: directory {target.parent} does not exist")
+    lock = SiteLock(
+        target.with_name(target.name + ".cpkgs.lock"),
+        what=f"{target}",
+        lease_seconds=LOCK_LEASE,
+        timeout=LOCK_TIMEOUT,
+    )
+    with lock:
+        out = once()  # read again under the lock: another run may have just written
+        if out.new is None or out.new == out.old:
+            return out
+        try:
+            if out.old is not None:
+                mode = target.stat().st_mode & 0o7777
+                out.backup = _backup(target, out.old.encode("utf-8"), mode)
+            else:
+                mode = NEW_FILE_MODE
+            atomic_write(target, out.new, mode)
+        except PermissionError:
+            raise PermissionProblem(f"{path}: cannot write {target}: permission denied") from None
+        except OSError as exc:
+            raise CpkgsError(f"{path}: cannot write {target}: {exc.strerror}") from None
+        out.written = True
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+
+
+def link_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False) -> CondarcChange:
+    """Append the site's envs entry to envs_dirs of `condarc` (default $CONDARC, else ~/.condarc)."""
+    site = open_site(root)
+    entry = shared_envs_entry(site)
+    path = condarc if condarc is not None else default_condarc()
+    target = _target_of(path)
+    parsed: list[_Doc] = []
+
+    def compute(old: str | None) -> str | None:
+        doc = parse_condarc(old if old is not None else "", str(path))
+        parsed.append(doc)
+        if entry in doc.values():
+            return None
+        return _appended(doc, entry)
+
+    out = _edit(path, target, compute, dry_run)
+    doc = parsed[-1]
+    changed = out.new is not None and out.new != out.old
+    final = parse_condarc(out.new, str(path)) if changed and out.new is not None else doc
+    warnings = link_warnings(site, final, entry)
+    where = f"{path}" + (f" (symlink to {target})" if target != path else "")
+    if not changed:
+        message = f"already linked: {where} lists {entry}; nothing changed"
+    elif dry_run:
+        message = f"would add {entry} to {doc.key} in {where}"
+    else:
+        message = f"{'created' if out.old is None else 'updated'} {where}: {doc.key} += {entry}" + (
+            f"; backup {out.backup}" if out.backup else ""
+        )
+    return CondarcChange(
+        path=str(path),
+        target=str(target),
+        entry=entry,
+        changed=changed,
+        created=changed and out.old is None,
+        written=out.written,
+        backup=str(out.backup) if out.backup else None,
+        diff=_diff(out.old, out.new, target) if changed and out.new is not None else "",
+        message=message,
+        warnings=tuple(warnings),
+    )
+
+
+def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False) -> CondarcChange:
+    """Remove exactly the item link-user adds (and the key when link-user created it and it is now empty)."""
+    site = open_site(root)
+    entry = shared_envs_entry(site)
+    path = condarc if condarc is not None else default_condarc()
+    target = _target_of(path)
+    keys: list[str] = []
+
+    def compute(old: str | None) -> str | None:
+        if old is None:
+            return None
+        doc = parse_condarc(old, str(path))
+        keys.append(doc.key)
+        if entry not in doc.values():
+            return None
+        return _removed(doc, entry)
+
+    out = _edit(path, target, compute, dry_run)
+    changed = out.new is not None and out.new != out.old
+    where = f"{path}" + (f" (symlink to {target})" if target != path else "")
+    if out.old is None:
+        message = f"not linked: {path} does not exist; nothing changed"
+    elif not changed:
+        message = f"not linked: {where} does not list {entry}; nothing changed"
+    elif dry_run:
+        message = f"would remove {entry} from {keys[-1]} in {where}"
+    else:
+        message = f"updated {where}: removed {entry} from {keys[-1]}" + (f"; backup {out.backup}" if out.backup else "")
+    return CondarcChange(
+        path=str(path),
+        target=str(target),
+        entry=entry,
+        changed=changed,
+        created=False,
+        written=out.written,
+        backup=str(out.backup) if out.backup else None,
+        diff=_diff(out.old, out.new, target) if changed and out.new is not None else "",
+        message=message,
+    )
+
+
+def link_warnings(site: Site, doc: _Doc, entry: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Things that would make the link useless or harmful; reported, never fatal."""
+    env = os.environ if environ is None else environ
+    out: list[str] = []
+    if not env.get(INSTALLATION_VAR):
+        out.append(
+            f"{INSTALLATION_VAR} is not set in this shell: the entry resolves only where "
+            f"{site.profile_dir / 'conda.sh'} (or conda.csh) is sourced; add that line to your shell start-up file"
+        )
+    hard = {str(site.envs_dir(sub)): sub for sub in site.config.installations}
+    for value in doc.values():
+        if not isinstance(value, str) or value == entry:
+            continue
+        resolved = conda_expand(value, env)
+        if resolved in hard:
+            out.append(
+                f"{doc.key} also lists {value}, the {hard[resolved]} envs: conda on every OS sharing this home "
+                f"would offer them; remove that item (the entry link-user adds picks this OS's envs)"
+            )
+    from cpkgs_admin.doctor import current_mounts, network_fstype
+
+    mounts = current_mounts()
+    for value in doc.data.get("pkgs_dirs") or []:
+        if isinstance(value, str):
+            fstype = network_fstype(conda_expand(value, env), mounts)
+            if fstype:
+                out.append(
+                    f"pkgs_dirs item {value} is on {fstype}: conda's package cache misbehaves on network drives; "
+                    f"remove pkgs_dirs (the site's conda.sh points CONDA_PKGS_DIRS to local disk)"
+                )
+    return out
+
+
+def this_installation(site: Site) -> str | None:
+    """The installation this host's conda.sh exports as CPKGS_INSTALLATION, or None when the site has none."""
+    sub = native_subdir()
+    if sub in site.config.platforms:
+        return site.installation_name(sub)
+    if sub == "osx-arm64" and "osx-64" in site.config.platforms:
+        return site.installation_name("osx-64")  # Rosetta 2 runs the x86_64 installation
+    return None

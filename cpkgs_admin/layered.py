@@ -1,0 +1,165 @@
+"""`cpkgs extend BASE DIR`: a personal layer on top of a shared env, in a handful of files.
+
+The layer is a PEP 405 virtual environment whose interpreter is BASE's: `DIR/bin/python` is a symlink to BASE's
+python and `DIR/pyvenv.cfg` says `home = BASE/bin` with `include-system-site-packages = true`. So
+`DIR/bin/python -m pip install X` installs into `DIR/lib/pythonX.Y/site-packages`, which comes before BASE's
+site-packages on sys.path (X shadows BASE's copy) while everything BASE ships stays importable. pip skips the PEP 668
+`EXTERNALLY-MANAGED` marker of a sealed BASE inside a virtual environment (sys.prefix != sys.base_prefix), which is
+exactly the place where installing is safe.
+
+The layer records BASE for the shell in `DIR/conda-meta/cpkgs/layer` (three lines: BASE prefix, BASE name,
+installation dir name); conda.sh reads it to put DIR/bin then BASE/bin on PATH and run BASE's activate.d scripts.
+
+Speed: we read BASE's record (one small JSON) and stat BASE's interpreter; we never walk BASE's files, so the
+layer's size and creation time do not depend on BASE's size. This module is on the `cpkgs extend` path: keep its
+imports light (no rattler, no yaml beyond what opening the site costs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
+from cpkgs_admin.site import open_site
+
+LAYER_FILE = "conda-meta/cpkgs/layer"
+LAYER_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Layer:
+    directory: Path
+    base: str
+    base_prefix: Path
+    python: str  # X.Y
+    installation: str
+    has_pip: bool
+    notice: str | None = None  # e.g. BASE is retired
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "base": self.base,
+            "base_prefix": str(self.base_prefix),
+            "python": self.python,
+            "installation": self.installation,
+            "has_pip": self.has_pip,
+            "notice": self.notice,
+        }
+
+
+def _check_target(directory: Path, force: bool) -> None:
+    """DIR: absent (its parent writable), or an empty writable dir, or anything writable with --force."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        parent = directory.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UsageError(f"cannot create {directory}: {parent} is not a directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionProblem(f"cannot create {directory}: {parent} is not writable by you") from None
+        return
+    except NotADirectoryError:
+        raise UsageError(f"{directory} exists and is not a directory") from None
+    except PermissionError:
+        raise PermissionProblem(f"{directory} is not readable by you") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionProblem(f"{directory} is not writable by you")
+    if entries and not force:
+        raise UsageError(f"{directory} exists and is not empty; choose a new directory or pass --force")
+
+
+def _symlink(target: str, link: Path) -> None:
+    """Create or replace LINK -> TARGET atomically (a temp link renamed over, so --force never leaves a gap)."""
+    tmp = link.with_name(f".{link.name}.cpkgs-tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.cpkgs-tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -> Layer:
+    """Create (or with force, re-point) the layer DIR on shared env BASE. Nothing is written before every check."""
+    from cpkgs_admin.envs import get_record, retired_line
+
+    site = open_site(root)
+    directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
+    try:
+        rec = get_record(site, base, None)
+    except EnvNotFound:
+        raise EnvNotFound(f"no shared environment named {base} in {site.root} (see 'cpkgs list')") from None
+    if rec.status == "removed":
+        raise CpkgsError(f"shared environment {base} was removed; choose another base (see 'cpkgs list')")
+    if rec.platform != site.native_subdir:
+        raise UsageError(f"{base} is built for {rec.platform}, not for this host ({site.native_subdir})")
+    prefix = Path(rec.prefix)
+    version = rec.python_version
+    if not version:
+        raise UsageError(f"{base} has no python; a layer needs a base with python (pip installs go through it)")
+    xy = ".".join(version.split(".")[:2])
+    interpreter = prefix / "bin" / f"python{xy}"
+    if not os.path.isfile(interpreter):
+        raise CpkgsError(f"{base}: {interpreter} is missing (is the drive mounted? try 'cpkgs verify {base}')")
+    if directory == prefix or prefix in directory.parents:
+        raise UsageError(f"{directory} is inside the shared environment {base}")
+    _check_target(directory, force)
+
+    installation = site.installation_name(rec.platform)
+    try:
+        (directory / "bin").mkdir(parents=True, exist_ok=True)
+        (directory / "lib" / f"python{xy}" / "site-packages").mkdir(parents=True, exist_ok=True)
+        (directory / "conda-meta" / "cpkgs").mkdir(parents=True, exist_ok=True)
+        # The names python/python3/pythonX.Y all point at BASE's real interpreter file: Python finds pyvenv.cfg
+        # next to (or one above) the path it was started as, without resolving the link, so it runs as the layer.
+        for name in ("python", "python3", f"python{xy}"):
+            _symlink(str(interpreter), directory / "bin" / name)
+        _write(
+            directory / "pyvenv.cfg",
+            f"home = {prefix / 'bin'}\n"
+            "include-system-site-packages = true\n"
+            f"version = {version}\n"
+            f"executable = {interpreter}\n"
+            f"command = cpkgs extend {rec.name} {directory}\n",
+        )
+        # Written last: the shell treats DIR as a layer only once everything above is in place.
+        _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
+    except PermissionError as exc:
+        raise PermissionProblem(f"cannot write the layer in {directory}: {exc.strerror} ({exc.filename})") from None
+    except OSError as exc:
+        raise CpkgsError(f"cannot write the layer in {directory}: {exc.strerror} ({exc.filename})") from None
+
+    notice = retired_line(rec) if rec.retired else None
+    return Layer(
+        directory=directory,
+        base=rec.name,
+        base_prefix=prefix,
+        python=xy,
+        installation=installation,
+        has_pip=rec.package("pip") is not None,
+        notice=notice,
+    )
+
+
+def read_layer(directory: Path) -> tuple[Path, str, str]:
+    """(BASE prefix, BASE name, installation) of a layer, for Python callers (the shell reads the file itself)."""
+    path = directory / LAYER_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{directory} is not a cpkgs layer (no {LAYER_FILE})") from None
+    if len(lines) != 3:
+        raise CpkgsError(f"{path}: damaged layer file (expected 3 lines, got {len(lines)})")
+    return Path(lines[0]), lines[1], lines[2]

@@ -1,0 +1,99 @@
+"""retire, remove, purge: lifecycle of published envs, with NFS silly-renames left alone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import make_site, run_cpkgs, tree_hash
+
+ENVS = "anaconda3_linux/envs"
+
+
+def build(root: Path, name: str) -> None:
+    r = run_cpkgs("new-env", name, "cpkgs-test-app", root=root)
+    assert r.returncode == 0, r
+
+
+def test_retire_marks_and_hides(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "r-1.0")
+    build(root, "r-2.0")
+    r = run_cpkgs("retire", "r-1.0", "--successor", "r-2.0", "--message", "faster", root=root)
+    assert r.returncode == 0, r
+    assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["r-2.0"]
+    every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
+    assert every["r-1.0"]["status"] == "retired" and every["r-1.0"]["successor"] == "r-2.0"
+    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "r-1.0"
+    assert marker.read_text() == "cpkgs: r-1.0 is retired; use r-2.0 (faster)\n"
+    assert (root / ENVS / "r-1.0" / "bin" / "cpkgs-test-app").exists()  # retired envs stay usable
+    info = run_cpkgs("info", "r-1.0", "--json", root=root).json()
+    assert info["retired"]["successor"] == "r-2.0"
+
+
+def test_retire_bad_successor(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "r-1.0")
+    before = tree_hash(root)
+    r = run_cpkgs("retire", "r-1.0", "--successor", "nope-9.0", root=root)
+    assert r.returncode == 1 and "nope-9.0" in r.stderr and r.stderr.count("\n") == 1
+    assert tree_hash(root) == before
+
+
+def test_remove_moves_to_trash_and_purge_deletes(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "g-1.0")
+    r = run_cpkgs("remove", "g-1.0", root=root)
+    assert r.returncode == 0, r
+    assert not (root / ENVS / "g-1.0").exists()
+    trash = list((root / ".cpkgs" / "trash").iterdir())
+    assert len(trash) == 1 and trash[0].name.startswith("g-1.0@linux-64@")
+    every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
+    assert every["g-1.0"]["status"] == "removed"
+    assert run_cpkgs("list", "--json", root=root).json() == []
+    # The name stays taken: environments are immutable.
+    again = run_cpkgs("new-env", "g-1.0", "cpkgs-test-app", root=root)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    # Inside the grace period nothing is deleted.
+    p = run_cpkgs("purge", "--json", root=root)
+    assert p.returncode == 0 and p.json()["deleted"] == [] and len(p.json()["kept_young"]) == 1
+    p = run_cpkgs("purge", "--older-than", "0s", root=root)
+    assert p.returncode == 0 and "deleted" in p.stdout
+    assert list((root / ".cpkgs" / "trash").iterdir()) == []
+
+
+def test_purge_skips_busy_nfs_files(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "b-1.0")
+    assert run_cpkgs("remove", "b-1.0", root=root).returncode == 0
+    (entry,) = (root / ".cpkgs" / "trash").iterdir()
+    bindir = entry / "bin"
+    os.chmod(bindir, 0o755)
+    # What an NFS client leaves when a file of the removed env is still open on some host.
+    silly = bindir / ".nfs00000000002a1b2c00000005"
+    silly.write_text("open elsewhere")
+    r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+    assert r.returncode == 0, r
+    assert r.json()["kept_busy"] == [str(entry)] and r.json()["deleted"] == []
+    assert silly.exists() and not (bindir / "cpkgs-test-app").exists()
+    human = run_cpkgs("purge", "--older-than", "0s", root=root)
+    assert "kept" in human.stdout and ".nfs" in human.stdout
+    silly.unlink()  # the other host closed the file; its client removed the silly-rename
+    r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+    assert r.json()["deleted"] == [str(entry)] and not entry.exists()
+
+
+def test_remove_unknown_and_removed(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    r = run_cpkgs("remove", "x-1.0", root=root)
+    assert r.returncode == 1 and "no environment named x-1.0" in r.stderr
+    build(root, "x-1.0")
+    assert run_cpkgs("remove", "x-1.0", root=root).returncode == 0
+    r = run_cpkgs("remove", "x-1.0", root=root)
+    assert r.returncode == 1 and "was removed" in r.stderr
+
+
+def test_bad_duration(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    r = run_cpkgs("purge", "--older-than", "soon", root=root)
+    assert r.returncode == 2 and "duration" in r.stderr

@@ -1,0 +1,114 @@
+"""`cpkgs verify`, `seal`, `unseal`: integrity and permissions of real published envs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import make_site, run_cpkgs
+
+ENVS = "anaconda3_linux/envs"
+
+
+@pytest.fixture(scope="module")
+def vsite(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> Path:
+    root = make_site(tmp_path_factory.mktemp("verify") / "site", channel_url)
+    assert run_cpkgs("new-env", "v-1.0", "python", "cpkgs-test-app", "cpkgs-test-binprefix", root=root).returncode == 0
+    return root
+
+
+def unsealed(path: Path) -> None:
+    """Open one file for tampering the way a careless admin would (root bypasses modes, so chmod first)."""
+    os.chmod(path.parent, 0o755)
+    if path.exists():
+        os.chmod(path, 0o644)
+
+
+def test_clean_env_verifies(built_site: Path) -> None:
+    r = run_cpkgs("verify", "demo-1.0", root=built_site)
+    assert r.returncode == 0, r
+    assert "0 problem(s)" in r.stdout
+    r = run_cpkgs("verify", "--json", root=built_site)
+    assert r.returncode == 0
+    reports = r.json()
+    assert {x["name"] for x in reports} == {"demo-1.0", "demo-2.0", "tools-1.0", "old-1.0"}
+    assert all(x["ok"] and x["files"] > 0 for x in reports)
+
+
+def test_detects_modified_deleted_chmodded_and_extra(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "t-1.0", "python", "cpkgs-test-app", "cpkgs-test-binprefix", root=root).returncode == 0
+    prefix = root / ENVS / "t-1.0"
+    mod = prefix / "bin" / "cpkgs-test-app"
+    unsealed(mod)
+    mod.write_text("#!/bin/sh\necho pwned\n")
+    gone = prefix / "lib" / "python3.11" / "os.py"
+    unsealed(gone)
+    gone.unlink()
+    chm = prefix / "lib" / "python3.11" / "json" / "decoder.py"
+    os.chmod(chm, 0o777)
+    extra = prefix / "bin" / "dropped-in"
+    extra.write_text("x")
+    setuid = prefix / "bin" / "cpkgs-test-binprefix"
+    os.chmod(setuid, 0o4555)
+    r = run_cpkgs("verify", "t-1.0", root=root)
+    assert r.returncode == 4, r
+    lines = r.stdout.splitlines()
+
+    def has(kind: str, rel: str) -> bool:
+        return any(line.startswith(f"t-1.0: {kind}: {rel}:") for line in lines)
+
+    assert has("modified", "bin/cpkgs-test-app")
+    assert has("missing", "lib/python3.11/os.py")
+    assert has("writable", "lib/python3.11/json/decoder.py")
+    assert has("executable", "lib/python3.11/json/decoder.py")
+    assert has("unexpected", "bin/dropped-in")
+    assert has("setuid", "bin/cpkgs-test-binprefix")
+    assert "verify found" in r.stderr and r.stderr.count("\n") == 1
+    js = run_cpkgs("verify", "t-1.0", "--json", root=root)
+    assert js.returncode == 4
+    kinds = {(p["kind"], p["path"]) for p in js.json()[0]["problems"]}
+    assert ("modified", "bin/cpkgs-test-app") in kinds
+
+
+def test_nfs_silly_rename_files_are_ignored(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "n-1.0", "cpkgs-test-app", root=root).returncode == 0
+    prefix = root / ENVS / "n-1.0"
+    os.chmod(prefix / "bin", 0o755)
+    (prefix / "bin" / ".nfs000000000123abcd00000001").write_text("still open on another host")
+    os.chmod(prefix / "bin", 0o555)
+    assert run_cpkgs("verify", "n-1.0", root=root).returncode == 0
+
+
+def test_unseal_then_seal(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "s-1.0", "cpkgs-test-app", root=root).returncode == 0
+    prefix = root / ENVS / "s-1.0"
+    r = run_cpkgs("unseal", "s-1.0", root=root)
+    assert r.returncode == 2 and "--reason" in r.stderr
+    r = run_cpkgs("unseal", "s-1.0", "--reason", "hotfix CVE-2026-1", root=root)
+    assert r.returncode == 0, r
+    assert stat.S_IMODE((prefix / "bin").stat().st_mode) == 0o755
+    assert stat.S_IMODE((prefix / "bin" / "cpkgs-test-app").stat().st_mode) == 0o755
+    assert not (prefix / "bin" / "cpkgs-test-app").stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    listing = {e["name"]: e for e in run_cpkgs("list", "--json", root=root).json()}
+    assert listing["s-1.0"]["status"] == "unsealed"
+    v = run_cpkgs("verify", "s-1.0", root=root)
+    assert v.returncode == 0 and "[unsealed]" in v.stdout
+    audit = [json.loads(x) for x in (root / ".cpkgs" / "audit.log").read_text().splitlines()]
+    assert audit[-1]["action"] == "unseal" and audit[-1]["reason"] == "hotfix CVE-2026-1"
+    assert run_cpkgs("seal", "s-1.0", root=root).returncode == 0
+    assert stat.S_IMODE(prefix.stat().st_mode) == 0o555
+    assert stat.S_IMODE((prefix / "bin" / "cpkgs-test-app").stat().st_mode) == 0o555
+    assert run_cpkgs("list", "--json", root=root).json()[0]["status"] == "active"
+    assert run_cpkgs("verify", "s-1.0", root=root).returncode == 0
+
+
+def test_verify_unknown_env(built_site: Path) -> None:
+    r = run_cpkgs("verify", "nope-1.0", root=built_site)
+    assert r.returncode == 1 and "no environment named nope-1.0" in r.stderr
