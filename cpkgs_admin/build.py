@@ -116,7 +116,10 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
         spec = from_environment_file(req.spec_file)
         if req.specs:
             spec = Spec(
-                specs=spec.specs + validate_specs(req.specs), channels=spec.channels, source=spec.source, sha256=spec.sha256
+                specs=spec.specs + validate_specs(req.specs),
+                channels=spec.channels,
+                source=spec.source,
+                sha256=spec.sha256,
             )
         return spec, []
     if req.specs:
@@ -229,7 +232,7 @@ def _native() -> str:
 
 def explicit_text(packages: list[PackageEntry], subdir: str) -> str:
     lines = [
-        f"# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
+        "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
         f"# platform: {subdir}",
         "@EXPLICIT",
     ]
@@ -241,7 +244,7 @@ def explicit_text(packages: list[PackageEntry], subdir: str) -> str:
 def pkg_list_text(packages: list[PackageEntry]) -> str:
     rows = [("# name", "version", "build", "channel")] + [(p.name, p.version, p.build, p.channel) for p in packages]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
 
 
 def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
@@ -321,7 +324,8 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         lock = read_explicit(req.lock_file)
         if lock.platform and lock.platform != subdir and not req.platform:
             subdir = lock.platform
-        channels = check_channels(req.channels or site.config.channels or ())  if (req.channels or site.config.channels) else []
+        wanted = req.channels or site.config.channels
+        channels = check_channels(wanted) if wanted else []
         if log:
             log(f"resolving {len(lock.packages)} locked packages")
         records = resolve_lock(lock, channels, subdir, repodata_cache)

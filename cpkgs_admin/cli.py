@@ -56,7 +56,7 @@ def emit_json(obj: Any) -> None:
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
@@ -169,7 +169,8 @@ def new_env(
     as_json: bool,
 ) -> None:
     """Build a sealed, versioned environment NAME (e.g. ml-pyroot-2024.1)."""
-    from cpkgs_admin.build import BuildRequest, new_env as build_new_env
+    from cpkgs_admin.build import BuildRequest
+    from cpkgs_admin.build import new_env as build_new_env
     from cpkgs_admin.names import parse_name
 
     env_name = parse_name(name)  # before anything else, even before the site is opened
@@ -264,7 +265,8 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         ("channels", " ".join(rec.channels)),
     ]
     if rec.retired:
-        fields.append(("retired", f"successor {rec.retired.get('successor') or '-'}: {rec.retired.get('message') or ''}"))
+        successor = rec.retired.get("successor") or "-"
+        fields.append(("retired", f"successor {successor}: {rec.retired.get('message') or ''}"))
     if rec.unsealed:
         fields.append(("unsealed", f"{rec.unsealed.get('reason')} (by {rec.unsealed.get('by')})"))
     for k, v in fields:
@@ -324,7 +326,8 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         for r in reports:
             for p in r.problems:
                 click.echo(f"{r.name}: {p.kind}: {p.path}: {p.detail}")
-            c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s)" + (" [unsealed]" if r.unsealed else ""))
+            tag = " [unsealed]" if r.unsealed else ""
+            c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s){tag}")
     if problems:
         raise CheckFailed(f"verify found {problems} problem(s)")
 
@@ -422,7 +425,14 @@ def locks(ctx: click.Context, as_json: bool) -> None:
     for i in infos:
         o = i.owner
         rows.append(
-            (i.name, i.state, f"{o.user}@{o.host}" if o else "?", o.pid if o else "?", human_age(i.age_seconds), o.command if o else "")
+            (
+                i.name,
+                i.state,
+                f"{o.user}@{o.host}" if o else "?",
+                o.pid if o else "?",
+                human_age(i.age_seconds),
+                o.command if o else "",
+            )
         )
     click.echo(table(rows, ["lock", "state", "owner", "pid", "age", "command"]))
 
@@ -570,8 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     except CpkgsError as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        if not isinstance(exc, CheckFailed) or not str(exc) == "":
-            click.echo(f"cpkgs: {exc}", err=True)
+        click.echo(f"cpkgs: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("cpkgs: interrupted", err=True)

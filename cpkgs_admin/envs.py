@@ -106,7 +106,11 @@ class EnvDiff:
             "added": [pk(p) for p in self.added],
             "removed": [pk(p) for p in self.removed],
             "changed": [
-                {"name": a.name, "old": {"version": a.version, "build": a.build}, "new": {"version": b.version, "build": b.build}}
+                {
+                    "name": a.name,
+                    "old": {"version": a.version, "build": a.build},
+                    "new": {"version": b.version, "build": b.build},
+                }
                 for a, b in self.changed
             ],
         }
@@ -146,7 +150,8 @@ def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
 
 
 def _update(site: Site, rec: EnvRecord, action: str, **audit_fields: Any) -> None:
-    rec.history.append({"action": action, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), **audit_fields})
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    rec.history.append({"action": action, "at": when, "by": current_user(), **audit_fields})
     save_record(site.record_path(rec.name, rec.platform), rec)
     audited(site, action, env=rec.name, platform=rec.platform, **audit_fields)
 

@@ -163,7 +163,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
     for i, sub in enumerate(platforms):
         if not isinstance(sub, str) or sub not in installations:
             raise bad(f"platforms[{i}]", f"{sub!r} is not a platform with an installation")
-    if len(set(installations[p] for p in platforms)) != len(platforms):
+    if len({installations[p] for p in platforms}) != len(platforms):
         raise bad("installations", "maps two platforms to one directory")
     admin_group = data.get("admin_group")
     if admin_group is not None and not re.match(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z", admin_group):
@@ -345,7 +345,8 @@ class Site:
         try:
             return grp.getgrnam(self.config.admin_group).gr_gid
         except KeyError:
-            raise ConfigError(f"{self.config_file}: admin_group {self.config.admin_group!r} is not a group on this host") from None
+            group = self.config.admin_group
+            raise ConfigError(f"{self.config_file}: admin_group {group!r} is not a group on this host") from None
 
     def with_config(self, config: SiteConfig) -> Site:
         return replace(self, config=config)

@@ -16,7 +16,9 @@ from cpkgs_admin.spec import ExplicitLock
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {
     "osx-arm64": [("__unix", "0", "0"), ("__osx", "11.0", "0"), ("__archspec", "1", "arm64")],
     "osx-64": [("__unix", "0", "0"), ("__osx", "10.15", "0"), ("__archspec", "1", "x86_64")],
-    "linux-64": [("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.28", "0"), ("__archspec", "1", "x86_64")],
+    "linux-64": [
+        ("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.28", "0"), ("__archspec", "1", "x86_64"),
+    ],
     "linux-aarch64": [
         ("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.28", "0"), ("__archspec", "1", "aarch64"),
     ],
@@ -40,7 +42,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
 def env_overrides() -> dict[str, str]:
     """conda's own CONDA_OVERRIDE_* variables, which admins already know."""
     out = {}
-    for var, pkg in (("CONDA_OVERRIDE_CUDA", "__cuda"), ("CONDA_OVERRIDE_GLIBC", "__glibc"), ("CONDA_OVERRIDE_OSX", "__osx")):
+    known = (("CONDA_OVERRIDE_CUDA", "__cuda"), ("CONDA_OVERRIDE_GLIBC", "__glibc"), ("CONDA_OVERRIDE_OSX", "__osx"))
+    for var, pkg in known:
         val = os.environ.get(var)
         if val:
             out[pkg] = val
@@ -107,7 +110,7 @@ def solve(
     cache_dir: Path | None = None,
 ) -> list[Any]:
     """Solve SPECS for SUBDIR; one-line SolveError when unsatisfiable (the solver's first reason line)."""
-    from rattler import Channel, MatchSpec
+    from rattler import Channel, MatchSpec, Platform
     from rattler import solve as rsolve
 
     async def run() -> list[Any]:
@@ -115,7 +118,7 @@ def solve(
             sources=[Channel(c) for c in channels],
             specs=[MatchSpec(s) for s in specs],
             gateway=make_gateway(cache_dir),
-            platforms=[subdir, "noarch"],
+            platforms=[Platform(subdir), Platform("noarch")],
             locked_packages=locked or None,
             virtual_packages=virtuals,
             # conda adds pip to every python (its add_pip_as_python_dependency default); admins expect that.

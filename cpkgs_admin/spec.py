@@ -214,7 +214,7 @@ def read_explicit(path: Path) -> ExplicitLock:
             raise SpecError(f"lock file {path} line {n}: not a package URL: {line[:80]!r}")
         url = m.group("url")
         filename = url.rsplit("/", 1)[-1]
-        if not (filename.endswith(".conda") or filename.endswith(".tar.bz2")):
+        if not filename.endswith((".conda", ".tar.bz2")):
             raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
         h = m.group("hash")
         sha256 = md5 = None

@@ -106,7 +106,9 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
     if manifest.exists():
         try:
             for rel, info in json.loads(manifest.read_bytes()).items():
-                out[rel] = Expected(rel=rel, sha256=info["sha256"], size=info["size"], executable=info.get("executable"))
+                out[rel] = Expected(
+                    rel=rel, sha256=info["sha256"], size=info["size"], executable=info.get("executable")
+                )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CpkgsError(f"{manifest}: unreadable ({exc})") from None
     # The record files themselves change when packages are added; they are checked as JSON above.
@@ -186,7 +188,8 @@ def check_permissions(prefix: Path, expect_sealed: bool, executables: set[str] |
             elif expect_sealed and mode & (stat.S_IWUSR | stat.S_IWGRP):
                 problems.append(Problem("unsealed", rel, f"mode {oct(mode & 0o7777)} is writable"))
             if executables is not None and stat.S_ISREG(mode) and mode & EXEC_BITS and rel not in executables:
-                problems.append(Problem("executable", rel, f"mode {oct(mode & 0o7777)}: was not executable when published"))
+                detail = f"mode {oct(mode & 0o7777)}: was not executable when published"
+                problems.append(Problem("executable", rel, detail))
     return problems
 
 

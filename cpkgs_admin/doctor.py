@@ -1,0 +1,434 @@
+"""`cpkgs doctor`: one finding per check of this user's and this host's setup, each with what to do.
+
+A finding is ok, warn or fail; the command exits 4 when any check fails. User side: the site is mounted and
+readable, whether it sits on NFS (then the NFS rules matter), this host's installation, the shell profile,
+CONDA_PKGS_DIRS, the condarc's envs_dirs and pkgs_dirs, and SQLite databases (IPython history, Jupyter notebook
+signatures) on network drives. Admin side, when this user can write the site: locks past their lease, unsealed
+envs, trash past the grace period, and with --deep a full `verify`.
+
+Whether a path is on a network drive comes from the mount table (psutil, `disk_partitions(all=True)`): the
+longest mount point holding the path's real location decides. That part is a pure function of a path and a list
+of mounts, so tests can hand it a mount table with NFS in it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.errors import CpkgsError
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+# Network filesystems: NFS above all, and the others with the same problems (no reliable byte-range locks for
+# SQLite, close-to-open caching, silly-renames or their equivalents). Names as psutil reports them on Linux/macOS.
+NETWORK_FSTYPES = frozenset({"nfs", "nfs3", "nfs4", "cifs", "smbfs", "smb3", "afs", "fuse.sshfs", "sshfs"})
+
+
+# ----------------------------------------------------------------------------------------------------- mounts
+
+
+@dataclass(frozen=True)
+class Mount:
+    mountpoint: str
+    fstype: str
+    device: str = ""
+
+
+def current_mounts() -> list[Mount]:
+    """This host's mount table, bind and network mounts included (all=True)."""
+    import psutil
+
+    try:
+        parts = psutil.disk_partitions(all=True)
+    except (OSError, RuntimeError):
+        return []
+    return [Mount(p.mountpoint, p.fstype, p.device) for p in parts]
+
+
+def _existing_real(path: str) -> str:
+    """The real location of `path`, or of its nearest existing ancestor (a dir that is yet to be created)."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p) and p != os.path.dirname(p):
+        p = os.path.dirname(p)
+    return os.path.realpath(p)
+
+
+def mount_of(path: str | Path, mounts: Iterable[Any]) -> Any | None:
+    """The mount holding `path`: the longest mount point that is the path or one of its ancestors.
+
+    `mounts` holds anything with .mountpoint and .fstype (psutil's sdiskpart, `Mount`)."""
+    real = _existing_real(str(path))
+    best: Any = None
+    for m in mounts:
+        mp = m.mountpoint.rstrip("/") or "/"
+        if (real == mp or real.startswith(mp + "/") or mp == "/") and (
+            best is None or len(mp) > len(best.mountpoint.rstrip("/") or "/")
+        ):
+            best = m
+    return best
+
+
+def network_fstype(path: str | Path, mounts: Iterable[Any]) -> str | None:
+    """The filesystem type when `path` lies on a network drive (nfs4, cifs, ...), else None."""
+    m = mount_of(path, mounts)
+    if m is not None and m.fstype.lower() in NETWORK_FSTYPES:
+        return str(m.fstype)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: str  # ok | warn | fail
+    check: str
+    message: str
+    fix: str | None = None
+
+
+@dataclass
+class DoctorReport:
+    root: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for f in self.findings if f.status == FAIL)
+
+    @property
+    def warned(self) -> int:
+        return sum(1 for f in self.findings if f.status == WARN)
+
+    def add(self, status: str, check: str, message: str, fix: str | None = None) -> None:
+        self.findings.append(Finding(status, check, message, fix))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "ok": self.failed == 0,
+            "failed": self.failed,
+            "warnings": self.warned,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+# ----------------------------------------------------------------------------------------------------- checks
+
+
+def run_doctor(
+    root: Path,
+    *,
+    deep: bool = False,
+    environ: Mapping[str, str] | None = None,
+    mounts: Iterable[Any] | None = None,
+) -> DoctorReport:
+    """Every check, in the order a user would fix them. `environ` and `mounts` default to this process's."""
+    from cpkgs_admin.site import open_site
+
+    env = dict(os.environ if environ is None else environ)
+    table = list(current_mounts() if mounts is None else mounts)
+    rep = DoctorReport(root=str(root))
+    try:
+        site = open_site(root)
+    except CpkgsError as exc:
+        rep.add(FAIL, "site", str(exc), "mount the drive, or point --root / CPKGS_ROOT at the site")
+        site = None
+    else:
+        rep.add(OK, "site", f"{root} is mounted and readable (cpkgs.yaml schema {site.config.schema})")
+        _check_filesystem(rep, site, table)
+        _check_installation(rep, site)
+        _check_profile(rep, site, env)
+    _check_pkgs_cache(rep, site, env, table)
+    _check_condarc(rep, site, env, table)
+    _check_sqlite(rep, env, table)
+    if site is not None:
+        if os.access(site.state_dir, os.W_OK):
+            _check_admin(rep, site)
+        else:
+            rep.add(OK, "admin", f"admin checks skipped: {site.state_dir} is not writable by you")
+        if deep:
+            _check_verify(rep, site)
+    return rep
+
+
+def _check_filesystem(rep: DoctorReport, site: Any, mounts: list[Any]) -> None:
+    m = mount_of(site.root, mounts)
+    if m is None:
+        rep.add(OK, "filesystem", f"{site.root}: mount table unavailable; assuming a network drive")
+    elif m.fstype.lower() in NETWORK_FSTYPES:
+        rep.add(OK, "filesystem", f"{site.root} is on {m.fstype} ({m.device or m.mountpoint}): the NFS rules apply")
+    else:
+        rep.add(OK, "filesystem", f"{site.root} is on {m.fstype or 'an unknown filesystem'} (local, not NFS)")
+
+
+def _check_installation(rep: DoctorReport, site: Any) -> None:
+    from cpkgs_admin.condarc import this_installation
+    from cpkgs_admin.site import native_subdir
+
+    sub = native_subdir()
+    inst = this_installation(site)
+    served = ", ".join(site.config.platforms)
+    if inst is None:
+        rep.add(
+            FAIL,
+            "installation",
+            f"this host is {sub}; the site serves {served} only",
+            f"ask the site admins to add it: cpkgs init --platform {sub}",
+        )
+        return
+    path = site.root / inst
+    if not path.is_dir():
+        rep.add(FAIL, "installation", f"{sub} maps to {inst}, but {path} does not exist", "run 'cpkgs init' (admins)")
+        return
+    note = "" if sub in site.config.platforms else f" (no {sub} installation: falls back to osx-64 under Rosetta)"
+    try:
+        count = sum(1 for e in os.scandir(path / "envs") if not e.name.startswith("."))
+    except OSError:
+        count = 0
+    rep.add(WARN if note else OK, "installation", f"{sub} -> {inst} ({path}, {count} env(s)){note}")
+
+
+def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
+    from cpkgs_admin.condarc import INSTALLATION_VAR, this_installation
+
+    profile = site.profile_dir / "conda.sh"
+    fix = f"add 'source {profile}' to ~/.bashrc or ~/.zshrc (csh/tcsh: source {site.profile_dir / 'conda.csh'})"
+    have_root, have_inst = env.get("CPKGS_ROOT"), env.get(INSTALLATION_VAR)
+    if not have_root and not have_inst:
+        rep.add(WARN, "profile", "the site profile is not sourced in this shell (CPKGS_ROOT is unset)", fix)
+        return
+    problems = []
+    if not have_root or os.path.realpath(have_root) != os.path.realpath(site.root):
+        problems.append(f"CPKGS_ROOT={have_root or '(unset)'}, not {site.root}")
+    expect = this_installation(site)
+    if expect is not None and have_inst != expect:
+        problems.append(f"{INSTALLATION_VAR}={have_inst or '(unset)'}, not {expect} for this host")
+    if problems:
+        rep.add(FAIL, "profile", "; ".join(problems), f"source {profile} again in a new shell; {fix}")
+    else:
+        rep.add(OK, "profile", f"sourced: CPKGS_ROOT={have_root}, {INSTALLATION_VAR}={have_inst}")
+
+
+def _check_pkgs_cache(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
+    from cpkgs_admin.condarc import conda_expand
+
+    raw = env.get("CONDA_PKGS_DIRS", "")
+    # conda splits sequence settings given as environment variables on commas (SequenceParameter's default).
+    dirs = [d.strip() for d in raw.split(",") if d.strip()]
+    fix_profile = "source the site's conda.sh: it creates a private 0700 cache on local disk"
+    if not dirs:
+        rep.add(WARN, "pkgs-cache", "CONDA_PKGS_DIRS is unset: your own conda would cache in its default dirs", fix_profile)
+        return
+    path = conda_expand(dirs[0], env)
+    problems: list[str] = []
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        rep.add(WARN, "pkgs-cache", f"CONDA_PKGS_DIRS={path} does not exist yet", f"mkdir -m 0700 {path}; or {fix_profile}")
+        return
+    except OSError as exc:
+        rep.add(FAIL, "pkgs-cache", f"CONDA_PKGS_DIRS={path}: {exc.strerror}", fix_profile)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        problems.append("is a symlink (someone could point it anywhere)")
+    elif not stat.S_ISDIR(st.st_mode):
+        problems.append("is not a directory")
+    if st.st_uid != os.getuid():
+        problems.append(f"is owned by uid {st.st_uid}, not you")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        problems.append(f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700")
+    fstype = network_fstype(path, mounts)
+    if fstype:
+        problems.append(f"is on {fstype}, not on local disk")
+    if site is not None and _is_under(path, site.root):
+        problems.append(f"is inside the site root {site.root}")
+    if problems:
+        rep.add(FAIL, "pkgs-cache", f"CONDA_PKGS_DIRS={path} " + "; ".join(problems), fix_profile)
+    else:
+        rep.add(OK, "pkgs-cache", f"CONDA_PKGS_DIRS={path}: local, yours, 0700")
+
+
+def _is_under(path: str, root: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip("/") + "/")
+
+
+def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
+    from cpkgs_admin.condarc import conda_expand, default_condarc, read_condarc, shared_envs_entry, this_installation
+
+    path = default_condarc(env)
+    try:
+        data = read_condarc(path)
+    except CpkgsError as exc:
+        rep.add(FAIL, "condarc", str(exc), f"fix the file by hand (or move it away); conda cannot read it either")
+        return
+    if data is None:
+        rep.add(OK, "condarc", f"{path} does not exist (only your own conda needs it: 'cpkgs link-user')")
+        return
+    key = "envs_path" if "envs_path" in data and "envs_dirs" not in data else "envs_dirs"
+    items = [v for v in (data.get(key) or []) if isinstance(v, str)]
+    if site is not None:
+        entry = shared_envs_entry(site)
+        inst = this_installation(site)
+        mine = str(site.root / inst / "envs") if inst else None
+        others = {str(site.envs_dir(s)): s for s in site.config.installations if site.installation_name(s) != inst}
+        problems, notes = [], []
+        resolved_entry = None
+        for item in items:
+            resolved = conda_expand(item, env)
+            if resolved in others:
+                problems.append(f"{item} resolves to the {others[resolved]} envs ({resolved}), not this host's")
+            elif item == entry:
+                resolved_entry = resolved
+            elif mine is not None and resolved == mine:
+                notes.append(f"{item} names this OS's envs literally; a host of another OS sharing this home sees them")
+        fix_link = "cpkgs unlink-user; remove the hard-coded item; cpkgs link-user (see README: user quick start)"
+        if problems:
+            rep.add(FAIL, "condarc", f"{path}: {key}: " + "; ".join(problems), fix_link)
+        elif resolved_entry is not None and mine is not None and resolved_entry != mine:
+            unset = not env.get("CPKGS_INSTALLATION")
+            rep.add(
+                WARN if unset else FAIL,
+                "condarc",
+                f"{path}: {key} holds {entry}, which resolves to {resolved_entry} in this shell, not {mine}",
+                f"source {site.profile_dir / 'conda.sh'} in your shell start-up file",
+            )
+        elif notes:
+            rep.add(WARN, "condarc", f"{path}: {key}: " + "; ".join(notes), fix_link)
+        elif resolved_entry is not None:
+            rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({entry} -> {resolved_entry})")
+        else:
+            rep.add(WARN, "condarc", f"{path}: {key} does not list the shared envs", "cpkgs link-user")
+    for item in data.get("pkgs_dirs") or []:
+        if not isinstance(item, str):
+            continue
+        resolved = conda_expand(item, env)
+        fstype = network_fstype(resolved, mounts)
+        if fstype:
+            rep.add(
+                WARN,
+                "pkgs_dirs",
+                f"{path}: pkgs_dirs item {item} is on {fstype}",
+                "remove pkgs_dirs from the condarc: the site's conda.sh sets CONDA_PKGS_DIRS to local disk",
+            )
+        elif site is not None and _is_under(resolved, site.root):
+            rep.add(FAIL, "pkgs_dirs", f"{path}: pkgs_dirs item {item} is inside the site root", "remove it")
+
+
+def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) -> None:
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    ipython_dir = Path(env["IPYTHONDIR"]) if env.get("IPYTHONDIR") else home / ".ipython"
+    if env.get("JUPYTER_DATA_DIR"):
+        jupyter_dirs = [Path(env["JUPYTER_DATA_DIR"])]
+    else:
+        jupyter_dirs = [home / ".local" / "share" / "jupyter", home / "Library" / "Jupyter"]
+    checks = [
+        ("ipython", [ipython_dir / "profile_default" / "history.sqlite"], "IPython history",
+         "the site's envs keep it in memory; in your own envs set c.HistoryManager.hist_file = ':memory:' "
+         "(ipython_config.py) or IPYTHONDIR to local disk"),
+        ("jupyter", [d / "nbsignatures.db" for d in jupyter_dirs], "Jupyter notebook signatures",
+         "the site's envs keep them on local disk; in your own envs set c.NotebookNotary.data_dir to a local dir "
+         "or JUPYTER_DATA_DIR to local disk"),
+    ]  # fmt: skip
+    for check, paths, what, fix in checks:
+        found = [p for p in paths if p.exists()]
+        bad = [(p, network_fstype(p, mounts)) for p in found]
+        bad = [(p, fs) for p, fs in bad if fs]
+        if bad:
+            for p, fs in bad:
+                rep.add(WARN, check, f"{what} database {p} is on {fs}: SQLite locking breaks on network drives", fix)
+        elif found:
+            rep.add(OK, check, f"{what} database {found[0]} is on local disk")
+        else:
+            rep.add(OK, check, f"no {what} database in {paths[0].parent}")
+
+
+def _check_admin(rep: DoctorReport, site: Any) -> None:
+    from cpkgs_admin.envs import _TRASH_NAME  # purge's own naming rule, so doctor and purge agree
+    from cpkgs_admin.locking import list_locks
+    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site import parse_duration
+
+    lease = site.config.lease_seconds
+    infos = list_locks(site.locks_dir, lease)
+    late = [i for i in infos if i.state in ("expired", "stale")]
+    for i in late:
+        o = i.owner
+        who = f"{o.user}@{o.host} pid {o.pid}" if o else "an unknown owner"
+        why = "its process is gone" if i.state == "stale" else f"its lease ({lease:g}s) ran out"
+        rep.add(WARN, "locks", f"{i.name} held by {who}: {why}", f"cpkgs locks break {i.name}")
+    if not late:
+        rep.add(OK, "locks", f"no lock past its lease ({len(infos)} held)")
+
+    try:
+        records = load_all(site.records_dir)
+    except CpkgsError as exc:
+        rep.add(FAIL, "records", str(exc), "restore the record from backup, or rebuild the env as a new version")
+        records = []
+    unsealed = [r for r in records if r.status == "unsealed"]
+    for r in unsealed:
+        u = r.unsealed or {}
+        rep.add(
+            WARN,
+            "unsealed",
+            f"{r.name} ({r.platform}) is unsealed since {u.get('at', '?')} by {u.get('by', '?')}: {u.get('reason', '')}",
+            f"cpkgs seal {r.name} --platform {r.platform}",
+        )
+    if not unsealed:
+        rep.add(OK, "unsealed", f"all {len(records)} recorded env(s) sealed, retired or removed")
+
+    grace = parse_duration(site.config.trash_grace, "trash_grace")
+    now, due = time.time(), []
+    try:
+        entries = list(os.scandir(site.trash_dir))
+    except OSError:
+        entries = []
+    for e in entries:
+        if e.name.startswith(".nfs"):
+            continue
+        m = _TRASH_NAME.match(e.name)
+        try:
+            stamp = int(m.group("stamp")) if m else int(e.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            continue
+        if now - stamp >= grace:
+            due.append(e.name)
+    if due:
+        rep.add(
+            WARN,
+            "trash",
+            f"{len(due)} entr{'y' if len(due) == 1 else 'ies'} in {site.trash_dir} past the grace "
+            f"({site.config.trash_grace}): {', '.join(sorted(due)[:5])}{' ...' if len(due) > 5 else ''}",
+            "cpkgs purge",
+        )
+    else:
+        rep.add(OK, "trash", f"nothing in the trash past the grace ({site.config.trash_grace})")
+
+
+def _check_verify(rep: DoctorReport, site: Any) -> None:
+    from cpkgs_admin.verify import verify_envs
+
+    try:
+        reports = verify_envs(site, [])
+    except CpkgsError as exc:
+        rep.add(FAIL, "verify", str(exc), "cpkgs verify")
+        return
+    bad = [r for r in reports if r.problems]
+    for r in bad:
+        p = r.problems[0]
+        rep.add(
+            FAIL,
+            "verify",
+            f"{r.name} ({r.platform}): {len(r.problems)} problem(s), first: {p.kind} {p.path}",
+            f"cpkgs verify {r.name} for the list; a damaged env is rebuilt as a new version",
+        )
+    if not bad:
+        files = sum(r.files for r in reports)
+        rep.add(OK, "verify", f"{len(reports)} env(s), {files} files: permissions and sha256 match")
