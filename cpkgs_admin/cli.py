@@ -491,7 +491,10 @@ def pack(c: Ctx, name: str, output: str, platform: str | None) -> None:
     from cpkgs_admin.pack import pack_env
 
     out = pack_env(c.site(), name, Path(output), platform)
-    c.say(f"wrote {out}; on the target: mkdir DIR && tar -xzf {Path(out).name} -C DIR && DIR/bin/conda-unpack")
+    c.say(
+        f"wrote {out}; on the target: mkdir DIR && tar -xf {Path(out).name} -C DIR && "
+        "DIR/bin/python DIR/bin/conda-unpack, then source DIR/bin/activate"
+    )
 
 
 @cli.command()
@@ -504,7 +507,10 @@ def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
     from cpkgs_admin.pack import mirror_env
 
     rep = mirror_env(c.site(), name, Path(directory), platform)
-    c.say(f"mirrored {rep.count} packages of {name} into {rep.directory} (channel file://{rep.directory})")
+    c.say(
+        f"mirrored {rep.count} packages of {name} into {rep.directory} ({rep.from_cache} from the package cache, "
+        f"{rep.fetched} from their recorded URLs, sha256 checked); channel {rep.directory.as_uri()}"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------- user
@@ -519,10 +525,12 @@ def link_user(c: Ctx, condarc: str | None, dry_run: bool) -> None:
     from cpkgs_admin.condarc import link_user as do_link
 
     rep = do_link(c.root, Path(condarc) if condarc else None, dry_run=dry_run)
-    if dry_run:
+    if dry_run and rep.diff:
         click.echo(rep.diff, nl=False)
-        return
-    c.say(rep.message)
+    else:
+        c.say(rep.message)
+    for w in rep.warnings:
+        click.echo(f"cpkgs: warning: {w}", err=True)
 
 
 @cli.command("unlink-user")

@@ -319,7 +319,7 @@ def _seq_indent(doc: _Doc) -> int:
                     first = v.value[0]
                     prefix = doc.text[_line_start(doc.text, first.start_mark.index) : first.start_mark.index]
                     if _DASH_PREFIX.match(prefix):
-                        return max(0, prefix.index("-") - k.start_mark.column)
+                        return max(0, prefix.index("-") - int(k.start_mark.column))
                 stack.append(v)
         elif isinstance(node, SequenceNode):
             stack.extend(node.value)
@@ -443,10 +443,12 @@ def _appended(doc: _Doc, entry: str) -> str:
 
     expect = dict(doc.data)
     expect[doc.key] = [*doc.values(), entry]
-    for candidate in (lambda: _splice_append(doc, entry), lambda: _dump_edit(doc, edit)):
-        out = candidate()
-        if out is not None and _reads_as(out, expect):
-            return out
+    out = _splice_append(doc, entry)
+    if out is not None and _reads_as(out, expect):
+        return out
+    out = _dump_edit(doc, edit)
+    if _reads_as(out, expect):
+        return out
     raise CpkgsError(f"{doc.name}: cannot add {entry!r} to {doc.key} without changing other settings; add it by hand")
 
 
@@ -662,8 +664,14 @@ def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = Fals
     )
 
 
-def link_warnings(site: Site, doc: _Doc, entry: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Things that would make the link useless or harmful; reported, never fatal."""
+def link_warnings(
+    site: Site,
+    doc: _Doc,
+    entry: str,
+    environ: Mapping[str, str] | None = None,
+    mounts: list[Any] | None = None,
+) -> list[str]:
+    """Things that would make the link useless or harmful; reported, never fatal. `mounts`: see doctor.mount_of."""
     env = os.environ if environ is None else environ
     out: list[str] = []
     if not env.get(INSTALLATION_VAR):
@@ -683,7 +691,8 @@ def link_warnings(site: Site, doc: _Doc, entry: str, environ: Mapping[str, str] 
             )
     from cpkgs_admin.doctor import current_mounts, network_fstype
 
-    mounts = current_mounts()
+    if mounts is None:
+        mounts = current_mounts()
     for value in doc.data.get("pkgs_dirs") or []:
         if isinstance(value, str):
             fstype = network_fstype(conda_expand(value, env), mounts)
@@ -695,11 +704,13 @@ def link_warnings(site: Site, doc: _Doc, entry: str, environ: Mapping[str, str] 
     return out
 
 
-def this_installation(site: Site) -> str | None:
-    """The installation this host's conda.sh exports as CPKGS_INSTALLATION, or None when the site has none."""
+def host_platform(site: Site) -> str | None:
+    """The platform whose installation this host uses (conda.sh exports its name as CPKGS_INSTALLATION).
+
+    None when the site serves no installation this host can run."""
     sub = native_subdir()
     if sub in site.config.platforms:
-        return site.installation_name(sub)
+        return sub
     if sub == "osx-arm64" and "osx-64" in site.config.platforms:
-        return site.installation_name("osx-64")  # Rosetta 2 runs the x86_64 installation
+        return "osx-64"  # Rosetta 2 runs the x86_64 installation
     return None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.site import Site
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -135,11 +136,11 @@ def run_doctor(
     env = dict(os.environ if environ is None else environ)
     table = list(current_mounts() if mounts is None else mounts)
     rep = DoctorReport(root=str(root))
+    site: Site | None = None
     try:
         site = open_site(root)
     except CpkgsError as exc:
         rep.add(FAIL, "site", str(exc), "mount the drive, or point --root / CPKGS_ROOT at the site")
-        site = None
     else:
         rep.add(OK, "site", f"{root} is mounted and readable (cpkgs.yaml schema {site.config.schema})")
         _check_filesystem(rep, site, table)
@@ -169,13 +170,13 @@ def _check_filesystem(rep: DoctorReport, site: Any, mounts: list[Any]) -> None:
 
 
 def _check_installation(rep: DoctorReport, site: Any) -> None:
-    from cpkgs_admin.condarc import this_installation
+    from cpkgs_admin.condarc import host_platform
     from cpkgs_admin.site import native_subdir
 
     sub = native_subdir()
-    inst = this_installation(site)
+    use = host_platform(site)
     served = ", ".join(site.config.platforms)
-    if inst is None:
+    if use is None:
         rep.add(
             FAIL,
             "installation",
@@ -183,20 +184,20 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
             f"ask the site admins to add it: cpkgs init --platform {sub}",
         )
         return
-    path = site.root / inst
+    inst, path = site.installation_name(use), site.installation(use)
     if not path.is_dir():
         rep.add(FAIL, "installation", f"{sub} maps to {inst}, but {path} does not exist", "run 'cpkgs init' (admins)")
         return
     note = "" if sub in site.config.platforms else f" (no {sub} installation: falls back to osx-64 under Rosetta)"
     try:
-        count = sum(1 for e in os.scandir(path / "envs") if not e.name.startswith("."))
+        count = sum(1 for e in os.scandir(site.envs_dir(use)) if not e.name.startswith("."))
     except OSError:
         count = 0
     rep.add(WARN if note else OK, "installation", f"{sub} -> {inst} ({path}, {count} env(s)){note}")
 
 
 def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
-    from cpkgs_admin.condarc import INSTALLATION_VAR, this_installation
+    from cpkgs_admin.condarc import INSTALLATION_VAR, host_platform
 
     profile = site.profile_dir / "conda.sh"
     fix = f"add 'source {profile}' to ~/.bashrc or ~/.zshrc (csh/tcsh: source {site.profile_dir / 'conda.csh'})"
@@ -207,7 +208,8 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
     problems = []
     if not have_root or os.path.realpath(have_root) != os.path.realpath(site.root):
         problems.append(f"CPKGS_ROOT={have_root or '(unset)'}, not {site.root}")
-    expect = this_installation(site)
+    use = host_platform(site)
+    expect = site.installation_name(use) if use else None
     if expect is not None and have_inst != expect:
         problems.append(f"{INSTALLATION_VAR}={have_inst or '(unset)'}, not {expect} for this host")
     if problems:
@@ -224,14 +226,15 @@ def _check_pkgs_cache(rep: DoctorReport, site: Any, env: Mapping[str, str], moun
     dirs = [d.strip() for d in raw.split(",") if d.strip()]
     fix_profile = "source the site's conda.sh: it creates a private 0700 cache on local disk"
     if not dirs:
-        rep.add(WARN, "pkgs-cache", "CONDA_PKGS_DIRS is unset: your own conda would cache in its default dirs", fix_profile)
+        rep.add(WARN, "pkgs-cache", "CONDA_PKGS_DIRS is unset: conda would cache in its default dirs", fix_profile)
         return
     path = conda_expand(dirs[0], env)
     problems: list[str] = []
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        rep.add(WARN, "pkgs-cache", f"CONDA_PKGS_DIRS={path} does not exist yet", f"mkdir -m 0700 {path}; or {fix_profile}")
+        fix = f"mkdir -m 0700 {path}; or {fix_profile}"
+        rep.add(WARN, "pkgs-cache", f"CONDA_PKGS_DIRS={path} does not exist yet", fix)
         return
     except OSError as exc:
         rep.add(FAIL, "pkgs-cache", f"CONDA_PKGS_DIRS={path}: {exc.strerror}", fix_profile)
@@ -261,13 +264,13 @@ def _is_under(path: str, root: Path) -> bool:
 
 
 def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
-    from cpkgs_admin.condarc import conda_expand, default_condarc, read_condarc, shared_envs_entry, this_installation
+    from cpkgs_admin.condarc import conda_expand, default_condarc, host_platform, read_condarc, shared_envs_entry
 
     path = default_condarc(env)
     try:
         data = read_condarc(path)
     except CpkgsError as exc:
-        rep.add(FAIL, "condarc", str(exc), f"fix the file by hand (or move it away); conda cannot read it either")
+        rep.add(FAIL, "condarc", str(exc), "fix the file by hand (or move it away); conda cannot read it either")
         return
     if data is None:
         rep.add(OK, "condarc", f"{path} does not exist (only your own conda needs it: 'cpkgs link-user')")
@@ -276,9 +279,9 @@ def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts:
     items = [v for v in (data.get(key) or []) if isinstance(v, str)]
     if site is not None:
         entry = shared_envs_entry(site)
-        inst = this_installation(site)
-        mine = str(site.root / inst / "envs") if inst else None
-        others = {str(site.envs_dir(s)): s for s in site.config.installations if site.installation_name(s) != inst}
+        use = host_platform(site)
+        mine = str(site.envs_dir(use)) if use else None
+        others = {str(site.envs_dir(s)): s for s in site.config.installations if str(site.envs_dir(s)) != mine}
         problems, notes = [], []
         resolved_entry = None
         for item in items:
@@ -378,7 +381,8 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
         rep.add(
             WARN,
             "unsealed",
-            f"{r.name} ({r.platform}) is unsealed since {u.get('at', '?')} by {u.get('by', '?')}: {u.get('reason', '')}",
+            f"{r.name} ({r.platform}) is unsealed since {u.get('at', '?')} by {u.get('by', '?')}: "
+            f"{u.get('reason', '')}",
             f"cpkgs seal {r.name} --platform {r.platform}",
         )
     if not unsealed:

@@ -26,6 +26,7 @@ class ListRow:
     created: str
     size: int
     successor: str | None
+    spec: str | None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class ListRow:
             "created": self.created,
             "size": self.size,
             "successor": self.successor,
+            "spec": self.spec,
         }
 
 
@@ -59,6 +61,7 @@ def list_envs(site: Site, show_all: bool = False) -> list[ListRow]:
                 created=d.get("created", ""),
                 size=int(d.get("size", 0)),
                 successor=(d.get("retired") or {}).get("successor"),
+                spec=d.get("spec_source"),
             )
         )
     rows.sort(key=lambda r: (r.name, r.platform))

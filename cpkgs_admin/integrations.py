@@ -190,15 +190,14 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
     for r in others:
         if wants_kernel(r.packages) and mine & set(kernel_names(r.name)):
             clash = sorted(mine & set(kernel_names(r.name)))[0]
-            raise UsageError(f"{name.name} and {r.name} would both have the Jupyter kernel {clash}; choose another name")
+            raise UsageError(
+                f"{name.name} and {r.name} would both have the Jupyter kernel {clash}; choose another name"
+            )
     for k in sorted(mine):
         spec = site.kernel_dir(k) / "kernel.json"
-        if spec.exists() and kernel_owner(spec) not in (None, name.name) or (spec.exists() and kernel_owner(spec) is None):
-            owner = kernel_owner(spec)
-            raise UsageError(
-                f"{name.name} would replace the Jupyter kernel {spec.parent} "
-                + (f"of {owner}" if owner else "that cpkgs did not write")
-            )
+        # A kernel cpkgs wrote for a name no longer published is an orphan `refresh` removes; anyone else's stays.
+        if spec.exists() and kernel_owner(spec) is None:
+            raise UsageError(f"{name.name} would replace the Jupyter kernel {spec.parent}, which cpkgs did not write")
 
 
 # ----------------------------------------------------------------------------------------------------- outside envs
@@ -274,7 +273,7 @@ def remove_outputs(paths: list[Path], stop: tuple[Path, ...]) -> list[str]:
     return removed
 
 
-def _stops(site: Site) -> tuple[Path, ...]:
+def stops(site: Site) -> tuple[Path, ...]:
     return (site.kernels_dir, site.modulefiles_dir, site.modulefiles_tcl_dir, site.root)
 
 
@@ -295,7 +294,7 @@ def _sync_name(site: Site, rec: EnvRecord) -> tuple[list[str], list[str]]:
     ]
     stale = [p for p in candidates if p not in desired and p.is_file() and is_generated(p)]
     stale += [p for p in generated_kernel_files(site) if kernel_owner(p) == rec.name and p not in desired]
-    return written, remove_outputs(stale, _stops(site))
+    return written, remove_outputs(stale, stops(site))
 
 
 def publish_outside(site: Site, record: Any) -> list[str]:

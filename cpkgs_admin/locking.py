@@ -273,7 +273,9 @@ def audit(audit_log: Path, entry: dict[str, Any]) -> None:
         **entry,
     }
     audit_log.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # Group-writable where the site has an admin group (its dirs are setgid), so every admin can append.
+    shared = os.stat(audit_log.parent).st_mode & 0o2000
+    fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664 if shared else 0o644)
     try:
         os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
         os.fsync(fd)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpkgs_admin.profiles import render, template_text
 from cpkgs_admin.records import EnvRecord
@@ -110,7 +110,7 @@ def render_tcl(rec: EnvRecord, act: Activation) -> str:
     activation = []
     if act.path_prepend:
         activation.append(f"prepend-path PATH {tcl_str(':'.join(act.path_prepend))}")
-    activation += [f"cpkgs_setenv {tcl_str(k)} {tcl_str(v)}" for k, v in act.variables]
+    activation += [f"setenv {tcl_str(k)} {tcl_str(v)}" for k, v in act.variables]
     values = {
         "NAME": rec.name,
         "PLATFORM": rec.platform,
@@ -134,19 +134,20 @@ def module_files(site: Site, rec: EnvRecord, act: Activation) -> dict[Path, str]
 # ----------------------------------------------------------------------------------------------------- family rc
 
 
-def _version_key(version: str) -> tuple[int, object]:
+def newest(versions: list[str]) -> str:
+    """The highest of VERSIONS by conda's version order; text that is not a conda version ranks below all others."""
     from rattler import Version
 
-    try:
-        return (1, Version(version))
-    except Exception:  # not a conda version: order it below every parsable one, by text
-        return (0, version)
-
-
-def newest(versions: list[str]) -> str:
-    parsable = [v for v in versions if _version_key(v)[0] == 1]
-    if parsable:
-        return max(parsable, key=lambda v: _version_key(v)[1])  # type: ignore[no-any-return]
+    parsed: list[tuple[Any, str]] = []
+    for v in versions:
+        with contextlib.suppress(Exception):
+            parsed.append((Version(v), v))
+    if parsed:
+        best = parsed[0]
+        for item in parsed[1:]:
+            if item[0] > best[0]:
+                best = item
+        return best[1]
     return max(versions)
 
 
@@ -206,6 +207,7 @@ def generated_module_files(site: Site) -> list[Path]:
                 continue
             with contextlib.suppress(OSError):
                 for f in sorted(fam.iterdir()):
-                    if f.is_file() and not f.name.startswith(".nfs") and not f.name.endswith(".tmp") and is_generated(f):
+                    skip = f.name.startswith(".nfs") or f.name.endswith(".tmp")
+                    if not skip and f.is_file() and is_generated(f):
                         out.append(f)
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PermissionProblem, SiteError, UsageError
-from cpkgs_admin.locking import site_locked, write_if_changed
+from cpkgs_admin.locking import audit, site_locked, write_if_changed
 from cpkgs_admin.site import (
     CONFIG_NAME,
     KNOWN_SUBDIRS,
@@ -178,10 +178,13 @@ def init_site(
                     os.chown(path, -1, gid)
             except PermissionError:
                 raise PermissionProblem(f"cannot write {path}: permission denied") from None
-    if old is not None:
-        report.config_changes = changes
-        if changes and "cpkgs.yaml" in report.updated:
-            report.updated.remove("cpkgs.yaml")
+        if old is not None:
+            report.config_changes = changes
+            if changes and "cpkgs.yaml" in report.updated:
+                report.updated.remove("cpkgs.yaml")
+        if report.changed:
+            audit(site.audit_log, {"action": "init", "created": len(report.created), "updated": len(report.updated),
+                                   "config_changes": report.config_changes})
     return report
 
 

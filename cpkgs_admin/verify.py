@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,11 @@ from cpkgs_admin.seal import EXEC_BITS
 SITE_MANIFEST = "conda-meta/cpkgs/site-files.json"
 EXECUTABLES_LIST = "conda-meta/cpkgs/executables.json"
 _BUF = 1 << 20
+# Small files are hashed in batches of about this many bytes (or _BATCH_FILES files): one pool task per file costs
+# more in thread hand-offs (GIL convoy) than hashing the file.
+_BATCH_BYTES = 4 << 20
+_BATCH_FILES = 64
+_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,13 @@ def is_nfs_silly(name: str) -> bool:
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
+    # One read buffer per thread, reused: allocating (and zeroing) 1 MiB per file dominated small files.
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(_BUF)
+        _local.view = memoryview(buf)
+    view = _local.view
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(_BUF)
-        view = memoryview(buf)
         while True:
             n = fh.readinto(buf)
             if not n:
@@ -137,6 +147,25 @@ def _check_one(prefix: str, exp: Expected) -> tuple[Problem | None, int]:
     return None, st.st_size
 
 
+def _check_batch(prefix: str, batch: list[Expected]) -> list[tuple[Problem | None, int]]:
+    return [_check_one(prefix, e) for e in batch]
+
+
+def _batches(order: list[Expected]) -> list[list[Expected]]:
+    out: list[list[Expected]] = []
+    cur: list[Expected] = []
+    acc = 0
+    for e in order:
+        cur.append(e)
+        acc += e.size or 0
+        if acc >= _BATCH_BYTES or len(cur) >= _BATCH_FILES:
+            out.append(cur)
+            cur, acc = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
 def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Problem], int, int]:
     """(problems, files checked, bytes hashed). Also reports files on disk that no package lists."""
     expected = expected_files(prefix)
@@ -144,12 +173,13 @@ def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Prob
     total = 0
     workers = workers or max(2, os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Large files first, so the slowest hash does not start last.
+        # Large files first, so the slowest hash does not start last; small files in batches (see _BATCH_BYTES).
         order = sorted(expected.values(), key=lambda e: -(e.size or 0))
-        for problem, size in pool.map(lambda e: _check_one(str(prefix), e), order, chunksize=16):
-            total += size
-            if problem:
-                problems.append(problem)
+        for batch in pool.map(lambda b: _check_batch(str(prefix), b), _batches(order)):
+            for problem, size in batch:
+                total += size
+                if problem:
+                    problems.append(problem)
     on_disk = set()
     for dirpath, dirnames, filenames in os.walk(prefix):
         rel_dir = os.path.relpath(dirpath, prefix)
@@ -168,12 +198,14 @@ def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Prob
 
 def check_permissions(prefix: Path, expect_sealed: bool, executables: set[str] | None = None) -> list[Problem]:
     problems: list[Problem] = []
+    top = str(prefix)
+    cut = len(os.path.join(top, ""))  # os.walk's paths all start with TOP + "/": slicing is os.path.relpath, cheaper
     for dirpath, dirnames, filenames in os.walk(prefix):
-        for name in [*dirnames, *filenames, ""] if dirpath == str(prefix) else [*dirnames, *filenames]:
+        for name in [*dirnames, *filenames, ""] if dirpath == top else [*dirnames, *filenames]:
             if name and is_nfs_silly(name):
                 continue
             path = os.path.join(dirpath, name) if name else dirpath
-            rel = os.path.relpath(path, prefix)
+            rel = path[cut:] if name else "."
             try:
                 st = os.lstat(path)
             except OSError:

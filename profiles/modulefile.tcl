@@ -10,19 +10,12 @@ proc ModulesHelp { } {
 if {[info commands family] ne ""} {
     family conda
 }
-# pushenv restores the previous value on unload where the implementation has it (Lmod, environment-modules >= 5.1).
-proc cpkgs_setenv {var val} {
-    if {[info commands pushenv] ne ""} {
-        pushenv $var $val
-    } else {
-        setenv $var $val
-    }
-}
-
+# setenv, not pushenv: Lmod 8.6 pushes a Tcl module's value twice, so unloading it would leave the value set.
+# Unloading unsets these; the Lua modulefiles restore earlier values instead.
 set prefix @PREFIX@
 @RETIRED@
 prepend-path PATH "$prefix/bin"
-cpkgs_setenv CONDA_PREFIX $prefix
-cpkgs_setenv CONDA_DEFAULT_ENV @NAME_Q@
+setenv CONDA_PREFIX $prefix
+setenv CONDA_DEFAULT_ENV @NAME_Q@
 # What the env's etc/conda/activate.d/*.sh scripts set, computed when the env was published.
 @ACTIVATION@

@@ -302,3 +302,42 @@ def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_
         assert not list(envs.glob(f".staging-{name}-*"))
         out = as_nobody([str(prefix / "bin" / "cpkgs-test-binprefix")])
         assert out.stdout.strip() == str(prefix)
+
+
+def test_files_are_copies_not_links_to_the_cache(built_site: Path) -> None:
+    """A hard link would tie the sealed env to the package cache: editing one would change the other."""
+    prefix = built_site / ENVS / "demo-1.0"
+    linked = []
+    for dirpath, _dirs, files in os.walk(prefix):
+        for n in files:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
+                linked.append(n)
+    assert linked == []
+
+
+def test_not_enough_space_fails_early(tmp_path: Path, channel_url: str) -> None:
+    """A real small filesystem (tmpfs) as the site: the build is refused before installing anything."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        root = make_site(small / "site", channel_url)
+        before = tree_hash(root)
+        r = run_cpkgs("new-env", "big-1.0", *FULL_SPECS, root=root)
+        assert r.returncode == 1, r
+        assert "not enough space" in r.stderr and r.stderr.count("\n") == 1
+        assert tree_hash(root) == before
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
+def test_init_and_builds_are_audited(built_site: Path) -> None:
+    import json
+
+    lines = [json.loads(x) for x in (built_site / ".cpkgs" / "audit.log").read_text().splitlines()]
+    actions = [(x["action"], x.get("env")) for x in lines]
+    assert actions[0] == ("init", None)
+    assert ("new-env", "demo-1.0") in actions and ("retire", "old-1.0") in actions
+    assert all({"time", "user", "host", "command"} <= set(x) for x in lines)

@@ -1,0 +1,83 @@
+"""`cpkgs refresh`: regenerate everything that lives outside envs from the records.
+
+Profiles (etc/profile.d), kernelspecs and modulefiles (Lua and Tcl) for every published env; files cpkgs generated
+for envs that no longer exist are removed, files cpkgs did not generate are never touched. Idempotent: a second run
+changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpkgs_admin.integrations import (
+    env_outputs,
+    family_outputs,
+    published,
+    remove_outputs,
+    stops,
+    write_outputs,
+)
+from cpkgs_admin.kernels import generated_kernel_files
+from cpkgs_admin.locking import site_locked
+from cpkgs_admin.modules import generated_module_files
+from cpkgs_admin.profiles import write_profiles
+from cpkgs_admin.records import load_all
+from cpkgs_admin.site import Site
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    profiles: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "NAME: why", for envs whose names collide with an older one
+    envs: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.profiles or self.written or self.removed)
+
+    def lines(self) -> list[str]:
+        return (
+            [f"wrote {p}" for p in self.profiles + self.written]
+            + [f"removed {p}" for p in self.removed]
+            + [f"skipped {s}" for s in self.skipped]
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "envs": self.envs,
+            "profiles": self.profiles,
+            "written": self.written,
+            "removed": self.removed,
+            "skipped": self.skipped,
+        }
+
+
+def refresh_site(site: Site) -> RefreshReport:
+    with site_locked(site):
+        profiles = write_profiles(site)
+        chosen = published(site, load_all(site.records_dir))
+        desired: dict[Path, str] = {}
+        owner: dict[Path, str] = {}
+        skipped: list[str] = []
+        kept = []
+        for rec in chosen:  # oldest first: on a collision (records older than preflight) the older env keeps it
+            files = env_outputs(site, rec)
+            clash = next((p for p in files if p in owner), None)
+            if clash is not None:
+                skipped.append(f"{rec.name}: {clash} already belongs to {owner[clash]}")
+                continue
+            kept.append(rec)
+            for p in files:
+                owner[p] = rec.name
+            desired.update(files)
+        for family in sorted({r.family for r in kept}):
+            desired.update(family_outputs(site, family, kept))
+        written = write_outputs(site, desired)
+        existing = generated_kernel_files(site) + generated_module_files(site)
+        removed = remove_outputs([p for p in existing if p not in desired], stops(site))
+    return RefreshReport(profiles=profiles, written=written, removed=removed, skipped=skipped, envs=len(kept))
