@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 _BIN = Path(sys.executable).parent
 CPKGS = str(_BIN / "cpkgs") if (_BIN / "cpkgs").exists() else str(REPO / ".venv" / "bin" / "cpkgs")
 PYTHON = sys.executable
+
+CRASHES: list[str] = []  # runs that died of a signal and were rerun (see timed)
 
 SPECS = ["python", "cpkgs-test-app", "cpkgs-test-textprefix", "cpkgs-test-binprefix", "cpkgs-test-activate"]
 
@@ -82,14 +84,32 @@ def make_site(root: Path, channel: Path) -> Path:
     return root
 
 
-def timed(cmd: Sequence[str], **kw: Any) -> tuple[float, subprocess.CompletedProcess[bytes]]:
-    """Wall time of one whole command (interpreter start included), output captured."""
-    t = time.perf_counter()
-    proc = subprocess.run(list(cmd), capture_output=True, check=False, **kw)
-    dt = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
-    return dt, proc
+def timed(
+    cmd: Sequence[str], retry_crash: int = 0, cleanup: Callable[[], None] | None = None, **kw: Any
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Wall time of one whole command (interpreter start included), output captured.
+
+    RETRY_CRASH: rerun a run that died of a signal up to that many times (logged), e.g. the bare py-rattler script,
+    which we do not want to debug here, after calling CLEANUP; a nonzero exit is always fatal.
+    """
+    while True:
+        t = time.perf_counter()
+        proc = subprocess.run(list(cmd), capture_output=True, check=False, **kw)
+        dt = time.perf_counter() - t
+        if proc.returncode < 0 and retry_crash > 0:
+            retry_crash -= 1
+            CRASHES.append(f"{Path(cmd[0]).name}: signal {-proc.returncode}")
+            log(f"warning: {_show(cmd)} died of signal {-proc.returncode}; rerunning it")
+            if cleanup:
+                cleanup()
+            continue
+        if proc.returncode != 0:
+            raise SystemExit(f"{_show(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
+        return dt, proc
+
+
+def _show(cmd: Sequence[str]) -> str:
+    return " ".join(a if len(a) < 80 else a[:40].strip().replace("\n", " ") + " ..." for a in cmd)
 
 
 def median(xs: Sequence[float]) -> float:
@@ -146,13 +166,16 @@ def machine() -> dict[str, Any]:
         "tmp": tmp,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
 def print_machine() -> dict[str, Any]:
     m = machine()
     print(f"machine: nproc={m['nproc']}  cpu={m['cpu']}  ram={m['ram']}  {m['tmp']}: {m['tmp_fs']}  "
-          f"python {m['python']}  {m['date']}")
+          f"python {m['python']}  {m['date']}  load {m['loadavg_1m']}")
+    if m["loadavg_1m"] > 0.5 * (m["nproc"] or 1):
+        log(f"warning: load average {m['loadavg_1m']} on {m['nproc']} CPUs: other work is running, figures will be noisy")
     return m
 
 

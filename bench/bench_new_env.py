@@ -93,7 +93,9 @@ class Bench:
         prefix = self.bare_dir / f"env-{self.n}"
         copy_only = "1" if variant == "bare-copy" else "0"
         dt, proc = C.timed(
-            [C.PYTHON, "-c", BARE, self.channel.as_uri(), str(self.bare_cache), str(prefix), copy_only, *C.SPECS]
+            [C.PYTHON, "-c", BARE, self.channel.as_uri(), str(self.bare_cache), str(prefix), copy_only, *C.SPECS],
+            retry_crash=2,
+            cleanup=lambda: C.rmtree(prefix),
         )
         phases = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         C.rmtree(prefix)
@@ -134,7 +136,7 @@ def main() -> None:
 
     steps = med_phases("cpkgs")
     # Interpreter start, imports, site/config load, locks and JSON output: everything new-env's timings don't cover.
-    overhead = C.median([w - sum(p.values()) for w, p in zip(walls["cpkgs"], phases["cpkgs"])])
+    overhead = C.median([w - sum(p.values()) for w, p in zip(walls["cpkgs"], phases["cpkgs"], strict=True)])
     bare_ph = med_phases("bare")
     copy_ph = med_phases("bare-copy")
 
@@ -150,6 +152,9 @@ def main() -> None:
     verdict = "PASS" if ratio <= TARGET else "MISS"
     print(f"  ratio new-env / bare solve+install:   {ratio:.2f}  (target <= {TARGET}: {verdict})")
     print(f"  ratio new-env / bare copy-only:       {ratio_copy:.2f}  (for comparison)")
+    if C.CRASHES:
+        print(f"  note: {len(C.CRASHES)} bare py-rattler run(s) crashed at interpreter exit and were rerun "
+              f"({', '.join(C.CRASHES)})")
     C.final_json("new-env", {
         "specs": C.SPECS,
         "runs": args.runs,
@@ -168,6 +173,7 @@ def main() -> None:
         "bare_phases_s": {k: round(s, 4) for k, s in bare_ph.items()},
         "bare_copy_phases_s": {k: round(s, 4) for k, s in copy_ph.items()},
         "runs_s": {v: [round(x, 4) for x in walls[v]] for v in VARIANTS},
+        "bare_crashes_rerun": len(C.CRASHES),
         "machine": machine,
     })
 

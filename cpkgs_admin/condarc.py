@@ -36,7 +36,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -540,7 +540,6 @@ class _Outcome:
     new: str | None  # None: nothing to change
     backup: Path | None = None
     written: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def _edit(path: Path, target: Path, compute: Callable[[str | None], str | None], dry_run: bool) -> _Outcome:

@@ -53,11 +53,12 @@ def current_mounts() -> list[Mount]:
 
 
 def _existing_real(path: str) -> str:
-    """The real location of `path`, or of its nearest existing ancestor (a dir that is yet to be created)."""
-    p = os.path.abspath(path)
+    """The real location of `path`; for a path yet to be created, its nearest existing ancestor's real location
+    with the missing tail appended (where it would be created)."""
+    p, tail = os.path.abspath(path), ""
     while not os.path.lexists(p) and p != os.path.dirname(p):
-        p = os.path.dirname(p)
-    return os.path.realpath(p)
+        p, tail = os.path.dirname(p), os.path.join(os.path.basename(p), tail)
+    return os.path.join(os.path.realpath(p), tail).rstrip("/") or "/"
 
 
 def mount_of(path: str | Path, mounts: Iterable[Any]) -> Any | None:
@@ -213,7 +214,12 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
     if expect is not None and have_inst != expect:
         problems.append(f"{INSTALLATION_VAR}={have_inst or '(unset)'}, not {expect} for this host")
     if problems:
-        rep.add(FAIL, "profile", "; ".join(problems), f"source {profile} again in a new shell; {fix}")
+        rep.add(
+            FAIL,
+            "profile",
+            "; ".join(problems),
+            f"in a new shell, source {profile} (a value inherited from another host or site is stale)",
+        )
     else:
         rep.add(OK, "profile", f"sourced: CPKGS_ROOT={have_root}, {INSTALLATION_VAR}={have_inst}")
 
@@ -252,7 +258,9 @@ def _check_pkgs_cache(rep: DoctorReport, site: Any, env: Mapping[str, str], moun
         problems.append(f"is on {fstype}, not on local disk")
     if site is not None and _is_under(path, site.root):
         problems.append(f"is inside the site root {site.root}")
-    if problems:
+    if problems == [f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"] and stat.S_ISDIR(st.st_mode):
+        rep.add(FAIL, "pkgs-cache", f"CONDA_PKGS_DIRS={path} {problems[0]}", f"chmod 700 {path}")
+    elif problems:
         rep.add(FAIL, "pkgs-cache", f"CONDA_PKGS_DIRS={path} " + "; ".join(problems), fix_profile)
     else:
         rep.add(OK, "pkgs-cache", f"CONDA_PKGS_DIRS={path}: local, yours, 0700")
@@ -283,30 +291,33 @@ def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts:
         mine = str(site.envs_dir(use)) if use else None
         others = {str(site.envs_dir(s)): s for s in site.config.installations if str(site.envs_dir(s)) != mine}
         problems, notes = [], []
-        resolved_entry = None
+        linked: str | None = None  # an item that resolves to this OS's envs through a variable
+        unresolved: str | None = None  # link-user's item, resolving to nothing useful in this shell
         for item in items:
             resolved = conda_expand(item, env)
             if resolved in others:
                 problems.append(f"{item} resolves to the {others[resolved]} envs ({resolved}), not this host's")
-            elif item == entry:
-                resolved_entry = resolved
-            elif mine is not None and resolved == mine:
+            elif resolved == mine and "$" in item:
+                linked = item
+            elif resolved == mine:
                 notes.append(f"{item} names this OS's envs literally; a host of another OS sharing this home sees them")
+            elif item == entry:
+                unresolved = resolved
         fix_link = "cpkgs unlink-user; remove the hard-coded item; cpkgs link-user (see README: user quick start)"
         if problems:
             rep.add(FAIL, "condarc", f"{path}: {key}: " + "; ".join(problems), fix_link)
-        elif resolved_entry is not None and mine is not None and resolved_entry != mine:
+        elif unresolved is not None and linked is None:
             unset = not env.get("CPKGS_INSTALLATION")
             rep.add(
                 WARN if unset else FAIL,
                 "condarc",
-                f"{path}: {key} holds {entry}, which resolves to {resolved_entry} in this shell, not {mine}",
+                f"{path}: {key} holds {entry}, which resolves to {unresolved} in this shell, not {mine}",
                 f"source {site.profile_dir / 'conda.sh'} in your shell start-up file",
             )
         elif notes:
             rep.add(WARN, "condarc", f"{path}: {key}: " + "; ".join(notes), fix_link)
-        elif resolved_entry is not None:
-            rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({entry} -> {resolved_entry})")
+        elif linked is not None:
+            rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({linked} -> {mine})")
         else:
             rep.add(WARN, "condarc", f"{path}: {key} does not list the shared envs", "cpkgs link-user")
     for item in data.get("pkgs_dirs") or []:

@@ -198,16 +198,33 @@ def _check_mirror_dir(directory: Path) -> None:
         raise PermissionProblem(f"cannot create {directory}: {parent} is not writable by you")
 
 
-def _index(channel: Path) -> None:
-    import asyncio
-
+# py-rattler 0.28's index_fs returns with its Rust worker threads still busy; when the interpreter then finalizes,
+# the process dies with SIGSEGV or SIGABRT about one run in ten (seen here in loops of 60 runs; the repodata is
+# already complete by then). So the index runs in a child that leaves with os._exit right after index_fs returns:
+# no finalization, no race, and our own process never loaded the indexer.
+_INDEX_CHILD = """
+import asyncio, os, sys
+try:
     from rattler.index import index_fs
+    asyncio.run(index_fs(sys.argv[1], write_zst=False, write_shards=False, force=True))
+except BaseException as exc:
+    text = str(exc).strip().splitlines()
+    sys.stderr.write((text[0] if text else type(exc).__name__) + "\\n")
+    sys.stderr.flush()
+    os._exit(1)
+sys.stdout.flush()
+os._exit(0)
+"""
 
-    try:
-        asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise CpkgsError(f"indexing {channel} failed: {text[0] if text else type(exc).__name__}") from None
+
+def _index(channel: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _INDEX_CHILD, str(channel)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise CpkgsError(f"indexing {channel} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
 
 
 def mirror_env(site: Site, name: str, directory: Path, platform: str | None) -> MirrorReport:

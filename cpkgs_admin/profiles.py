@@ -10,10 +10,16 @@ import shlex
 from importlib import resources
 from pathlib import Path
 
+from cpkgs_admin.errors import UsageError
 from cpkgs_admin.locking import write_if_changed
 from cpkgs_admin.site import Site
 
-PROFILE_TEMPLATES = {"conda.sh": "conda.sh", "conda.csh": "conda.csh"}
+# output name in <root>/etc/profile.d -> template in profiles/.  cpkgs-conda.csh is the csh `conda` alias's body.
+PROFILE_TEMPLATES = {"conda.sh": "conda.sh", "conda.csh": "conda.csh", "cpkgs-conda.csh": "cpkgs-conda.csh"}
+
+# Inside csh double quotes (and the alias's single quotes) these cannot be written safely: refuse such a root
+# at render time rather than ship a profile that breaks every csh user's login.
+_CSH_UNSAFE = frozenset("$!`\"'\\\n")
 
 
 def template_text(name: str) -> str:
@@ -27,10 +33,14 @@ def _platform_installations(site: Site) -> list[tuple[str, str]]:
 
 def substitutions(site: Site) -> dict[str, str]:
     root = str(site.root)
+    if not root.startswith("/") or _CSH_UNSAFE.intersection(root):
+        raise UsageError(f"site root {root!r} must be an absolute path without $ ! ` \" ' \\ or newlines "
+                         "(the csh profile cannot quote them)")
     pairs = _platform_installations(site)
     return {
         "ROOT": root,
         "ROOT_SH": shlex.quote(root),
+        "ROOT_CSH": root,
         # "linux-64=anaconda3_linux osx-arm64=anaconda3_macOS": a word list both sh and csh can walk without forking.
         "INSTALLATIONS": " ".join(f"{sub}={inst}" for sub, inst in pairs),
     }

@@ -53,13 +53,13 @@ case ${CONDA_PKGS_DIRS-} in
 esac
 
 # --- the one fork: OS and CPU (and, rarely, the cache dir's creation or mode).
+# `exec` keeps it to one process: the subshell becomes uname (bash, dash, ksh and zsh all fork once here).
 if [ -n "$_cpkgs_probe" ]; then
     _cpkgs_u=$(command uname -sm 2>/dev/null
-        if [ ! -e "$_cpkgs_probe" ] && [ ! -L "$_cpkgs_probe" ] \
-            && command mkdir -m 700 -- "$_cpkgs_probe" 2>/dev/null; then echo created
-        else LC_ALL=C command ls -ldn -- "$_cpkgs_probe" 2>/dev/null; fi) || :
+        if command mkdir -m 700 -- "$_cpkgs_probe" 2>/dev/null; then echo created
+        else LC_ALL=C exec ls -ldn -- "$_cpkgs_probe" 2>/dev/null; fi) || :
 else
-    _cpkgs_u=$(command uname -sm 2>/dev/null) || :
+    _cpkgs_u=$(exec uname -sm 2>/dev/null) || :
 fi
 case $_cpkgs_u in
     *"$_cpkgs_nl"*) _cpkgs_probe=${_cpkgs_u#*"$_cpkgs_nl"}; _cpkgs_u=${_cpkgs_u%%"$_cpkgs_nl"*} ;;
@@ -75,7 +75,8 @@ case $_cpkgs_u in
 esac
 # The site's platform map, rendered by `cpkgs write-profiles` from cpkgs.yaml: SUBDIR=INSTALLATION words.
 for _cpkgs_w in @INSTALLATIONS@; do
-    case $_cpkgs_w in "$_cpkgs_sub"=*) _cpkgs_inst=${_cpkgs_w#*=} ;; esac
+    # (the '=' quoted: zsh would expand an empty sub's bare =* as a command path)
+    case $_cpkgs_w in "$_cpkgs_sub="*) _cpkgs_inst=${_cpkgs_w#*=} ;; esac
 done
 # An arm64 Mac runs x86_64 envs under Rosetta: use the osx-64 installation when there is no arm64 one.
 if [ "$_cpkgs_sub" = osx-arm64 ] && { [ -z "$_cpkgs_inst" ] || [ ! -d "$_cpkgs_root/$_cpkgs_inst/envs" ]; }; then
@@ -142,16 +143,16 @@ else
         # The light conda: activate/deactivate/env list for the shared envs and personal layers, in the
         # shell itself (no fork).  State lives in conda's own variables (CONDA_PREFIX, CONDA_SHLVL,
         # CONDA_PREFIX_<n>), so a real conda started later understands it.  Temporaries are _cpkgs_* and are
-        # unset on the way out.  With _cpkgs_csh set (only by cpkgs-conda.csh, in a child sh) it prints csh
-        # commands instead of changing this shell.
+        # unset on the way out.  With _cpkgs_csh=emit (set only by cpkgs-conda.csh, for a child sh) it
+        # prints csh commands instead of changing this shell.
         conda() {
             _cpkgs_r=@ROOT_SH@
             _cpkgs_i=${CPKGS_INSTALLATION-}
             _cpkgs_rc=0 _cpkgs_err= _cpkgs_go= _cpkgs_o= _cpkgs_ob= _cpkgs_obase= _cpkgs_n= _cpkgs_nb= _cpkgs_nbase=
             _cpkgs_name= _cpkgs_lvl=${CONDA_SHLVL:-0} _cpkgs_push= _cpkgs_pop= _cpkgs_msg= _cpkgs_pre= _cpkgs_post=
-            _cpkgs_ext=sh _cpkgs_t='	' _cpkgs_nl='
+            _cpkgs_ext=sh _cpkgs_emit= _cpkgs_t='	' _cpkgs_nl='
 '
-            if [ -n "${_cpkgs_csh-}" ]; then _cpkgs_ext=csh; fi
+            if [ "${_cpkgs_csh-}" = emit ]; then _cpkgs_ext=csh _cpkgs_emit=1; fi
             case $_cpkgs_lvl in '' | *[!0-9]*) _cpkgs_lvl=0 ;; esac
             if [ -n "${ZSH_VERSION-}" ]; then
                 # An unmatched activate.d glob must stay literal (checked below), not abort the function.
@@ -279,7 +280,7 @@ else
                 for _cpkgs_d in ${_cpkgs_o:+"$_cpkgs_o"} ${_cpkgs_obase:+"$_cpkgs_obase"}; do
                     for _cpkgs_f in "$_cpkgs_d/etc/conda/deactivate.d/"*."$_cpkgs_ext"; do
                         [ -f "$_cpkgs_f" ] || continue
-                        if [ -n "${_cpkgs_csh-}" ]; then
+                        if [ -n "$_cpkgs_emit" ]; then
                             _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
                         else
                             . "$_cpkgs_f"
@@ -322,7 +323,7 @@ else
                     CONDA_SHLVL=0
                     export CONDA_SHLVL
                 fi
-                if [ -n "${_cpkgs_csh-}" ]; then
+                if [ -n "$_cpkgs_emit" ]; then
                     if [ -n "${prompt+x}" ]; then prompt=${CONDA_PROMPT_MODIFIER-}${prompt#"$_cpkgs_s"}; fi
                 elif [ -n "${PS1+x}" ]; then
                     PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
@@ -331,19 +332,19 @@ else
                 for _cpkgs_d in ${_cpkgs_nbase:+"$_cpkgs_nbase"} ${_cpkgs_n:+"$_cpkgs_n"}; do
                     for _cpkgs_f in "$_cpkgs_d/etc/conda/activate.d/"*."$_cpkgs_ext"; do
                         [ -f "$_cpkgs_f" ] || continue
-                        if [ -n "${_cpkgs_csh-}" ]; then
+                        if [ -n "$_cpkgs_emit" ]; then
                             _cpkgs_post="${_cpkgs_post}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
                         else
                             . "$_cpkgs_f"
                         fi
                     done
                 done
-                if [ -n "${_cpkgs_csh-}" ]; then
+                if [ -n "$_cpkgs_emit" ]; then
                     # For cpkgs-conda.csh: one line of csh.  Lines "COMMAND<TAB>VALUE" get VALUE single-quoted
                     # for csh ('\'' for a quote, \! for a history bang).
                     _cpkgs_s=$_cpkgs_pre
                     for _cpkgs_e in PATH CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL \
-                        "CONDA_PREFIX_${_cpkgs_pop:-${_cpkgs_push:-0}}" prompt; do
+                        ${_cpkgs_pop:+"CONDA_PREFIX_$_cpkgs_pop"} ${_cpkgs_push:+"CONDA_PREFIX_$_cpkgs_push"} prompt; do
                         if eval "[ -n \"\${$_cpkgs_e+x}\" ]"; then
                             eval "_cpkgs_a=\$$_cpkgs_e"
                             if [ "$_cpkgs_e" = prompt ]; then _cpkgs_c='set prompt ='; else _cpkgs_c="setenv $_cpkgs_e"; fi
@@ -381,7 +382,7 @@ else
             fi
             eval "unset _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
                 _cpkgs_nb _cpkgs_nbase _cpkgs_name _cpkgs_lvl _cpkgs_push _cpkgs_pop _cpkgs_msg _cpkgs_pre _cpkgs_post \
-                _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl; \
+                _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl _cpkgs_emit; \
                 return $_cpkgs_rc"
         }
     fi
@@ -391,3 +392,8 @@ if [ -n "$_cpkgs_why" ] && [ "${CPKGS_VERBOSE-}" = 1 ]; then
 fi
 unset _cpkgs_root _cpkgs_nl _cpkgs_inst _cpkgs_why _cpkgs_pkgs _cpkgs_probe _cpkgs_uid _cpkgs_k _cpkgs_v _cpkgs_x \
     _cpkgs_u _cpkgs_sub _cpkgs_w _cpkgs_ok
+# cpkgs-conda.csh runs this file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
+case ${_cpkgs_csh-} in
+emit) conda ${_cpkgs_a1+"$_cpkgs_a1"} ${_cpkgs_a2+"$_cpkgs_a2"} ;;
+run) conda "$@" ;;
+esac

@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import as_nobody, make_site, run_cpkgs, world_traversable
 from ruamel.yaml import YAML
 
+from conftest import as_nobody, make_site, run_cpkgs, world_traversable
 from cpkgs_admin.condarc import link_warnings, parse_condarc, shared_envs_entry
 from cpkgs_admin.doctor import Mount
 from cpkgs_admin.site import open_site
@@ -25,10 +25,11 @@ from cpkgs_admin.site import open_site
 BACKUP = re.compile(r"\.condarc\.cpkgs-backup-\d{8}T\d{6}(-\d+)?\Z")
 
 
-@pytest.fixture
-def usite(tmp_path: Path) -> Path:
-    """A site without envs (link-user only needs the tree and cpkgs.yaml); both default installations."""
-    return make_site(tmp_path / "site", None, "--platform", "linux-64", "--platform", "osx-arm64")
+@pytest.fixture(scope="module")
+def usite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site without envs (link-user only needs the tree and cpkgs.yaml), both default installations; shared by
+    this module's tests, which write only in their own HOME."""
+    return make_site(tmp_path_factory.mktemp("link") / "site", None, "--platform", "linux-64", "--platform", "osx-arm64")
 
 
 def entry_of(root: Path) -> str:
@@ -265,8 +266,13 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD))
-@pytest.mark.parametrize("command", ["link-user", "unlink-user"])
+# unlink-user reads through the same parser: a few cases show it stops the same way.
+BAD_RUNS = [(n, "link-user") for n in sorted(BAD)] + [
+    (n, "unlink-user") for n in ("invalid-yaml", "a-list", "envs_dirs-string", "shared-anchor")
+]
+
+
+@pytest.mark.parametrize(("name", "command"), BAD_RUNS)
 def test_bad_file_is_one_line_and_untouched(usite: Path, _home: Path, name: str, command: str) -> None:
     content, problem = BAD[name]
     path = condarc(_home)

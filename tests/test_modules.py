@@ -1,0 +1,96 @@
+"""Modulefiles under real Lmod (bash sourcing Lmod's init): the Lua files and the Tcl variant."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cpkgs
+
+LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
+ENVS = "anaconda3_linux/envs"
+TREES = ["modulefiles", "modulefiles-tcl"]
+
+pytestmark = pytest.mark.skipif(not LMOD_INIT.is_file(), reason="Lmod is not installed (make sysdeps installs it)")
+
+
+def lmod(root: Path, tree: str, script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "MODULEPATH": str(root / tree),
+        "LANG": "C",
+        "TERM": "dumb",
+        "CONDA_PREFIX": "/before/prefix",  # what `module unload` must restore (Lua: pushenv)
+    }
+    return subprocess.run(["bash", "-c", f"source {LMOD_INIT}\n{script}"], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_avail_hides_retired_and_default_is_newest(built_site: Path, tmp_path: Path, tree: str) -> None:
+    r = lmod(built_site, tree, "module -t avail 2>&1", tmp_path)
+    shown = {line.strip() for line in r.stdout.splitlines()}
+    assert {"demo/1.0", "demo/2.0", "tools/1.0"} <= shown, r.stdout
+    assert not any(s.startswith("old/") and s != "old/" for s in shown), r.stdout
+    r = lmod(built_site, tree, 'module load demo && echo "P=$CONDA_PREFIX"', tmp_path)
+    assert f"P={built_site / ENVS / 'demo-2.0'}" in r.stdout, r
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_load_run_activate_d_and_unload(built_site: Path, tmp_path: Path, tree: str) -> None:
+    prefix = built_site / ENVS / "demo-1.0"
+    script = """
+module load demo/1.0 || exit 9
+echo "P=$CONDA_PREFIX"; echo "E=$CONDA_DEFAULT_ENV"; echo "A=$CPKGS_TEST_ACTIVATED"; echo "AP=$CPKGS_TEST_ACT_PREFIX"
+echo "APP=$(cpkgs-test-app)"; echo "PY=$(python -c 'import sys; print(sys.prefix)')"
+module unload demo
+echo "UP=$CONDA_PREFIX"; echo "UA=${CPKGS_TEST_ACTIVATED-unset}"; echo "UPATH=$PATH"
+"""
+    r = lmod(built_site, tree, script, tmp_path)
+    out = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert out["P"] == str(prefix) and out["E"] == "demo-1.0", r
+    assert out["A"] == "yes" and out["AP"] == str(prefix)
+    assert out["APP"] == "app ok" and out["PY"] == str(prefix)
+    assert out["UA"] == "unset" and out["UPATH"] == "/usr/bin:/bin"
+    # Lua uses pushenv, so unload restores the earlier value; the Tcl variant (setenv) unsets it.
+    assert out["UP"] == ("/before/prefix" if tree == "modulefiles" else "")
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_retired_still_loads_with_message_naming_successor(built_site: Path, tmp_path: Path, tree: str) -> None:
+    r = lmod(built_site, tree, 'module load old/1.0 && echo "P=$CONDA_PREFIX"', tmp_path)
+    assert f"P={built_site / ENVS / 'old-1.0'}" in r.stdout, r
+    assert "old-1.0 is retired; use demo-2.0 (moved to 2.0)" in r.stderr
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_family_conda_swaps_envs_and_whatis_help(built_site: Path, tmp_path: Path, tree: str) -> None:
+    r = lmod(built_site, tree, 'module load demo/1.0 tools/1.0 2>/dev/null; echo "P=$CONDA_PREFIX"; module -t list',
+             tmp_path)
+    assert f"P={built_site / ENVS / 'tools-1.0'}" in r.stdout, r
+    assert "tools/1.0" in r.stderr and "demo/1.0" not in r.stderr, r
+    r = lmod(built_site, tree, "module whatis demo/1.0; module help demo/1.0", tmp_path)
+    assert "python 3.11.7" in r.stderr and "cpkgs-test-lib 1.1" in r.stderr, r
+    assert "cpkgs extend demo-1.0 DIR" in r.stderr
+
+
+def test_default_follows_retire_and_remove(site: Path, tmp_path: Path) -> None:
+    for name in ("x-1.0", "x-2.0", "x-10.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=site).returncode == 0
+    rc = site / "modulefiles" / "x" / ".modulerc.lua"
+    assert 'module_version("x/10.0", "default")' in rc.read_text()  # version order, not text order
+    assert run_cpkgs("retire", "x-10.0", "--successor", "x-2.0", root=site).returncode == 0
+    assert 'module_version("x/2.0", "default")' in rc.read_text()
+    assert 'hide_version("x/10.0")' in rc.read_text()
+    r = lmod(site, "modulefiles", 'module load x && echo "P=$CONDA_PREFIX"', tmp_path)
+    assert f"P={site / ENVS / 'x-2.0'}" in r.stdout, r
+    assert run_cpkgs("remove", "x-10.0", root=site).returncode == 0
+    assert not (site / "modulefiles" / "x" / "10.0.lua").exists()
+    assert not (site / "modulefiles-tcl" / "x" / "10.0").exists()
+    assert "10.0" not in rc.read_text()
+    for name in ("x-1.0", "x-2.0"):
+        assert run_cpkgs("remove", name, root=site).returncode == 0
+    assert not (site / "modulefiles" / "x").exists() and not (site / "modulefiles-tcl" / "x").exists()

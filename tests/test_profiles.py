@@ -1,0 +1,495 @@
+"""`cpkgs write-profiles` and the rendered conda.sh / conda.csh, sourced in the real bash, zsh, dash, ksh and tcsh.
+
+Every shell test runs the real shell in a subprocess with a scrubbed environment and prints KEY=VALUE lines
+that the test parses.  Boundaries faked here, because they cannot run on this machine: a macOS host (a fake
+`uname` first on PATH), a real conda in the installation (a stub etc/profile.d/conda.sh) and a personal
+layer (made by hand: `cpkgs extend` is a later issue).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_site, run_cpkgs, world_traversable
+from cpkgs_admin.profiles import PROFILE_TEMPLATES, render_profiles
+from cpkgs_admin.site import Site, SiteConfig
+
+SH_SHELLS = ["bash", "zsh", "dash", "ksh"]
+LINUX = "anaconda3_linux"
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """What a login shell would have, minus anything from this test runner's own environment."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ["HOME"],
+        "TMPDIR": str(tmp_path / "localtmp"),
+        "LC_ALL": "C",
+    }
+    (tmp_path / "localtmp").mkdir(exist_ok=True)
+    env.update(extra)
+    return env
+
+
+def run_sh(shell: str, script: str, env: dict[str, str], strict: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a real shell; strict = `set -eu` (zsh: errexit nounset), as a careful user would."""
+    prelude = ""
+    if strict:
+        prelude = "setopt errexit nounset\n" if shell == "zsh" else "set -eu\n"
+    return subprocess.run([shell, "-c", prelude + script], capture_output=True, text=True, env=env, timeout=60)
+
+
+def run_csh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tcsh", "-f", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+
+
+def kv(out: str) -> dict[str, str]:
+    d: dict[str, str] = {}
+    for line in out.splitlines():
+        if "=" in line:
+            k, _, v = line.partition("=")
+            d[k] = v
+    return d
+
+
+def sq(path: Path | str) -> str:
+    """Single-quote for sh."""
+    return "'" + str(path).replace("'", "'\\''") + "'"
+
+
+SHOW = r"""
+show() {
+  echo "$1.PATH=$PATH"
+  echo "$1.CONDA_PREFIX=${CONDA_PREFIX-<unset>}"
+  echo "$1.CONDA_DEFAULT_ENV=${CONDA_DEFAULT_ENV-<unset>}"
+  echo "$1.CONDA_SHLVL=${CONDA_SHLVL-<unset>}"
+  echo "$1.CONDA_PREFIX_1=${CONDA_PREFIX_1-<unset>}"
+  echo "$1.PS1=${PS1-<unset>}"
+  echo "$1.ACT=${CPKGS_TEST_ACTIVATED-<unset>}"
+  echo "$1.ACT_PREFIX=${CPKGS_TEST_ACT_PREFIX-<unset>}"
+}
+"""
+
+
+def fake_root(root: Path, platforms: tuple[str, ...], envs: dict[str, list[str]] | None = None) -> Path:
+    """A site tree with rendered profiles and empty env dirs (no packages): enough for detection tests."""
+    site = Site(root=root, config=SiteConfig(platforms=platforms))
+    for path, text in render_profiles(site).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for sub in platforms:
+        site.envs_dir(sub).mkdir(parents=True, exist_ok=True)
+        for name in (envs or {}).get(sub, []):
+            (site.env_prefix(name, sub) / "conda-meta").mkdir(parents=True)
+            (site.env_prefix(name, sub) / "bin").mkdir()
+    return root
+
+
+def fake_uname(tmp_path: Path, system: str, machine: str) -> Path:
+    d = tmp_path / f"fakebin-{system}-{machine}"
+    d.mkdir(exist_ok=True)
+    u = d / "uname"
+    u.write_text(f"#!/bin/sh\necho '{system} {machine}'\n")
+    u.chmod(0o755)
+    return d
+
+
+@pytest.fixture(scope="module")
+def own_site(tmp_path_factory: pytest.TempPathFactory, channel_url: str) -> Path:
+    """A site this module may change: act-1.0 (activate.d scripts), gone-1.0 (removed, for a stale layer),
+    mac-1.0 (osx-arm64 only) and a hidden staging dir."""
+    root = tmp_path_factory.mktemp("prof") / "site"
+    make_site(root, channel_url)
+    for args in (("act-1.0", "cpkgs-test-activate", "cpkgs-test-app"), ("gone-1.0", "cpkgs-test-app"),
+                 ("mac-1.0", "cpkgs-test-lib", "--platform", "osx-arm64")):
+        r = run_cpkgs("new-env", *args, root=root)
+        assert r.returncode == 0, r
+    (root / LINUX / "envs" / ".staging-x-1.0-abc" / "conda-meta").mkdir(parents=True)
+    world_traversable(root)
+    return root
+
+
+def make_layer(where: Path, base: Path, base_name: str, inst: str = LINUX) -> Path:
+    """A personal layer as `cpkgs extend` will make it (written by hand until that issue lands)."""
+    (where / "bin").mkdir(parents=True)
+    (where / "conda-meta" / "cpkgs").mkdir(parents=True)
+    (where / "conda-meta" / "cpkgs" / "layer").write_text(f"{base}\n{base_name}\n{inst}\n")
+    tool = where / "bin" / "layer-tool"
+    tool.write_text("#!/bin/sh\necho layer ok\n")
+    tool.chmod(0o755)
+    return where
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+def test_repo_profiles_are_the_default_rendering() -> None:
+    rendered = render_profiles(Site(root=Path("/nfs/cpkgs")))
+    assert {p.name for p in rendered} == set(PROFILE_TEMPLATES)
+    for path, text in rendered.items():
+        repo_file = REPO / "etc" / "profile.d" / path.name
+        assert repo_file.read_text() == text, f"{repo_file} is stale: render it for /nfs/cpkgs again"
+    assert "@" not in "".join(t for t in rendered.values() if "@ROOT" in t or "@INSTALL" in t)
+
+
+def test_write_profiles_writes_then_is_idempotent(site: Path) -> None:
+    for name in PROFILE_TEMPLATES:
+        (site / "etc" / "profile.d" / name).unlink(missing_ok=True)
+    r = run_cpkgs("write-profiles", root=site)
+    assert r.returncode == 0, r
+    assert r.stdout.count("wrote ") == len(PROFILE_TEMPLATES)
+    text = (site / "etc" / "profile.d" / "conda.sh").read_text()
+    assert "linux-64=anaconda3_linux osx-arm64=anaconda3_macOS" in text and "@ROOT" not in text
+    r = run_cpkgs("write-profiles", root=site)
+    assert r.returncode == 0 and "up to date" in r.stdout, r
+
+
+def test_root_csh_cannot_quote_is_refused(tmp_path: Path) -> None:
+    from cpkgs_admin.errors import UsageError
+
+    with pytest.raises(UsageError, match="csh"):
+        render_profiles(Site(root=tmp_path / "a$b"))
+
+
+# ------------------------------------------------------------------------------------------------- sh family
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_round_trip_nested_and_exact_path(shell: str, built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    d1, d2 = built_site / LINUX / "envs" / "demo-1.0", built_site / LINUX / "envs" / "demo-2.0"
+    script = SHOW + f"""
+PS1='my prompt$ '
+before_vars=$(set | grep '^[A-Za-z_][A-Za-z_0-9]*=' | sed 's/=.*//' | sort | tr '\\n' ' ')
+. {sq(prof)}
+. {sq(prof)}
+show a
+conda activate demo-1.0
+show b
+echo "b.lib=$(cpkgs-test-lib-version)"
+conda activate demo-2.0
+show c
+echo "c.lib=$(cpkgs-test-lib-version)"
+conda deactivate
+show d
+conda deactivate
+show e
+conda deactivate
+after_vars=$(set | grep '^[A-Za-z_][A-Za-z_0-9]*=' | sed 's/=.*//' | sort | tr '\\n' ' ')
+echo "before=$before_vars"
+echo "after=$after_vars"
+echo "leak=$(set | grep '^_cpkgs' || :)"
+"""
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    v = kv(r.stdout)
+    path0 = v["a.PATH"]
+    assert v["b.PATH"] == f"{d1}/bin:{path0}"
+    assert (v["b.CONDA_PREFIX"], v["b.CONDA_DEFAULT_ENV"], v["b.CONDA_SHLVL"]) == (str(d1), "demo-1.0", "1")
+    assert v["b.PS1"] == "(demo-1.0) my prompt$ "
+    assert (v["b.ACT"], v["b.ACT_PREFIX"]) == ("yes", str(d1))
+    assert v["b.lib"].startswith("1.1"), v["b.lib"]
+    # nested: demo-1.0's bin replaced by demo-2.0's, the stack remembers demo-1.0
+    assert v["c.PATH"] == f"{d2}/bin:{path0}"
+    assert (v["c.CONDA_PREFIX"], v["c.CONDA_SHLVL"], v["c.CONDA_PREFIX_1"]) == (str(d2), "2", str(d1))
+    assert v["c.PS1"] == "(demo-2.0) my prompt$ " and v["c.ACT_PREFIX"] == str(d2)
+    assert v["c.lib"].startswith("2.0"), v["c.lib"]
+    # back to demo-1.0, its activate.d scripts run again
+    assert v["d.PATH"] == f"{d1}/bin:{path0}"
+    assert (v["d.CONDA_PREFIX"], v["d.CONDA_SHLVL"], v["d.CONDA_PREFIX_1"]) == (str(d1), "1", "<unset>")
+    assert (v["d.ACT"], v["d.ACT_PREFIX"], v["d.PS1"]) == ("yes", str(d1), "(demo-1.0) my prompt$ ")
+    # all the way out: PATH and prompt exactly as before, deactivate.d ran
+    assert v["e.PATH"] == path0
+    assert (v["e.CONDA_PREFIX"], v["e.CONDA_DEFAULT_ENV"], v["e.CONDA_SHLVL"]) == ("<unset>", "<unset>", "0")
+    assert (v["e.ACT"], v["e.ACT_PREFIX"], v["e.PS1"]) == ("<unset>", "<unset>", "my prompt$ ")
+    new_vars = set(v["after"].split()) - set(v["before"].split())
+    assert new_vars - {"before_vars", "CPKGS_ROOT", "CPKGS_INSTALLATION", "CONDA_PKGS_DIRS", "JUPYTER_PATH",
+                       "CONDA_SHLVL", "_", "OLDPWD", "_AST_FEATURES"} == set()
+    assert v["leak"] == ""
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_env_list_errors_retired(shell: str, built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    script = f"""
+. {sq(prof)}
+conda activate demo-2.0
+conda env list
+p=$PATH
+conda activate no-such-1.0 || echo "rc.unknown=$?"
+[ "$p" = "$PATH" ] && [ "$CONDA_PREFIX" = {sq(built_site / LINUX / "envs" / "demo-2.0")} ] && echo unchanged=yes
+conda install numpy || echo "rc.install=$?"
+conda activate .staging || echo "rc.hidden=$?"
+conda activate old-1.0
+echo "old.SHLVL=$CONDA_SHLVL"
+"""
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert r.returncode == 0, r
+    v = kv(r.stdout)
+    assert (v["rc.unknown"], v["rc.install"], v["rc.hidden"], v["unchanged"]) == ("1", "1", "1", "yes")
+    lines = r.stdout.splitlines()
+    rows = {ln.split()[0]: ln for ln in lines if ln and not ln.startswith("#") and "=" not in ln}
+    assert set(rows) == {"demo-1.0", "demo-2.0", "old-1.0", "tools-1.0"}
+    assert rows["demo-2.0"].split()[1] == "*" and "*" not in rows["demo-1.0"]
+    assert rows["old-1.0"].endswith("(retired)")
+    err = r.stderr.splitlines()
+    assert err[0].startswith("cpkgs: no environment named 'no-such-1.0'")
+    assert "no conda of its own" in err[1]
+    assert err[3] == "cpkgs: old-1.0 is retired; use demo-2.0 (moved to 2.0)"
+    assert len(err) == 4 and v["old.SHLVL"] == "2"
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_layer_activation_and_stale_layer(shell: str, own_site: Path, tmp_path: Path) -> None:
+    # HOME with a space and a quote: the layer lives there, as `cpkgs extend` would put it.
+    home = tmp_path / "it's my home"
+    home.mkdir()
+    base = own_site / LINUX / "envs" / "act-1.0"
+    layer = make_layer(home / "envs" / "mine", base, "act-1.0")
+    stale = make_layer(home / "envs" / "stale", own_site / LINUX / "envs" / "vanished-1.0", "vanished-1.0")
+    prof = own_site / "etc" / "profile.d" / "conda.sh"
+    script = SHOW + f"""
+. {sq(prof)}
+cd "$HOME"
+show a
+conda activate ./envs/mine/
+show b
+echo "b.tool=$(layer-tool) $(cpkgs-test-app)"
+conda deactivate
+show c
+conda activate "$HOME/envs/stale" || echo "rc.stale=$?"
+show d
+"""
+    r = run_sh(shell, script, base_env(tmp_path, HOME=str(home)))
+    assert r.returncode == 0, r
+    v = kv(r.stdout)
+    assert v["b.PATH"] == f"{layer}/bin:{base}/bin:{v['a.PATH']}"
+    assert (v["b.CONDA_PREFIX"], v["b.CONDA_DEFAULT_ENV"]) == (str(layer), str(layer))
+    assert (v["b.ACT"], v["b.ACT_PREFIX"]) == ("yes", str(layer))  # the base's script, CONDA_PREFIX = layer
+    assert v["b.tool"] == "layer ok app ok"
+    assert v["c.PATH"] == v["a.PATH"] and v["c.ACT"] == "<unset>"
+    assert v["rc.stale"] == "1"
+    assert all(v[f"d.{k}"] == v[f"c.{k}"] for k in ("PATH", "CONDA_PREFIX", "CONDA_SHLVL"))
+    assert r.stderr.count("\n") == 1 and str(stale) in r.stderr and "no longer exists" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_layer_on_retired_base_says_so(shell: str, channel_url: str, tmp_path: Path) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "ret-1.0", "cpkgs-test-app", root=root).returncode == 0
+    assert run_cpkgs("retire", "ret-1.0", "--message", "bye", root=root).returncode == 0
+    layer = make_layer(tmp_path / "layer", root / LINUX / "envs" / "ret-1.0", "ret-1.0")
+    r = run_sh(shell, f". {sq(root / 'etc/profile.d/conda.sh')}; conda activate {sq(layer)}; cpkgs-test-app",
+               base_env(tmp_path))
+    assert r.returncode == 0 and r.stdout == "app ok\n", r
+    assert r.stderr.startswith("cpkgs: ret-1.0 is retired") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_darwin_arm64_sees_only_the_macos_installation(shell: str, own_site: Path, tmp_path: Path) -> None:
+    fake = fake_uname(tmp_path, "Darwin", "arm64")
+    env = base_env(tmp_path, PATH=f"{fake}:/usr/bin:/bin")
+    r = run_sh(shell, f". {sq(own_site / 'etc/profile.d/conda.sh')}; echo \"inst=$CPKGS_INSTALLATION\"; "
+               "conda env list; conda activate act-1.0 || echo rc=$?", env)
+    assert r.returncode == 0, r
+    assert "inst=anaconda3_macOS\n" in r.stdout
+    names = [ln.split()[0] for ln in r.stdout.splitlines() if ln.startswith(("mac-", "act-", "gone-"))]
+    assert names == ["mac-1.0"] and "rc=1" in r.stdout
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_platform_detection_fallbacks_and_missing(shell: str, tmp_path: Path) -> None:
+    # arm64 Mac, site serving only osx-64: Rosetta fallback.
+    x86 = fake_root(tmp_path / "x86", ("linux-64", "osx-64"))
+    env = base_env(tmp_path, PATH=f"{fake_uname(tmp_path, 'Darwin', 'arm64')}:/usr/bin:/bin")
+    r = run_sh(shell, f'. {sq(x86 / "etc/profile.d/conda.sh")}; echo "inst=$CPKGS_INSTALLATION"', env)
+    assert r.stdout == "inst=anaconda3_macOS_x86_64\n", r
+    # unknown platform, and a site with no installation for this host: silent, status 0, nothing defined.
+    mac_only = fake_root(tmp_path / "maconly", ("osx-arm64",))
+    script = (f'. {sq(mac_only / "etc/profile.d/conda.sh")}; echo "rc=$? '
+              '${CPKGS_ROOT-unset} ${CONDA_PKGS_DIRS-unset} ${JUPYTER_PATH-unset}"; '
+              'command -v conda >/dev/null || echo noconda')
+    for p in (f"{fake_uname(tmp_path, 'SunOS', 'sparc')}:/usr/bin:/bin", "/usr/bin:/bin"):
+        r = run_sh(shell, script, base_env(tmp_path, PATH=p))
+        assert (r.returncode, r.stdout, r.stderr) == (0, "rc=0 unset unset unset\nnoconda\n", ""), r
+        r = run_sh(shell, script, base_env(tmp_path, PATH=p, CPKGS_VERBOSE="1"))
+        assert r.returncode == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("cpkgs: not set up"), r
+    # the drive is not mounted: installation dir missing
+    shutil.rmtree(mac_only / "anaconda3_macOS")
+    r = run_sh(shell, script, base_env(tmp_path, PATH=f"{fake_uname(tmp_path, 'Darwin', 'arm64')}:/usr/bin:/bin"))
+    assert (r.returncode, r.stderr) == (0, "") and "noconda" in r.stdout, r
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_real_conda_is_sourced_when_present(shell: str, tmp_path: Path) -> None:
+    # No real conda can run here: a stub conda.sh in the installation stands for conda's own hook.
+    root = fake_root(tmp_path / "site", ("linux-64",))
+    hook = root / LINUX / "etc" / "profile.d" / "conda.sh"
+    hook.parent.mkdir(parents=True)
+    hook.write_text('conda() { echo "real conda $*"; }\n')
+    r = run_sh(shell, f'. {sq(root / "etc/profile.d/conda.sh")}; conda activate x; echo "$CPKGS_INSTALLATION"',
+               base_env(tmp_path))
+    assert r.stdout == f"real conda activate x\n{LINUX}\n", r
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_modulepath_jupyter_and_double_source(shell: str, tmp_path: Path) -> None:
+    root = fake_root(tmp_path / "site", ("linux-64",))
+    prof = sq(root / "etc/profile.d/conda.sh")
+    script = f'. {prof}; . {prof}; echo "MP=${{MODULEPATH-unset}}"; echo "JP=$JUPYTER_PATH"'
+    r = run_sh(shell, script, base_env(tmp_path, MODULESHOME="/usr/share/lmod", MODULEPATH="/etc/mods",
+                                       JUPYTER_PATH="/j"))
+    assert kv(r.stdout) == {"MP": f"/etc/mods:{root}/modulefiles", "JP": f"/j:{root}/share/jupyter"}, r
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert kv(r.stdout) == {"MP": "unset", "JP": f"{root}/share/jupyter"}, r
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_package_cache_is_private_and_hostile_paths_are_refused(shell: str, tmp_path: Path) -> None:
+    root = fake_root(tmp_path / "site", ("linux-64",))
+    script = f'. {sq(root / "etc/profile.d/conda.sh")}; echo "P=${{CONDA_PKGS_DIRS-unset}}"'
+    uid = os.getuid()
+    env = base_env(tmp_path)
+    cache = Path(env["TMPDIR"]) / f"cpkgs-pkgs-{uid}"
+    # created 0700 on first use, reused afterwards
+    for _ in range(2):
+        r = run_sh(shell, script, env)
+        assert r.stdout == f"P={cache}\n", r
+        assert cache.stat().st_mode & 0o777 == 0o700 and cache.stat().st_uid == uid
+    # XDG_RUNTIME_DIR (private, ours) wins
+    xdg = tmp_path / "run-user"
+    xdg.mkdir(mode=0o700)
+    r = run_sh(shell, script, {**env, "XDG_RUNTIME_DIR": str(xdg)})
+    assert r.stdout == f"P={xdg}/cpkgs-pkgs\n", r
+    assert (xdg / "cpkgs-pkgs").stat().st_mode & 0o777 == 0o700
+    # a user's own CONDA_PKGS_DIRS is left alone
+    r = run_sh(shell, script, {**env, "CONDA_PKGS_DIRS": "/my/own"})
+    assert r.stdout == "P=/my/own\n", r
+    # hostile pre-created paths: another uid's dir, a symlink to a dir of ours, our dir left open to others
+    other = tmp_path / "other"
+    other.mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    hostile = {
+        "other-uid": lambda p: (p.mkdir(mode=0o700), os.chown(p, 65534, 65534)),
+        "symlink": lambda p: p.symlink_to(mine),
+        "open-mode": lambda p: (p.mkdir(), p.chmod(0o777)),
+    }
+    for i, (what, make) in enumerate(hostile.items()):
+        tmpdir = tmp_path / f"tmp-{i}"
+        tmpdir.mkdir()
+        make(tmpdir / f"cpkgs-pkgs-{uid}")
+        henv = {**env, "TMPDIR": str(tmpdir), "CONDA_PKGS_DIRS": f"{tmpdir}/cpkgs-pkgs-{uid}"}
+        r = run_sh(shell, script, henv)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "P=unset\n", ""), (what, r)
+        r = run_sh(shell, script, {**henv, "CPKGS_VERBOSE": "1"})
+        assert r.stdout == "P=unset\n" and "not using" in r.stderr, (what, r)
+        assert not (tmpdir / f"cpkgs-pkgs-{uid}" / ".cpkgs-ok").exists()
+        assert not (mine / ".cpkgs-ok").exists()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_one_fork_per_source(own_site: Path, tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    prof = own_site / "etc" / "profile.d" / "conda.sh"
+
+    def forks(cmd: str) -> int:
+        out = tmp_path / "trace"
+        subprocess.run(["strace", "-f", "-qq", "-e", "trace=fork,vfork,clone,clone3", "-o", str(out),
+                        "bash", "-c", cmd], env=env, check=True, capture_output=True)
+        return sum(1 for ln in out.read_text().splitlines() if "clone" in ln or "fork" in ln)
+
+    forks(f". {sq(prof)}")  # first source creates the cache dir
+    assert forks(f". {sq(prof)}") - forks(":") == 1
+
+
+# ------------------------------------------------------------------------------------------------- csh
+def csh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return base_env(tmp_path, **extra)
+
+
+CSH_SHOW = r"""
+alias show 'echo "\!:1.PATH=$PATH"; env | grep -E "^(CONDA_PREFIX|CONDA_SHLVL|CPKGS_TEST_ACT_PREFIX)=" | sed "s/^/\!:1./"'
+"""
+
+
+def test_csh_round_trip_nested_retired(built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.csh"
+    d1, d2 = built_site / LINUX / "envs" / "demo-1.0", built_site / LINUX / "envs" / "demo-2.0"
+    script = CSH_SHOW + f"""
+set prompt = "my prompt> "
+source '{prof}'
+source '{prof}'
+set p0 = "$PATH"
+conda env list
+conda activate demo-1.0
+show b
+echo "b.prompt=$prompt"
+conda activate old-1.0
+show c
+conda deactivate
+show d
+echo "d.prompt=$prompt"
+conda deactivate
+echo "e.PATHSAME=`if ("$PATH" == "$p0") echo yes`"
+echo "e.prompt=$prompt"
+echo "e.vars=$?CONDA_PREFIX $?CPKGS_TEST_ACTIVATED $CONDA_SHLVL"
+conda activate nope
+echo "f.PATHSAME=`if ("$PATH" == "$p0") echo yes`"
+echo "inst=$CPKGS_INSTALLATION"
+set | grep '^_cpkgs' || echo noleak
+"""
+    r = run_csh(script, csh_env(tmp_path))
+    v = kv(r.stdout)
+    assert v["b.PATH"].startswith(f"{d1}/bin:") and v["b.CONDA_PREFIX"] == str(d1) and v["b.CONDA_SHLVL"] == "1", r
+    assert v["b.prompt"] == "(demo-1.0) my prompt> " and v["b.CPKGS_TEST_ACT_PREFIX"] == str(d1)
+    assert v["c.PATH"].startswith(f"{built_site / LINUX / 'envs/old-1.0'}/bin:") and v["c.CONDA_SHLVL"] == "2"
+    assert v["c.CPKGS_TEST_ACT_PREFIX"] == str(built_site / LINUX / "envs/old-1.0")
+    assert v["d.CONDA_PREFIX"] == str(d1) and v["d.CPKGS_TEST_ACT_PREFIX"] == str(d1) and v["d.prompt"] == "(demo-1.0) my prompt> "
+    assert v["e.PATHSAME"] == "yes" and v["e.prompt"] == "my prompt> " and v["e.vars"] == "0 0 0"
+    assert v["f.PATHSAME"] == "yes" and v["inst"] == LINUX and "noleak" in r.stdout
+    assert "demo-2.0" in r.stdout and "(retired)" in r.stdout and str(d2) in r.stdout
+    err = r.stderr.splitlines()
+    assert err == ["cpkgs: old-1.0 is retired; use demo-2.0 (moved to 2.0)",
+                   f"cpkgs: no environment named 'nope' in {built_site / LINUX}/envs (see 'conda env list')"], r
+
+
+def test_csh_layer_path_with_spaces_darwin_and_cache(own_site: Path, tmp_path: Path) -> None:
+    home = tmp_path / "my home"
+    home.mkdir()
+    base = own_site / LINUX / "envs" / "act-1.0"
+    layer = make_layer(home / "my layer", base, "act-1.0")
+    prof = own_site / "etc" / "profile.d" / "conda.csh"
+    script = CSH_SHOW + f"""
+source '{prof}'
+show a
+conda activate "$HOME/my layer"
+show b
+layer-tool
+conda deactivate
+show c
+echo "P=$CONDA_PKGS_DIRS"
+"""
+    r = run_csh(script, csh_env(tmp_path, HOME=str(home)))
+    v = kv(r.stdout)
+    assert v["b.PATH"] == f"{layer}/bin:{base}/bin:{v['a.PATH']}" and v.get("b.CPKGS_TEST_ACT_PREFIX") == str(layer), r
+    assert "layer ok" in r.stdout and v["c.PATH"] == v["a.PATH"] and "c.CPKGS_TEST_ACT_PREFIX" not in v
+    assert v["P"] == f"{tmp_path}/localtmp/cpkgs-pkgs-{os.getuid()}" and r.stderr == "", r
+    # arm64 Mac: only the macOS installation
+    fake = fake_uname(tmp_path, "Darwin", "arm64")
+    r = run_csh(f"source '{prof}'\necho inst=$CPKGS_INSTALLATION\nconda env list",
+                csh_env(tmp_path, PATH=f"{fake}:/usr/bin:/bin"))
+    assert "inst=anaconda3_macOS" in r.stdout and "mac-1.0" in r.stdout and "act-1.0" not in r.stdout, r
+    # hostile cache path: another uid's dir is refused
+    tmpdir = tmp_path / "hostile"
+    tmpdir.mkdir()
+    (tmpdir / f"cpkgs-pkgs-{os.getuid()}").mkdir(mode=0o700)
+    os.chown(tmpdir / f"cpkgs-pkgs-{os.getuid()}", 65534, 65534)
+    r = run_csh(f"source '{prof}'\necho P=$?CONDA_PKGS_DIRS", csh_env(tmp_path, TMPDIR=str(tmpdir)))
+    assert r.stdout == "P=0\n" and r.stderr == "", r
+    # not mounted / unknown platform: silent
+    sun = fake_uname(tmp_path, "SunOS", "sparc")
+    r = run_csh(f"source '{prof}'\necho $?CPKGS_ROOT\nalias conda", csh_env(tmp_path, PATH=f"{sun}:/usr/bin:/bin"))
+    assert (r.stdout, r.stderr) == ("0\n", ""), r

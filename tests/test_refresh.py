@@ -1,0 +1,91 @@
+"""`cpkgs refresh`: regenerates profiles, modulefiles and kernelspecs; idempotent; removes only its own orphans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_cpkgs
+
+
+def _build(site: Path) -> None:
+    for name, specs in (("a-1.0", ("cpkgs-test-app", "cpkgs-test-activate")), ("a-2.0", ("cpkgs-test-app",))):
+        r = run_cpkgs("new-env", name, *specs, root=site)
+        assert r.returncode == 0, r
+
+
+def test_fresh_site_is_up_to_date_and_refresh_is_idempotent(site: Path) -> None:
+    _build(site)
+    r = run_cpkgs("refresh", root=site)
+    assert r.returncode == 0, r
+    assert r.stdout.strip() == "everything is up to date"
+    r = run_cpkgs("refresh", "--json", root=site)
+    assert r.returncode == 0, r
+    assert r.json() == {"changed": False, "envs": 2, "profiles": [], "written": [], "removed": [], "skipped": []}
+
+
+def test_regenerates_damaged_files_and_profiles(site: Path) -> None:
+    _build(site)
+    lua = site / "modulefiles" / "a" / "1.0.lua"
+    tcl = site / "modulefiles-tcl" / "a" / "2.0"
+    rc = site / "modulefiles" / "a" / ".modulerc.lua"
+    profile = site / "etc" / "profile.d" / "conda.sh"
+    good = {p: p.read_text() for p in (lua, tcl, rc)}
+    lua.unlink()
+    tcl.write_text(tcl.read_text().replace("CPKGS", "XXXXX") + "\n# edited by hand\n")
+    rc.unlink()
+    profile.unlink()
+    r = run_cpkgs("refresh", root=site)
+    assert r.returncode == 0, r
+    assert set(r.stdout.splitlines()) == {f"wrote {p}" for p in (lua, tcl, rc, profile)}
+    assert {p: p.read_text() for p in good} == good
+    assert "conda" in profile.read_text()  # its content is profiles.py's business (tests/test_profiles.py)
+    assert (lua.stat().st_mode & 0o777) == 0o644
+    r = run_cpkgs("refresh", root=site)
+    assert r.stdout.strip() == "everything is up to date"
+
+
+def test_removes_own_orphans_and_never_foreign_files(site: Path) -> None:
+    _build(site)
+    lua = site / "modulefiles" / "a" / "1.0.lua"
+    # Orphans: files cpkgs generated for envs that are gone (e.g. a record deleted by hand).
+    gone_lua = site / "modulefiles" / "gone" / "3.0.lua"
+    gone_lua.parent.mkdir()
+    gone_lua.write_text(lua.read_text().replace("a-1.0", "gone-3.0"))
+    gone_rc = site / "modulefiles" / "gone" / ".modulerc.lua"
+    gone_rc.write_text((site / "modulefiles" / "a" / ".modulerc.lua").read_text())
+    gone_kernel = site / "share" / "jupyter" / "kernels" / "gone-3.0" / "kernel.json"
+    gone_kernel.parent.mkdir()
+    gone_kernel.write_text(json.dumps({"argv": ["/x/bin/python"], "display_name": "gone-3.0",
+                                       "metadata": {"cpkgs": {"env": "gone-3.0"}}}))
+    # Foreign: an admin's own modulefile and kernel, no cpkgs marker.
+    own_lua = site / "modulefiles" / "a" / "local.lua"
+    own_lua.write_text('-- my own module\nsetenv("X", "1")\n')
+    own_kernel = site / "share" / "jupyter" / "kernels" / "ir" / "kernel.json"
+    own_kernel.parent.mkdir()
+    own_kernel.write_text('{"argv": ["R"], "display_name": "R", "language": "R"}')
+    r = run_cpkgs("refresh", "--json", root=site)
+    assert r.returncode == 0, r
+    rep = r.json()
+    assert rep["changed"] is True
+    assert sorted(rep["removed"]) == sorted(str(p) for p in (gone_lua, gone_rc, gone_kernel))
+    assert not gone_lua.parent.exists() and not gone_kernel.parent.exists()
+    assert own_lua.exists() and own_kernel.exists()
+    r = run_cpkgs("refresh", root=site)
+    assert r.stdout.strip() == "everything is up to date"
+
+
+def test_removed_env_files_are_gone_and_refresh_agrees(site: Path) -> None:
+    _build(site)
+    assert run_cpkgs("remove", "a-1.0", root=site).returncode == 0
+    assert not (site / "modulefiles" / "a" / "1.0.lua").exists()
+    assert (site / "modulefiles" / "a" / "2.0.lua").exists()
+    assert 'module_version("a/2.0", "default")' in (site / "modulefiles" / "a" / ".modulerc.lua").read_text()
+    r = run_cpkgs("refresh", root=site)
+    assert r.stdout.strip() == "everything is up to date", r
+
+
+def test_refresh_on_a_missing_site_is_one_line(tmp_path: Path) -> None:
+    r = run_cpkgs("refresh", root=tmp_path / "nope")
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
