@@ -574,7 +574,7 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
     rep = extend_env(c.root, base, Path(directory), force=force)
     c.say(f"layer {rep.directory} on {rep.base}: conda activate {rep.directory}; pip install goes into the layer")
     if not rep.has_pip:
-        c.say(f"note: {rep.base} has no pip; run '{rep.directory}/bin/python -m ensurepip' once to get one in the layer")
+        c.say(f"note: {rep.base} has no pip; run '{rep.directory}/bin/python -m ensurepip' once for one in the layer")
     if rep.notice:
         click.echo(rep.notice, err=True)
 
@@ -583,6 +583,40 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        if "rattler" not in sys.modules:
+            raise
+        _exit_without_finalizing(exc.code)
+
+
+def _exit_without_finalizing(code: Any) -> NoReturn:
+    """Exit with CODE, skipping interpreter finalization, once py-rattler is loaded.
+
+    py-rattler's runtime threads can crash CPython's finalization after the command has finished (SIGSEGV, or abort
+    with 'PyGILState_Release: thread state ... must be current', seen in 7 of 30 `new-env --dry-run` runs on a busy
+    2-CPU host), turning a success into exit 139/134; finalization also costs 40-80 ms. What finalization would do
+    that matters still happens: non-daemon threads are joined, atexit handlers run (filelock releases live locks),
+    stdout and stderr are flushed.
+    """
+    import atexit
+    import os
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cpkgs", standalone_mode=False)
     except CpkgsError as exc:

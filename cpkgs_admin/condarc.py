@@ -7,7 +7,7 @@ installation. It names none: link-user appends exactly one item
 
 and the site's `etc/profile.d/conda.sh` / `conda.csh` export CPKGS_INSTALLATION for the host they run on
 (`anaconda3_linux` on Linux x86_64, `anaconda3_macOS` on an arm64 Mac). conda expands environment variables in
-envs_dirs: conda/base/context.py declares `_envs_dirs = ParameterLoader(SequenceParameter(...),
+envs_dirs (github.com/conda/conda): conda/base/context.py declares `_envs_dirs = ParameterLoader(SequenceParameter(...),
 aliases=("envs_dirs", "envs_path"), expandvars=True)` (conda/common/configuration.py applies `os.path.expandvars`
 to each raw value) and `mockable_context_envs_dirs` passes every entry through conda/common/path.py
 `expand()` = `abspath(expanduser(expandvars(path)))`. Where CPKGS_INSTALLATION is unset, expandvars leaves the text

@@ -173,7 +173,7 @@ def _fetch(url: str, dest: Path, sha256: str) -> int:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (scheme checked above)
+            with urllib.request.urlopen(url, timeout=60) as resp:
                 return _copy_checked(resp, dest, sha256, url)
         except (urllib.error.URLError, OSError) as exc:
             with contextlib.suppress(FileNotFoundError):
@@ -221,7 +221,8 @@ def _index(channel: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _INDEX_CHILD, str(channel)], capture_output=True, text=True)
+    cmd = [sys.executable, "-c", _INDEX_CHILD, str(channel)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise CpkgsError(f"indexing {channel} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")

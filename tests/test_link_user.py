@@ -18,7 +18,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import as_nobody, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.condarc import link_warnings, parse_condarc, shared_envs_entry
+from cpkgs_admin.condarc import link_user, link_warnings, parse_condarc, shared_envs_entry, unlink_user
 from cpkgs_admin.doctor import Mount
 from cpkgs_admin.site import open_site
 
@@ -157,10 +157,10 @@ def test_absent_key_is_appended_in_the_files_style(usite: Path, _home: Path) -> 
     ],
 )
 def test_odd_layouts_link_and_unlink_round_trip(usite: Path, _home: Path, text: str) -> None:
+    """In-process (the core functions the CLI calls), to keep the matrix fast."""
     path = condarc(_home)
     path.write_bytes(text.encode())
-    r = run_cpkgs("link-user", root=usite)
-    assert r.returncode == 0, r
+    assert link_user(usite).written
     new = path.read_bytes()
     data = settings(path)
     key = "envs_path" if "envs_path" in text else "envs_dirs"
@@ -168,8 +168,7 @@ def test_odd_layouts_link_and_unlink_round_trip(usite: Path, _home: Path, text: 
     assert "envs_dirs" not in data or key == "envs_dirs"  # never both: conda rejects that
     if "\r\n" in text:
         assert b"\r\n" in new and b"\n" not in new.replace(b"\r\n", b"")
-    r = run_cpkgs("unlink-user", root=usite)
-    assert r.returncode == 0, r
+    assert unlink_user(usite).written
     back = path.read_bytes()
     if text.endswith("\n") or not text:
         assert back == text.encode()  # exactly what was there
@@ -518,3 +517,20 @@ def test_cli_prints_warnings_on_stderr(usite: Path, _home: Path) -> None:
     assert r.returncode == 0 and "cpkgs: warning: CPKGS_INSTALLATION is not set" in r.stderr, r
     r = run_cpkgs("link-user", root=usite, env={"CPKGS_INSTALLATION": "anaconda3_linux"})
     assert r.returncode == 0 and r.stderr == "", r
+
+
+def test_layout_the_splice_does_not_handle_falls_back_to_ruamel_round_trip(usite: Path, _home: Path) -> None:
+    """A whole file in flow style has no line to add a key on: ruamel's own round trip writes it, checked the same
+    way (settings equal to the old ones plus the entry); unlink-user removes the item. No line carries the
+    link-user marker here, so the key stays, empty: conda reads `envs_dirs: []` as no entries."""
+    path = condarc(_home)
+    path.write_text("{channels: [conda-forge, 'bioconda'], ssl_verify: true}  # one line\n")
+    assert link_user(usite).written
+    assert settings(path) == {
+        "channels": ["conda-forge", "bioconda"],
+        "ssl_verify": True,
+        "envs_dirs": [entry_of(usite)],
+    }
+    assert "'bioconda'" in path.read_text() and "# one line" in path.read_text()  # quotes and comment kept
+    assert unlink_user(usite).written
+    assert settings(path) == {"channels": ["conda-forge", "bioconda"], "ssl_verify": True, "envs_dirs": []}
