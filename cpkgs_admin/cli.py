@@ -8,6 +8,7 @@ their exit code; they become one line on stderr. Tracebacks only with -v.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -582,64 +583,43 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 # -------------------------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        _main(argv)
-    except SystemExit as exc:
-        if "rattler" not in sys.modules:
-            raise
-        _exit_without_finalizing(exc.code)
-
-
-def _exit_without_finalizing(code: Any) -> NoReturn:
-    """Exit with CODE, skipping interpreter finalization, once py-rattler is loaded.
-
-    py-rattler's runtime threads can crash CPython's finalization after the command has finished (SIGSEGV, or abort
-    with 'PyGILState_Release: thread state ... must be current', seen in 7 of 30 `new-env --dry-run` runs on a busy
-    2-CPU host), turning a success into exit 139/134; finalization also costs 40-80 ms. What finalization would do
-    that matters still happens: non-daemon threads are joined, atexit handlers run (filelock releases live locks),
-    stdout and stderr are flushed.
-    """
-    import atexit
-    import os
-    import threading
-
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and not t.daemon:
-            t.join()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
-
-
-def _main(argv: list[str] | None = None) -> None:
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="cpkgs", standalone_mode=False)
     except CpkgsError as exc:
         if _state["verbose"]:
             traceback.print_exc()
         click.echo(f"cpkgs: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("cpkgs: interrupted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        return 2 if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code or 0)
     except KeyboardInterrupt:
         click.echo("cpkgs: interrupted", err=True)
-        sys.exit(130)
+        return 130
     except BrokenPipeError:
-        sys.exit(1)
+        return 1
     except Exception as exc:
         if _state["verbose"]:
             traceback.print_exc()
         click.echo(f"cpkgs: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
-        sys.exit(1)
-    sys.exit(0)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = _run(argv)
+    # py-rattler 0.28's native runtime can crash during interpreter finalization (SIGSEGV/SIGABRT in about a third
+    # of runs after a solve or index): the work is done and every lock released by now, so leave without
+    # finalizing. Flush first: os._exit skips Python's buffered-stream cleanup.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+    os._exit(code)
