@@ -7,4 +7,23 @@ unset CPKGS_ROOT
 cd /tmp || exit 1
 . /mnt/ctl/config.sh
 echo "guest $ROLE on $(hostname): $(grep -c nfs4 /proc/mounts) nfs4 mounts; $(nproc) cpu"
+
+# watchdog: every WATCH s, show what the scenario processes wait on (a hung NFS call shows up on the console)
+watchdog() {
+    while sleep "${WATCH:-120}"; do
+        for p in /proc/[0-9]*; do
+            cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | cut -c1-110)
+            case "$cmd" in *python*|*cpkgs*|*bash\ -c*) ;; *) continue ;; esac
+            case "$cmd" in *nfs/scenarios/run.py*) continue ;; esac
+            st=$(awk '/^State:/{print $2}' "$p/status" 2>/dev/null)
+            echo "WATCHDOG $ROLE pid ${p#/proc/} state $st wchan $(cat "$p/wchan" 2>/dev/null): $cmd"
+            [ "$st" = D ] && tr '\n' ' ' < "$p/stack" 2>/dev/null | cut -c1-400 && echo
+        done
+    done
+}
+watchdog &
+WD=$!
 /work/main/.venv/bin/python /work/main/nfs/scenarios/run.py "$ROLE" "$CHANNEL" "$ONLY"
+rc=$?
+kill $WD 2>/dev/null
+exit $rc

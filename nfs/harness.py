@@ -250,7 +250,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1080, help="seconds for the guests' whole run (default 18 min)")
     ap.add_argument("--mem", type=int, default=1024, help="MiB of RAM per guest")
     ap.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--watch", type=int, default=120, help="seconds between the guests' watchdog reports")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if os.geteuid() != 0:
         print("test-nfs: must run as root (ganesha.nfsd serves the exports with root's rights)", file=sys.stderr)
         return 2
@@ -270,7 +272,7 @@ def main() -> int:
     prepare_run_dir()
     channel = copy_channel()
     (RUN / "export/ctl/config.sh").write_text(
-        f"CHANNEL={channel.as_uri()}\nONLY={args.only}\n")
+        f"CHANNEL={channel.as_uri()}\nONLY={args.only}\nWATCH={args.watch}\n")
     ganesha = start_ganesha()
     guests: list[Guest] = []
     try:
@@ -284,6 +286,8 @@ def main() -> int:
         timed_out = [g.role for g in guests if g.proc.poll() is None]
         if timed_out:
             log(f"timeout after {args.timeout:.0f}s: guest(s) {','.join(timed_out)} still running; killing them")
+    except KeyboardInterrupt:
+        log("interrupted: stopping the guests and ganesha")
     finally:
         for g in guests:
             g.stop()
