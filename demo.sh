@@ -64,4 +64,53 @@ if [ -f "$ROOT/etc/profile.d/conda.sh" ] && grep -q 'conda()' "$ROOT/etc/profile
   "
 fi
 
+step "a notebook env: python + ipykernel gets Jupyter kernels"
+$CPKGS new-env nb-1.0 python pip ipykernel cpkgs-test-activate
+step "Jupyter sees the site's kernels (JUPYTER_PATH=$ROOT/share/jupyter)"
+JUPYTER_PATH="$ROOT/share/jupyter" .venv/bin/jupyter kernelspec list 2>/dev/null
+if [ -f /usr/share/lmod/lmod/init/bash ]; then
+  step "Lmod: module avail / load / unload (MODULEPATH=$ROOT/modulefiles)"
+  MODULEPATH="$ROOT/modulefiles" bash -c '
+    source /usr/share/lmod/lmod/init/bash
+    module avail 2>&1
+    module load demo/1.0 2>&1     # retired: prints the successor, still loads
+    module load demo 2>&1
+    echo "CONDA_PREFIX=$CONDA_PREFIX  CPKGS_TEST_ACTIVATED=${CPKGS_TEST_ACTIVATED:-}"
+    cpkgs-test-app
+    module unload demo 2>&1
+    echo "after unload: CONDA_PREFIX=${CONDA_PREFIX:-<unset>}"'
+fi
+step "pip refuses to install into a shared env (PEP 668)"
+"$ROOT/anaconda3_linux/envs/nb-1.0/bin/python" -m pip install --no-index --user foo 2>&1 | head -4 || true
+step "cpkgs refresh (idempotent)"
+$CPKGS refresh
+
+LAYER="$ROOT-layer"
+step "cpkgs extend demo-2.0 $LAYER  (a personal layer; no write access to the site needed)"
+chmod -R u+w "$LAYER" "$LAYER.whl.d" 2>/dev/null || true
+rm -rf "$LAYER" "$LAYER.whl.d"
+$CPKGS extend demo-2.0 "$LAYER"
+ls -A "$LAYER" "$LAYER/bin"
+step "pip-install a local wheel into the layer (offline: --no-index)"
+mkdir -p "$LAYER.whl.d"
+$PY - "$LAYER.whl.d" <<'PYW'
+import base64, hashlib, sys, zipfile
+files = {"hello_layer/__init__.py": "def hello():\n    return 'hello from the layer'\n",
+         "hello_layer-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: hello-layer\nVersion: 0.1\n",
+         "hello_layer-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: demo\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+rec = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},{len(t)}"
+       for n, t in files.items()]
+files["hello_layer-0.1.dist-info/RECORD"] = "\n".join(rec + ["hello_layer-0.1.dist-info/RECORD,,"]) + "\n"
+with zipfile.ZipFile(sys.argv[1] + "/hello_layer-0.1-py3-none-any.whl", "w") as zf:
+    for n, t in files.items():
+        zf.writestr(n, t)
+PYW
+"$LAYER/bin/python" -m pip install --no-index --disable-pip-version-check "$LAYER.whl.d/hello_layer-0.1-py3-none-any.whl"
+"$LAYER/bin/python" -c 'import hello_layer, pip
+print(hello_layer.hello(), "->", hello_layer.__file__)
+print("pip still comes from the base:", pip.__file__)'
+if grep -q 'conda()' "$ROOT/etc/profile.d/conda.sh"; then
+  bash -c "source '$ROOT/etc/profile.d/conda.sh'; conda activate '$LAYER'; python -c 'import hello_layer; print(\"activated layer:\", hello_layer.hello())'; cpkgs-test-app; conda deactivate"
+fi
+
 step "done: the demo site is in $ROOT"

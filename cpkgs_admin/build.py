@@ -189,14 +189,41 @@ def check_space(path: Path, records: list[Any]) -> None:
         )
 
 
+def cache_is_admin_only(cache_dir: Path, admin_gid: int | None) -> bool:
+    """Whether only the admin (and the admin group) can write the package cache and every dir above it in .cpkgs.
+
+    Only then may env files be hard links into it (DESIGN: never hard-linked to a cache anyone else can write):
+    whoever can write the cache could otherwise change a sealed env's files behind its seal."""
+    try:
+        for d in (cache_dir, cache_dir.parent):
+            st = d.stat()
+            if st.st_mode & 0o002:
+                return False
+            if st.st_mode & 0o020 and st.st_gid != admin_gid:
+                return False
+            if st.st_uid not in (0, os.getuid()):
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def install_into(
-    records: list[Any], staging: Path, final: Path, subdir: str, cache_dir: Path, specs: list[str], progress: bool
+    records: list[Any],
+    staging: Path,
+    final: Path,
+    subdir: str,
+    cache_dir: Path,
+    specs: list[str],
+    progress: bool,
+    hard_links: bool,
 ) -> None:
     from rattler import Config, MatchSpec, Platform, install
 
-    # Copies only: a hard link would tie the sealed env to the package cache, and a later chmod or edit of one
-    # would change the other.
-    config = Config.from_toml("allow-hard-links = false\nallow-symbolic-links = false\n")
+    # Never symlinks (a sealed env must not point outside itself). Hard links only into an admin-only cache: the
+    # shared inode is sealed with the env, and `unseal` breaks the links before anything becomes writable. Files
+    # whose prefix is patched are always fresh copies.
+    config = Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = false\n")
     native = subdir == _native()
 
     async def run() -> None:
@@ -390,7 +417,8 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
         try:
             t = time.monotonic()
-            install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress)
+            hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
+            install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
             os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
             # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
             with contextlib.suppress(FileNotFoundError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -52,14 +53,29 @@ def seal_tree(top: Path, gid: int | None = None, top_mode: int = 0o555) -> int:
     return count
 
 
+def _break_link(path: str, st: os.stat_result) -> None:
+    """Replace a hard-linked file by a private copy, so an edit during maintenance cannot reach the package cache
+    (or another env sharing the inode)."""
+    tmp = f"{path}.cpkgs-unlink.tmp"
+    shutil.copy2(path, tmp)
+    os.chmod(tmp, st.st_mode & 0o777)
+    os.replace(tmp, path)
+
+
 def unseal_tree(top: Path) -> int:
-    """Owner-writable again (u+w), nothing else: group and others stay read-only."""
+    """Owner-writable again (u+w), nothing else: group and others stay read-only. Hard links are broken first."""
     count = 0
     try:
         os.chmod(top, 0o755)
-        for path, st in _walk(top):
-            if stat.S_ISLNK(st.st_mode):
+        entries = _walk(top)
+        for path, st in entries:  # directories first get u+w so their files can be replaced
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(path, (st.st_mode & 0o777) | stat.S_IWUSR)
+        for path, st in entries:
+            if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
                 continue
+            if st.st_nlink > 1:
+                _break_link(path, st)
             os.chmod(path, (st.st_mode & 0o777) | stat.S_IWUSR)
             count += 1
     except PermissionError as exc:

@@ -47,13 +47,14 @@ def test_four_processes_count_exactly(lsite: Path, tmp_path: Path) -> None:
 
 
 def test_unlocked_control_loses_updates(lsite: Path, tmp_path: Path) -> None:
-    """Proves the counting test can fail: without the lock, concurrent increments get lost."""
+    """Proves the counting test can fail: without the lock, increments get lost (or the file garbled by
+    interleaved truncate+write), so the total is not 200."""
     counter = tmp_path / "counter"
     counter.write_text("0")
     procs = [subprocess.Popen([sys.executable, WORKER, str(lsite), "nolock", "50", str(counter)]) for _ in range(4)]
     for p in procs:
         p.wait(timeout=120)
-    assert int(counter.read_text() or 0) < 200
+    assert counter.read_text() != "200"
 
 
 def test_killed_holder_same_host_recovered_within_a_second(lsite: Path) -> None:

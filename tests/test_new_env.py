@@ -304,16 +304,50 @@ def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_
         assert out.stdout.strip() == str(prefix)
 
 
-def test_files_are_copies_not_links_to_the_cache(built_site: Path) -> None:
-    """A hard link would tie the sealed env to the package cache: editing one would change the other."""
+def test_hard_links_only_into_the_admin_only_cache(built_site: Path) -> None:
+    """Env files may share an inode with the site's package cache (fast publish), never with anything users can
+    write: the cache under .cpkgs/ is admin-only, and files with a patched prefix are fresh copies."""
     prefix = built_site / ENVS / "demo-1.0"
+    cache = built_site / ".cpkgs" / "pkgs"
+    assert not cache.stat().st_mode & 0o022 and not cache.parent.stat().st_mode & 0o022
+    cached = {os.lstat(os.path.join(d, n)).st_ino for d, _x, files in os.walk(cache) for n in files}
     linked = []
     for dirpath, _dirs, files in os.walk(prefix):
         for n in files:
             st = os.lstat(os.path.join(dirpath, n))
-            if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
-                linked.append(n)
-    assert linked == []
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                linked.append(st.st_ino)
+    assert linked, "expected hard links into the admin-only cache"
+    assert set(linked) <= cached
+    # the prefix-patched files are never shared
+    for prog in ("cpkgs-test-textprefix", "cpkgs-test-binprefix"):
+        assert os.lstat(prefix / "bin" / prog).st_nlink == 1
+
+
+def test_user_writable_cache_means_copies(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    os.chmod(root / ".cpkgs" / "pkgs", 0o777)  # a misconfigured cache that anyone could write
+    assert run_cpkgs("new-env", "c-1.0", "cpkgs-test-app", "python", root=root).returncode == 0
+    prefix = root / ENVS / "c-1.0"
+    assert all(
+        os.lstat(os.path.join(d, n)).st_nlink == 1 for d, _x, files in os.walk(prefix) for n in files
+        if not os.path.islink(os.path.join(d, n))
+    )
+
+
+def test_unseal_breaks_links_so_edits_never_reach_the_cache(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "h-1.0", "cpkgs-test-app", root=root).returncode == 0
+    assert run_cpkgs("new-env", "h-2.0", "cpkgs-test-app", root=root).returncode == 0
+    app1 = root / ENVS / "h-1.0" / "bin" / "cpkgs-test-app"
+    app2 = root / ENVS / "h-2.0" / "bin" / "cpkgs-test-app"
+    assert os.lstat(app1).st_ino == os.lstat(app2).st_ino  # both linked to the cache
+    assert run_cpkgs("unseal", "h-1.0", "--reason", "patch", root=root).returncode == 0
+    assert os.lstat(app1).st_nlink == 1
+    app1.write_text("#!/bin/sh\necho patched\n")
+    assert as_nobody([str(app2)]).stdout.strip() == "app ok"
+    assert run_cpkgs("verify", "h-2.0", root=root).returncode == 0
+    assert run_cpkgs("new-env", "h-3.0", "cpkgs-test-app", root=root).returncode == 0
 
 
 def test_not_enough_space_fails_early(tmp_path: Path, channel_url: str) -> None:
