@@ -12,9 +12,9 @@ echo "guest $ROLE on $(hostname): $(grep -c nfs4 /proc/mounts) nfs4 mounts; $(np
 watchdog() {
     while sleep "${WATCH:-120}"; do
         for p in /proc/[0-9]*; do
-            cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | cut -c1-110)
+            cmd=$(tr '\0\n' '  ' < "$p/cmdline" 2>/dev/null | cut -c1-110)
             case "$cmd" in *python*|*cpkgs*|*bash\ -c*) ;; *) continue ;; esac
-            case "$cmd" in *nfs/scenarios/run.py*) continue ;; esac
+            case "$cmd" in *nfs/scenarios/run.py*|*nfs/guest.sh*) continue ;; esac
             st=$(awk '/^State:/{print $2}' "$p/status" 2>/dev/null)
             echo "WATCHDOG $ROLE pid ${p#/proc/} state $st wchan $(cat "$p/wchan" 2>/dev/null): $cmd"
             [ "$st" = D ] && tr '\n' ' ' < "$p/stack" 2>/dev/null | cut -c1-400 && echo

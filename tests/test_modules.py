@@ -24,6 +24,8 @@ def lmod(root: Path, tree: str, script: str, home: Path) -> subprocess.Completed
         "LANG": "C",
         "TERM": "dumb",
         "CONDA_PREFIX": "/before/prefix",  # what `module unload` must restore (Lua: pushenv)
+        # This runs the env's python as root, and root writes through the seal: no byte code into the shared env.
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
     return subprocess.run(["bash", "-c", f"source {LMOD_INIT}\n{script}"], capture_output=True, text=True,
                           env=env, timeout=60)

@@ -430,7 +430,7 @@ def silly_rename() -> None:
         holder = Holder(env_dir(R, "race-1.0") / "bin" / "cpkgs-test-app", env_dir(R, "sr-1.0") / "bin" / "cpkgs-test-app")
         try:
             before = holder.ask("read 0")
-            barrier("silly_rename.ready")
+            put("silly_rename.ready")
             get("silly_rename.purged_by_B")
             after = holder.ask("read 0")
             note(f"A's read of its open file after B purged it: {after} (before: {before})")
@@ -446,13 +446,13 @@ def silly_rename() -> None:
             out("PASS" if ok else "FAIL", "silly_rename_holder_purges",
                 f"A purged an env whose file it holds open: {brief(p)}; silly-renamed {nfs_files}; "
                 f"kept_busy {rep.get('kept_busy')}; A's read of a file B purged under it: {after}")
-            barrier("silly_rename.a_purged")
+            put("silly_rename.a_purged")
             get("silly_rename.b_purged2")
             still = holder.ask("read 1")
             holder.ask("close 1", 30)
         finally:
             holder.stop()
-        barrier("silly_rename.closed", still)
+        put("silly_rename.closed", still)
         return
     get("silly_rename.ready")
     p1, _ = cpkgs(R, "remove", "race-1.0")
