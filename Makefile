@@ -42,6 +42,19 @@ test: venv sysdeps lint
 test-fast: venv
 	$(VPY) -m pytest -q -x -m "not slow"
 
+# Real NFS: nfs-ganesha on 127.0.0.1 + two QEMU (TCG) guests with their own kernels mounting one export (nfs/).
+NFS_APT_PACKAGES := nfs-ganesha nfs-ganesha-vfs qemu-system-x86 busybox-static cpio kmod strace
+.PHONY: test-nfs
+test-nfs: venv
+	@missing=""; for p in $(NFS_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else echo "test-nfs: missing Debian packages:$$missing (run as root)"; exit 1; fi; \
+	fi
+	python3 nfs/harness.py
+
 demo: venv sysdeps
 	bash ./demo.sh "$(DEMO_ROOT)"
 

@@ -447,9 +447,15 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 virtual_packages=overrides,
             )
             site_files = post_process(staging, final, record)
-            from cpkgs_admin.verify import EXECUTABLES_LIST, SITE_MANIFEST, executables_at_publish, site_manifest
+            from cpkgs_admin.verify import (
+                EXECUTABLES_LIST,
+                SITE_MANIFEST,
+                executables_at_publish,
+                site_manifest,
+                unhashed_patched_files,
+            )
 
-            manifest = site_manifest(staging, site_files)
+            manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging)])
             executables = executables_at_publish(staging)
             record.file_count, record.size = _tree_size(staging)
             record.file_count += 3  # the manifest, the executables list and the embedded record below

@@ -276,6 +276,21 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     return reports
 
 
+def unhashed_patched_files(prefix: Path) -> list[str]:
+    """Files whose prefix the installer patched without recording the patched hash (py-rattler 0.28 does this for
+    binary placeholders). cpkgs hashes them at publish into its own manifest, so verify checks every byte."""
+    out = []
+    for p in sorted((prefix / "conda-meta").glob("*.json")):
+        try:
+            data = json.loads(p.read_bytes())
+        except (OSError, ValueError):
+            continue
+        for e in (data.get("paths_data") or {}).get("paths") or []:
+            if e.get("prefix_placeholder") and not e.get("sha256_in_prefix") and e.get("path_type") != "softlink":
+                out.append(e["_path"])
+    return out
+
+
 def site_manifest(prefix: Path, rels: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Hashes of the files cpkgs itself writes into an env, so verify can check them like package files."""
     out: dict[str, dict[str, Any]] = {}

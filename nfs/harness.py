@@ -156,7 +156,7 @@ def ensure_initrd(tree: Path, kv: str) -> Path:
 def prepare_run_dir() -> None:
     if RUN.exists():
         # a previous run's sealed envs are read-only: make everything removable first
-        subprocess.run(["chmod", "-R", "u+rwX", str(RUN)], capture_output=True)
+        subprocess.run(["chmod", "-R", "u+rwX", str(RUN)], capture_output=True, check=False)
         shutil.rmtree(RUN)
     for sub in ("export/ctl", "export-sq", "ganesha/recovery"):
         (RUN / sub).mkdir(parents=True)

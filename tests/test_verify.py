@@ -112,3 +112,26 @@ def test_unseal_then_seal(tmp_path: Path, channel_url: str) -> None:
 def test_verify_unknown_env(built_site: Path) -> None:
     r = run_cpkgs("verify", "nope-1.0", root=built_site)
     assert r.returncode == 1 and "no environment named nope-1.0" in r.stderr
+
+
+def test_prefix_patched_files_are_hashed_too(tmp_path: Path, channel_url: str) -> None:
+    """Every patched file is checked byte for byte: the installer's sha256_in_prefix where it recorded one, else
+    the hash cpkgs records at publish in its own manifest."""
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "b-1.0", "python", "cpkgs-test-binprefix", root=root).returncode == 0
+    prefix = root / ENVS / "b-1.0"
+    manifest = json.loads((prefix / "conda-meta" / "cpkgs" / "site-files.json").read_text())
+    unhashed = []
+    for meta in (prefix / "conda-meta").glob("*.json"):
+        for e in json.loads(meta.read_text())["paths_data"]["paths"]:
+            if e.get("prefix_placeholder") and not e.get("sha256_in_prefix"):
+                unhashed.append(e["_path"])
+    assert set(unhashed) <= set(manifest)
+    for rel in (*unhashed[:1], "bin/cpkgs-test-binprefix", "lib/python3.11/_sysconfigdata__linux_x86_64-linux-gnu.py"):
+        target = prefix / rel
+        unsealed(target)
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF  # same size, one byte flipped
+        target.write_bytes(bytes(data))
+        r = run_cpkgs("verify", "b-1.0", root=root)
+        assert r.returncode == 4 and f"modified: {rel}" in r.stdout, r
