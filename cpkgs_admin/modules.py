@@ -13,6 +13,8 @@ Every generated file carries the GENERATED marker; `refresh` only ever deletes f
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,60 +76,64 @@ def retired_message(rec: EnvRecord) -> str | None:
     return retired_line(rec)
 
 
-def render_lua(rec: EnvRecord, act: Activation) -> str:
+@dataclass(frozen=True)
+class Dialect:
+    """One modulefile language: how it quotes, and the few statements cpkgs writes."""
+
+    template: str
+    quote: Callable[[str], str]
+    whatis: str  # format with {0}: the quoted text
+    retired: str  # format with {0}: the quoted message
+    prepend_path: str  # format with {0}: the quoted directories
+    set_var: str  # format with {0}, {1}: quoted name and value; Lua pushenv restores the old value on unload
+
+
+LUA = Dialect(
+    template="modulefile.lua",
+    quote=lua_str,
+    whatis="whatis({0})",
+    retired='if (mode() == "load") then\n    LmodMessage({0})\nend',
+    prepend_path='prepend_path("PATH", {0})',
+    set_var="pushenv({0}, {1})",
+)
+# Tcl uses setenv, not pushenv: Lmod 8.6 applies a Tcl pushenv twice, so unloading unsets instead of restoring.
+TCL = Dialect(
+    template="modulefile.tcl",
+    quote=tcl_str,
+    whatis="module-whatis {0}",
+    retired="if {{[module-info mode load]}} {{\n    puts stderr {0}\n}}",
+    prepend_path="prepend-path PATH {0}",
+    set_var="setenv {0} {1}",
+)
+
+
+def render_module(rec: EnvRecord, act: Activation, d: Dialect) -> str:
+    q = d.quote
     whatis = [
-        f"whatis({lua_str('Name: ' + rec.family)})",
-        f"whatis({lua_str('Version: ' + rec.version)})",
-        f"whatis({lua_str('Description: ' + summary(rec))})",
+        d.whatis.format(q("Name: " + rec.family)),
+        d.whatis.format(q("Version: " + rec.version)),
+        d.whatis.format(q("Description: " + summary(rec))),
     ]
     msg = retired_message(rec)
-    retired = f'if (mode() == "load") then\n    LmodMessage({lua_str(msg)})\nend' if msg else ""
-    activation = []
-    if act.path_prepend:
-        activation.append(f'prepend_path("PATH", {lua_str(":".join(act.path_prepend))})')
-    activation += [f"pushenv({lua_str(k)}, {lua_str(v)})" for k, v in act.variables]
+    activation = [d.prepend_path.format(q(":".join(act.path_prepend)))] if act.path_prepend else []
+    activation += [d.set_var.format(q(k), q(v)) for k, v in act.variables]
     values = {
         "NAME": rec.name,
         "PLATFORM": rec.platform,
         "WHATIS": "\n".join(whatis),
-        "HELP": lua_str(help_text(rec)),
-        "PREFIX": lua_str(rec.prefix),
-        "NAME_Q": lua_str(rec.name),
-        "RETIRED": retired,
+        "HELP": q(help_text(rec) if d is LUA else help_text(rec).rstrip("\n")),
+        "PREFIX": q(rec.prefix),
+        "NAME_Q": q(rec.name),
+        "RETIRED": d.retired.format(q(msg)) if msg else "",
         "ACTIVATION": "\n".join(activation),
     }
-    return render(template_text("modulefile.lua"), values)
-
-
-def render_tcl(rec: EnvRecord, act: Activation) -> str:
-    whatis = [
-        f"module-whatis {tcl_str('Name: ' + rec.family)}",
-        f"module-whatis {tcl_str('Version: ' + rec.version)}",
-        f"module-whatis {tcl_str('Description: ' + summary(rec))}",
-    ]
-    msg = retired_message(rec)
-    retired = f"if {{[module-info mode load]}} {{\n    puts stderr {tcl_str(msg)}\n}}" if msg else ""
-    activation = []
-    if act.path_prepend:
-        activation.append(f"prepend-path PATH {tcl_str(':'.join(act.path_prepend))}")
-    activation += [f"setenv {tcl_str(k)} {tcl_str(v)}" for k, v in act.variables]
-    values = {
-        "NAME": rec.name,
-        "PLATFORM": rec.platform,
-        "WHATIS": "\n".join(whatis),
-        "HELP": tcl_str(help_text(rec).rstrip("\n")),
-        "PREFIX": tcl_str(rec.prefix),
-        "NAME_Q": tcl_str(rec.name),
-        "RETIRED": retired,
-        "ACTIVATION": "\n".join(activation),
-    }
-    return render(template_text("modulefile.tcl"), values)
+    return render(template_text(d.template), values)
 
 
 def module_files(site: Site, rec: EnvRecord, act: Activation) -> dict[Path, str]:
     return {
-        site.module_file(rec.family, rec.version): render_lua(rec, act),
-        site.module_file_tcl(rec.family, rec.version): render_tcl(rec, act),
+        site.module_file(rec.family, rec.version): render_module(rec, act, LUA),
+        site.module_file_tcl(rec.family, rec.version): render_module(rec, act, TCL),
     }
 
 

@@ -67,15 +67,19 @@ def validate_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{what} {path}: cannot read: {exc}") from None
+
+
 def _load_yaml(path: Path) -> Any:
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"spec file {path}: cannot read: {exc}") from None
+    text = _read_text(path, "spec file")
     try:
         return yaml.safe_load(text), text
     except yaml.YAMLError as exc:
@@ -187,12 +191,7 @@ def apply_changes(base: tuple[str, ...], add: tuple[str, ...], remove: tuple[str
 
 def read_explicit(path: Path) -> ExplicitLock:
     """A conda explicit file: '@EXPLICIT' then one package URL per line, with #md5 or #sha256."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"lock file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"lock file {path}: cannot read: {exc}") from None
+    text = _read_text(path, "lock file")
     platform = None
     seen_explicit = False
     pkgs: list[LockedPackage] = []
