@@ -159,6 +159,8 @@ class SiteLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except PermissionError:
             raise PermissionProblem(f"cannot create lock directory {self.path.parent}: permission denied") from None
+        except OSError as exc:
+            raise CpkgsError(f"cannot create lock directory {self.path.parent}: {exc.strerror}") from None
         self._lock = self._make()
         try:
             self._lock.acquire()
@@ -170,6 +172,8 @@ class SiteLock:
             ) from None
         except PermissionError:
             raise PermissionProblem(f"cannot create lock {self.path}: permission denied") from None
+        except OSError as exc:
+            raise CpkgsError(f"cannot create lock {self.path}: {exc.strerror}") from None
         owner = LockOwner(
             host=socket.gethostname(),
             pid=os.getpid(),
