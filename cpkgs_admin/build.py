@@ -38,6 +38,8 @@ from cpkgs_admin.spec import (
 
 Log = Callable[[str], None] | None
 STAGING_PREFIX = ".staging-"
+# '@' cannot occur in a name: `.staging-rr-1@<id>` can never be mistaken for a staging dir of `rr-1-2`.
+STAGING_SEP = "@"
 EMBEDDED_RECORD = "conda-meta/cpkgs/record.json"
 PKG_LIST = "list-of-pkgs-inside.txt"
 EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
@@ -167,7 +169,7 @@ def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
     if not envs_dir.is_dir():
         return
     for entry in os.scandir(envs_dir):
-        if entry.name.startswith(f"{STAGING_PREFIX}{name}-") and entry.is_dir(follow_symlinks=False):
+        if entry.name.startswith(f"{STAGING_PREFIX}{name}{STAGING_SEP}") and entry.is_dir(follow_symlinks=False):
             doomed = Path(entry.path)
             if log:
                 log(f"removing leftover staging dir {doomed.name} of an interrupted run")
@@ -220,10 +222,11 @@ def install_into(
 ) -> None:
     from rattler import Config, MatchSpec, Platform, install
 
-    # Never symlinks (a sealed env must not point outside itself). Hard links only into an admin-only cache: the
-    # shared inode is sealed with the env, and `unseal` breaks the links before anything becomes writable. Files
-    # whose prefix is patched are always fresh copies.
-    config = Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = false\n")
+    # Hard links only into an admin-only cache: the shared inode is sealed with the env, and `unseal` breaks the
+    # links before anything becomes writable. Files whose prefix is patched are always fresh copies. Symlinks stay
+    # allowed: rattler uses them only for the package's own symlinks (bin/python -> python3.11), never into the
+    # cache; forbidding them would turn those into copies.
+    config = Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = true\n")
     native = subdir == _native()
 
     async def run() -> None:
@@ -410,7 +413,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                                file_count=files, size=size, seconds=time.monotonic() - t0, restored=True)
         clean_stale_staging(envs_dir, name, log)
         check_space(envs_dir, records)
-        staging = envs_dir / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:12]}"
+        staging = envs_dir / f"{STAGING_PREFIX}{name}{STAGING_SEP}{uuid.uuid4().hex[:12]}"
         try:
             os.mkdir(staging, 0o700)
         except PermissionError:
@@ -451,6 +454,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 EXECUTABLES_LIST,
                 SITE_MANIFEST,
                 executables_at_publish,
+                meta_digest,
                 site_manifest,
                 unhashed_patched_files,
             )
@@ -461,6 +465,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             record.file_count += 3  # the manifest, the executables list and the embedded record below
             _write_staged_json(staging / SITE_MANIFEST, manifest)
             _write_staged_json(staging / EXECUTABLES_LIST, executables)
+            record.meta_sha256 = meta_digest(staging)
             _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
             timings["post"] = time.monotonic() - t
 

@@ -58,6 +58,7 @@ class EnvRecord:
     removed: dict[str, Any] | None = None  # {"at":..., "by":..., "trash":...}
     unsealed: dict[str, Any] | None = None  # {"at":..., "by":..., "reason":...}
     history: list[dict[str, Any]] = field(default_factory=list)
+    meta_sha256: str | None = None  # verify.meta_digest at publish (conda-meta + cpkgs manifests)
     schema: int = RECORD_SCHEMA
 
     def to_json(self) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Expected:
     sha256: str | None
     size: int | None
     executable: bool | None
+    link: bool = False  # the package ships a symlink here (anything else must be a regular file)
 
 
 def is_nfs_silly(name: str) -> bool:
@@ -109,9 +110,10 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
                 size = None
                 if not e.get("sha256_in_prefix"):
                     sha = None  # patched file whose new hash nobody recorded: existence only
-            if e.get("path_type") == "softlink":
+            link = e.get("path_type") == "softlink"
+            if link:
                 sha, size = None, None
-            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None)
+            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None, link=link)
     manifest = prefix / SITE_MANIFEST
     if manifest.exists():
         try:
@@ -133,8 +135,14 @@ def _check_one(prefix: str, exp: Expected) -> tuple[Problem | None, int]:
         return Problem("missing", exp.rel, "listed in conda-meta but not on disk"), 0
     except OSError as exc:
         return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(st.st_mode) != exp.link:
+        # A file swapped for a symlink (or the reverse) would pass a content check through the link's target.
+        what = "a symlink where the package has a file" if not exp.link else "not the symlink the package has"
+        return Problem("replaced", exp.rel, what), 0
+    if exp.link:
         return None, 0
+    if not stat.S_ISREG(st.st_mode):
+        return Problem("replaced", exp.rel, "not a regular file"), 0
     if exp.size is not None and st.st_size != exp.size:
         return Problem("modified", exp.rel, f"size {st.st_size}, expected {exp.size}"), st.st_size
     if exp.sha256 is not None:
@@ -244,14 +252,35 @@ def executables_at_publish(prefix: Path) -> list[str]:
     return sorted(out)
 
 
-def verify_prefix(prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "") -> VerifyReport:
+def meta_digest(prefix: Path) -> str:
+    """One hash over the env's package metadata (conda-meta/*.json) and cpkgs' own manifests, kept in the record
+    outside the env: verify's expected hashes come from these files, so they must not be editable unnoticed."""
+    h = hashlib.sha256()
+    meta = prefix / "conda-meta"
+    names = sorted(p.name for p in meta.glob("*.json")) + sorted(
+        "cpkgs/" + p.name for p in (meta / "cpkgs").glob("*") if p.name != "record.json"
+    )
+    for rel in names:
+        h.update(rel.encode() + b"\0" + sha256_file(str(meta / rel)).encode() + b"\n")
+    return h.hexdigest()
+
+
+def verify_prefix(
+    prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "", meta_sha256: str | None = None
+) -> VerifyReport:
     rep = VerifyReport(name=name or prefix.name, platform=platform, prefix=str(prefix))
     if not prefix.is_dir():
         rep.problems.append(Problem("missing", str(prefix), "environment directory does not exist"))
         return rep
+    if meta_sha256 is not None:
+        try:
+            if meta_digest(prefix) != meta_sha256:
+                rep.problems.append(Problem("modified", "conda-meta", "package metadata changed since publish"))
+        except OSError as exc:
+            rep.problems.append(Problem("unreadable", "conda-meta", exc.strerror or str(exc)))
     problems, files, nbytes = check_integrity(prefix)
     rep.files, rep.bytes = files, nbytes
-    rep.problems = problems + check_permissions(prefix, expect_sealed, package_executables(prefix))
+    rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix))
     rep.unsealed = not expect_sealed
     return rep
 
@@ -270,7 +299,11 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
         if rec.status == "removed":
             raise CpkgsError(f"environment {rec.name} was removed; nothing to verify")
         rep = verify_prefix(
-            Path(rec.prefix), expect_sealed=rec.status != "unsealed", name=rec.name, platform=rec.platform
+            Path(rec.prefix),
+            expect_sealed=rec.status != "unsealed",
+            name=rec.name,
+            platform=rec.platform,
+            meta_sha256=rec.meta_sha256,
         )
         reports.append(rep)
     return reports

@@ -299,7 +299,7 @@ def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_
         else:
             assert r.returncode == 0, (i, r)
         assert run_cpkgs("verify", name, root=root).returncode == 0
-        assert not list(envs.glob(f".staging-{name}-*"))
+        assert not list(envs.glob(f".staging-{name}@*"))
         out = as_nobody([str(prefix / "bin" / "cpkgs-test-binprefix")])
         assert out.stdout.strip() == str(prefix)
 
@@ -375,3 +375,16 @@ def test_init_and_builds_are_audited(built_site: Path) -> None:
     assert actions[0] == ("init", None)
     assert ("new-env", "demo-1.0") in actions and ("retire", "old-1.0") in actions
     assert all({"time", "user", "host", "command"} <= set(x) for x in lines)
+
+
+def test_a_build_never_touches_another_names_staging_dir(site: Path) -> None:
+    """`rr-1` must not take `.staging-rr-1-2@…` (another name's build, under another lock) for its own leftover."""
+    envs = site / ENVS
+    other = envs / ".staging-rr-1-2@0123456789ab"
+    other.mkdir(mode=0o700)
+    (other / "in-progress").write_text("another build")
+    mine = envs / ".staging-rr-1@ba9876543210"
+    mine.mkdir(mode=0o700)
+    assert run_cpkgs("new-env", "rr-1", "cpkgs-test-app", root=site).returncode == 0
+    assert (other / "in-progress").exists()
+    assert not mine.exists()  # rr-1's own leftover (a killed run) is cleaned under rr-1's lock

@@ -135,3 +135,38 @@ def test_prefix_patched_files_are_hashed_too(tmp_path: Path, channel_url: str) -
         target.write_bytes(bytes(data))
         r = run_cpkgs("verify", "b-1.0", root=root)
         assert r.returncode == 4 and f"modified: {rel}" in r.stdout, r
+
+
+def test_file_swapped_for_a_symlink_and_edited_metadata_are_caught(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "m-1.0", "cpkgs-test-app", "cpkgs-test-lib", root=root).returncode == 0
+    prefix = root / ENVS / "m-1.0"
+    app = prefix / "bin" / "cpkgs-test-app"
+    evil = tmp_path / "evil"
+    evil.write_text("#!/bin/sh\necho evil\n")
+    unsealed(app)
+    app.unlink()
+    app.symlink_to(evil)
+    r = run_cpkgs("verify", "m-1.0", root=root)
+    assert r.returncode == 4 and "replaced: bin/cpkgs-test-app" in r.stdout, r
+    # Editing a file *and* its expected hash in conda-meta is caught by the digest kept outside the env.
+    app.unlink()
+    tool = prefix / "bin" / "cpkgs-test-lib-version"
+    unsealed(tool)
+    tool.write_text(tool.read_text() + "# changed\n")
+    (meta,) = (prefix / "conda-meta").glob("cpkgs-test-lib-*.json")
+    os.chmod(meta.parent, 0o755)
+    os.chmod(meta, 0o644)
+    import hashlib
+
+    data = json.loads(meta.read_text())
+    for e in data["paths_data"]["paths"]:
+        if e["_path"] == "bin/cpkgs-test-lib-version":
+            e["sha256"] = hashlib.sha256(tool.read_bytes()).hexdigest()
+            e["size_in_bytes"] = tool.stat().st_size
+            e.pop("sha256_in_prefix", None)
+    meta.write_text(json.dumps(data))
+    r = run_cpkgs("verify", "m-1.0", "--json", root=root)
+    kinds = {(p["kind"], p["path"]) for p in r.json()[0]["problems"]}
+    assert ("modified", "conda-meta") in kinds
+    assert ("modified", "bin/cpkgs-test-lib-version") not in kinds  # its hash was forged: only the digest sees it
