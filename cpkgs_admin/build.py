@@ -353,7 +353,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
     if subdir not in site.config.platforms:
         raise UsageError(
             f"platform {subdir} is not served by this site (platforms: {', '.join(site.config.platforms)}); "
-            "add it with 'cpkgs init --platform'"
+            f"add it with 'cpkgs init --platform {subdir}'"
         )
     from cpkgs_admin.solve import check_channels, env_overrides, parse_overrides, resolve_lock, solve, virtual_packages
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem
 
@@ -133,12 +133,18 @@ class SiteLock:
     `timeout` < 0 waits forever, 0 tries once. On timeout raises LockBusy naming the owner.
     """
 
+    # Locks this process holds, by path, with their depth: taking one again inside itself (publish → refresh of
+    # generated files → audit) nests instead of waiting for itself.
+    _held: ClassVar[dict[str, int]] = {}
+
     def __init__(self, path: Path, *, what: str, lease_seconds: float, timeout: float) -> None:
         self.path = path
         self.what = what
         self.lease_seconds = lease_seconds
         self.timeout = timeout
         self._lock: Any = None
+        self._nested = False
+        self._owner: LockOwner | None = None
 
     def _make(self) -> Any:
         from filelock import SoftFileLease
@@ -161,9 +167,22 @@ class SiteLock:
             raise PermissionProblem(f"cannot create lock directory {self.path.parent}: permission denied") from None
         except OSError as exc:
             raise CpkgsError(f"cannot create lock directory {self.path.parent}: {exc.strerror}") from None
+        key = str(self.path)
+        if SiteLock._held.get(key):
+            SiteLock._held[key] += 1
+            self._nested = True
+            return
+        from filelock import LeaseSettingsMismatch
+
         self._lock = self._make()
         try:
             self._lock.acquire()
+        except LeaseSettingsMismatch:
+            self._lock = None
+            raise LockBusy(
+                f"{self.what} is held under another lease_seconds than cpkgs.yaml now says; wait for its holder to "
+                f"finish, or run 'cpkgs locks break {self.path.name}'"
+            ) from None
         except Timeout:
             owner = read_owner(self.path)
             who = f" by {owner.user}@{owner.host} pid {owner.pid} ({owner.command})" if owner else ""
@@ -183,14 +202,28 @@ class SiteLock:
             acquired_at=time.time(),
         )
         atomic_write_json(_owner_file(self.path), asdict(owner))
+        self._owner = owner
+        SiteLock._held[key] = 1
 
     def release(self) -> None:
+        if self._nested:
+            SiteLock._held[str(self.path)] -= 1
+            self._nested = False
+            return
         if self._lock is None:
             return
-        with contextlib.suppress(OSError):
-            _owner_file(self.path).unlink()
+        SiteLock._held.pop(str(self.path), None)
+        # Remove the owner record only if it is still ours: after `locks break` it belongs to the next holder.
+        if read_owner(self.path) == self._owner:
+            with contextlib.suppress(OSError):
+                _owner_file(self.path).unlink()
+        lost = getattr(self._lock, "compromise", None)
         self._lock.release()
         self._lock = None
+        if lost is not None:
+            # The lease was broken or expired while we worked (`locks break`, or a host that stalled past its
+            # lease): another process may have changed the same things. Say so rather than report success.
+            raise CpkgsError(f"{self.what}: lost the lock while working ({lost.reason}); check the result")
 
     def __enter__(self) -> SiteLock:
         self.acquire()

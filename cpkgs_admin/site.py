@@ -6,6 +6,7 @@ No other module joins path strings for site locations; they ask a `Site`.
 from __future__ import annotations
 
 import grp
+import math
 import os
 import platform as _platform
 import re
@@ -26,6 +27,8 @@ DEFAULT_INSTALLATIONS: dict[str, str] = {
     "linux-aarch64": "anaconda3_linux_aarch64",
 }
 DEFAULT_PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64")
+# Top-level names the site tree itself uses: no installation may take one.
+RESERVED_TOP_LEVEL = frozenset({"etc", "specs", "modulefiles", "modulefiles-tcl", "share", "cpkgs.yaml", ".cpkgs"})
 KNOWN_SUBDIRS = frozenset(
     {"linux-64", "linux-aarch64", "linux-ppc64le", "linux-s390x", "osx-64", "osx-arm64", "win-64", "win-arm64"}
 )
@@ -158,6 +161,8 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
             raise bad(f"installations.{sub}", "is not a known platform")
         if not isinstance(inst, str) or not re.match(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z", inst):
             raise bad(f"installations.{sub}", f"{inst!r} is not a valid directory name")
+        if inst in RESERVED_TOP_LEVEL:
+            raise bad(f"installations.{sub}", f"{inst!r} is a directory of the site itself")
         installations[sub] = inst
     platforms = data.get("platforms", list(DEFAULT_PLATFORMS))
     for i, sub in enumerate(platforms):
@@ -174,11 +179,13 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
     except UsageError as exc:
         raise bad("trash_grace", str(exc)) from None
     lease = float(data.get("lease_seconds", 60.0))
-    if lease <= 0:
-        raise bad("lease_seconds", "must be positive")
+    # A lease shorter than a second gives up mutual exclusion on a slow NFS server; one longer than a day keeps a
+    # dead host's lock for that long. NaN and infinity compare false with everything, hence the explicit check.
+    if not math.isfinite(lease) or not 1 <= lease <= 86400:
+        raise bad("lease_seconds", f"must be between 1 and 86400 seconds, got {lease}")
     lock_timeout = float(data.get("lock_timeout", 600.0))
-    if lock_timeout < 0:
-        raise bad("lock_timeout", "must not be negative")
+    if not math.isfinite(lock_timeout) or not 0 <= lock_timeout <= 7 * 86400:
+        raise bad("lock_timeout", f"must be between 0 and 604800 seconds, got {lock_timeout}")
     vps = data.get("virtual_packages", {})
     for k, v in vps.items():
         if not isinstance(k, str) or not k.startswith("__") or not isinstance(v, (str, int, float)):

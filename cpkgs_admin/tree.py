@@ -96,7 +96,10 @@ def _merge_config(
         for p in platforms:
             if p not in KNOWN_SUBDIRS or p not in new.installations:
                 raise UsageError(f"platform {p!r} is not known (known: {', '.join(sorted(new.installations))})")
-        new = replace(new, platforms=tuple(dict.fromkeys(platforms)))
+        # On an existing site --platform adds: dropping a platform would hide its envs from every user of that OS
+        # (edit cpkgs.yaml to drop one on purpose). A new site serves exactly the platforms given.
+        wanted = (*base.platforms, *platforms) if old is not None else platforms
+        new = replace(new, platforms=tuple(dict.fromkeys(wanted)))
     # Round-trip through the validator so init never writes a config that later loads would refuse.
     new = config_from_mapping(new.to_yaml_dict(), "cpkgs init options")
     changes: list[str] = []
@@ -128,6 +131,7 @@ def init_site(
     config, changes = _merge_config(old, admin_group, channels, platforms)
     site = Site(root=root, config=config)
     gid = site.admin_gid()  # validates the group exists before anything is written
+    render_profiles(site)  # and that the root can be rendered into the profiles (quoting), before any mkdir
     dmode, fmode = modes(config)
     report = InitReport(root=str(root))
 

@@ -52,12 +52,16 @@ def sh(*cmd: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-
 
 
 def kernel_package() -> str:
-    out = sh("apt-cache", "depends", "linux-image-amd64").stdout
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("Depends:") and "linux-image-" in line:
-            return line.split()[-1]
-    raise SystemExit("cannot find the kernel package linux-image-amd64 depends on (apt-get update?)")
+    for attempt in (1, 2):
+        p = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], text=True, capture_output=True, check=False)
+        for line in p.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("Depends:") and "linux-image-" in line:
+                return line.split()[-1]
+        if attempt == 1:
+            log("apt knows no linux-image-amd64: apt-get update")
+            subprocess.run(["apt-get", "update", "-qq"], check=False)
+    raise SystemExit("cannot find the kernel package linux-image-amd64 depends on (apt-get update failed?)")
 
 
 def ensure_kernel(pkg: str) -> tuple[Path, Path, str]:

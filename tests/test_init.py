@@ -55,6 +55,26 @@ def test_changed_option_updates_config_and_reports(tmp_path: Path) -> None:
     assert r.json()["changed"] is False
 
 
+def test_platform_adds_and_never_drops_a_served_platform(tmp_path: Path) -> None:
+    root = tmp_path / "x"
+    assert run_cpkgs("init", root=root).returncode == 0
+    r = run_cpkgs("init", "--platform", "linux-aarch64", root=root)
+    assert r.returncode == 0, r
+    import yaml
+
+    assert yaml.safe_load((root / "cpkgs.yaml").read_text())["platforms"] == ["linux-64", "osx-arm64", "linux-aarch64"]
+    fresh = tmp_path / "y"
+    assert run_cpkgs("init", "--platform", "linux-64", root=fresh).returncode == 0
+    assert yaml.safe_load((fresh / "cpkgs.yaml").read_text())["platforms"] == ["linux-64"]
+
+
+def test_unrenderable_root_is_refused_before_any_file(tmp_path: Path) -> None:
+    root = tmp_path / "it's"
+    r = run_cpkgs("init", root=root)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not root.exists()
+
+
 def test_admin_group_makes_tree_group_writable(tmp_path: Path) -> None:
     root = tmp_path / "x"
     r = run_cpkgs("init", "--admin-group", "staff", root=root)
@@ -94,11 +114,14 @@ BAD_CONFIGS = [
     ("channels: ['ftp://x/y']\n", "unsupported scheme 'ftp'"),
     ("channels: ['file://relative/path']\n", "without an absolute path"),
     ("channels: ['has space']\n", "neither a URL nor a channel name"),
-    ("lease_seconds: -1\n", "key 'lease_seconds' must be positive"),
+    ("lease_seconds: -1\n", "key 'lease_seconds' must be between 1 and 86400"),
+    ("lease_seconds: .nan\n", "key 'lease_seconds' must be between 1 and 86400"),
+    ("lock_timeout: 100000000000\n", "key 'lock_timeout' must be between 0 and 604800"),
     ("schema: 99\n", "key 'schema' is 99"),
     ("trash_grace: soon\n", "trash_grace"),
     ("platforms: [linux-128]\n", "platforms[0]"),
     ("admin_group: 5\n", "key 'admin_group' must be str or null"),
+    ("installations: {linux-64: modulefiles}\n", "is a directory of the site itself"),
     ("channels: [\n", "invalid YAML"),
     ("- a\n- b\n", "expected a mapping"),
 ]

@@ -144,3 +144,38 @@ def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
     assert data["v"] >= 1 and reads > 10
     leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     assert len(leftovers) <= 1  # at most the one temp file the kill interrupted, never the target
+
+
+def test_release_after_break_keeps_the_new_owners_record_and_reports_the_loss(lsite: Path) -> None:
+    """A holder whose lock was broken must not delete its successor's owner record, and must not report success."""
+    code = (
+        "import sys, time, subprocess\n"
+        "from pathlib import Path\n"
+        "from cpkgs_admin.errors import CpkgsError\n"
+        "from cpkgs_admin.locking import site_locked, read_owner\n"
+        "from cpkgs_admin.site import open_site\n"
+        "site = open_site(Path(sys.argv[1]))\n"
+        "try:\n"
+        "    with site_locked(site):\n"
+        "        print('held', flush=True)\n"
+        "        sys.stdin.readline()\n"
+        "except CpkgsError as exc:\n"
+        "    print('lost:', exc, flush=True)\n"
+        "else:\n"
+        "    print('ok', flush=True)\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code, str(lsite)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert first.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+    assert run_cpkgs("locks", "break", "site.lock", root=lsite).returncode == 0
+    second = subprocess.Popen([sys.executable, WORKER, str(lsite), "hold"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert second.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        time.sleep(LEASE)  # the first holder's heartbeat notices its marker now names another owner
+        out, _ = first.communicate("\n", timeout=30)
+        assert out.startswith("lost:") and "lost the lock" in out, out
+        owner = run_cpkgs("locks", "--json", root=lsite).json()[0]["owner"]
+        assert owner is not None and owner["pid"] == second.pid
+    finally:
+        second.kill()
+        second.wait()
