@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin import __version__
-from cpkgs_admin.errors import BuildError, EnvExists, SpecError, UsageError
-from cpkgs_admin.locking import audited, current_user, env_locked
+from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError
+from cpkgs_admin.locking import SiteLock, audited, current_user, env_locked, site_locked
 from cpkgs_admin.names import EnvName
 from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
 from cpkgs_admin.site import Site
@@ -72,6 +73,7 @@ class BuildResult:
     seconds: float = 0.0
     restored: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,9 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
         from cpkgs_admin.envs import get_record
 
         old = get_record(site, req.from_env, subdir)
+        if old.status == "removed":
+            raise SpecError(f"--from {old.name}: that environment was removed; its exact packages are no longer on "
+                            "the drive (rebuild from its lock: cpkgs export, then new-env --lock)")
         validate_specs(req.add)
         specs = apply_changes(tuple(old.requested_specs), req.add, req.remove)
         removed = set()
@@ -349,7 +354,12 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     name = req.name.name
-    subdir = req.platform or site.default_subdir()
+    lock = None
+    if req.lock_file:
+        check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
+        lock = read_explicit(req.lock_file)
+    # An explicit file names its platform: build for it unless --platform says otherwise.
+    subdir = req.platform or (lock.platform if lock and lock.platform else None) or site.default_subdir()
     if subdir not in site.config.platforms:
         raise UsageError(
             f"platform {subdir} is not served by this site (platforms: {', '.join(site.config.platforms)}); "
@@ -364,15 +374,10 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")
         if not os.access(envs_dir, os.W_OK) or not os.access(site.locks_dir, os.W_OK):
             raise BuildError(f"cannot write to {envs_dir}: permission denied (are you a site admin?)")
-        if not req.lock_file:
-            existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
+        existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
     repodata_cache = site.pkgs_cache_dir / "repodata" if os.access(site.state_dir, os.W_OK) else None
 
-    if req.lock_file:
-        check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
-        lock = read_explicit(req.lock_file)
-        if lock.platform and lock.platform != subdir and not req.platform:
-            subdir = lock.platform
+    if lock is not None:
         wanted = req.channels or site.config.channels
         channels = check_channels(wanted) if wanted else []
         if log:
@@ -407,10 +412,11 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             # A run died after the rename: the env is complete and sealed; only its record is missing.
             os.chmod(final, 0o555)
             save_record(site.record_path(name, subdir), restore)
-            audited(site, "new-env", env=name, platform=subdir, result="record restored")
+            warnings = _finish_publish(site, restore, "record restored")
             files, size = restore.file_count, restore.size
             return BuildResult(name=name, platform=subdir, prefix=str(final), packages=restore.packages,
-                               file_count=files, size=size, seconds=time.monotonic() - t0, restored=True)
+                               file_count=files, size=size, seconds=time.monotonic() - t0, restored=True,
+                               warnings=warnings)
         clean_stale_staging(envs_dir, name, log)
         check_space(envs_dir, records)
         staging = envs_dir / f"{STAGING_PREFIX}{name}{STAGING_SEP}{uuid.uuid4().hex[:12]}"
@@ -421,7 +427,11 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         try:
             t = time.monotonic()
             hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
-            install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
+            # py-rattler guards its package cache with flock, which NFS does not honour across hosts: builds on
+            # two hosts could extract into one cache entry at once. The NFS-safe lock serializes them.
+            with SiteLock(site.locks_dir / "pkgs-cache.lock", what="the site package cache",
+                          lease_seconds=site.config.lease_seconds, timeout=site.config.lock_timeout):
+                install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
             os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
             # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
             with contextlib.suppress(FileNotFoundError):
@@ -488,10 +498,24 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             timings["seal"] = time.monotonic() - t
 
             t = time.monotonic()
-            # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed one.
-            # The top dir opens to users only after the rename: a kill in between leaves nothing they can enter.
-            os.rename(staging, final)
-            os.chmod(final, 0o555)
+            from cpkgs_admin.integrations import preflight
+
+            with site_locked(site):
+                # Again, under the site lock: two families racing for one module or kernel name cannot both pass.
+                preflight(site, req.name, subdir, packages)
+                # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed one.
+                # The top dir opens to users only after the rename: a kill in between leaves nothing they can enter.
+                try:
+                    os.rename(staging, final)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        # NFS clients cache "no such file" for a while: another host published this name after
+                        # our existence checks looked.
+                        msg = f"environment {name} ({subdir}) was published meanwhile by another run"
+                        raise EnvExists(msg) from None
+                    raise
+                os.chmod(final, 0o555)
+                save_record(site.record_path(name, subdir), record)
         except BaseException:
             from cpkgs_admin.seal import make_removable
 
@@ -499,11 +523,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 make_removable(staging)
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        save_record(site.record_path(name, subdir), record)
-        from cpkgs_admin.integrations import publish_outside
-
-        publish_outside(site, record)
-        audited(site, "new-env", env=name, platform=subdir, packages=len(packages), result="ok")
+        warnings = _finish_publish(site, record, "ok")
         timings["publish"] = time.monotonic() - t
     return BuildResult(
         name=name,
@@ -514,4 +534,25 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         size=record.size,
         seconds=time.monotonic() - t0,
         timings=timings,
+        warnings=warnings,
     )
+
+
+def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:
+    """After the publish point the env exists whatever happens next: generated files (modulefile, kernels) and
+    the audit line are best effort. A failure is a warning naming the repair, not a failed command for an env
+    that users can already activate."""
+    from cpkgs_admin.integrations import publish_outside
+
+    warnings = []
+    try:
+        publish_outside(site, record)
+    except CpkgsError as exc:
+        warnings.append(f"{record.name} is published, but its modulefile/kernels were not written: {exc}; "
+                        "run 'cpkgs refresh'")
+    try:
+        audited(site, "new-env", env=record.name, platform=record.platform, packages=len(record.packages),
+                result=result)
+    except CpkgsError as exc:
+        warnings.append(f"{record.name} is published, but the audit line was not written: {exc}")
+    return warnings

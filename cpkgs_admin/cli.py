@@ -194,6 +194,8 @@ def new_env(
     progress = sys.stderr.isatty() and not c.quiet and not as_json
     chatty = (progress or c.verbose > 0) and not c.quiet
     result = build_new_env(site, req, progress=progress, log=_log if chatty else None)
+    for warning in result.warnings:
+        click.echo(f"cpkgs: warning: {warning}", err=True)
     if as_json:
         emit_json(result.to_json())
         return
@@ -400,7 +402,9 @@ def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
         c.say(f"deleted {p}")
     for p in rep.kept_busy:
         c.say(f"kept    {p} (files still open on some host: .nfs*)")
-    if not rep.deleted and not rep.kept_busy:
+    for p in rep.staging_removed:
+        c.say(f"deleted {p} (staging dir of an interrupted build)")
+    if not rep.deleted and not rep.kept_busy and not rep.staging_removed:
         c.say("nothing to purge")
 
 
@@ -443,12 +447,12 @@ def locks(ctx: click.Context, as_json: bool) -> None:
 @pass_ctx
 def locks_break(c: Ctx, lock: str) -> None:
     """Break LOCK now, whoever holds it (the holder must be gone)."""
-    from cpkgs_admin.locking import audit, break_lock
+    from cpkgs_admin.locking import audited, break_lock
 
     site = c.site()
     info = break_lock(site.locks_dir, lock, site.config.lease_seconds)
     o = info.owner
-    audit(site.audit_log, {"action": "locks-break", "lock": info.name, "owner": o.__dict__ if o else None})
+    audited(site, "locks-break", lock=info.name, owner=o.__dict__ if o else None)
     c.say(f"broke {info.name}" + (f" (held by {o.user}@{o.host} pid {o.pid})" if o else ""))
 
 
@@ -595,7 +599,11 @@ def _run(argv: list[str] | None) -> int:
         click.echo("cpkgs: interrupted", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        # One line, like every other error (click's own show() adds a usage block and a hint line).
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"cpkgs: {exc.format_message()}{hint}", err=True)
         return 2 if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)

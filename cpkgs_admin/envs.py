@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
-from cpkgs_admin.locking import atomic_write, audited, current_user, env_locked, site_locked
+from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked
 from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, save_record
 from cpkgs_admin.site import Site, parse_duration
@@ -50,6 +50,8 @@ def list_envs(site: Site, show_all: bool = False) -> list[ListRow]:
             d = json.loads(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise CpkgsError(f"{path}: unreadable record ({exc})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("platform"), str):
+            raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
         status = d.get("status", "active")
         if not show_all and status in ("retired", "removed"):
             continue
@@ -269,9 +271,15 @@ class PurgeReport:
     deleted: list[str] = field(default_factory=list)
     kept_busy: list[str] = field(default_factory=list)
     kept_young: list[str] = field(default_factory=list)
+    staging_removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"deleted": self.deleted, "kept_busy": self.kept_busy, "kept_young": self.kept_young}
+        return {
+            "deleted": self.deleted,
+            "kept_busy": self.kept_busy,
+            "kept_young": self.kept_young,
+            "staging_removed": self.staging_removed,
+        }
 
 
 def _delete_tree_except_nfs(top: Path) -> list[str]:
@@ -308,14 +316,48 @@ def _delete_tree_except_nfs(top: Path) -> list[str]:
             pass
         except OSError:
             shutil.rmtree(top, ignore_errors=True)
+    if os.path.lexists(top) and not busy:
+        # On the host that holds a file open, unlink "succeeds" (the client silly-renames it to .nfsXXXX) and only
+        # the rmdir fails: whatever is still there is busy, whatever the unlinks said.
+        busy = [os.path.join(d, n) for d, _dirs, files in os.walk(top) for n in files] or [str(top)]
     return busy
+
+
+def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
+    """Staging dirs of builds that died, of any name: removed when their name's lock is free (no build running)."""
+    from cpkgs_admin.build import STAGING_PREFIX, STAGING_SEP
+    from cpkgs_admin.errors import LockBusy
+    from cpkgs_admin.seal import make_removable
+
+    for subdir in site.config.platforms:
+        try:
+            entries = list(os.scandir(site.envs_dir(subdir)))
+        except OSError:
+            continue
+        for e in entries:
+            if not e.name.startswith(STAGING_PREFIX) or STAGING_SEP not in e.name:
+                continue
+            name = e.name[len(STAGING_PREFIX):].rpartition(STAGING_SEP)[0]
+            try:
+                with env_locked(site, name, subdir, timeout=0):
+                    with contextlib.suppress(OSError):
+                        make_removable(Path(e.path))
+                    shutil.rmtree(e.path, ignore_errors=True)
+                    rep.staging_removed.append(e.path)
+            except LockBusy:
+                continue  # a build of that name is running right now
 
 
 def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
     grace = parse_duration(older_than if older_than is not None else site.config.trash_grace, "--older-than")
     rep = PurgeReport()
     now = time.time()
-    with site_locked(site):
+    _purge_stale_staging(site, rep)
+    # Purges serialize on their own lock: deleting big trees can take minutes on NFS, and holding the site lock
+    # that long would stall every publish and audit line.
+    purge_lock = SiteLock(site.locks_dir / "purge.lock", what="purge", lease_seconds=site.config.lease_seconds,
+                          timeout=site.config.lock_timeout)
+    with purge_lock:
         try:
             entries = sorted(os.scandir(site.trash_dir), key=lambda e: e.name)
         except FileNotFoundError:
@@ -338,8 +380,6 @@ def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
                 rep.kept_busy.append(e.path)
             else:
                 rep.deleted.append(e.path)
-        if rep.deleted or rep.kept_busy:
-            from cpkgs_admin.locking import audit
-
-            audit(site.audit_log, {"action": "purge", "deleted": rep.deleted, "kept_busy": rep.kept_busy})
+    if rep.deleted or rep.kept_busy or rep.staging_removed:
+        audited(site, "purge", deleted=rep.deleted, kept_busy=rep.kept_busy, staging_removed=rep.staging_removed)
     return rep

@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,7 +177,7 @@ class SiteLock:
 
         self._lock = self._make()
         try:
-            self._lock.acquire()
+            self._acquire_with_expiry()
         except LeaseSettingsMismatch:
             self._lock = None
             raise LockBusy(
@@ -204,6 +205,69 @@ class SiteLock:
         atomic_write_json(_owner_file(self.path), asdict(owner))
         self._owner = owner
         SiteLock._held[key] = 1
+
+    def _acquire_with_expiry(self) -> None:
+        """filelock's own acquire, in slices; between slices, take over a lease that has run out.
+
+        filelock takes over an expired lease with renameat2(RENAME_EXCHANGE), which the Linux NFS client refuses
+        (filelock's _util.py says so), so on NFS a dead host's lock would stay until `locks break`. Here expiry is
+        judged on the server's clock (the mtime of a file we just wrote next to the marker), never on ours."""
+        from filelock import Timeout
+
+        deadline = None if self.timeout < 0 else time.monotonic() + self.timeout
+        step = max(0.2, self.lease_seconds / 2)
+        while True:
+            left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+            try:
+                self._lock.acquire(timeout=left)
+                return
+            except Timeout:
+                if self._take_over_expired():
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    def _take_over_expired(self) -> bool:
+        from filelock import SoftFileLease
+        from filelock._identity import owner_is_stale
+
+        probe = SoftFileLease(str(self.path), lease_duration=self.lease_seconds, is_singleton=False)
+        rec = probe.owner
+        if rec is None or rec.mode != "lease":
+            return False
+        try:
+            marker_mtime = self.path.stat().st_mtime
+            clock = self.path.with_name(f".clock-{socket.gethostname()}-{os.getpid()}")
+            clock.write_bytes(b"")
+            server_now = clock.stat().st_mtime
+            clock.unlink()
+        except OSError:
+            return False
+        # Two lease periods without a refresh (the holder refreshes every third of one): the holder is gone or
+        # cut off; same-host owners proven dead (pid + start time) need no wait.
+        expired = server_now - marker_mtime > 2 * (rec.lease_duration or self.lease_seconds)
+        if not expired and not owner_is_stale(rec.pid, rec.hostname, rec.start):
+            return False
+        taken = self.path.with_name(f".{self.path.name}.expired-{uuid.uuid4().hex}")
+        try:
+            os.rename(self.path, taken)
+        except OSError:
+            return False  # someone else moved it first
+        claimed = SoftFileLease(str(taken), lease_duration=self.lease_seconds, is_singleton=False).owner
+        if claimed is None or claimed.token != rec.token:
+            # Between our look and the rename a new holder took the lock: give it back if nobody replaced it.
+            with contextlib.suppress(OSError):
+                os.link(taken, self.path)
+            with contextlib.suppress(OSError):
+                os.unlink(taken)
+            return False
+        with contextlib.suppress(OSError):
+            os.unlink(taken)
+        stale_owner = read_owner(self.path)
+        if stale_owner is not None and stale_owner.pid == rec.pid and stale_owner.host == rec.hostname:
+            with contextlib.suppress(OSError):
+                _owner_file(self.path).unlink()
+        return True
 
     def release(self) -> None:
         if self._nested:

@@ -86,13 +86,18 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def record_from_json(data: dict[str, Any], path: Path) -> EnvRecord:
+def record_from_json(data: Any, path: Path) -> EnvRecord:
+    if not isinstance(data, dict) or not isinstance(data.get("schema", 1), int):
+        raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
     data = _migrate(dict(data), path)
     try:
         pkgs = [PackageEntry(**{**p, "depends": tuple(p.get("depends", ()))}) for p in data.pop("packages")]
-        return EnvRecord(packages=pkgs, **data)
-    except (TypeError, KeyError) as exc:
-        raise CpkgsError(f"{path}: damaged record ({exc})") from None
+        rec = EnvRecord(packages=pkgs, **data)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
+    if not all(isinstance(v, str) and v for v in (rec.name, rec.platform, rec.prefix, rec.status)):
+        raise CpkgsError(f"{path}: damaged record (name, platform, prefix or status missing)")
+    return rec
 
 
 def load_record_file(path: Path) -> EnvRecord:

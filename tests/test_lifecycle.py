@@ -97,3 +97,44 @@ def test_bad_duration(tmp_path: Path, channel_url: str) -> None:
     root = make_site(tmp_path / "site", channel_url)
     r = run_cpkgs("purge", "--older-than", "soon", root=root)
     assert r.returncode == 2 and "duration" in r.stderr
+
+
+def test_purge_removes_staging_dirs_of_dead_builds_only(tmp_path: Path, channel_url: str) -> None:
+    import subprocess
+    import sys
+
+    root = make_site(tmp_path / "site", channel_url)
+    envs = root / ENVS
+    dead = envs / ".staging-dead-1.0@0123456789ab"
+    dead.mkdir(mode=0o700)
+    (dead / "half").write_text("x")
+    live = envs / ".staging-live-1.0@ba9876543210"
+    live.mkdir(mode=0o700)
+    # A running build of live-1.0 holds its name's lock.
+    code = (
+        "import sys; from pathlib import Path; from cpkgs_admin.locking import env_locked; "
+        "from cpkgs_admin.site import open_site\n"
+        "with env_locked(open_site(Path(sys.argv[1])), 'live-1.0', 'linux-64'):\n"
+        "    print('held', flush=True); sys.stdin.readline()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        r = run_cpkgs("purge", "--json", root=root)
+        assert r.returncode == 0, r
+        assert r.json()["staging_removed"] == [str(dead)]
+        assert not dead.exists() and live.exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    rec = root / ".cpkgs" / "records" / "linux-64" / "bad-1.0.json"
+    for text in ("{}", "[]", '{"schema": "x", "name": "bad-1.0", "platform": "linux-64"}'):
+        rec.write_text(text)
+        for args in (("list",), ("info", "bad-1.0"), ("new-env", "x-1.0", "cpkgs-test-app")):
+            r = run_cpkgs(*args, root=root)
+            assert r.returncode == 1 and "bad-1.0.json: damaged record" in r.stderr, (text, args, r)
+            assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr

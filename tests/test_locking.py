@@ -179,3 +179,20 @@ def test_release_after_break_keeps_the_new_owners_record_and_reports_the_loss(ls
     finally:
         second.kill()
         second.wait()
+
+
+def test_expired_lease_taken_over_by_the_servers_clock(lsite: Path) -> None:
+    """On NFS filelock cannot take over an expired lease (the client refuses RENAME_EXCHANGE); cpkgs judges expiry
+    by the marker's age on the server's clock instead. A marker from another host, unrefreshed for longer than two
+    leases, is taken over at once, without the lease-long observation filelock would need."""
+    holder = start_holder(lsite, hostname="otherhost")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    marker = lsite / ".cpkgs" / "locks" / "site.lock"
+    busy = take(lsite, 0.3)
+    assert busy.returncode == 3  # fresh: another host's lock is never broken by pid
+    old = time.time() - 3 * LEASE
+    os.utime(marker, (old, old))
+    r = take(lsite, 0.3)
+    assert r.returncode == 0, r.stdout
+    assert not list((lsite / ".cpkgs" / "locks").glob(".*expired*"))
