@@ -50,7 +50,14 @@ def list_envs(site: Site, show_all: bool = False) -> list[ListRow]:
             d = json.loads(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise CpkgsError(f"{path}: unreadable record ({exc})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("platform"), str):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("name"), str)
+            or not isinstance(d.get("platform"), str)
+            or not isinstance(d.get("schema", 1), int)
+            or not isinstance(d.get("status", "active"), str)
+            or not isinstance(d.get("size", 0), int)
+        ):
             raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
         status = d.get("status", "active")
         if not show_all and status in ("retired", "removed"):

@@ -5,8 +5,10 @@
 after `retire`) and writes the generated files that live outside envs (kernelspecs, modulefiles);
 `withdraw_outside` runs after `remove`. `cpkgs refresh` (refresh.py) regenerates the outside files for every env.
 
-Which record speaks for a name: kernelspecs and modulefiles are per name, not per platform, so when NAME exists for
-several platforms the first platform in cpkgs.yaml's `platforms` wins (linux-64 by default).
+Kernelspecs and modulefiles are per platform: every platform has its own trees (`Site.outputs_root`: the root for
+the site's primary platform, the first in cpkgs.yaml's `platforms`; the platform's installation for the others).
+So NAME built for two platforms has two independent sets of files, each pointing into its own installation, and
+name collisions, family defaults (.modulerc) and orphans are all decided within one platform's tree.
 """
 
 from __future__ import annotations
@@ -21,25 +23,13 @@ from typing import Any
 
 from cpkgs_admin.errors import BuildError, CpkgsError, UsageError
 from cpkgs_admin.kernels import generated_kernel_files, kernel_files, kernel_names, kernel_owner, wants_kernel
+from cpkgs_admin.localdb import db_config_files, stdlib_dir
 from cpkgs_admin.locking import atomic_write, site_locked, write_if_changed
 from cpkgs_admin.modules import family_files, is_generated, module_files
-from cpkgs_admin.profiles import template_text
 from cpkgs_admin.records import EnvRecord, PackageEntry, load_all
 from cpkgs_admin.site import Site
 
 MARKER = "EXTERNALLY-MANAGED"
-IPYTHON_CONFIG = "etc/ipython/ipython_config.py"
-JUPYTER_CONFIGS = ("etc/jupyter/jupyter_server_config.py", "etc/jupyter/jupyter_notebook_config.py")
-# (class, trait, local subdir, file): where each SQLite database goes. Traitlets applies a class's config to its
-# subclasses, so HistoryAccessor covers HistoryManager too.
-IPYTHON_DBS = (("HistoryAccessor", "hist_file", "ipython", "history.sqlite"),)
-JUPYTER_DBS = (("NotebookNotary", "db_file", "jupyter", "nbsignatures.db"),)
-# Optional extensions with their own SQLite file, configured only when the env has them.
-OPTIONAL_JUPYTER_DBS = {
-    "jupyter_server_fileid": ("BaseFileIdManager", "db_path", "jupyter", "file_id_manager.db"),
-    "jupyter_server_ydoc": ("SQLiteYStore", "db_path", "jupyter", "ystore.db"),
-    "jupyter_collaboration": ("SQLiteYStore", "db_path", "jupyter", "ystore.db"),
-}
 # Shell bookkeeping and what the module/kernel set themselves: not "variables the activate.d scripts set".
 _NOT_ACTIVATION = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "PATH", "CONDA_PREFIX", "CONDA_DEFAULT_ENV"})
 ACTIVATION_TIMEOUT = 60.0
@@ -108,15 +98,6 @@ def activation_of(prefix: Path, name: str) -> Activation:
 # ----------------------------------------------------------------------------------------------------- inside envs
 
 
-def stdlib_dir(prefix: Path) -> Path | None:
-    """lib/pythonX.Y (or X.Yt) of a unix env: where PEP 668's marker goes (sysconfig's 'stdlib' path)."""
-    with contextlib.suppress(OSError):
-        for d in sorted((prefix / "lib").glob("python3*")):
-            if (d / "os.py").is_file():
-                return d
-    return None
-
-
 def marker_text(name: str) -> str:
     return (
         "[externally-managed]\n"
@@ -126,18 +107,6 @@ def marker_text(name: str) -> str:
         f"     cpkgs extend {name} DIR\n"
         " Site admins change shared environments by building a new version (cpkgs new-env).\n"
     )
-
-
-def local_db_config(settings: tuple[tuple[str, str, str, str], ...]) -> str:
-    text = template_text("local_db_config.py")
-    line = "_CPKGS_SETTINGS = []"
-    if line not in text:
-        raise CpkgsError("template local_db_config.py lacks its '_CPKGS_SETTINGS = []' line")
-    return text.replace(line, "_CPKGS_SETTINGS = " + repr([list(s) for s in settings]), 1)
-
-
-def _has_module(stdlib: Path | None, module: str) -> bool:
-    return stdlib is not None and (stdlib / "site-packages" / module).is_dir()
 
 
 def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]:
@@ -152,13 +121,7 @@ def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]
     files: dict[str, str] = {}
     if stdlib is not None:
         files[str((stdlib / MARKER).relative_to(staging))] = marker_text(record.name)
-    files[IPYTHON_CONFIG] = local_db_config(IPYTHON_DBS)
-    jupyter = list(JUPYTER_DBS)
-    for module, setting in OPTIONAL_JUPYTER_DBS.items():
-        if _has_module(stdlib, module) and setting not in jupyter:
-            jupyter.append(setting)
-    for rel in JUPYTER_CONFIGS:
-        files[rel] = local_db_config(tuple(jupyter))
+    files.update(db_config_files(stdlib))
     for rel, text in files.items():
         path = staging / rel
         if path.exists() or path.is_symlink():
@@ -172,8 +135,12 @@ def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]
 
 
 def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) -> None:
-    """Before anything is installed: refuse an env whose module or kernel names would collide with another env's."""
-    others = [r for r in load_all(site.records_dir) if r.status != "removed" and r.name != name.name]
+    """Before anything is installed: refuse an env whose module or kernel names would collide with another env's
+    of the same platform (each platform has its own module and kernel trees)."""
+    others = [
+        r for r in load_all(site.records_dir)
+        if r.status != "removed" and r.name != name.name and r.platform == subdir
+    ]
     for r in others:
         if r.family != name.family and r.family.casefold() == name.family.casefold():
             raise UsageError(
@@ -194,7 +161,7 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
                 f"{name.name} and {r.name} would both have the Jupyter kernel {clash}; choose another name"
             )
     for k in sorted(mine):
-        spec = site.kernel_dir(k) / "kernel.json"
+        spec = site.kernel_dir(k, subdir) / "kernel.json"
         # A kernel cpkgs wrote for a name no longer published is an orphan `refresh` removes; anyone else's stays.
         if spec.exists() and kernel_owner(spec) is None:
             raise UsageError(f"{name.name} would replace the Jupyter kernel {spec.parent}, which cpkgs did not write")
@@ -211,24 +178,24 @@ def file_mode(site: Site) -> tuple[int, int]:
 
 
 def published(site: Site, records: list[EnvRecord]) -> list[EnvRecord]:
-    """The record that speaks for each published name (see module doc), oldest first."""
-    order = {p: i for i, p in enumerate(site.config.platforms)}
-    by_name: dict[str, EnvRecord] = {}
-    for r in sorted(records, key=lambda r: (order.get(r.platform, len(order)), r.platform)):
-        if r.status == "removed" or not Path(r.prefix).is_dir():
-            continue
-        by_name.setdefault(r.name, r)
-    return sorted(by_name.values(), key=lambda r: (r.created, r.name))
+    """The published envs of every platform (each has its own outside files), oldest first."""
+    live = [r for r in records if r.status != "removed" and Path(r.prefix).is_dir()]
+    return sorted(live, key=lambda r: (r.created, r.name, r.platform))
 
 
 def env_outputs(site: Site, rec: EnvRecord) -> dict[Path, str]:
-    """Kernelspecs and modulefiles of one env."""
-    act = activation_of(Path(rec.prefix), rec.name)
+    """Kernelspecs and modulefiles of one env, in its platform's trees."""
+    # Another platform's activate.d scripts cannot (and must not) run on this host: that env's modulefile and kernel
+    # get only what conda itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV), none of the scripts' variables.
+    native = rec.platform == site.native_subdir
+    act = activation_of(Path(rec.prefix), rec.name) if native else Activation()
     return {**kernel_files(site, rec, act), **module_files(site, rec, act)}
 
 
-def family_outputs(site: Site, family: str, chosen: list[EnvRecord]) -> dict[Path, str]:
-    return family_files(site, family, [r for r in chosen if r.family == family])
+def family_outputs(site: Site, family: str, platform: str, chosen: list[EnvRecord]) -> dict[Path, str]:
+    """The .modulerc files of FAMILY in PLATFORM's tree, from that platform's members only."""
+    members = [r for r in chosen if r.family == family and r.platform == platform]
+    return family_files(site, family, platform, members)
 
 
 def write_outputs(site: Site, files: dict[Path, str]) -> list[str]:
@@ -273,28 +240,34 @@ def remove_outputs(paths: list[Path], stop: tuple[Path, ...]) -> list[str]:
     return removed
 
 
-def stops(site: Site) -> tuple[Path, ...]:
-    return (site.kernels_dir, site.modulefiles_dir, site.modulefiles_tcl_dir, site.root)
+def stops(site: Site, platforms: list[str]) -> tuple[Path, ...]:
+    """Directories remove_outputs never removes: each platform's tree tops, its installation and the root."""
+    out: list[Path] = [site.root]
+    for p in platforms:
+        out += [site.kernels_dir(p), site.modulefiles_dir(p), site.modulefiles_tcl_dir(p), site.outputs_root(p)]
+    return tuple(out)
 
 
 def _sync_name(site: Site, rec: EnvRecord) -> tuple[list[str], list[str]]:
-    """Bring the outside files of REC's name and family in line with the records; (written, removed)."""
-    chosen = published(site, load_all(site.records_dir))
+    """Bring the outside files of REC's name and family in REC's platform's trees in line with the records;
+    (written, removed)."""
+    plat = rec.platform
+    chosen = [r for r in published(site, load_all(site.records_dir)) if r.platform == plat]
     target = next((r for r in chosen if r.name == rec.name), None)
     desired: dict[Path, str] = {}
     if target is not None:
         desired.update(env_outputs(site, target))
-    desired.update(family_outputs(site, rec.family, chosen))
+    desired.update(family_outputs(site, rec.family, plat, chosen))
     written = write_outputs(site, desired)
     candidates = [
-        site.module_file(rec.family, rec.version),
-        site.module_file_tcl(rec.family, rec.version),
-        site.module_rc(rec.family),
-        site.module_rc_tcl(rec.family),
+        site.module_file(rec.family, rec.version, plat),
+        site.module_file_tcl(rec.family, rec.version, plat),
+        site.module_rc(rec.family, plat),
+        site.module_rc_tcl(rec.family, plat),
     ]
     stale = [p for p in candidates if p not in desired and p.is_file() and is_generated(p)]
-    stale += [p for p in generated_kernel_files(site) if kernel_owner(p) == rec.name and p not in desired]
-    return written, remove_outputs(stale, stops(site))
+    stale += [p for p in generated_kernel_files(site, plat) if kernel_owner(p) == rec.name and p not in desired]
+    return written, remove_outputs(stale, stops(site, [plat]))
 
 
 def publish_outside(site: Site, record: Any) -> list[str]:
@@ -305,8 +278,7 @@ def publish_outside(site: Site, record: Any) -> list[str]:
 
 
 def withdraw_outside(site: Site, record: Any) -> list[str]:
-    """Remove generated files of a removed env (another platform's record of the name takes over if there is one);
-    returns paths removed."""
+    """Remove generated files of a removed env (its platform's trees only); returns paths removed."""
     with site_locked(site):
         _written, removed = _sync_name(site, record)
     return removed

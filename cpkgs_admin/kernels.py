@@ -1,9 +1,12 @@
-"""Jupyter kernelspecs for shared envs that contain ipykernel: `<root>/share/jupyter/kernels/<kernel>/kernel.json`.
+"""Jupyter kernelspecs for shared envs that contain ipykernel: `<root>/share/jupyter/kernels/<kernel>/kernel.json`
+for envs of the site's primary platform (the first in cpkgs.yaml's `platforms`), and
+`<root>/<installation>/share/jupyter/kernels/<kernel>/kernel.json` for every other platform's envs
+(`Site.kernels_dir`), so a host only ever lists kernels it can run and one name may have a kernel per platform.
 
 Two kernels per env, as the ATLAS images ship them: `<kernel>` runs python with `-s` (no user site-packages, so a
 user's `pip install --user` cannot break the shared env's kernel) and `<kernel>-usersite` without it. argv[0] is the
 env's absolute python: jupyter_client replaces a bare `python`/`python3` with its *own* interpreter. Users see them
-by adding `<root>/share/jupyter` to `JUPYTER_PATH`.
+through `JUPYTER_PATH`, to which conda.sh/conda.csh add this host's platform's `share/jupyter` dir.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def kernel_files(site: Site, rec: EnvRecord, act: Activation) -> dict[Path, str]
         return {}
     plain, user = kernel_names(rec.name)
     return {
-        site.kernel_dir(plain) / "kernel.json": render_kernel(rec, act, user_site=False),
-        site.kernel_dir(user) / "kernel.json": render_kernel(rec, act, user_site=True),
+        site.kernel_dir(plain, rec.platform) / "kernel.json": render_kernel(rec, act, user_site=False),
+        site.kernel_dir(user, rec.platform) / "kernel.json": render_kernel(rec, act, user_site=True),
     }
 
 
@@ -97,11 +100,11 @@ def kernel_owner(kernel_json: Path) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
-def generated_kernel_files(site: Site) -> list[Path]:
-    """The kernel.json files under the site's kernels dir that cpkgs wrote."""
+def generated_kernel_files(site: Site, platform: str) -> list[Path]:
+    """The kernel.json files under PLATFORM's kernels dir that cpkgs wrote."""
     out: list[Path] = []
     try:
-        entries = sorted(site.kernels_dir.iterdir())
+        entries = sorted(site.kernels_dir(platform).iterdir())
     except FileNotFoundError:
         return out
     for d in entries:

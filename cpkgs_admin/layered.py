@@ -10,6 +10,11 @@ exactly the place where installing is safe.
 The layer records BASE for the shell in `DIR/conda-meta/cpkgs/layer` (three lines: BASE prefix, BASE name,
 installation dir name); conda.sh reads it to put DIR/bin then BASE/bin on PATH and run BASE's activate.d scripts.
 
+SQLite off NFS: IPython and Jupyter read `sys.prefix/etc/ipython` and `sys.prefix/etc/jupyter`, and a layer's
+sys.prefix is DIR, not BASE, so the config cpkgs writes into BASE would not apply. The layer gets the same files
+(`DIR/etc/ipython/ipython_config.py`, `DIR/etc/jupyter/jupyter_{server,notebook}_config.py`), rendered by the
+same function (localdb.db_config_files) from BASE's site-packages.
+
 Speed: we read BASE's record (one small JSON) and stat BASE's interpreter; we never walk BASE's files, so the
 layer's size and creation time do not depend on BASE's size. This module is on the `cpkgs extend` path: keep its
 imports light (no rattler, no yaml beyond what opening the site costs).
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
+from cpkgs_admin.localdb import db_config_files
 from cpkgs_admin.site import open_site
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
@@ -134,6 +140,11 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
             f"executable = {interpreter}\n"
             f"command = cpkgs extend {rec.name} {directory}\n",
         )
+        # IPython history, notebook signatures, ...: on local disk, as in BASE (see the module doc). BASE's stdlib
+        # dir is known from its python version: a few stats, no listing.
+        for rel, text in db_config_files(prefix / "lib" / f"python{xy}").items():
+            (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+            _write(directory / rel, text)
         # Written last: the shell treats DIR as a layer only once everything above is in place.
         _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
     except PermissionError as exc:

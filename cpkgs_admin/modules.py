@@ -5,6 +5,11 @@
     <root>/modulefiles-tcl/<family>/<version>        Tcl, for sites on environment-modules (Lmod reads it too)
     <root>/modulefiles-tcl/<family>/.modulerc        the same default and hiding, in Tcl
 
+for envs of the site's primary platform (the first in cpkgs.yaml's `platforms`, linux-64 by default). Every other
+platform's envs get the same trees under their installation, `<root>/<installation>/modulefiles/...` and
+`<root>/<installation>/modulefiles-tcl/...` (`Site.outputs_root`); conda.sh/conda.csh put only this host's
+platform's tree on MODULEPATH. Each platform's tree is independent: its own defaults, its own collisions.
+
 Modules set what `conda activate` would: PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV and the variables of the env's
 activate.d scripts, computed once at publish (no shell is sourced at `module load`, so loading is fast on NFS).
 Every generated file carries the GENERATED marker; `refresh` only ever deletes files that carry it.
@@ -132,8 +137,8 @@ def render_module(rec: EnvRecord, act: Activation, d: Dialect) -> str:
 
 def module_files(site: Site, rec: EnvRecord, act: Activation) -> dict[Path, str]:
     return {
-        site.module_file(rec.family, rec.version): render_module(rec, act, LUA),
-        site.module_file_tcl(rec.family, rec.version): render_module(rec, act, TCL),
+        site.module_file(rec.family, rec.version, rec.platform): render_module(rec, act, LUA),
+        site.module_file_tcl(rec.family, rec.version, rec.platform): render_module(rec, act, TCL),
     }
 
 
@@ -165,8 +170,9 @@ def default_version(members: list[EnvRecord]) -> str | None:
     return newest([r.version for r in members]) if members else None
 
 
-def family_files(site: Site, family: str, members: list[EnvRecord]) -> dict[Path, str]:
-    """The rc files of one family (empty when the family has no published member)."""
+def family_files(site: Site, family: str, platform: str, members: list[EnvRecord]) -> dict[Path, str]:
+    """The rc files of one family in PLATFORM's tree (empty when the family has no published member there).
+    MEMBERS must all be of PLATFORM."""
     if not members:
         return {}
     default = default_version(members)
@@ -184,7 +190,10 @@ def family_files(site: Site, family: str, members: list[EnvRecord]) -> dict[Path
             f'if {{[info commands module-hide] ne ""}} {{\n    module-hide --soft {full}\n}}'
             f' elseif {{[info commands hide-version] ne ""}} {{\n    hide-version {full}\n}}'
         )
-    return {site.module_rc(family): "\n".join(lua) + "\n", site.module_rc_tcl(family): "\n".join(tcl) + "\n"}
+    return {
+        site.module_rc(family, platform): "\n".join(lua) + "\n",
+        site.module_rc_tcl(family, platform): "\n".join(tcl) + "\n",
+    }
 
 
 # ----------------------------------------------------------------------------------------------------- ownership
@@ -200,10 +209,10 @@ def is_generated(path: Path) -> bool:
     return GENERATED in "\n".join(head.splitlines()[:2])
 
 
-def generated_module_files(site: Site) -> list[Path]:
-    """Every file under the two module trees that cpkgs wrote."""
+def generated_module_files(site: Site, platform: str) -> list[Path]:
+    """Every file under PLATFORM's two module trees that cpkgs wrote."""
     out: list[Path] = []
-    for top in (site.modulefiles_dir, site.modulefiles_tcl_dir):
+    for top in (site.modulefiles_dir(platform), site.modulefiles_tcl_dir(platform)):
         try:
             families = sorted(top.iterdir())
         except FileNotFoundError:

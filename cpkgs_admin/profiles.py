@@ -43,6 +43,9 @@ def substitutions(site: Site) -> dict[str, str]:
         "ROOT_CSH": root,
         # "linux-64=anaconda3_linux osx-arm64=anaconda3_macOS": a word list both sh and csh can walk without forking.
         "INSTALLATIONS": " ".join(f"{sub}={inst}" for sub, inst in pairs),
+        # The primary platform's installation: its hosts find modulefiles and kernels at the root, every other
+        # host under its own installation (Site.outputs_root). A plain word: installation names are [A-Za-z0-9._+-].
+        "PRIMARY_INSTALLATION": site.installation_name(site.primary_platform),
     }
 
 

@@ -1,8 +1,9 @@
 """`cpkgs refresh`: regenerate everything that lives outside envs from the records.
 
-Profiles (etc/profile.d), kernelspecs and modulefiles (Lua and Tcl) for every published env; files cpkgs generated
-for envs that no longer exist are removed, files cpkgs did not generate are never touched. Idempotent: a second run
-changes nothing and says so.
+Profiles (etc/profile.d), kernelspecs and modulefiles (Lua and Tcl) for every published env, each in its platform's
+trees (`Site.outputs_root`); files cpkgs generated that no env of that tree's platform wants any more (a removed
+env, or one now published elsewhere) are removed, files cpkgs did not generate are never touched. Idempotent: a
+second run changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class RefreshReport:
 def refresh_site(site: Site) -> RefreshReport:
     with site_locked(site):
         profiles = write_profiles(site)
-        chosen = published(site, load_all(site.records_dir))
+        records = load_all(site.records_dir)
+        chosen = published(site, records)
         desired: dict[Path, str] = {}
         owner: dict[Path, str] = {}
         skipped: list[str] = []
@@ -75,9 +77,11 @@ def refresh_site(site: Site) -> RefreshReport:
             for p in files:
                 owner[p] = rec.name
             desired.update(files)
-        for family in sorted({r.family for r in kept}):
-            desired.update(family_outputs(site, family, kept))
+        for plat, family in sorted({(r.platform, r.family) for r in kept}):
+            desired.update(family_outputs(site, family, plat, kept))
         written = write_outputs(site, desired)
-        existing = generated_kernel_files(site) + generated_module_files(site)
-        removed = remove_outputs([p for p in existing if p not in desired], stops(site))
+        # Every platform's trees, including those of a platform no longer served that still has records.
+        platforms = site.output_platforms(tuple(sorted({r.platform for r in records})))
+        existing = [f for p in platforms for f in generated_kernel_files(site, p) + generated_module_files(site, p)]
+        removed = remove_outputs([p for p in existing if p not in desired], stops(site, platforms))
     return RefreshReport(profiles=profiles, written=written, removed=removed, skipped=skipped, envs=len(kept))

@@ -242,17 +242,38 @@ class Site:
     def specs_dir(self) -> Path:
         return self.root / "specs"
 
+    # --- generated modulefiles and kernelspecs: one tree per platform (see outputs_root)
     @property
-    def modulefiles_dir(self) -> Path:
-        return self.root / "modulefiles"
+    def primary_platform(self) -> str:
+        """The first platform in cpkgs.yaml's `platforms`: its modulefiles and kernels live at the root."""
+        return self.config.platforms[0] if self.config.platforms else DEFAULT_PLATFORMS[0]
 
-    @property
-    def jupyter_dir(self) -> Path:
-        return self.root / "share" / "jupyter"
+    def outputs_root(self, platform: str) -> Path:
+        """Where PLATFORM's generated modulefiles and kernelspecs live: the root for the primary platform
+        (`<root>/modulefiles`, `<root>/share/jupyter`), else that platform's installation
+        (`<root>/<installation>/modulefiles`, ...), so hosts of one OS never see another OS's envs."""
+        return self.root if platform == self.primary_platform else self.installation(platform)
 
-    @property
-    def kernels_dir(self) -> Path:
-        return self.jupyter_dir / "kernels"
+    def modulefiles_dir(self, platform: str) -> Path:
+        return self.outputs_root(platform) / "modulefiles"
+
+    def modulefiles_tcl_dir(self, platform: str) -> Path:
+        """Tcl modulefiles for sites on environment-modules (Lmod reads them too)."""
+        return self.outputs_root(platform) / "modulefiles-tcl"
+
+    def jupyter_dir(self, platform: str) -> Path:
+        return self.outputs_root(platform) / "share" / "jupyter"
+
+    def kernels_dir(self, platform: str) -> Path:
+        return self.jupyter_dir(platform) / "kernels"
+
+    def output_platforms(self, extra: tuple[str, ...] = ()) -> list[str]:
+        """The site's platforms, then EXTRA ones (e.g. from records of a platform no longer served), each once."""
+        out: list[str] = []
+        for p in (*self.config.platforms, *extra):
+            if p not in out and p in self.config.installations:
+                out.append(p)
+        return out
 
     # --- state
     @property
@@ -309,26 +330,21 @@ class Site:
     def spec_file(self, family: str) -> Path:
         return self.specs_dir / f"{family}.yml"
 
-    def module_file(self, family: str, version: str) -> Path:
-        return self.modulefiles_dir / family / f"{version}.lua"
+    def module_file(self, family: str, version: str, platform: str) -> Path:
+        return self.modulefiles_dir(platform) / family / f"{version}.lua"
 
-    def kernel_dir(self, kernel: str) -> Path:
-        return self.kernels_dir / kernel
+    def kernel_dir(self, kernel: str, platform: str) -> Path:
+        return self.kernels_dir(platform) / kernel
 
-    @property
-    def modulefiles_tcl_dir(self) -> Path:
-        """Tcl modulefiles for sites on environment-modules (Lmod reads them too)."""
-        return self.root / "modulefiles-tcl"
+    def module_file_tcl(self, family: str, version: str, platform: str) -> Path:
+        return self.modulefiles_tcl_dir(platform) / family / version
 
-    def module_file_tcl(self, family: str, version: str) -> Path:
-        return self.modulefiles_tcl_dir / family / version
-
-    def module_rc(self, family: str) -> Path:
+    def module_rc(self, family: str, platform: str) -> Path:
         """Lmod's per-family rc: default version, hidden (retired) versions."""
-        return self.modulefiles_dir / family / ".modulerc.lua"
+        return self.modulefiles_dir(platform) / family / ".modulerc.lua"
 
-    def module_rc_tcl(self, family: str) -> Path:
-        return self.modulefiles_tcl_dir / family / ".modulerc"
+    def module_rc_tcl(self, family: str, platform: str) -> Path:
+        return self.modulefiles_tcl_dir(platform) / family / ".modulerc"
 
     def env_lock(self, name: str, subdir: str) -> Path:
         return self.locks_dir / f"env-{subdir}-{name}.lock"

@@ -158,10 +158,10 @@ def init_site(
             site.profile_dir.parent,
             site.profile_dir,
             site.specs_dir,
-            site.modulefiles_dir,
+            site.modulefiles_dir(site.primary_platform),
             site.root / "share",
-            site.jupyter_dir,
-            site.kernels_dir,
+            site.jupyter_dir(site.primary_platform),
+            site.kernels_dir(site.primary_platform),
         ):
             ensure_dir(d)
         for sub in config.platforms:

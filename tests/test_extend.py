@@ -96,8 +96,14 @@ def test_extend_makes_a_small_layer_as_any_user(built_site: Path, tmp_path: Path
     entries = sorted(str(p.relative_to(layer)) for p in layer.rglob("*"))
     assert entries == [
         "bin", "bin/python", "bin/python3", "bin/python3.11", "conda-meta", "conda-meta/cpkgs",
-        "conda-meta/cpkgs/layer", "lib", "lib/python3.11", "lib/python3.11/site-packages", "pyvenv.cfg",
+        "conda-meta/cpkgs/layer", "etc", "etc/ipython", "etc/ipython/ipython_config.py", "etc/jupyter",
+        "etc/jupyter/jupyter_notebook_config.py", "etc/jupyter/jupyter_server_config.py",
+        "lib", "lib/python3.11", "lib/python3.11/site-packages", "pyvenv.cfg",
     ]
+    # The layer's sys.prefix is DIR: IPython and Jupyter read DIR/etc, so it carries BASE's SQLite-off-NFS config.
+    for rel in ("etc/ipython/ipython_config.py", "etc/jupyter/jupyter_server_config.py",
+                "etc/jupyter/jupyter_notebook_config.py"):
+        assert (layer / rel).read_text() == (base / rel).read_text()
     assert os.readlink(layer / "bin" / "python") == str(base / "bin" / "python3.11")
     assert (layer / "conda-meta/cpkgs/layer").read_text() == f"{base}\ndemo-1.0\nanaconda3_linux\n"
     cfg = (layer / "pyvenv.cfg").read_text()

@@ -212,3 +212,45 @@ def test_foreign_kernel_is_never_replaced(nb_site: Path) -> None:
         assert not (nb_site / ENVS / "admins-1.0").exists()
     finally:
         shutil.rmtree(mine)
+
+
+# ----------------------------------------------------------------------------------------------------- layers
+
+
+def test_personal_layer_keeps_ipython_history_off_the_site_and_home(nb_site: Path, tmp_path: Path) -> None:
+    """A layer's sys.prefix is the layer, so IPython reads the layer's etc/ipython, not the base's: `cpkgs extend`
+    writes the same config there. Run as an unprivileged user, as a user would."""
+    home = tmp_path / "nobody-home"
+    home.mkdir()
+    os.chmod(home, 0o777)
+    world_traversable(home)
+    layer = home / "layer"
+    r = run_cpkgs("extend", "nb-1.0", str(layer), root=nb_site, user=True)
+    assert r.returncode == 0, r
+    code = "import sys; print('PREFIX=' + sys.prefix)\n" + HIST
+    proc = _ipython(layer, code, uid=65534, env={"HOME": str(home)})
+    hist = _hist(proc)
+    assert f"PREFIX={layer}\n" in proc.stdout  # IPython ran in the layer, not in the base
+    assert hist == "/tmp/cpkgs-65534/ipython/history.sqlite"
+    assert not hist.startswith(str(nb_site)) and not hist.startswith(str(home))
+    assert not (home / ".ipython" / "profile_default" / "history.sqlite").exists()
+    # Jupyter reads the layer's etc/jupyter too: the notebook-signature database is configured there.
+    assert "NotebookNotary" in (layer / "etc" / "jupyter" / "jupyter_server_config.py").read_text()
+
+
+# ----------------------------------------------------------------------------------------------------- per platform
+
+
+def test_module_and_kernel_names_collide_only_within_one_platform(nb_site: Path) -> None:
+    """Each platform has its own module and kernel trees: nb_1.0 for macOS does not clash with Linux's nb-1.0 (module
+    nb/1.0), but two macOS envs that would share a module still do."""
+    mac = nb_site / "anaconda3_macOS"
+    linux_lua = (nb_site / "modulefiles" / "nb" / "1.0.lua").read_text()
+    r = run_cpkgs("new-env", "nb_1.0", "cpkgs-test-lib", "--platform", "osx-arm64", root=nb_site)
+    assert r.returncode == 0, r
+    assert str(mac / "envs" / "nb_1.0") in (mac / "modulefiles" / "nb" / "1.0.lua").read_text()
+    assert (nb_site / "modulefiles" / "nb" / "1.0.lua").read_text() == linux_lua
+    r = run_cpkgs("new-env", "nb-1.0", "cpkgs-test-lib", "--platform", "osx-arm64", root=nb_site)
+    assert r.returncode == 2, r
+    assert "nb-1.0 and nb_1.0 would both be module nb/1.0" in r.stderr
+    assert not (mac / "envs" / "nb-1.0").exists()

@@ -155,3 +155,29 @@ def test_retired_kernel_says_so_and_removed_env_loses_its_kernels(nb_site: Path)
     kernels = nb_site / "share" / "jupyter" / "kernels"
     assert not (kernels / "nb-1.0").exists() and not (kernels / "nb-1.0-usersite").exists()
     assert os.listdir(kernels) == []
+
+
+def test_kernels_of_a_non_primary_platform_live_under_its_installation(
+    tmp_path: Path, channel_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a site whose first (primary) platform is osx-arm64, a linux-64 env's kernels go under anaconda3_linux
+    (what conda.sh puts on JUPYTER_PATH on Linux hosts), not into the macOS hosts' <root>/share/jupyter."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    root = make_site(tmp_path / "site", channel_url, "--platform", "osx-arm64", "--platform", "linux-64")
+    r = run_cpkgs("new-env", "nb-1.0", "python", "ipykernel", root=root)
+    assert r.returncode == 0, r
+    mine = root / "anaconda3_linux" / "share" / "jupyter"
+    spec = json.loads((mine / "kernels" / "nb-1.0" / "kernel.json").read_text())
+    assert spec["argv"][0] == f"{root / ENVS / 'nb-1.0'}/bin/python"
+    assert (mine / "kernels" / "nb-1.0-usersite" / "kernel.json").is_file()
+    assert os.listdir(root / "share" / "jupyter" / "kernels") == []
+    assert (root / "anaconda3_linux" / "modulefiles" / "nb" / "1.0.lua").is_file()
+    assert not (root / "modulefiles" / "nb").exists()
+    monkeypatch.setenv("JUPYTER_PATH", str(mine))
+    assert {"nb-1.0", "nb-1.0-usersite"} <= set(KernelSpecManager().get_all_specs())
+    monkeypatch.setenv("JUPYTER_PATH", str(root / "share" / "jupyter"))
+    assert not {"nb-1.0", "nb-1.0-usersite"} & set(KernelSpecManager().get_all_specs())
+    r = run_cpkgs("remove", "nb-1.0", root=root)
+    assert r.returncode == 0, r
+    assert os.listdir(mine / "kernels") == []

@@ -96,3 +96,53 @@ def test_default_follows_retire_and_remove(site: Path, tmp_path: Path) -> None:
     for name in ("x-1.0", "x-2.0"):
         assert run_cpkgs("remove", name, root=site).returncode == 0
     assert not (site / "modulefiles" / "x").exists() and not (site / "modulefiles-tcl" / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- per platform
+MAC = "anaconda3_macOS"
+
+
+def _avail(root: Path, tree: str, home: Path) -> set[str]:
+    r = lmod(root, tree, "module -t avail 2>&1", home)
+    return {line.strip() for line in r.stdout.splitlines()}
+
+
+def test_each_platform_has_its_own_module_trees(site: Path, tmp_path: Path) -> None:
+    """Modulefiles of osx-arm64 envs live under anaconda3_macOS (a Linux host's MODULEPATH never lists them), and
+    one name on both platforms has two independent modulefiles, defaults and lifecycles."""
+    for args in (
+        ("macapp-1.0", "cpkgs-test-lib", "--platform", "osx-arm64"),
+        ("both-1.0", "cpkgs-test-lib", "cpkgs-test-activate"),
+        ("both-1.0", "cpkgs-test-lib", "cpkgs-test-activate", "--platform", "osx-arm64"),
+        ("both-2.0", "cpkgs-test-lib"),  # Linux only: the default is both/2.0 there and both/1.0 on macOS
+    ):
+        r = run_cpkgs("new-env", *args, root=site)
+        assert r.returncode == 0, r
+    mac = site / MAC
+    assert (mac / "modulefiles" / "macapp" / "1.0.lua").is_file()
+    assert (mac / "modulefiles-tcl" / "macapp" / "1.0").is_file()
+    assert (mac / "modulefiles" / "macapp" / ".modulerc.lua").is_file()
+    for tree in TREES:
+        assert not (site / tree / "macapp").exists()
+        linux_avail, mac_avail = _avail(site, tree, tmp_path), _avail(site, f"{MAC}/{tree}", tmp_path)
+        assert {"both/1.0", "both/2.0"} <= linux_avail, linux_avail
+        assert not any(s.startswith("macapp") for s in linux_avail), linux_avail
+        assert {"macapp/1.0", "both/1.0"} <= mac_avail and "both/2.0" not in mac_avail, mac_avail
+        r = lmod(site, tree, 'module load both && echo "P=$CONDA_PREFIX"', tmp_path)
+        assert f"P={site / ENVS / 'both-2.0'}" in r.stdout, r
+        r = lmod(site, f"{MAC}/{tree}", 'module load both && echo "P=$CONDA_PREFIX"', tmp_path)
+        assert f"P={mac / 'envs' / 'both-1.0'}" in r.stdout, r
+    linux_lua = (site / "modulefiles" / "both" / "1.0.lua").read_text()
+    mac_lua = (mac / "modulefiles" / "both" / "1.0.lua").read_text()
+    assert str(site / ENVS / "both-1.0") in linux_lua and str(mac / "envs" / "both-1.0") not in linux_lua
+    assert str(mac / "envs" / "both-1.0") in mac_lua and str(site / ENVS / "both-1.0") not in mac_lua
+    # activate.d scripts run at publish only for this host's platform; a macOS env gets conda's own variables only.
+    assert "CPKGS_TEST_ACTIVATED" in linux_lua and "CPKGS_TEST_ACTIVATED" not in mac_lua
+    # Removing the macOS env takes only the macOS files (and its family's rc there, now empty).
+    r = run_cpkgs("remove", "both-1.0", "--platform", "osx-arm64", root=site)
+    assert r.returncode == 0, r
+    assert not (mac / "modulefiles" / "both").exists() and not (mac / "modulefiles-tcl" / "both").exists()
+    assert (site / "modulefiles" / "both" / "1.0.lua").read_text() == linux_lua
+    assert (site / "modulefiles-tcl" / "both" / "1.0").is_file()
+    r = run_cpkgs("refresh", root=site)
+    assert r.returncode == 0 and r.stdout.strip() == "everything is up to date", r

@@ -346,6 +346,49 @@ def test_modulepath_jupyter_and_double_source(shell: str, tmp_path: Path) -> Non
     assert kv(r.stdout) == {"MP": "unset", "JP": f"{root}/share/jupyter"}, r
 
 
+def _os_paths(tmp_path: Path) -> dict[str, str]:
+    """PATH with a fake `uname` for each OS (this machine is Linux; the Linux one is faked too, for x86_64)."""
+    return {
+        "darwin": f"{fake_uname(tmp_path, 'Darwin', 'arm64')}:/usr/bin:/bin",
+        "linux": f"{fake_uname(tmp_path, 'Linux', 'x86_64')}:/usr/bin:/bin",
+    }
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_modulepath_and_jupyter_path_are_this_platforms_own(shell: str, tmp_path: Path) -> None:
+    """The primary (first) platform's modules and kernels are at the root; every other platform's under its
+    installation. Each host gets its own platform's dirs and never the other OS's, once however often sourced."""
+    env = {"MODULESHOME": "/usr/share/lmod", "MODULEPATH": "/etc/mods", "JUPYTER_PATH": "/j"}
+    paths = _os_paths(tmp_path)
+    for platforms, dirs in (
+        (("linux-64", "osx-arm64"), {"linux": "", "darwin": "/anaconda3_macOS"}),
+        (("osx-arm64", "linux-64"), {"linux": "/anaconda3_linux", "darwin": ""}),
+    ):
+        root = fake_root(tmp_path / "-".join(platforms), platforms)
+        prof = sq(root / "etc/profile.d/conda.sh")
+        script = f'. {prof}; . {prof}; echo "MP=${{MODULEPATH-unset}}"; echo "JP=$JUPYTER_PATH"'
+        for host, sub in dirs.items():
+            r = run_sh(shell, script, base_env(tmp_path, PATH=paths[host], **env))
+            assert r.returncode == 0 and r.stderr == "", r
+            assert kv(r.stdout) == {"MP": f"/etc/mods:{root}{sub}/modulefiles",
+                                    "JP": f"/j:{root}{sub}/share/jupyter"}, (platforms, host, r)
+
+
+def test_csh_modulepath_and_jupyter_path_are_this_platforms_own(tmp_path: Path) -> None:
+    paths = _os_paths(tmp_path)
+    root = fake_root(tmp_path / "site", ("linux-64", "osx-arm64"))
+    prof = root / "etc" / "profile.d" / "conda.csh"
+    script = f"source '{prof}'\nsource '{prof}'\necho MP=$MODULEPATH\necho JP=$JUPYTER_PATH"
+    for host, sub in (("linux", ""), ("darwin", "/anaconda3_macOS")):
+        r = run_csh(script, csh_env(tmp_path, PATH=paths[host], MODULESHOME="/usr/share/lmod",
+                                    MODULEPATH="/etc/mods", JUPYTER_PATH="/j"))
+        assert r.returncode == 0 and r.stderr == "", r
+        assert kv(r.stdout) == {"MP": f"/etc/mods:{root}{sub}/modulefiles", "JP": f"/j:{root}{sub}/share/jupyter"}, r
+        # No module system and no JUPYTER_PATH yet: MODULEPATH stays unset, JUPYTER_PATH is just this platform's.
+        r = run_csh(f"source '{prof}'\necho MP=$?MODULEPATH\necho JP=$JUPYTER_PATH", csh_env(tmp_path, PATH=paths[host]))
+        assert (r.stdout, r.stderr) == (f"MP=0\nJP={root}{sub}/share/jupyter\n", ""), r
+
+
 @pytest.mark.parametrize("shell", SH_SHELLS)
 def test_package_cache_is_private_and_hostile_paths_are_refused(shell: str, tmp_path: Path) -> None:
     root = fake_root(tmp_path / "site", ("linux-64",))

@@ -89,3 +89,38 @@ def test_refresh_on_a_missing_site_is_one_line(tmp_path: Path) -> None:
     r = run_cpkgs("refresh", root=tmp_path / "nope")
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
+
+
+def test_each_platform_tree_is_regenerated_and_cleaned_on_its_own(site: Path) -> None:
+    mac = site / "anaconda3_macOS"
+    _build(site)
+    r = run_cpkgs("new-env", "m-1.0", "cpkgs-test-lib", "--platform", "osx-arm64", root=site)
+    assert r.returncode == 0, r
+    mac_lua = mac / "modulefiles" / "m" / "1.0.lua"
+    good = mac_lua.read_text()
+    assert not (site / "modulefiles" / "m").exists()
+    # Where an older cpkgs put a macOS env's module: in the Linux (primary) tree. An orphan there now.
+    legacy = site / "modulefiles" / "m" / "1.0.lua"
+    legacy.parent.mkdir()
+    legacy.write_text(good)
+    # An orphan of the macOS tree, and an admin's own file there.
+    gone = mac / "modulefiles" / "gone" / "3.0.lua"
+    gone.parent.mkdir()
+    gone.write_text(good.replace("m-1.0", "gone-3.0"))
+    gone_kernel = mac / "share" / "jupyter" / "kernels" / "gone-3.0" / "kernel.json"
+    gone_kernel.parent.mkdir(parents=True)
+    gone_kernel.write_text(json.dumps({"argv": ["/x/bin/python"], "display_name": "gone-3.0",
+                                       "metadata": {"cpkgs": {"env": "gone-3.0"}}}))
+    own = mac / "modulefiles" / "m" / "local.lua"
+    own.write_text('-- my own module\nsetenv("X", "1")\n')
+    mac_lua.unlink()
+    r = run_cpkgs("refresh", "--json", root=site)
+    assert r.returncode == 0, r
+    rep = r.json()
+    assert rep["envs"] == 3 and rep["written"] == [str(mac_lua)]
+    assert sorted(rep["removed"]) == sorted(str(p) for p in (legacy, gone, gone_kernel))
+    assert mac_lua.read_text() == good and own.exists()
+    assert not legacy.parent.exists() and not gone.parent.exists() and not gone_kernel.parent.exists()
+    assert (site / "modulefiles" / "a" / "1.0.lua").is_file()
+    r = run_cpkgs("refresh", root=site)
+    assert r.stdout.strip() == "everything is up to date", r

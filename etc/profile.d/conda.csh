@@ -10,7 +10,9 @@
 #   CPKGS_INSTALLATION  this host's installation dir under the root (e.g. anaconda3_linux); a ~/.condarc may
 #                       say  envs_dirs: [/nfs/cpkgs/${CPKGS_INSTALLATION}/envs]  and conda expands it per host.
 # Also set: CONDA_PKGS_DIRS (a private 0700 dir on local disk, unless you set your own), MODULEPATH (when a
-# module system is loaded) and JUPYTER_PATH.  CPKGS_VERBOSE=1 explains why nothing was set up.
+# module system is loaded) and JUPYTER_PATH: this host's platform's modulefiles and kernels only (/nfs/cpkgs/modulefiles
+# and /nfs/cpkgs/share/jupyter on anaconda3_linux hosts, /nfs/cpkgs/<installation>/modulefiles and
+# .../share/jupyter elsewhere).  CPKGS_VERBOSE=1 explains why nothing was set up.
 # One fork per source: a backquote running `uname -sm` (and, the first time, mkdir -m 700 / ls -ldn of the
 # package cache dir).
 
@@ -131,20 +133,26 @@ else
         endif
     endif
 
-    # --- module system and Jupyter: append the site's dirs once.
+    # --- module system and Jupyter: append this platform's dirs once.  The site's primary installation keeps its
+    # modulefiles and kernels at the root; every other installation has its own, so no host sees another OS's envs.
+    if ( "$_cpkgs_inst" == "anaconda3_linux" ) then
+        set _cpkgs_out = "$_cpkgs_root"
+    else
+        set _cpkgs_out = "$_cpkgs_root/$_cpkgs_inst"
+    endif
     if ( $?MODULESHOME || $?LMOD_CMD ) then
         if ( ! $?MODULEPATH ) then
-            setenv MODULEPATH "$_cpkgs_root/modulefiles"
-        else if ( ":${MODULEPATH}:" !~ "*:${_cpkgs_root}/modulefiles:*" ) then
-            setenv MODULEPATH "${MODULEPATH}:$_cpkgs_root/modulefiles"
+            setenv MODULEPATH "$_cpkgs_out/modulefiles"
+        else if ( ":${MODULEPATH}:" !~ "*:${_cpkgs_out}/modulefiles:*" ) then
+            setenv MODULEPATH "${MODULEPATH}:$_cpkgs_out/modulefiles"
         endif
     endif
     if ( ! $?JUPYTER_PATH ) then
-        setenv JUPYTER_PATH "$_cpkgs_root/share/jupyter"
+        setenv JUPYTER_PATH "$_cpkgs_out/share/jupyter"
     else if ( "$JUPYTER_PATH" == "" ) then
-        setenv JUPYTER_PATH "$_cpkgs_root/share/jupyter"
-    else if ( ":${JUPYTER_PATH}:" !~ "*:${_cpkgs_root}/share/jupyter:*" ) then
-        setenv JUPYTER_PATH "${JUPYTER_PATH}:$_cpkgs_root/share/jupyter"
+        setenv JUPYTER_PATH "$_cpkgs_out/share/jupyter"
+    else if ( ":${JUPYTER_PATH}:" !~ "*:${_cpkgs_out}/share/jupyter:*" ) then
+        setenv JUPYTER_PATH "${JUPYTER_PATH}:$_cpkgs_out/share/jupyter"
     endif
 
     if ( -f "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.csh" ) then

@@ -10,7 +10,9 @@
 #   CPKGS_INSTALLATION  this host's installation dir under the root (e.g. anaconda3_linux); a ~/.condarc may
 #                       say  envs_dirs: [/nfs/cpkgs/${CPKGS_INSTALLATION}/envs]  and conda expands it per host.
 # Also set: CONDA_PKGS_DIRS (a private 0700 dir on local disk, unless you set your own), MODULEPATH (when a
-# module system is loaded) and JUPYTER_PATH.  CPKGS_VERBOSE=1 explains why nothing was set up.
+# module system is loaded) and JUPYTER_PATH: this host's platform's modulefiles and kernels only (/nfs/cpkgs/modulefiles
+# and /nfs/cpkgs/share/jupyter on anaconda3_linux hosts, /nfs/cpkgs/<installation>/modulefiles and
+# .../share/jupyter elsewhere).  CPKGS_VERBOSE=1 explains why nothing was set up.
 #
 # Rules this file keeps (tested in bash, zsh, dash, ksh): no Python, one fork per source (a subshell running
 # `uname -sm`; it also runs `mkdir -m 700` / `ls -ldn` the first time the package cache dir is created or
@@ -124,16 +126,19 @@ else
         fi
     fi
 
-    # --- module system and Jupyter: append the site's dirs once.
+    # --- module system and Jupyter: append this platform's dirs once.  The site's primary installation keeps its
+    # modulefiles and kernels at the root; every other installation has its own, so no host sees another OS's envs.
+    _cpkgs_out=$_cpkgs_root
+    if [ "$_cpkgs_inst" != anaconda3_linux ]; then _cpkgs_out=$_cpkgs_root/$_cpkgs_inst; fi
     if [ -n "${MODULESHOME-}" ] || [ -n "${LMOD_CMD-}" ] || command -v module >/dev/null 2>&1; then
         case :${MODULEPATH-}: in
-            *":$_cpkgs_root/modulefiles:"*) ;;
-            *) MODULEPATH=${MODULEPATH:+$MODULEPATH:}$_cpkgs_root/modulefiles; export MODULEPATH ;;
+            *":$_cpkgs_out/modulefiles:"*) ;;
+            *) MODULEPATH=${MODULEPATH:+$MODULEPATH:}$_cpkgs_out/modulefiles; export MODULEPATH ;;
         esac
     fi
     case :${JUPYTER_PATH-}: in
-        *":$_cpkgs_root/share/jupyter:"*) ;;
-        *) JUPYTER_PATH=${JUPYTER_PATH:+$JUPYTER_PATH:}$_cpkgs_root/share/jupyter; export JUPYTER_PATH ;;
+        *":$_cpkgs_out/share/jupyter:"*) ;;
+        *) JUPYTER_PATH=${JUPYTER_PATH:+$JUPYTER_PATH:}$_cpkgs_out/share/jupyter; export JUPYTER_PATH ;;
     esac
 
     if [ -f "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.sh" ]; then
@@ -390,7 +395,7 @@ fi
 if [ -n "$_cpkgs_why" ] && [ "${CPKGS_VERBOSE-}" = 1 ]; then
     printf 'cpkgs: not set up: %s\n' "$_cpkgs_why" >&2
 fi
-unset _cpkgs_root _cpkgs_nl _cpkgs_inst _cpkgs_why _cpkgs_pkgs _cpkgs_probe _cpkgs_uid _cpkgs_k _cpkgs_v _cpkgs_x \
+unset _cpkgs_root _cpkgs_out _cpkgs_nl _cpkgs_inst _cpkgs_why _cpkgs_pkgs _cpkgs_probe _cpkgs_uid _cpkgs_k _cpkgs_v _cpkgs_x \
     _cpkgs_u _cpkgs_sub _cpkgs_w _cpkgs_ok
 # cpkgs-conda.csh runs this file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
 case ${_cpkgs_csh-} in
