@@ -28,14 +28,7 @@ if ( $?CONDA_PKGS_DIRS ) then
     if ( "$CONDA_PKGS_DIRS" != "" && "$CONDA_PKGS_DIRS" !~ "*cpkgs-pkgs*" ) set _cpkgs_mine = 0
 endif
 if ( $_cpkgs_mine ) then
-    if ( $?XDG_RUNTIME_DIR ) then
-        if ( "$XDG_RUNTIME_DIR" != "" ) then
-            if ( -d "$XDG_RUNTIME_DIR" && ! -l "$XDG_RUNTIME_DIR" && -o "$XDG_RUNTIME_DIR" ) then
-                set _cpkgs_pkgs = "$XDG_RUNTIME_DIR/cpkgs-pkgs"
-            endif
-        endif
-    endif
-    if ( "$_cpkgs_pkgs" == "" && $?uid ) then
+    if ( $?uid ) then
         set _cpkgs_pkgs = "/var/tmp/cpkgs-pkgs-$uid"
         if ( $?TMPDIR ) then
             if ( "$TMPDIR" =~ /?* ) set _cpkgs_pkgs = "${TMPDIR}/cpkgs-pkgs-$uid"

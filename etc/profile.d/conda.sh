@@ -32,22 +32,17 @@ _cpkgs_uid=
 # A CONDA_PKGS_DIRS that is not ours (no "cpkgs-pkgs" in it) is the user's choice and left alone.
 case ${CONDA_PKGS_DIRS-} in
     ''|*cpkgs-pkgs*)
-        # XDG_RUNTIME_DIR is the user's own 0700 dir on local disk (systemd creates it; nobody else can
-        # pre-create a name inside it).  Elsewhere TMPDIR or /var/tmp, with the uid in the name.
-        if [ -n "${XDG_RUNTIME_DIR-}" ] && [ -d "$XDG_RUNTIME_DIR" ] && [ ! -L "$XDG_RUNTIME_DIR" ] \
-            && [ -O "$XDG_RUNTIME_DIR" ]; then
-            _cpkgs_pkgs=$XDG_RUNTIME_DIR/cpkgs-pkgs
-        else
-            _cpkgs_uid=${UID-}
-            # dash and ksh have no $UID: the shell's own /proc/self/status has it (a builtin read, no fork).
-            if [ -z "$_cpkgs_uid" ] && [ -r /proc/self/status ]; then
-                while IFS=' 	' read -r _cpkgs_k _cpkgs_v _cpkgs_x; do
-                    case $_cpkgs_k in Uid:) _cpkgs_uid=$_cpkgs_v; break ;; esac
-                done < /proc/self/status
-            fi
-            case ${TMPDIR-} in /?*) _cpkgs_pkgs=${TMPDIR%/} ;; *) _cpkgs_pkgs=/var/tmp ;; esac
-            if [ -n "$_cpkgs_uid" ]; then _cpkgs_pkgs=$_cpkgs_pkgs/cpkgs-pkgs-$_cpkgs_uid; else _cpkgs_pkgs=; fi
+        # TMPDIR or /var/tmp with the uid in the name: local disk that survives logout (not XDG_RUNTIME_DIR, a
+        # small tmpfs a package cache would fill); the checks below refuse a path someone else pre-created.
+        _cpkgs_uid=${UID-}
+        # dash and ksh have no $UID: the shell's own /proc/self/status has it (a builtin read, no fork).
+        if [ -z "$_cpkgs_uid" ] && [ -r /proc/self/status ]; then
+            while IFS=' 	' read -r _cpkgs_k _cpkgs_v _cpkgs_x; do
+                case $_cpkgs_k in Uid:) _cpkgs_uid=$_cpkgs_v; break ;; esac
+            done < /proc/self/status
         fi
+        case ${TMPDIR-} in /?*) _cpkgs_pkgs=${TMPDIR%/} ;; *) _cpkgs_pkgs=/var/tmp ;; esac
+        if [ -n "$_cpkgs_uid" ]; then _cpkgs_pkgs=$_cpkgs_pkgs/cpkgs-pkgs-$_cpkgs_uid; else _cpkgs_pkgs=; fi
         # A dir we made (mkdir -m 700 succeeded) or adopted after checking its mode holds a stamp file; only
         # its owner can write there, so later sources trust owner + not-a-symlink + stamp without forking.
         if [ -n "$_cpkgs_pkgs" ] && [ ! -f "$_cpkgs_pkgs/.cpkgs-ok" ]; then _cpkgs_probe=$_cpkgs_pkgs; fi
