@@ -511,7 +511,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                     if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                         # NFS clients cache "no such file" for a while: another host published this name after
                         # our existence checks looked.
-                        msg = f"environment {name} ({subdir}) was published meanwhile by another run"
+                        msg = f"environment {name} ({subdir}) already exists: another run published it meanwhile"
                         raise EnvExists(msg) from None
                     raise
                 os.chmod(final, 0o555)
