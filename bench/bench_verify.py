@@ -51,6 +51,8 @@ def hashed_bytes(prefix: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--specs", nargs="+", default=list(C.SPECS),
+                    help="the env to verify (default: the standard 5 specs; e.g. python ipykernel for a bigger one)")
     args = ap.parse_args()
     if not shutil.which("sha256sum") or not shutil.which("xargs"):
         raise SystemExit("sha256sum and xargs (coreutils, findutils) are needed for the baseline")
@@ -59,7 +61,7 @@ def main() -> None:
     machine = C.print_machine()
     with C.temp_dir("verify") as tmp:
         root = C.make_site(tmp / "site", channel)
-        res = json.loads(C.cpkgs(root, "new-env", "bench-1.0", *C.SPECS, "--json").stdout)
+        res = json.loads(C.cpkgs(root, "new-env", "bench-1.0", *args.specs, "--json").stdout)
         prefix = Path(res["prefix"])
         rep = json.loads(C.cpkgs(root, "verify", "bench-1.0", "--json").stdout)[0]
         if rep["problems"]:

@@ -174,20 +174,39 @@ def _batches(order: list[Expected]) -> list[list[Expected]]:
     return out
 
 
+_PROCESS_MIN_FILES = 2000
+
+
+def _run_batches(prefix: str, batches: list[list[Expected]], workers: int) -> list[list[tuple[Problem | None, int]]]:
+    """Hash on every core. hashlib frees the GIL only inside each digest update, so with thousands of small files
+    threads serialize on the per-file Python work; forked processes do not. Fork only from a single-threaded
+    process (the `verify` command): forking next to live threads (a lock's heartbeat, rattler's runtime during
+    new-env) can deadlock the child, so then threads."""
+    import threading
+
+    files = sum(len(b) for b in batches)
+    if files >= _PROCESS_MIN_FILES and threading.active_count() == 1 and hasattr(os, "fork"):
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as procs:
+            return procs.starmap(_check_batch, [(prefix, b) for b in batches], chunksize=1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda b: _check_batch(prefix, b), batches))
+
+
 def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Problem], int, int]:
     """(problems, files checked, bytes hashed). Also reports files on disk that no package lists."""
     expected = expected_files(prefix)
     problems: list[Problem] = []
     total = 0
     workers = workers or max(2, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Large files first, so the slowest hash does not start last; small files in batches (see _BATCH_BYTES).
-        order = sorted(expected.values(), key=lambda e: -(e.size or 0))
-        for batch in pool.map(lambda b: _check_batch(str(prefix), b), _batches(order)):
-            for problem, size in batch:
-                total += size
-                if problem:
-                    problems.append(problem)
+    # Large files first, so the slowest hash does not start last; small files in batches (see _BATCH_BYTES).
+    batches = _batches(sorted(expected.values(), key=lambda e: -(e.size or 0)))
+    for batch in _run_batches(str(prefix), batches, workers):
+        for problem, size in batch:
+            total += size
+            if problem:
+                problems.append(problem)
     on_disk = set()
     for dirpath, dirnames, filenames in os.walk(prefix):
         rel_dir = os.path.relpath(dirpath, prefix)
