@@ -170,3 +170,18 @@ def test_file_swapped_for_a_symlink_and_edited_metadata_are_caught(tmp_path: Pat
     kinds = {(p["kind"], p["path"]) for p in r.json()[0]["problems"]}
     assert ("modified", "conda-meta") in kinds
     assert ("modified", "bin/cpkgs-test-lib-version") not in kinds  # its hash was forged: only the digest sees it
+
+
+def test_big_env_hashed_in_processes_still_reports_problems(tmp_path: Path, channel_url: str) -> None:
+    """Over 2,000 files the `verify` command hashes in forked processes; problems must come back the same."""
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "big-1.0", "python", "ipykernel", root=root).returncode == 0
+    prefix = root / ENVS / "big-1.0"
+    ok = run_cpkgs("verify", "big-1.0", "--json", root=root)
+    assert ok.returncode == 0 and ok.json()[0]["files"] > 2000, ok
+    target = next((prefix / "lib" / "python3.11" / "site-packages" / "ipykernel").glob("*.py"))
+    unsealed(target)
+    target.write_text(target.read_text() + "\n# tampered\n")
+    r = run_cpkgs("verify", "big-1.0", root=root)
+    rel = str(target.relative_to(prefix))
+    assert r.returncode == 4 and f"modified: {rel}" in r.stdout, r
