@@ -23,7 +23,8 @@ watchdog() {
 }
 watchdog &
 WD=$!
-/work/main/.venv/bin/python /work/main/nfs/scenarios/run.py "$ROLE" "$CHANNEL" "$ONLY"
+REPO=$(cd "$(dirname "$0")/.." && pwd)   # the clone the harness runs from (passed on the kernel command line)
+"$REPO/.venv/bin/python" "$REPO/nfs/scenarios/run.py" "$ROLE" "$CHANNEL" "$ONLY"
 rc=$?
 kill $WD 2>/dev/null
 exit $rc

@@ -223,7 +223,7 @@ class Guest:
             "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(mem), "-smp", "1",
             "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 cpkgs.host={host} cpkgs.role={role} cpkgs.run={RUN}",
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 cpkgs.host={host} cpkgs.role={role} cpkgs.run={RUN} cpkgs.repo={REPO}",
             "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
             "-device", "virtio-rng-pci",
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -256,6 +256,10 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
     ap.add_argument("--watch", type=int, default=120, help="seconds between the guests' watchdog reports")
     args = ap.parse_args()
+    if any(c.isspace() for c in str(REPO)):
+        # The guests learn where the clone is from the kernel command line, which splits on blanks.
+        print(f"test-nfs: the repository path {REPO} contains a blank; clone it elsewhere", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if os.geteuid() != 0:
         print("test-nfs: must run as root (ganesha.nfsd serves the exports with root's rights)", file=sys.stderr)

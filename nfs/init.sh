@@ -8,7 +8,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 arg() { sed -n "s/.*\bcpkgs\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-HOST=$(arg host); ROLE=$(arg role); RUN=$(arg run)
+HOST=$(arg host); ROLE=$(arg role); RUN=$(arg run); REPO=$(arg repo)
 die() { echo "GUEST-FATAL[$HOST]: $*"; poweroff -f; sleep 5; }
 
 KV=$(uname -r)
@@ -51,7 +51,7 @@ mount -t nfs4 -o $NFSOPT 10.0.2.2:/export $R/mnt/nfs || die "nfs mount /export f
 mount -t nfs4 -o $NFSOPT,noac,lookupcache=none,nosharecache 10.0.2.2:/export/ctl $R/mnt/ctl || die "nfs mount ctl failed"
 mount -t nfs4 -o $NFSOPT 10.0.2.2:/export-sq $R/mnt/sq || die "nfs mount /export-sq failed"
 echo "GUEST-UP $HOST $(cat /proc/uptime)"
-chroot $R /bin/bash /work/main/nfs/guest.sh "$ROLE" "$HOST" "$RUN"
+chroot $R /bin/bash "$REPO/nfs/guest.sh" "$ROLE" "$HOST" "$RUN"
 echo "GUEST-DONE $HOST rc=$?"
 sync
 umount $R/mnt/sq $R/mnt/ctl $R/mnt/nfs 2>/dev/null

@@ -29,7 +29,7 @@ ROLE = sys.argv[1]
 PEER = "B" if ROLE == "A" else "A"
 CHANNEL = sys.argv[2]
 ONLY = {s for s in (sys.argv[3] if len(sys.argv) > 3 else "").split(",") if s}
-REPO = Path("/work/main")
+REPO = Path(__file__).resolve().parent.parent.parent
 PY = str(REPO / ".venv/bin/python")
 CPKGS = str(REPO / ".venv/bin/cpkgs")
 LOCK_WORKER = str(REPO / "tests/helpers/lock_worker.py")
