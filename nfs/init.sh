@@ -30,6 +30,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroo
 if [ -d $R/root/.pyenv ]; then
     mkdir -p /pyenv && mount --bind $R/root/.pyenv /pyenv
 fi
+# The clone may sit under a directory the tmpfs mounts below hide (/tmp, /root, /run, /mnt): keep it reachable.
+mkdir -p /repo && mount --bind "$R$REPO" /repo || die "repository $REPO not visible over 9p"
 mount -t tmpfs -o mode=0755 tmpfs $R/root
 if [ -d /pyenv/bin ] || [ -d /pyenv/versions ]; then
     mkdir $R/root/.pyenv && mount --move /pyenv $R/root/.pyenv
@@ -44,6 +46,7 @@ mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 mount -t tmpfs -o mode=0755 tmpfs $R/mnt
 mkdir -p $R/mnt/nfs $R/mnt/ctl $R/mnt/sq
+mkdir -p "$R$REPO" 2>/dev/null; mount --move /repo "$R$REPO" || die "cannot put the repository back at $REPO"
 NFSOPT=addr=10.0.2.2,clientaddr=10.0.2.15,vers=4.1
 # the scenarios' mount: default options, as a site would mount it
 mount -t nfs4 -o $NFSOPT 10.0.2.2:/export $R/mnt/nfs || die "nfs mount /export failed"
