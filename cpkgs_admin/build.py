@@ -318,17 +318,6 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
 # ----------------------------------------------------------------------------------------------------- pipeline
 
 
-def _tree_size(prefix: Path) -> tuple[int, int]:
-    files = size = 0
-    for dirpath, _d, filenames in os.walk(prefix):
-        for n in filenames:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, n))
-                files += 1
-                size += st.st_size
-    return files, size
-
-
 def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None:
     """Raise EnvExists when NAME is taken; return an embedded record to restore when a run died after publishing."""
     from cpkgs_admin.records import load_record_file, record_from_json
@@ -463,15 +452,14 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             from cpkgs_admin.verify import (
                 EXECUTABLES_LIST,
                 SITE_MANIFEST,
-                executables_at_publish,
+                census_at_publish,
                 meta_digest,
                 site_manifest,
                 unhashed_patched_files,
             )
 
             manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging)])
-            executables = executables_at_publish(staging)
-            record.file_count, record.size = _tree_size(staging)
+            record.file_count, record.size, executables = census_at_publish(staging)
             record.file_count += 3  # the manifest, the executables list and the embedded record below
             _write_staged_json(staging / SITE_MANIFEST, manifest)
             _write_staged_json(staging / EXECUTABLES_LIST, executables)

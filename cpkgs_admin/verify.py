@@ -260,15 +260,20 @@ def package_executables(prefix: Path) -> set[str] | None:
         return None
 
 
-def executables_at_publish(prefix: Path) -> list[str]:
-    out = []
+def census_at_publish(prefix: Path) -> tuple[int, int, list[str]]:
+    """(file count, bytes, executable files) of a staged env, in one walk: the record needs the first two and
+    verify's later permission check the last."""
+    files = size = 0
+    executables = []
     for dirpath, _dirnames, filenames in os.walk(prefix):
         for name in filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
+            files += 1
+            size += st.st_size
             if stat.S_ISREG(st.st_mode) and st.st_mode & EXEC_BITS:
-                out.append(os.path.relpath(path, prefix))
-    return sorted(out)
+                executables.append(os.path.relpath(path, prefix))
+    return files, size, sorted(executables)
 
 
 def meta_digest(prefix: Path) -> str:
