@@ -63,14 +63,15 @@ print(json.dumps(out))
 
 VARIANTS = ("cpkgs", "bare", "bare-copy")
 LABELS = {
-    "cpkgs": "cpkgs new-env (whole CLI, copies)",
+    "cpkgs": "cpkgs new-env (whole CLI)",
     "bare": "bare rattler solve+install (default: hard links)",
     "bare-copy": "bare rattler solve+install, copy-only config",
 }
 
 
 class Bench:
-    def __init__(self, tmp: Path, channel: Path) -> None:
+    def __init__(self, tmp: Path, channel: Path, specs: list[str]) -> None:
+        self.specs = specs
         self.tmp = tmp
         self.channel = channel
         self.root = C.make_site(tmp / "site", channel)
@@ -85,7 +86,7 @@ class Bench:
         C.drop_writeback()
         if variant == "cpkgs":
             name = f"bench-1.{self.n}"
-            dt, proc = C.timed([C.CPKGS, "--root", str(self.root), "new-env", name, *C.SPECS, "--json"])
+            dt, proc = C.timed([C.CPKGS, "--root", str(self.root), "new-env", name, *self.specs, "--json"])
             res = json.loads(proc.stdout)
             self.info.update(packages=len(res["packages"]), files=res["file_count"], size=res["size"])
             C.rmtree(Path(res["prefix"]))
@@ -93,7 +94,7 @@ class Bench:
         prefix = self.bare_dir / f"env-{self.n}"
         copy_only = "1" if variant == "bare-copy" else "0"
         dt, proc = C.timed(
-            [C.PYTHON, "-c", BARE, self.channel.as_uri(), str(self.bare_cache), str(prefix), copy_only, *C.SPECS],
+            [C.PYTHON, "-c", BARE, self.channel.as_uri(), str(self.bare_cache), str(prefix), copy_only, *self.specs],
             retry_crash=2,
             cleanup=lambda: C.rmtree(prefix),
         )
@@ -105,6 +106,8 @@ class Bench:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--specs", nargs="+", default=list(C.SPECS),
+                    help="the env to build (default: the standard 5 specs; e.g. python ipykernel for a bigger one)")
     args = ap.parse_args()
     if not shutil.which(C.CPKGS):
         raise SystemExit(f"{C.CPKGS} not found: run 'make venv' first")
@@ -112,7 +115,7 @@ def main() -> None:
     channel = C.channel_dir()
     machine = C.print_machine()
     with C.temp_dir("new-env") as tmp:
-        b = Bench(tmp, channel)
+        b = Bench(tmp, channel, args.specs)
         for v in VARIANTS:  # warm both package caches, repodata caches and the page cache; not timed
             b.run(v)
         walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -140,7 +143,7 @@ def main() -> None:
     bare_ph = med_phases("bare")
     copy_ph = med_phases("bare-copy")
 
-    print(f"new-env: {' '.join(C.SPECS)}")
+    print(f"new-env: {' '.join(args.specs)}")
     print(f"  {info.get('packages')} packages, {info.get('files')} files, {info.get('size', 0) / 2**20:.1f} MiB; "
           f"median of {args.runs} alternating runs, warm package caches, fresh prefix each run")
     for v in VARIANTS:
@@ -156,7 +159,7 @@ def main() -> None:
         print(f"  note: {len(C.CRASHES)} bare py-rattler run(s) crashed at interpreter exit and were rerun "
               f"({', '.join(C.CRASHES)})")
     C.final_json("new-env", {
-        "specs": C.SPECS,
+        "specs": args.specs,
         "runs": args.runs,
         "packages": info.get("packages"),
         "files": info.get("files"),

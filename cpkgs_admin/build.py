@@ -43,6 +43,8 @@ STAGING_PREFIX = ".staging-"
 STAGING_SEP = "@"
 EMBEDDED_RECORD = "conda-meta/cpkgs/record.json"
 PKG_LIST = "list-of-pkgs-inside.txt"
+# Inside the site package cache: digests of cache inodes new-env has already hashed (verify.HashMemo).
+HASH_MEMO_DIR = ".cpkgs-verified"
 EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
 
 
@@ -200,9 +202,11 @@ def cache_is_admin_only(cache_dir: Path, admin_gid: int | None) -> bool:
     """Whether only the admin (and the admin group) can write the package cache and every dir above it in .cpkgs.
 
     Only then may env files be hard links into it (DESIGN: never hard-linked to a cache anyone else can write):
-    whoever can write the cache could otherwise change a sealed env's files behind its seal."""
+    whoever can write the cache could otherwise change a sealed env's files behind its seal. The same goes for the
+    hash memo kept in it (verify.HashMemo), which new-env trusts in place of re-reading linked files."""
+    memo = cache_dir / HASH_MEMO_DIR
     try:
-        for d in (cache_dir, cache_dir.parent):
+        for d in (cache_dir, cache_dir.parent, *([memo] if memo.exists() else [])):
             st = d.stat()
             if st.st_mode & 0o002:
                 return False
@@ -454,35 +458,48 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 SITE_MANIFEST,
                 census_at_publish,
                 meta_digest,
+                read_conda_meta,
+                scan_tree,
                 site_manifest,
                 unhashed_patched_files,
             )
 
-            manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging)])
-            record.file_count, record.size, executables = census_at_publish(staging)
+            meta = read_conda_meta(staging)  # read and parsed once for the manifest, the digest and verify
+            manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
+            # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
+            # else can write the 0700 staging dir, so the scan stays true until the rename.
+            tree = scan_tree(staging)
+            record.file_count, record.size, executables = census_at_publish(tree)
             record.file_count += 3  # the manifest, the executables list and the embedded record below
             _write_staged_json(staging / SITE_MANIFEST, manifest)
             _write_staged_json(staging / EXECUTABLES_LIST, executables)
-            record.meta_sha256 = meta_digest(staging)
+            record.meta_sha256 = meta_digest(staging, meta)
             _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
+            for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
+                tree[rel] = os.lstat(staging / rel)
             timings["post"] = time.monotonic() - t
 
             t = time.monotonic()
-            from cpkgs_admin.verify import check_integrity
+            from cpkgs_admin.verify import HashMemo, check_integrity
 
-            problems, _n, _b = check_integrity(staging)
+            # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
+            # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
+            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR) if hard_links else None
+            problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta)
             if problems:
                 p = problems[0]
                 raise BuildError(
                     f"verify failed before publishing {name}: {p.kind} {p.path} ({p.detail})"
                     + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
                 )
+            if memo is not None:
+                memo.save()
             timings["verify"] = time.monotonic() - t
 
             t = time.monotonic()
             from cpkgs_admin.seal import seal_tree
 
-            seal_tree(staging, site.admin_gid(), top_mode=0o700)
+            seal_tree(staging, site.admin_gid(), top_mode=0o700, tree=tree)
             timings["seal"] = time.monotonic() - t
 
             t = time.monotonic()
@@ -504,6 +521,8 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                     raise
                 os.chmod(final, 0o555)
                 save_record(site.record_path(name, subdir), record)
+                # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
+                warnings = _finish_publish(site, record, "ok")
         except BaseException:
             from cpkgs_admin.seal import make_removable
 
@@ -511,7 +530,6 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 make_removable(staging)
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        warnings = _finish_publish(site, record, "ok")
         timings["publish"] = time.monotonic() - t
     return BuildResult(
         name=name,

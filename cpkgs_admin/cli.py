@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -592,6 +591,8 @@ def _run(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="cpkgs", standalone_mode=False)
     except CpkgsError as exc:
         if _state["verbose"]:
+            import traceback
+
             traceback.print_exc()
         click.echo(f"cpkgs: {exc}", err=True)
         return exc.exit_code
@@ -614,6 +615,8 @@ def _run(argv: list[str] | None) -> int:
         return 1
     except Exception as exc:
         if _state["verbose"]:
+            import traceback
+
             traceback.print_exc()
         click.echo(f"cpkgs: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
         return 1

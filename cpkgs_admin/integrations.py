@@ -17,6 +17,7 @@ import contextlib
 import os
 import shlex
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,20 @@ class Activation:
     variables: tuple[tuple[str, str], ...] = ()
 
 
-def _env0(script: str, env: dict[str, str], where: Path) -> dict[str, str]:
+def _run_sh(script: str, env: dict[str, str], where: Path) -> bytes:
     try:
         proc = subprocess.run(
             ["/bin/sh", "-c", script], env=env, cwd="/", capture_output=True, timeout=ACTIVATION_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired:
         raise CpkgsError(f"{where}: activate.d scripts did not finish within {ACTIVATION_TIMEOUT:.0f}s") from None
+    return proc.stdout
+
+
+def _env0(dump: bytes) -> dict[str, str]:
+    """`env -0` output -> variables."""
     out: dict[str, str] = {}
-    for item in proc.stdout.split(b"\0"):
+    for item in dump.split(b"\0"):
         key, sep, value = item.partition(b"=")
         if sep and key:
             out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
@@ -77,10 +83,14 @@ def activation_of(prefix: Path, name: str) -> Activation:
     base_path = f"{prefix}/bin:/usr/bin:/bin"
     env = {"PATH": base_path, "CONDA_PREFIX": str(prefix), "CONDA_DEFAULT_ENV": name, "CONDA_SHLVL": "1",
            "HOME": "/nonexistent", "LC_ALL": "C"}
-    before = _env0("env -0", env, act_dir)
-    # Sourced like conda does: one after another in sorted order, a failing script does not stop the rest.
+    # One shell: its environment, a separator no variable can contain (NUL-delimited, random), the scripts sourced
+    # like conda does (one after another in sorted order, a failing one does not stop the rest; their own output
+    # goes to stderr, away from the dumps), then its environment again.
+    sep = f"cpkgs-{uuid.uuid4().hex}"
     sourcing = "".join(f". {shlex.quote(str(s))}\n" for s in scripts)
-    after = _env0(sourcing + "env -0", env, act_dir)
+    out = _run_sh(f"env -0; printf '\\0{sep}\\0'; {{\n{sourcing}}} >&2; env -0", env, act_dir)
+    first, _found, second = out.partition(f"\0{sep}\0".encode())
+    before, after = _env0(first), _env0(second)
     variables = tuple(
         sorted((k, v) for k, v in after.items() if k not in _NOT_ACTIVATION and before.get(k) != v)
     )
@@ -127,7 +137,8 @@ def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]
         if path.exists() or path.is_symlink():
             # A package's own file: replacing it would fail verification against conda-meta.
             raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
-        atomic_write(path, text, 0o644)
+        # Inside the private staging dir: published whole by the rename, discarded whole on failure; no fsyncs.
+        atomic_write(path, text, 0o644, durable=False)
     return list(files)
 
 
@@ -138,7 +149,7 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
     """Before anything is installed: refuse an env whose module or kernel names would collide with another env's
     of the same platform (each platform has its own module and kernel trees)."""
     others = [
-        r for r in load_all(site.records_dir)
+        r for r in load_all(site.records_dir, shared=True)
         if r.status != "removed" and r.name != name.name and r.platform == subdir
     ]
     for r in others:
@@ -252,7 +263,7 @@ def _sync_name(site: Site, rec: EnvRecord) -> tuple[list[str], list[str]]:
     """Bring the outside files of REC's name and family in REC's platform's trees in line with the records;
     (written, removed)."""
     plat = rec.platform
-    chosen = [r for r in published(site, load_all(site.records_dir)) if r.platform == plat]
+    chosen = [r for r in published(site, load_all(site.records_dir, shared=True)) if r.platform == plat]
     target = next((r for r in chosen if r.name == rec.name), None)
     desired: dict[Path, str] = {}
     if target is not None:

@@ -10,6 +10,7 @@ rename, which NFS does atomically on the server. `SoftFileLease` adds a heartbea
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -28,11 +29,13 @@ from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem
 # --------------------------------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *, durable: bool = True) -> None:
     """Temp file in the same directory, fsync, os.replace: readers see the old or the new file, never half of one.
 
     The temp name starts with '.' and ends with '.tmp' so listings skip it; the directory is fsynced so the rename
-    survives a crash of the writer's host (NFS commits on close, local filesystems need the dir fsync).
+    survives a crash of the writer's host (NFS commits on close, local filesystems need the dir fsync). Not DURABLE:
+    no fsyncs, for files whose loss in a crash of this host does not matter (a lock's owner record dies with the
+    lock's holder), still never seen half-written.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -41,14 +44,17 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -78,6 +84,7 @@ def write_if_changed(path: Path, data: str, mode: int = 0o644) -> bool:
 # --------------------------------------------------------------------------------------------------- owner records
 
 
+@functools.cache
 def _process_start(pid: int) -> float | None:
     import psutil
 
@@ -202,7 +209,9 @@ class SiteLock:
             command=current_command(),
             acquired_at=time.time(),
         )
-        atomic_write_json(_owner_file(self.path), asdict(owner))
+        # Not fsynced: it names the holder for `cpkgs locks` and error messages, and dies with the holder anyway.
+        atomic_write(_owner_file(self.path), json.dumps(asdict(owner), indent=2, sort_keys=True) + "\n",
+                     durable=False)
         self._owner = owner
         SiteLock._held[key] = 1
 

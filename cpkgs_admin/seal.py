@@ -28,23 +28,32 @@ def _walk(top: Path) -> list[tuple[str, os.stat_result]]:
     return out
 
 
-def seal_tree(top: Path, gid: int | None = None, top_mode: int = 0o555) -> int:
+def seal_tree(
+    top: Path, gid: int | None = None, top_mode: int = 0o555, tree: dict[str, os.stat_result] | None = None
+) -> int:
     """Seal every file and directory under TOP, TOP itself last (a failure leaves it visibly unsealed).
 
-    The build passes top_mode=0o700 so a staging dir stays private until it is renamed into place."""
+    The build passes top_mode=0o700 so a staging dir stays private until it is renamed into place, and TREE, the
+    scan (relative path -> lstat) it already made of that dir, which nobody else can write, to spare a walk."""
     count = 0
+    entries = _walk(top) if tree is None else tree.items()
+    base = os.path.join(top, "")
     try:
-        for path, st in _walk(top):
-            if stat.S_ISLNK(st.st_mode):
+        for name, st in entries:
+            mode = st.st_mode
+            if stat.S_ISLNK(mode):
                 if gid is not None and st.st_gid != gid:
-                    os.lchown(path, -1, gid)
+                    os.lchown(base + name if tree is not None else name, -1, gid)
                 continue
+            count += 1
+            sealed = sealed_mode(mode)
+            if (mode & 0o7777) == sealed and (gid is None or st.st_gid == gid):
+                continue  # already sealed (a cache inode sealed with an earlier env): no system call
+            path = base + name if tree is not None else name
             if gid is not None and st.st_gid != gid:
                 os.lchown(path, -1, gid)
-            mode = sealed_mode(st.st_mode)
-            if (st.st_mode & 0o7777) != mode:
-                os.chmod(path, mode)
-            count += 1
+            if (mode & 0o7777) != sealed:
+                os.chmod(path, sealed)
         if gid is not None:
             os.lchown(top, -1, gid)
         os.chmod(top, top_mode)

@@ -6,16 +6,18 @@ without the start-up cost of processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.seal import EXEC_BITS
@@ -25,8 +27,8 @@ from cpkgs_admin.seal import EXEC_BITS
 SITE_MANIFEST = "conda-meta/cpkgs/site-files.json"
 EXECUTABLES_LIST = "conda-meta/cpkgs/executables.json"
 _BUF = 1 << 20
-# Small files are hashed in batches of about this many bytes (or _BATCH_FILES files): one pool task per file costs
-# more in thread hand-offs (GIL convoy) than hashing the file.
+# Worker processes get files in batches of about this many bytes (or _BATCH_FILES files): one task per file costs
+# more in hand-offs than hashing a small file.
 _BATCH_BYTES = 4 << 20
 _BATCH_FILES = 64
 _local = threading.local()
@@ -55,13 +57,15 @@ class VerifyReport:
         return d
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(NamedTuple):
+    """What one path of an env must be (a tuple: envs have tens of thousands of them)."""
+
     rel: str
     sha256: str | None
     size: int | None
     executable: bool | None
     link: bool = False  # the package ships a symlink here (anything else must be a regular file)
+    dist: str = ""  # the package (its conda-meta record's name) the file belongs to; "" for cpkgs' own files
 
 
 def is_nfs_silly(name: str) -> bool:
@@ -85,19 +89,32 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def expected_files(prefix: Path) -> dict[str, Expected]:
-    """What conda-meta says the prefix holds: path -> sha256 (after prefix replacement) and size."""
+# conda-meta/*.json of a prefix: (path, its bytes, parsed). new-env reads it once for its post-process and verify.
+CondaMeta = list[tuple[Path, bytes, Any]]
+
+
+def read_conda_meta(prefix: Path) -> CondaMeta:
     meta = prefix / "conda-meta"
-    out: dict[str, Expected] = {}
+    out: CondaMeta = []
     try:
         entries = sorted(meta.glob("*.json"))
     except OSError as exc:
         raise CpkgsError(f"{meta}: cannot read: {exc.strerror}") from None
     for p in entries:
         try:
-            data = json.loads(p.read_bytes())
+            raw = p.read_bytes()
+            out.append((p, raw, json.loads(raw)))
         except (OSError, ValueError) as exc:
             raise CpkgsError(f"{p}: unreadable conda-meta record ({exc})") from None
+    return out
+
+
+def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Expected]:
+    """What conda-meta says the prefix holds: path -> sha256 (after prefix replacement) and size."""
+    out: dict[str, Expected] = {}
+    for p, _raw, data in read_conda_meta(prefix) if meta is None else meta:
+        if not isinstance(data, dict):
+            raise CpkgsError(f"{p}: unreadable conda-meta record (not a JSON object)")
         paths = (data.get("paths_data") or {}).get("paths") or []
         for e in paths:
             if e.get("path_type") == "directory":
@@ -113,7 +130,7 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
             link = e.get("path_type") == "softlink"
             if link:
                 sha, size = None, None
-            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None, link=link)
+            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None, link=link, dist=p.stem)
     manifest = prefix / SITE_MANIFEST
     if manifest.exists():
         try:
@@ -127,45 +144,64 @@ def expected_files(prefix: Path) -> dict[str, Expected]:
     return out
 
 
-def _check_one(prefix: str, exp: Expected) -> tuple[Problem | None, int]:
+# One file's check: (problem or None, bytes checked, a memo entry to remember or None).
+_Result = tuple[Problem | None, int, "tuple[str, str, int, int, int, str] | None"]
+# [inode, size, mtime_ns, sha256] of a cache inode already hashed, as HashMemo stores it.
+_Known = list[Any]
+
+
+def _check_one(
+    prefix: str, exp: Expected, known: _Known | None, seen: os.stat_result | None, trust_before: float
+) -> _Result:
+    """SEEN: the file's lstat from a scan the caller already made (new-env's private staging dir), else None."""
     path = os.path.join(prefix, exp.rel)
     try:
-        st = os.lstat(path)
+        st = seen if seen is not None else os.lstat(path)
     except FileNotFoundError:
-        return Problem("missing", exp.rel, "listed in conda-meta but not on disk"), 0
+        return Problem("missing", exp.rel, "listed in conda-meta but not on disk"), 0, None
     except OSError as exc:
-        return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0
+        return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0, None
     if stat.S_ISLNK(st.st_mode) != exp.link:
         # A file swapped for a symlink (or the reverse) would pass a content check through the link's target.
         what = "a symlink where the package has a file" if not exp.link else "not the symlink the package has"
-        return Problem("replaced", exp.rel, what), 0
+        return Problem("replaced", exp.rel, what), 0, None
     if exp.link:
-        return None, 0
+        return None, 0, None
     if not stat.S_ISREG(st.st_mode):
-        return Problem("replaced", exp.rel, "not a regular file"), 0
+        return Problem("replaced", exp.rel, "not a regular file"), 0, None
     if exp.size is not None and st.st_size != exp.size:
-        return Problem("modified", exp.rel, f"size {st.st_size}, expected {exp.size}"), st.st_size
-    if exp.sha256 is not None:
-        try:
-            digest = sha256_file(path)
-        except OSError as exc:
-            return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0
-        if digest != exp.sha256:
-            return Problem("modified", exp.rel, f"sha256 {digest[:16]}…, expected {exp.sha256[:16]}…"), st.st_size
-    return None, st.st_size
+        return Problem("modified", exp.rel, f"size {st.st_size}, expected {exp.size}"), st.st_size, None
+    if exp.sha256 is None:
+        return None, st.st_size, None
+    if known is not None and st.st_nlink > 1 and known == [st.st_ino, st.st_size, st.st_mtime_ns, exp.sha256]:
+        return None, st.st_size, None  # the cache inode hashed before, unchanged since (HashMemo)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        return Problem("unreadable", exp.rel, exc.strerror or str(exc)), 0, None
+    if digest != exp.sha256:
+        return Problem("modified", exp.rel, f"sha256 {digest[:16]}…, expected {exp.sha256[:16]}…"), st.st_size, None
+    remember = None
+    if st.st_nlink > 1 and exp.dist and st.st_mtime < trust_before:
+        remember = (exp.dist, exp.rel, st.st_ino, st.st_size, st.st_mtime_ns, digest)
+    return None, st.st_size, remember
 
 
-def _check_batch(prefix: str, batch: list[Expected]) -> list[tuple[Problem | None, int]]:
-    return [_check_one(prefix, e) for e in batch]
+_Item = tuple[Expected, "_Known | None", "os.stat_result | None"]
 
 
-def _batches(order: list[Expected]) -> list[list[Expected]]:
-    out: list[list[Expected]] = []
-    cur: list[Expected] = []
+def _check_batch(prefix: str, batch: list[_Item], trust_before: float) -> list[_Result]:
+    return [_check_one(prefix, e, known, seen, trust_before) for e, known, seen in batch]
+
+
+def _batches(order: list[_Item]) -> list[list[_Item]]:
+    out: list[list[_Item]] = []
+    cur: list[_Item] = []
     acc = 0
-    for e in order:
-        cur.append(e)
-        acc += e.size or 0
+    for item in order:
+        cur.append(item)
+        if item[1] is None:  # memo hits cost an lstat at most: they do not fill a batch
+            acc += item[0].size or 0
         if acc >= _BATCH_BYTES or len(cur) >= _BATCH_FILES:
             out.append(cur)
             cur, acc = [], 0
@@ -175,80 +211,237 @@ def _batches(order: list[Expected]) -> list[list[Expected]]:
 
 
 _PROCESS_MIN_FILES = 2000
+# Below this many bytes to hash, one thread finishes before a pool has started.
+_THREAD_MIN_BYTES = 1 << 20
 
 
-def _run_batches(prefix: str, batches: list[list[Expected]], workers: int) -> list[list[tuple[Problem | None, int]]]:
-    """Hash on every core. hashlib frees the GIL only inside each digest update, so with thousands of small files
-    threads serialize on the per-file Python work; forked processes do not. Fork only from a single-threaded
-    process (the `verify` command): forking next to live threads (a lock's heartbeat, rattler's runtime during
-    new-env) can deadlock the child, so then threads."""
-    import threading
+class _TwoEnds:
+    """Checks ordered large to small, taken from both ends: big-file workers take one from the front, the
+    small-file worker a handful from the back, until they meet.
 
-    files = sum(len(b) for b in batches)
-    if files >= _PROCESS_MIN_FILES and threading.active_count() == 1 and hasattr(os, "fork"):
+    hashlib frees the GIL only inside a digest update: a thread hashing big files spends its time there, a thread
+    on small files mostly in Python (open, lstat, bookkeeping). Two threads both on small files only take turns on
+    the GIL; one on each end keeps both cores busy and balances itself (benchmark env, 1,280 files / 55 MiB: 55 ms
+    in mixed batches, 42 ms from two ends, 55 ms in one thread)."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.items = items
+        self.lo = 0
+        self.hi = len(items)
+        self.lock = threading.Lock()
+
+    def front(self) -> list[_Item]:
+        with self.lock:
+            if self.lo >= self.hi:
+                return []
+            self.lo += 1
+            return [self.items[self.lo - 1]]
+
+    def back(self, n: int = 32) -> list[_Item]:
+        with self.lock:
+            if self.lo >= self.hi:
+                return []
+            start = max(self.lo, self.hi - n)
+            got, self.hi = self.items[start:self.hi], start
+            return got
+
+
+def _drain(prefix: str, take: Callable[[], list[_Item]], trust_before: float) -> list[_Result]:
+    out: list[_Result] = []
+    while chunk := take():
+        out += _check_batch(prefix, chunk, trust_before)
+    return out
+
+
+def _run_checks(
+    prefix: str, items: list[_Item], workers: int, trust_before: float, meanwhile: Callable[[], None]
+) -> list[_Result]:
+    """Check ITEMS (ordered large to small) on every core; run MEANWHILE (a walk of the tree) in this thread while
+    the workers hash.
+
+    Many small files (a big env): forked processes, in batches, where no GIL is shared. Fork only from a
+    single-threaded process (the `verify` command): forking next to live threads (a lock's heartbeat, rattler's
+    runtime during new-env) can deadlock the child. Otherwise threads working from both ends (_TwoEnds)."""
+    if sum(e.size or 0 for e, known, _seen in items if known is None) < _THREAD_MIN_BYTES:
+        meanwhile()
+        return _check_batch(prefix, items, trust_before)
+    if len(items) >= _PROCESS_MIN_FILES and threading.active_count() == 1 and hasattr(os, "fork"):
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(workers) as procs:
-            return procs.starmap(_check_batch, [(prefix, b) for b in batches], chunksize=1)
+            args = [(prefix, b, trust_before) for b in _batches(items)]
+            pending = procs.starmap_async(_check_batch, args, chunksize=1)
+            meanwhile()
+            return [r for batch in pending.get() for r in batch]
+    ends = _TwoEnds(items)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda b: _check_batch(prefix, b), batches))
+        big = [pool.submit(_drain, prefix, ends.front, trust_before) for _ in range(max(1, workers - 1))]
+        small = pool.submit(_drain, prefix, ends.back, trust_before)
+        meanwhile()
+        return [r for f in [*big, small] for r in f.result()]
 
 
-def check_integrity(prefix: Path, workers: int | None = None) -> tuple[list[Problem], int, int]:
-    """(problems, files checked, bytes hashed). Also reports files on disk that no package lists."""
-    expected = expected_files(prefix)
+class HashMemo:
+    """The sha256 of package-cache inodes that new-env has already read and found right, so that the next build
+    linking the same unchanged inode need not read it again.
+
+    Env files hard-linked from the admin-only site cache are the cache's own inodes (build.cache_is_admin_only).
+    An inode's entry is (inode number, size, mtime in ns, sha256), stored per package under the cache; a file is
+    taken as checked only when it is still a hard link with exactly that inode, size and mtime. Any write to the
+    inode moves its mtime, the rule git's index relies on; as in git, an inode whose mtime was less than
+    RACY_SECONDS old when it was hashed is never remembered (a write in the same clock tick would not show).
+    The memo is a cache: lost or unreadable files are re-hashed, never trusted. `cpkgs verify` does not use it and
+    reads every byte, so bit rot under an unchanged mtime is found there."""
+
+    RACY_SECONDS = 2.0
+    VERSION = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._entries: dict[str, dict[str, list[Any]]] = {}
+        self._dirty: set[str] = set()
+
+    def _load(self, dist: str) -> dict[str, list[Any]]:
+        got = self._entries.get(dist)
+        if got is None:
+            got = {}
+            try:
+                data = json.loads((self.dir / f"{dist}.json").read_bytes())
+                files = data.get("files") if isinstance(data, dict) and data.get("version") == self.VERSION else None
+                if isinstance(files, dict):
+                    got = files
+            except (OSError, ValueError):
+                pass
+            self._entries[dist] = got
+        return got
+
+    def known(self, exp: Expected) -> _Known | None:
+        if not exp.dist or exp.sha256 is None:
+            return None
+        e = self._load(exp.dist).get(exp.rel)
+        return e if isinstance(e, list) else None  # compared whole with a list of the right types
+
+    def remember(self, dist: str, rel: str, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
+        self._load(dist)[rel] = [ino, size, mtime_ns, sha256]
+        self._dirty.add(dist)
+
+    def save(self) -> None:
+        """Best effort and without fsync (a memo lost in a crash only costs a re-hash); temp file and rename, so a
+        reader never sees half a file."""
+        if not self._dirty:
+            return
+        try:
+            self.dir.mkdir(mode=0o755, exist_ok=True)
+        except OSError:
+            return
+        for dist in sorted(self._dirty):
+            tmp = self.dir / f".{dist}.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(json.dumps({"version": self.VERSION, "files": self._entries[dist]}))
+                os.chmod(tmp, 0o644)  # whatever the umask: only the admin may vouch for a cache inode
+                os.replace(tmp, self.dir / f"{dist}.json")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        self._dirty.clear()
+
+
+def scan_tree(top: Path) -> dict[str, os.stat_result]:
+    """Every entry under TOP (directories, files, symlinks; not TOP itself): relative path -> lstat, parents before
+    their contents. An entry gone between listing and lstat (an NFS silly-rename file being deleted) is left out;
+    symlinks to directories are entries, not followed."""
+    out: dict[str, os.stat_result] = {}
+    pending = [("", str(top))]
+    while pending:
+        rel_dir, path = pending.pop()
+        try:
+            it = os.scandir(path)
+        except FileNotFoundError:
+            continue
+        with it:
+            for entry in it:
+                rel = rel_dir + entry.name
+                try:
+                    out[rel] = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel + "/", entry.path))
+    return out
+
+
+def check_integrity(
+    prefix: Path,
+    workers: int | None = None,
+    memo: HashMemo | None = None,
+    tree: dict[str, os.stat_result] | None = None,
+    meta: CondaMeta | None = None,
+) -> tuple[list[Problem], int, int, dict[str, os.stat_result]]:
+    """(problems, files checked, bytes checked, the tree's scan). Also reports files on disk that no package lists.
+
+    MEMO (new-env only) skips re-reading cache inodes already hashed; TREE is a scan_tree of PREFIX the caller
+    has already made (new-env's own staging dir, which nobody else can write), else the tree is scanned while the
+    workers hash, and returned for the permission check."""
+    expected = expected_files(prefix, meta)
     problems: list[Problem] = []
     total = 0
     workers = workers or max(2, os.cpu_count() or 2)
-    # Large files first, so the slowest hash does not start last; small files in batches (see _BATCH_BYTES).
-    batches = _batches(sorted(expected.values(), key=lambda e: -(e.size or 0)))
-    for batch in _run_batches(str(prefix), batches, workers):
-        for problem, size in batch:
-            total += size
-            if problem:
-                problems.append(problem)
-    on_disk = set()
-    for dirpath, dirnames, filenames in os.walk(prefix):
-        rel_dir = os.path.relpath(dirpath, prefix)
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            if is_nfs_silly(name):
-                continue
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            on_disk.add(rel)
+    trust_before = time.time() - HashMemo.RACY_SECONDS
+    items: list[_Item] = [
+        (e, memo.known(e) if memo else None, tree.get(e.rel) if tree is not None else None)
+        for e in expected.values()
+    ]
+    # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
+    # slowest hash first, the small-file worker at the other end (_TwoEnds).
+    items.sort(key=lambda it: -(it[0].size or 0) if it[1] is None else 0)
+    scanned: dict[str, os.stat_result] = tree if tree is not None else {}
+
+    def scan() -> None:
+        if tree is None:
+            scanned.update(scan_tree(prefix))
+
+    for problem, size, remember in _run_checks(str(prefix), items, workers, trust_before, scan):
+        total += size
+        if problem:
+            problems.append(problem)
+        elif remember and memo is not None:
+            memo.remember(*remember)
+    on_disk = {rel for rel, st in scanned.items() if not stat.S_ISDIR(st.st_mode)}
     for rel in sorted(on_disk - set(expected)):
-        if rel.startswith("conda-meta/"):
+        if rel.startswith("conda-meta/") or is_nfs_silly(os.path.basename(rel)):
             continue
         problems.append(Problem("unexpected", rel, "not listed by any package"))
     problems.sort(key=lambda p: (p.path, p.kind))
-    return problems, len(expected), total
+    return problems, len(expected), total, scanned
 
 
-def check_permissions(prefix: Path, expect_sealed: bool, executables: set[str] | None = None) -> list[Problem]:
+def check_permissions(
+    prefix: Path, expect_sealed: bool, executables: set[str] | None = None,
+    tree: dict[str, os.stat_result] | None = None,
+) -> list[Problem]:
+    """The seal's rules over PREFIX and everything in it; TREE: a scan_tree of PREFIX already made."""
     problems: list[Problem] = []
-    top = str(prefix)
-    cut = len(os.path.join(top, ""))  # os.walk's paths all start with TOP + "/": slicing is os.path.relpath, cheaper
-    for dirpath, dirnames, filenames in os.walk(prefix):
-        for name in [*dirnames, *filenames, ""] if dirpath == top else [*dirnames, *filenames]:
-            if name and is_nfs_silly(name):
-                continue
-            path = os.path.join(dirpath, name) if name else dirpath
-            rel = path[cut:] if name else "."
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            mode = st.st_mode
-            if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
-                problems.append(Problem("setuid", rel, f"mode {oct(mode & 0o7777)} has setuid/setgid"))
-            if mode & stat.S_IWOTH:
-                problems.append(Problem("writable", rel, f"mode {oct(mode & 0o7777)} is world-writable"))
-            elif expect_sealed and mode & (stat.S_IWUSR | stat.S_IWGRP):
-                problems.append(Problem("unsealed", rel, f"mode {oct(mode & 0o7777)} is writable"))
-            if executables is not None and stat.S_ISREG(mode) and mode & EXEC_BITS and rel not in executables:
-                detail = f"mode {oct(mode & 0o7777)}: was not executable when published"
-                problems.append(Problem("executable", rel, detail))
+    if tree is None:
+        tree = scan_tree(prefix)
+    try:
+        entries = [(".", os.lstat(prefix)), *tree.items()]
+    except OSError:
+        entries = list(tree.items())
+    for rel, st in entries:
+        if is_nfs_silly(os.path.basename(rel)):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        mode = st.st_mode
+        if mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISDIR(mode):
+            problems.append(Problem("setuid", rel, f"mode {oct(mode & 0o7777)} has setuid/setgid"))
+        if mode & stat.S_IWOTH:
+            problems.append(Problem("writable", rel, f"mode {oct(mode & 0o7777)} is world-writable"))
+        elif expect_sealed and mode & (stat.S_IWUSR | stat.S_IWGRP):
+            problems.append(Problem("unsealed", rel, f"mode {oct(mode & 0o7777)} is writable"))
+        if executables is not None and stat.S_ISREG(mode) and mode & EXEC_BITS and rel not in executables:
+            detail = f"mode {oct(mode & 0o7777)}: was not executable when published"
+            problems.append(Problem("executable", rel, detail))
     return problems
 
 
@@ -260,32 +453,37 @@ def package_executables(prefix: Path) -> set[str] | None:
         return None
 
 
-def census_at_publish(prefix: Path) -> tuple[int, int, list[str]]:
-    """(file count, bytes, executable files) of a staged env, in one walk: the record needs the first two and
-    verify's later permission check the last."""
+def census_at_publish(tree: dict[str, os.stat_result]) -> tuple[int, int, list[str]]:
+    """(file count, bytes, executable files) of a staged env from its scan_tree: the record needs the first two and
+    verify's later permission check the last. Symlinks count as files, directories do not."""
     files = size = 0
     executables = []
-    for dirpath, _dirnames, filenames in os.walk(prefix):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            files += 1
-            size += st.st_size
-            if stat.S_ISREG(st.st_mode) and st.st_mode & EXEC_BITS:
-                executables.append(os.path.relpath(path, prefix))
+    for rel, st in tree.items():
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        files += 1
+        size += st.st_size
+        if stat.S_ISREG(st.st_mode) and st.st_mode & EXEC_BITS:
+            executables.append(rel)
     return files, size, sorted(executables)
 
 
-def meta_digest(prefix: Path) -> str:
+def meta_digest(prefix: Path, meta: CondaMeta | None = None) -> str:
     """One hash over the env's package metadata (conda-meta/*.json) and cpkgs' own manifests, kept in the record
-    outside the env: verify's expected hashes come from these files, so they must not be editable unnoticed."""
+    outside the env: verify's expected hashes come from these files, so they must not be editable unnoticed.
+    META: the package records as new-env already read them."""
     h = hashlib.sha256()
-    meta = prefix / "conda-meta"
-    names = sorted(p.name for p in meta.glob("*.json")) + sorted(
-        "cpkgs/" + p.name for p in (meta / "cpkgs").glob("*") if p.name != "record.json"
-    )
-    for rel in names:
-        h.update(rel.encode() + b"\0" + sha256_file(str(meta / rel)).encode() + b"\n")
+    meta_dir = prefix / "conda-meta"
+    if meta is None:
+        digests = [(p.name, sha256_file(str(p))) for p in sorted(meta_dir.glob("*.json"))]
+    else:
+        digests = [(p.name, hashlib.sha256(raw).hexdigest()) for p, raw, _data in meta]
+    digests += [
+        ("cpkgs/" + p.name, sha256_file(str(p)))
+        for p in sorted((meta_dir / "cpkgs").glob("*")) if p.name != "record.json"
+    ]
+    for rel, digest in digests:
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -296,15 +494,16 @@ def verify_prefix(
     if not prefix.is_dir():
         rep.problems.append(Problem("missing", str(prefix), "environment directory does not exist"))
         return rep
+    meta = read_conda_meta(prefix)  # once, for the digest and the expected files
     if meta_sha256 is not None:
         try:
-            if meta_digest(prefix) != meta_sha256:
+            if meta_digest(prefix, meta) != meta_sha256:
                 rep.problems.append(Problem("modified", "conda-meta", "package metadata changed since publish"))
         except OSError as exc:
             rep.problems.append(Problem("unreadable", "conda-meta", exc.strerror or str(exc)))
-    problems, files, nbytes = check_integrity(prefix)
+    problems, files, nbytes, tree = check_integrity(prefix, meta=meta)
     rep.files, rep.bytes = files, nbytes
-    rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix))
+    rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix), tree)
     rep.unsealed = not expect_sealed
     return rep
 
@@ -333,15 +532,13 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     return reports
 
 
-def unhashed_patched_files(prefix: Path) -> list[str]:
+def unhashed_patched_files(prefix: Path, meta: CondaMeta | None = None) -> list[str]:
     """Files whose prefix the installer patched without recording the patched hash (py-rattler 0.28 does this for
     binary placeholders). cpkgs hashes them at publish into its own manifest, so verify checks every byte."""
     out = []
-    for p in sorted((prefix / "conda-meta").glob("*.json")):
-        try:
-            data = json.loads(p.read_bytes())
-        except (OSError, ValueError):
-            continue
+    for _p, _raw, data in read_conda_meta(prefix) if meta is None else meta:
+        if not isinstance(data, dict):
+            continue  # expected_files reports it
         for e in (data.get("paths_data") or {}).get("paths") or []:
             if e.get("prefix_placeholder") and not e.get("sha256_in_prefix") and e.get("path_type") != "softlink":
                 out.append(e["_path"])

@@ -254,3 +254,25 @@ def test_module_and_kernel_names_collide_only_within_one_platform(nb_site: Path)
     assert r.returncode == 2, r
     assert "nb-1.0 and nb_1.0 would both be module nb/1.0" in r.stderr
     assert not (mac / "envs" / "nb-1.0").exists()
+
+
+def test_activation_reads_what_scripts_set_not_what_they_print(tmp_path: Path) -> None:
+    """activate.d scripts run in a real /bin/sh, one after another; what they print (even NUL-delimited text that
+    looks like `env -0` output) is not taken for variables, and a failing script does not stop the next."""
+    from cpkgs_admin.integrations import activation_of
+
+    prefix = tmp_path / "env"
+    act = prefix / "etc" / "conda" / "activate.d"
+    act.mkdir(parents=True)
+    (act / "10-noisy.sh").write_text(
+        "printf 'INJECTED=1\\0PATH=/evil\\0'\n"
+        "echo hello\n"
+        "export TOOL_HOME=\"$CONDA_PREFIX/share/tool\"\n"
+        "export PATH=\"$CONDA_PREFIX/opt/bin:$PATH\"\n"
+        "false\n"
+    )
+    (act / "20-next.sh").write_text('export SECOND="after $TOOL_HOME"\n')
+    (act / "30-not-sh.csh").write_text("setenv CSH_ONLY 1\n")
+    got = activation_of(prefix, "x-1.0")
+    assert dict(got.variables) == {"TOOL_HOME": f"{prefix}/share/tool", "SECOND": f"after {prefix}/share/tool"}
+    assert got.path_prepend == (f"{prefix}/opt/bin",)

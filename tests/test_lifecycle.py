@@ -138,3 +138,19 @@ def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url:
             r = run_cpkgs(*args, root=root)
             assert r.returncode == 1 and "bad-1.0.json: damaged record" in r.stderr, (text, args, r)
             assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr
+
+
+def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, channel_url: str) -> None:
+    """A long-lived process that looked at the records (as new-env does three times) sees another process's
+    retire at its next look, not the record it parsed before."""
+    from cpkgs_admin.records import load_all
+
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "s-1.0")
+    records = root / ".cpkgs" / "records"
+    first = {r.name: r for r in load_all(records, shared=True)}
+    assert first["s-1.0"].status == "active"
+    assert load_all(records, shared=True)[0] is first["s-1.0"]  # unchanged: not parsed again
+    assert run_cpkgs("retire", "s-1.0", root=root).returncode == 0
+    again = {r.name: r for r in load_all(records, shared=True)}
+    assert again["s-1.0"].status == "retired"

@@ -388,3 +388,72 @@ def test_a_build_never_touches_another_names_staging_dir(site: Path) -> None:
     assert run_cpkgs("new-env", "rr-1", "cpkgs-test-app", root=site).returncode == 0
     assert (other / "in-progress").exists()
     assert not mine.exists()  # rr-1's own leftover (a killed run) is cleaned under rr-1's lock
+
+
+def _memo_dir(root: Path) -> Path:
+    return root / ".cpkgs" / "pkgs" / ".cpkgs-verified"
+
+
+def _opened_by_build(root: Path, name: str, *specs: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """new-env under strace: (the run, every path it or its children opened)."""
+    log = root.parent / f"strace-{name}.log"
+    cmd = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", str(log),
+           sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *specs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return proc, log.read_text()
+
+
+def test_second_build_does_not_reread_unchanged_cache_inodes(tmp_path: Path, channel_url: str) -> None:
+    """The first build hashes every file and remembers the cache inodes it hashed; the next build that links the
+    same unchanged inodes checks them by inode, size and mtime instead of reading them again. Files whose prefix
+    was patched (fresh copies) are always read."""
+    root = make_site(tmp_path / "site", channel_url)
+    first, log1 = _opened_by_build(root, "m-1.0", "cpkgs-test-app", "cpkgs-test-textprefix")
+    assert first.returncode == 0, first.stderr
+    assert "/bin/cpkgs-test-app" in log1  # hashed on the first build
+    assert any(p.name.startswith("cpkgs-test-app-") for p in _memo_dir(root).glob("*.json"))
+    second, log2 = _opened_by_build(root, "m-2.0", "cpkgs-test-app", "cpkgs-test-textprefix")
+    assert second.returncode == 0, second.stderr
+    assert "/bin/cpkgs-test-app\"" not in log2  # linked to a remembered inode: not read again
+    assert "/bin/cpkgs-test-textprefix\"" in log2  # a patched copy: read
+    # `cpkgs verify` never relies on the memo: it reads every byte.
+    r = run_cpkgs("verify", "m-2.0", root=root)
+    assert r.returncode == 0, r
+    assert run_cpkgs("list", root=root).returncode == 0
+
+
+def test_cache_file_changed_after_it_was_remembered_fails_the_next_build(tmp_path: Path, channel_url: str) -> None:
+    """A write into a remembered cache inode moves its mtime: the next build reads it again, finds it wrong and
+    publishes nothing."""
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "w-1.0", "cpkgs-test-app", root=root).returncode == 0
+    cached = next((root / ".cpkgs" / "pkgs").glob("cpkgs-test-app-*/bin/cpkgs-test-app"))
+    data = cached.read_bytes()
+    time.sleep(0.05)  # a different mtime tick than the extraction's
+    cached.write_bytes(data.replace(b"app ok", b"app KO"))  # same size, other bytes (root ignores the 0555)
+    before = tree_hash(root / ENVS)
+    r = run_cpkgs("new-env", "w-2.0", "cpkgs-test-app", root=root)
+    assert r.returncode != 0
+    assert "verify failed before publishing w-2.0: modified bin/cpkgs-test-app" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert tree_hash(root / ENVS) == before and not (root / ENVS / "w-2.0").exists()
+    # w-1.0 shares that inode: the full check finds it too.
+    v = run_cpkgs("verify", "w-1.0", root=root)
+    assert v.returncode == 4 and "bin/cpkgs-test-app" in v.stdout + v.stderr
+
+
+def test_damaged_or_writable_memo_is_never_trusted(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "d-1.0", "cpkgs-test-app", root=root).returncode == 0
+    memo = _memo_dir(root)
+    for f in memo.glob("*.json"):
+        f.write_text("{not json")
+    r, log = _opened_by_build(root, "d-2.0", "cpkgs-test-app")
+    assert r.returncode == 0, r.stderr
+    assert "/bin/cpkgs-test-app\"" in log  # nothing usable remembered: read again
+    # A memo directory others could write could vouch for anything: then no hard links at all (and no memo).
+    os.chmod(memo, 0o777)
+    assert run_cpkgs("new-env", "d-3.0", "cpkgs-test-app", root=root).returncode == 0
+    app = root / ENVS / "d-3.0" / "bin" / "cpkgs-test-app"
+    assert os.lstat(app).st_nlink == 1
+    assert run_cpkgs("verify", "d-3.0", root=root).returncode == 0
