@@ -12,11 +12,14 @@ Fairness:
 - A fresh target prefix every run (a new env name for cpkgs, a new directory for bare), removed after the run,
   `sync` before each timed run so nobody pays for the previous run's writeback.
 - Alternating runs: each round runs the three variants in a rotated order; median of 5 rounds.
-- cpkgs installs with copies (no hard links into a cache users could write); the headline is against rattler's
-  default (hard links where possible); the copy-only bare run (`allow-hard-links = false`,
-  `allow-symbolic-links = false`, what cpkgs uses) is reported for comparison.
+- cpkgs hard-links from its admin-only site cache (copies when anyone else could write it) and copies files whose
+  prefix it patches; the headline is against rattler's default (hard links where possible); the copy-only bare
+  run (`allow-hard-links = false`, `allow-symbolic-links = false`) is reported for comparison.
+- cpkgs' warm-up run also fills its hash memo (new-env does not re-read cache inodes it has hashed before), as the
+  second build on a site would.
+- `--specs` builds another env (e.g. `--specs python ipykernel cpkgs-test-app`, ~9,200 files).
 
-Run: .venv/bin/python bench/bench_new_env.py [--runs N]    (also part of `make bench`)
+Run: .venv/bin/python bench/bench_new_env.py [--runs N] [--specs SPEC...]    (also part of `make bench`)
 """
 
 from __future__ import annotations

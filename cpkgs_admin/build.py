@@ -484,7 +484,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
 
             # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
             # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
-            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR) if hard_links else None
+            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
             problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta)
             if problems:
                 p = problems[0]

@@ -1,7 +1,9 @@
 """Step 5 of new-env and `cpkgs verify`: every file against conda-meta, and the seal's permissions.
 
-Hashing runs on a thread pool: hashlib releases the GIL on large buffers, so two threads keep two cores busy
-without the start-up cost of processes.
+Hashing runs on every core: threads taking files from both ends of a size-ordered list (hashlib releases the GIL
+inside each digest update), forked processes for envs of thousands of files when the process has no other threads.
+new-env checks its own staged tree, scanned once, and skips re-reading cache inodes it has hashed before
+(HashMemo); `cpkgs verify` reads every byte.
 """
 
 from __future__ import annotations
@@ -286,44 +288,61 @@ class HashMemo:
     linking the same unchanged inode need not read it again.
 
     Env files hard-linked from the admin-only site cache are the cache's own inodes (build.cache_is_admin_only).
-    An inode's entry is (inode number, size, mtime in ns, sha256), stored per package under the cache; a file is
-    taken as checked only when it is still a hard link with exactly that inode, size and mtime. Any write to the
-    inode moves its mtime, the rule git's index relies on; as in git, an inode whose mtime was less than
+    An inode's entry is (inode number, size, mtime in ns, sha256), stored per package in the directory DIRECTORY;
+    a file is taken as checked only when it is still a hard link with exactly that inode, size and mtime. Any write
+    to the inode moves its mtime, the rule git's index relies on; as in git, an inode whose mtime was less than
     RACY_SECONDS old when it was hashed is never remembered (a write in the same clock tick would not show).
+    Each package's entries also name its extracted directory in the cache (CACHE/<package>: inode and ctime): when
+    that directory is replaced (cache cleaned, package extracted again, inode numbers perhaps reused) the entries
+    are dropped; a package with no such directory gets none.
     The memo is a cache: lost or unreadable files are re-hashed, never trusted. `cpkgs verify` does not use it and
     reads every byte, so bit rot under an unchanged mtime is found there."""
 
     RACY_SECONDS = 2.0
-    VERSION = 1
+    VERSION = 2
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, cache: Path) -> None:
         self.dir = directory
-        self._entries: dict[str, dict[str, list[Any]]] = {}
+        self.cache = cache
+        self._entries: dict[str, dict[str, list[Any]] | None] = {}  # None: this package is not remembered
+        self._idents: dict[str, list[int]] = {}
         self._dirty: set[str] = set()
 
-    def _load(self, dist: str) -> dict[str, list[Any]]:
-        got = self._entries.get(dist)
-        if got is None:
+    def _load(self, dist: str) -> dict[str, list[Any]] | None:
+        if dist in self._entries:
+            return self._entries[dist]
+        got: dict[str, list[Any]] | None = None
+        try:
+            st = os.stat(self.cache / dist)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            ident = [st.st_ino, st.st_ctime_ns]
+            self._idents[dist] = ident
             got = {}
             try:
                 data = json.loads((self.dir / f"{dist}.json").read_bytes())
-                files = data.get("files") if isinstance(data, dict) and data.get("version") == self.VERSION else None
-                if isinstance(files, dict):
-                    got = files
+                if isinstance(data, dict) and data.get("version") == self.VERSION and data.get("entry") == ident:
+                    files = data.get("files")
+                    if isinstance(files, dict):
+                        got = files
             except (OSError, ValueError):
                 pass
-            self._entries[dist] = got
+        self._entries[dist] = got
         return got
 
     def known(self, exp: Expected) -> _Known | None:
         if not exp.dist or exp.sha256 is None:
             return None
-        e = self._load(exp.dist).get(exp.rel)
+        files = self._load(exp.dist)
+        e = files.get(exp.rel) if files is not None else None
         return e if isinstance(e, list) else None  # compared whole with a list of the right types
 
     def remember(self, dist: str, rel: str, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
-        self._load(dist)[rel] = [ino, size, mtime_ns, sha256]
-        self._dirty.add(dist)
+        files = self._load(dist)
+        if files is not None:
+            files[rel] = [ino, size, mtime_ns, sha256]
+            self._dirty.add(dist)
 
     def save(self) -> None:
         """Best effort and without fsync (a memo lost in a crash only costs a re-hash); temp file and rename, so a
@@ -336,8 +355,9 @@ class HashMemo:
             return
         for dist in sorted(self._dirty):
             tmp = self.dir / f".{dist}.{os.getpid()}.tmp"
+            doc = {"version": self.VERSION, "entry": self._idents[dist], "files": self._entries[dist]}
             try:
-                tmp.write_text(json.dumps({"version": self.VERSION, "files": self._entries[dist]}))
+                tmp.write_text(json.dumps(doc))
                 os.chmod(tmp, 0o644)  # whatever the umask: only the admin may vouch for a cache inode
                 os.replace(tmp, self.dir / f"{dist}.json")
             except OSError:
