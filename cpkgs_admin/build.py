@@ -520,9 +520,12 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                         raise EnvExists(msg) from None
                     raise
                 os.chmod(final, 0o555)
+                # The activate.d scripts run at their final prefix, once, here: the record keeps what they set, so
+                # modulefiles and kernels written later on any host (refresh on a Mac) carry it.
+                act_warning = _keep_activation(record, final, subdir)
                 save_record(site.record_path(name, subdir), record)
                 # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
-                warnings = _finish_publish(site, record, "ok")
+                warnings = [*act_warning, *_finish_publish(site, record, "ok")]
         except BaseException:
             from cpkgs_admin.seal import make_removable
 
@@ -542,6 +545,21 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         timings=timings,
         warnings=warnings,
     )
+
+
+def _keep_activation(record: EnvRecord, final: Path, subdir: str) -> list[str]:
+    """Record what FINAL's activate.d scripts set (this host's platform only); a warning when they failed."""
+    from cpkgs_admin.integrations import activation_of, activation_to_json
+
+    if subdir != _native():
+        return []
+    try:
+        record.activation = activation_to_json(activation_of(final, record.name))
+    except CpkgsError as exc:
+        record.activation = {"path_prepend": [], "variables": {}, "error": str(exc)}
+        return [f"{record.name}: its activate.d scripts could not be read ({exc}); its modulefile and kernels get "
+                "conda's own variables only"]
+    return []
 
 
 def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:

@@ -151,6 +151,7 @@ def init(
 @click.option("--platform", "platform", metavar="SUBDIR", help="Target another installation (e.g. osx-arm64).")
 @click.option("--override-virtual", "overrides", multiple=True, metavar="PKG=VER", help="e.g. __cuda=12.4")
 @click.option("--dry-run", is_flag=True, help="Solve and print the package table; write nothing.")
+@click.option("-q", "--quiet", "quiet", is_flag=True, help="Only errors (as 'cpkgs -q new-env').")
 @json_option
 @pass_ctx
 def new_env(
@@ -166,9 +167,12 @@ def new_env(
     platform: str | None,
     overrides: tuple[str, ...],
     dry_run: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Build a sealed, versioned environment NAME (e.g. ml-pyroot-2024.1)."""
+    if quiet:
+        c.quiet = True
     from cpkgs_admin.build import BuildRequest
     from cpkgs_admin.build import new_env as build_new_env
     from cpkgs_admin.names import parse_name

@@ -194,12 +194,38 @@ def published(site: Site, records: list[EnvRecord]) -> list[EnvRecord]:
     return sorted(live, key=lambda r: (r.created, r.name, r.platform))
 
 
+def activation_to_json(act: Activation) -> dict[str, Any]:
+    return {"path_prepend": list(act.path_prepend), "variables": dict(act.variables)}
+
+
+def activation_from_json(data: Any) -> Activation | None:
+    """The activation a record keeps; None when it has none or it is not in the shape cpkgs writes."""
+    if not isinstance(data, dict):
+        return None
+    prepend, variables = data.get("path_prepend"), data.get("variables")
+    if not isinstance(prepend, list) or not isinstance(variables, dict):
+        return None
+    if not all(isinstance(p, str) for p in prepend) or not all(isinstance(v, str) for v in variables.values()):
+        return None
+    return Activation(path_prepend=tuple(prepend), variables=tuple(sorted(variables.items())))
+
+
+def record_activation(site: Site, rec: EnvRecord) -> Activation:
+    """What REC's modulefile and kernels set beyond conda's own variables: the activation its record kept from
+    publish; for records without one, the activate.d scripts run now when this host is of the env's platform.
+    Another platform's scripts cannot (and must not) run here: such an env without a kept activation gets only
+    what conda itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV)."""
+    kept = activation_from_json(rec.activation)
+    if kept is not None:
+        return kept
+    if rec.platform == site.native_subdir:
+        return activation_of(Path(rec.prefix), rec.name)
+    return Activation()
+
+
 def env_outputs(site: Site, rec: EnvRecord) -> dict[Path, str]:
     """Kernelspecs and modulefiles of one env, in its platform's trees."""
-    # Another platform's activate.d scripts cannot (and must not) run on this host: that env's modulefile and kernel
-    # get only what conda itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV), none of the scripts' variables.
-    native = rec.platform == site.native_subdir
-    act = activation_of(Path(rec.prefix), rec.name) if native else Activation()
+    act = record_activation(site, rec)
     return {**kernel_files(site, rec, act), **module_files(site, rec, act)}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,21 @@ class EnvRecord:
     unsealed: dict[str, Any] | None = None  # {"at":..., "by":..., "reason":...}
     history: list[dict[str, Any]] = field(default_factory=list)
     meta_sha256: str | None = None  # verify.meta_digest at publish (conda-meta + cpkgs manifests)
+    # What the env's activate.d scripts set, run once at publish on a host of the env's platform:
+    # {"path_prepend": [...], "variables": {NAME: value}}; None when they could not run there (another platform).
+    # Modulefiles and kernels are written from it on any host, so a `refresh` on a Mac keeps Linux envs' variables.
+    activation: dict[str, Any] | None = None
     schema: int = RECORD_SCHEMA
+    # Keys a newer cpkgs wrote (same schema): kept as they are and written back, never dropped by an older cpkgs.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        extra = d.pop("extra")
         d["packages"] = [asdict(p) for p in self.packages]
         for p in d["packages"]:
             p["depends"] = list(p["depends"])
-        return d
+        return {**extra, **d}
 
     @property
     def python_version(self) -> str | None:
@@ -77,6 +84,9 @@ class EnvRecord:
 
     def package(self, name: str) -> PackageEntry | None:
         return next((p for p in self.packages if p.name == name), None)
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(EnvRecord))
 
 
 def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -90,9 +100,10 @@ def record_from_json(data: Any, path: Path) -> EnvRecord:
     if not isinstance(data, dict) or not isinstance(data.get("schema", 1), int):
         raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
     data = _migrate(dict(data), path)
+    extra = {k: data.pop(k) for k in list(data) if k not in _RECORD_FIELDS or k == "extra"}
     try:
         pkgs = [PackageEntry(**{**p, "depends": tuple(p.get("depends", ()))}) for p in data.pop("packages")]
-        rec = EnvRecord(packages=pkgs, **data)
+        rec = EnvRecord(packages=pkgs, extra=extra, **data)
     except (TypeError, KeyError, AttributeError) as exc:
         raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
     if not all(isinstance(v, str) and v for v in (rec.name, rec.platform, rec.prefix, rec.status)):

@@ -154,3 +154,20 @@ def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, c
     assert run_cpkgs("retire", "s-1.0", root=root).returncode == 0
     again = {r.name: r for r in load_all(records, shared=True)}
     assert again["s-1.0"].status == "retired"
+
+
+def test_record_keys_of_a_newer_cpkgs_survive_an_older_ones_changes(tmp_path: Path, channel_url: str) -> None:
+    """Hosts sharing a site may run different cpkgs versions: keys this one does not know are kept, not dropped
+    (and do not make the record 'damaged')."""
+    import json
+
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "k-1.0")
+    path = root / ".cpkgs" / "records" / "linux-64" / "k-1.0.json"
+    data = json.loads(path.read_text())
+    data["from_the_future"] = {"kept": True}
+    path.write_text(json.dumps(data))
+    assert run_cpkgs("retire", "k-1.0", "--message", "old", root=root).returncode == 0
+    after = json.loads(path.read_text())
+    assert after["from_the_future"] == {"kept": True} and after["status"] == "retired"
+    assert [e["name"] for e in run_cpkgs("list", "--all", "--json", root=root).json()] == ["k-1.0"]

@@ -114,6 +114,12 @@ def test_existing_name_fails_and_changes_nothing(built_site: Path) -> None:
     assert tree_hash(built_site / ".cpkgs" / "records") == before
 
 
+def test_quiet_build_prints_nothing(site: Path) -> None:
+    r = run_cpkgs("new-env", "q-1.0", "cpkgs-test-app", "-q", root=site)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+    assert (site / ENVS / "q-1.0" / "bin" / "cpkgs-test-app").is_file()
+
+
 def test_dry_run_writes_nothing(site: Path) -> None:
     before = tree_hash(site)
     r = run_cpkgs("new-env", "dry-1.0", "cpkgs-test-app", "--dry-run", root=site)

@@ -124,3 +124,25 @@ def test_each_platform_tree_is_regenerated_and_cleaned_on_its_own(site: Path) ->
     assert (site / "modulefiles" / "a" / "1.0.lua").is_file()
     r = run_cpkgs("refresh", root=site)
     assert r.stdout.strip() == "everything is up to date", r
+
+
+def test_refresh_on_another_platforms_host_keeps_activate_d_variables(site: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A refresh on a macOS admin host rewrites the Linux envs' modulefiles from their records: what the activate.d
+    scripts set, measured once at publish on Linux, stays in them. There is no macOS host here: refresh runs
+    in-process with this host's platform reported as osx-arm64 (the only fake)."""
+    import cpkgs_admin.site as site_mod
+    from cpkgs_admin.refresh import refresh_site
+
+    _build(site)  # a-1.0 has cpkgs-test-activate
+    record = json.loads((site / ".cpkgs" / "records" / "linux-64" / "a-1.0.json").read_text())
+    assert record["activation"]["variables"]["CPKGS_TEST_ACTIVATED"] == "yes"
+    lua = site / "modulefiles" / "a" / "1.0.lua"
+    tcl = site / "modulefiles-tcl" / "a" / "1.0"
+    good = {p: p.read_text() for p in (lua, tcl)}
+    assert all('"CPKGS_TEST_ACTIVATED"' in text for text in good.values())
+    lua.unlink()
+    tcl.unlink()
+    monkeypatch.setattr(site_mod, "native_subdir", lambda: "osx-arm64")
+    rep = refresh_site(site_mod.open_site(site))
+    assert sorted(rep.written) == sorted(str(p) for p in good)
+    assert {p: p.read_text() for p in good} == good
