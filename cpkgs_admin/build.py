@@ -169,20 +169,66 @@ def package_entries(records: list[Any]) -> list[PackageEntry]:
 # ----------------------------------------------------------------------------------------------------- 3. stage
 
 
-def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
-    """Under the name lock, any staging dir for NAME belongs to a run that died: remove it."""
+def remove_leftover(path: Path) -> None:
+    """A staging dir of a run that died, or the empty file an interrupted run left in its place (discard_staging)."""
     from cpkgs_admin.seal import make_removable
 
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            make_removable(path)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
+    """Under the name lock, any staging dir for NAME belongs to a run that died: remove it."""
     if not envs_dir.is_dir():
         return
     for entry in os.scandir(envs_dir):
-        if entry.name.startswith(f"{STAGING_PREFIX}{name}{STAGING_SEP}") and entry.is_dir(follow_symlinks=False):
-            doomed = Path(entry.path)
-            if log:
-                log(f"removing leftover staging dir {doomed.name} of an interrupted run")
+        if not entry.name.startswith(f"{STAGING_PREFIX}{name}{STAGING_SEP}"):
+            continue
+        doomed = Path(entry.path)
+        if log:
+            log(f"removing leftover staging dir {doomed.name} of an interrupted run")
+        remove_leftover(doomed)
+
+
+def discard_staging(staging: Path, *, fenced: bool) -> None:
+    """Delete a failed build's staging dir. FENCED: the failure came during the install (Ctrl-C), whose worker
+    threads may still be linking files: they would recreate STAGING's directories, world-readable, after an
+    rmtree. So it is renamed aside and an empty private file takes its name, on which their paths fail; the file
+    stays until the next build of the name (or `purge`) removes it, like any leftover of an interrupted run."""
+    from cpkgs_admin.seal import make_removable
+
+    doomed = [staging]
+    if fenced:
+        doomed = []
+        for i in range(5):  # a writer may recreate the dir between our rename and our create: rename that too
+            aside = staging.with_name(f"{staging.name}-discarded{i}")
+            try:
+                os.rename(staging, aside)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break
+            else:
+                doomed.append(aside)
+            try:
+                os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+        if not doomed:
+            doomed = [staging]
+    for d in doomed:
+        if d.is_dir() and not d.is_symlink():
             with contextlib.suppress(OSError):
-                make_removable(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+                make_removable(d)
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def check_space(path: Path, records: list[Any]) -> None:
@@ -413,6 +459,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         clean_stale_staging(envs_dir, name, log)
         check_space(envs_dir, records)
         staging = envs_dir / f"{STAGING_PREFIX}{name}{STAGING_SEP}{uuid.uuid4().hex[:12]}"
+        installing = False
         try:
             os.mkdir(staging, 0o700)
         except PermissionError:
@@ -424,7 +471,9 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             # two hosts could extract into one cache entry at once. The NFS-safe lock serializes them.
             with SiteLock(site.locks_dir / "pkgs-cache.lock", what="the site package cache",
                           lease_seconds=site.config.lease_seconds, timeout=site.config.lock_timeout):
+                installing = True
                 install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
+                installing = False
             os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
             # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
             with contextlib.suppress(FileNotFoundError):
@@ -527,11 +576,7 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
                 # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
                 warnings = [*act_warning, *_finish_publish(site, record, "ok")]
         except BaseException:
-            from cpkgs_admin.seal import make_removable
-
-            with contextlib.suppress(OSError):
-                make_removable(staging)
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_staging(staging, fenced=installing)
             raise
         timings["publish"] = time.monotonic() - t
     return BuildResult(

@@ -592,7 +592,10 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="cpkgs", standalone_mode=False)
+        # click's main() without its interrupt handling, which writes an empty line to stderr before ours.
+        args = list(sys.argv[1:] if argv is None else argv)
+        with cli.make_context("cpkgs", args) as ctx:
+            cli.invoke(ctx)
     except CpkgsError as exc:
         if _state["verbose"]:
             import traceback
@@ -604,6 +607,9 @@ def _run(argv: list[str] | None) -> int:
         click.echo("cpkgs: interrupted", err=True)
         return 130
     except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cpkgs` (click >= 8.2): the help, as click shows it
+            click.echo(exc.format_message(), err=True)
+            return 2
         # One line, like every other error (click's own show() adds a usage block and a hint line).
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
@@ -613,7 +619,8 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt:
-        click.echo("cpkgs: interrupted", err=True)
+        # On a terminal the cursor is still after the "^C" the terminal echoed.
+        click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
         return 130
     except BrokenPipeError:
         return 1

@@ -332,9 +332,8 @@ def _delete_tree_except_nfs(top: Path) -> list[str]:
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
     """Staging dirs of builds that died, of any name: removed when their name's lock is free (no build running)."""
-    from cpkgs_admin.build import STAGING_PREFIX, STAGING_SEP
+    from cpkgs_admin.build import STAGING_PREFIX, STAGING_SEP, remove_leftover
     from cpkgs_admin.errors import LockBusy
-    from cpkgs_admin.seal import make_removable
 
     for subdir in site.config.platforms:
         try:
@@ -347,9 +346,7 @@ def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
             name = e.name[len(STAGING_PREFIX):].rpartition(STAGING_SEP)[0]
             try:
                 with env_locked(site, name, subdir, timeout=0):
-                    with contextlib.suppress(OSError):
-                        make_removable(Path(e.path))
-                    shutil.rmtree(e.path, ignore_errors=True)
+                    remove_leftover(Path(e.path))
                     rep.staging_removed.append(e.path)
             except LockBusy:
                 continue  # a build of that name is running right now

@@ -311,6 +311,54 @@ def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_
         assert out.stdout.strip() == str(prefix)
 
 
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_leaves_nothing_users_can_enter(tmp_path: Path, channel_url: str) -> None:
+    """SIGINT (what Ctrl-C sends) at random moments, most of them aimed inside the install (the staging dir has
+    appeared and rattler's threads are linking files): one line and exit 130, no env unless it was complete, no
+    staging directory anyone else can enter (rattler's threads outlive the interrupt by a moment), and the rerun
+    succeeds."""
+    root = make_site(tmp_path / "site", channel_url)
+    envs = root / ENVS
+    rng = random.Random(20261122)
+    t = time.monotonic()
+    assert run_cpkgs("new-env", "timing-1.0", *FULL_SPECS, root=root).returncode == 0
+    full = time.monotonic() - t
+    for i in range(12):
+        name = f"int-{i}.0"
+        p = subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *FULL_SPECS],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if i % 3:  # aimed: just after the staging dir appears, while the install runs
+            deadline = time.monotonic() + 60
+            while not list(envs.glob(f".staging-{name}@*")) and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0.0, 0.03))
+        else:
+            time.sleep(rng.uniform(0.05, full))
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=600)
+        time.sleep(0.2)  # anything still writing after the process is gone would show now
+        prefix = envs / name
+        if p.returncode == 0:
+            assert stat.S_IMODE(prefix.stat().st_mode) == 0o555  # finished before the signal: whole and sealed
+        else:
+            assert p.returncode == 130 and err == "cpkgs: interrupted\n", (p.returncode, err)
+            assert not prefix.exists()
+        world_traversable(root)
+        for leftover in envs.glob(".staging-*"):
+            st = leftover.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                assert stat.S_IMODE(st.st_mode) == 0o700, leftover
+                assert as_nobody(["ls", str(leftover)]).returncode != 0
+            else:
+                assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o600, leftover
+        assert not run_cpkgs("locks", "--json", root=root).json()  # no lock left behind
+        if p.returncode == 130:
+            r = run_cpkgs("new-env", name, *FULL_SPECS, root=root)
+            assert r.returncode == 0, r
+            assert not list(envs.glob(f".staging-{name}@*"))
+            assert as_nobody([str(prefix / "bin" / "cpkgs-test-app")]).stdout.strip() == "app ok"
+
+
 def test_hard_links_only_into_the_admin_only_cache(built_site: Path) -> None:
     """Env files may share an inode with the site's package cache (fast publish), never with anything users can
     write: the cache under .cpkgs/ is admin-only, and files with a patched prefix are fresh copies."""
