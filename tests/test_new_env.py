@@ -265,20 +265,28 @@ def test_four_parallel_different_names_all_succeed(site: Path) -> None:
     assert len(run_cpkgs("list", "--json", root=site).json()) == 4
 
 
+def _time_one_build(root: Path) -> float:
+    """Seconds of one whole build of FULL_SPECS on ROOT (timing-1.0)."""
+    t = time.monotonic()
+    assert run_cpkgs("new-env", "timing-1.0", *FULL_SPECS, root=root).returncode == 0
+    return time.monotonic() - t
+
+
+def _spawn_build(root: Path, name: str, **kw):  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *FULL_SPECS],
+                            **kw)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_leaves_half_env(tmp_path: Path, channel_url: str) -> None:
     """10 builds killed at random points; users never see a half env, and the rerun always succeeds."""
     root = make_site(tmp_path / "site", channel_url, lease=2.0)
     rng = random.Random(20261122)
     specs = [*FULL_SPECS]
-    # Time a full build once, to spread the kills across all its steps.
-    t = time.monotonic()
-    assert run_cpkgs("new-env", "timing-1.0", *specs, root=root).returncode == 0
-    full = time.monotonic() - t
+    full = _time_one_build(root)  # to spread the kills across all its steps
     for i in range(10):
         name = f"crash-{i}.0"
-        p = subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *specs],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = _spawn_build(root, name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.05, full * 0.95))
         finished = p.poll() is not None
         p.send_signal(signal.SIGKILL)
@@ -320,13 +328,10 @@ def test_ctrl_c_at_any_moment_leaves_nothing_users_can_enter(tmp_path: Path, cha
     root = make_site(tmp_path / "site", channel_url)
     envs = root / ENVS
     rng = random.Random(20261122)
-    t = time.monotonic()
-    assert run_cpkgs("new-env", "timing-1.0", *FULL_SPECS, root=root).returncode == 0
-    full = time.monotonic() - t
+    full = _time_one_build(root)
     for i in range(12):
         name = f"int-{i}.0"
-        p = subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *FULL_SPECS],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = _spawn_build(root, name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if i % 3:  # aimed: just after the staging dir appears, while the install runs
             deadline = time.monotonic() + 60
             while not list(envs.glob(f".staging-{name}@*")) and p.poll() is None and time.monotonic() < deadline:
