@@ -195,6 +195,11 @@ def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
         remove_leftover(doomed)
 
 
+def _dist_of(p: PackageEntry) -> str:
+    """The package's directory name in the cache (and its conda-meta record's): the archive name's stem."""
+    return p.filename.removesuffix(".conda").removesuffix(".tar.bz2") or f"{p.name}-{p.version}-{p.build}"
+
+
 def discard_staging(staging: Path, *, fenced: bool) -> None:
     """Delete a failed build's staging dir. FENCED: the failure came during the install (Ctrl-C), whose worker
     threads may still be linking files: they would recreate STAGING's directories, world-readable, after an
@@ -469,11 +474,19 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
             # py-rattler guards its package cache with flock, which NFS does not honour across hosts: builds on
             # two hosts could extract into one cache entry at once. The NFS-safe lock serializes them.
+            from cpkgs_admin.verify import HashMemo
+
+            # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
+            # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
+            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
             with SiteLock(site.locks_dir / "pkgs-cache.lock", what="the site package cache",
                           lease_seconds=site.config.lease_seconds, timeout=site.config.lock_timeout):
                 installing = True
                 install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
                 installing = False
+                if memo is not None:  # nobody else may put their own file there for a later build to link
+                    for pkg in packages:
+                        memo.harden(_dist_of(pkg))
             os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
             # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
             with contextlib.suppress(FileNotFoundError):
@@ -529,12 +542,10 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             timings["post"] = time.monotonic() - t
 
             t = time.monotonic()
-            from cpkgs_admin.verify import HashMemo, check_integrity
+            from cpkgs_admin.verify import Owners, check_integrity
 
-            # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
-            # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
-            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
-            problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta)
+            owners = Owners(os.getuid(), site.pkgs_cache_dir if hard_links else None)
+            problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta, owners=owners)
             if problems:
                 p = problems[0]
                 raise BuildError(
@@ -601,9 +612,8 @@ def _keep_activation(record: EnvRecord, final: Path, subdir: str) -> list[str]:
     try:
         record.activation = activation_to_json(activation_of(final, record.name))
     except CpkgsError as exc:
-        record.activation = {"path_prepend": [], "variables": {}, "error": str(exc)}
-        return [f"{record.name}: its activate.d scripts could not be read ({exc}); its modulefile and kernels get "
-                "conda's own variables only"]
+        record.activation = None
+        return [f"{record.name}: {exc}; its modulefile and kernels get conda's own variables only"]
     return []
 
 

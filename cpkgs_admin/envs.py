@@ -184,6 +184,14 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         seal_tree(Path(rec.prefix), site.admin_gid())
         rec.unsealed = None
         rec.status = "retired" if rec.retired else "active"
+        if rec.platform == site.native_subdir:
+            # The maintenance may have changed the activate.d scripts: other platforms' hosts use the record's copy.
+            from cpkgs_admin.integrations import activation_of, activation_to_json
+
+            try:
+                rec.activation = activation_to_json(activation_of(Path(rec.prefix), rec.name))
+            except CpkgsError:
+                rec.activation = None  # `refresh` here says why; elsewhere conda's own variables only
         _update(site, rec, "seal")
     return rec
 

@@ -67,7 +67,18 @@ def _env0(dump: bytes) -> dict[str, str]:
     return out
 
 
+_measured: dict[tuple[Path, str], Activation] = {}
+
+
 def activation_of(prefix: Path, name: str) -> Activation:
+    """activation_of_scripts, once per env and process (new-env records it, then writes the modulefile with it)."""
+    key = (prefix, name)
+    if key not in _measured:
+        _measured[key] = activation_of_scripts(prefix, name)
+    return _measured[key]
+
+
+def activation_of_scripts(prefix: Path, name: str) -> Activation:
     """Run PREFIX's activate.d/*.sh in a clean `sh` with CONDA_PREFIX set, and diff `env -0` before and after.
 
     The one place this is computed; kernelspecs and modulefiles both use it. Values are fixed at publish: a script
@@ -89,7 +100,10 @@ def activation_of(prefix: Path, name: str) -> Activation:
     sep = f"cpkgs-{uuid.uuid4().hex}"
     sourcing = "".join(f". {shlex.quote(str(s))}\n" for s in scripts)
     out = _run_sh(f"env -0; printf '\\0{sep}\\0'; {{\n{sourcing}}} >&2; env -0", env, act_dir)
-    first, _found, second = out.partition(f"\0{sep}\0".encode())
+    first, found, second = out.partition(f"\0{sep}\0".encode())
+    if not found or not second:
+        what = "an activate.d script ended the shell (exit?)" if found else "/bin/sh did not run them"
+        raise CpkgsError(f"{act_dir}: cannot read what the scripts set: {what}")
     before, after = _env0(first), _env0(second)
     variables = tuple(
         sorted((k, v) for k, v in after.items() if k not in _NOT_ACTIVATION and before.get(k) != v)
@@ -211,16 +225,13 @@ def activation_from_json(data: Any) -> Activation | None:
 
 
 def record_activation(site: Site, rec: EnvRecord) -> Activation:
-    """What REC's modulefile and kernels set beyond conda's own variables: the activation its record kept from
-    publish; for records without one, the activate.d scripts run now when this host is of the env's platform.
-    Another platform's scripts cannot (and must not) run here: such an env without a kept activation gets only
-    what conda itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV)."""
-    kept = activation_from_json(rec.activation)
-    if kept is not None:
-        return kept
+    """What REC's modulefile and kernels set beyond conda's own variables. On a host of the env's platform the
+    activate.d scripts run (as they are now: an unseal may have changed them); elsewhere they cannot (and must
+    not) run, and the activation the record kept from publish is used, or, without one, nothing beyond what conda
+    itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV)."""
     if rec.platform == site.native_subdir:
         return activation_of(Path(rec.prefix), rec.name)
-    return Activation()
+    return activation_from_json(rec.activation) or Activation()
 
 
 def env_outputs(site: Site, rec: EnvRecord) -> dict[Path, str]:

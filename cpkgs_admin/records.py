@@ -15,7 +15,9 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, EnvNotFound
 from cpkgs_admin.locking import atomic_write_json
 
-RECORD_SCHEMA = 1
+# 2: `activation` (what activate.d scripts set, kept at publish). A cpkgs that knows only schema 1 stops with
+# "upgrade cpkgs" instead of misreading; from 2 on, keys a newer cpkgs adds are kept (EnvRecord.extra).
+RECORD_SCHEMA = 2
 STATUSES = ("active", "retired", "unsealed", "removed")
 
 
@@ -93,6 +95,8 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     schema = data.get("schema", 1)
     if schema > RECORD_SCHEMA:
         raise CpkgsError(f"{path}: record schema {schema} is newer than this cpkgs understands; upgrade cpkgs")
+    # 1 -> 2: no activation kept (None: measured on a host of the env's platform when needed).
+    data["schema"] = RECORD_SCHEMA
     return data
 
 

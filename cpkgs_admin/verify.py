@@ -147,7 +147,7 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
 
 
 # One file's check: (problem or None, bytes checked, a memo entry to remember or None).
-_Result = tuple[Problem | None, int, "tuple[str, str, int, int, int, str] | None"]
+_Result = tuple[Problem | None, int, "tuple[str, str, int, int, int, int, str] | None"]
 # [inode, size, mtime_ns, sha256] of a cache inode already hashed, as HashMemo stores it.
 _Known = list[Any]
 
@@ -184,8 +184,8 @@ def _check_one(
     if digest != exp.sha256:
         return Problem("modified", exp.rel, f"sha256 {digest[:16]}…, expected {exp.sha256[:16]}…"), st.st_size, None
     remember = None
-    if st.st_nlink > 1 and exp.dist and st.st_mtime < trust_before:
-        remember = (exp.dist, exp.rel, st.st_ino, st.st_size, st.st_mtime_ns, digest)
+    if st.st_nlink > 1 and exp.dist and st.st_mtime < trust_before and not st.st_mode & 0o022:
+        remember = (exp.dist, exp.rel, st.st_uid, st.st_ino, st.st_size, st.st_mtime_ns, digest)
     return None, st.st_size, remember
 
 
@@ -289,12 +289,16 @@ class HashMemo:
 
     Env files hard-linked from the admin-only site cache are the cache's own inodes (build.cache_is_admin_only).
     An inode's entry is (inode number, size, mtime in ns, sha256), stored per package in the directory DIRECTORY;
-    a file is taken as checked only when it is still a hard link with exactly that inode, size and mtime. Any write
-    to the inode moves its mtime, the rule git's index relies on; as in git, an inode whose mtime was less than
-    RACY_SECONDS old when it was hashed is never remembered (a write in the same clock tick would not show).
+    a file is taken as checked only when it is still a hard link with exactly that inode, size and mtime, owned by
+    root or this admin and writable by nobody else. Any write to the inode moves its mtime, the rule git's index
+    relies on; as in git, an inode whose mtime was less than RACY_SECONDS old when it was hashed is never
+    remembered (a write in the same clock tick would not show). rattler gives extracted files their archive's
+    mtime, so cache maintenance must remove whole entries, never rewrite files in place keeping their mtime
+    (`rsync --inplace`, `cp -p` over a file): `cpkgs verify` after any such work.
     Each package's entries also name its extracted directory in the cache (CACHE/<package>: inode and ctime): when
     that directory is replaced (cache cleaned, package extracted again, inode numbers perhaps reused) the entries
-    are dropped; a package with no such directory gets none.
+    are dropped; a package with no such directory gets none. `harden` makes sure, once per extracted directory,
+    that nobody else can replace files in it.
     The memo is a cache: lost or unreadable files are re-hashed, never trusted. `cpkgs verify` does not use it and
     reads every byte, so bit rot under an unchanged mtime is found there."""
 
@@ -304,21 +308,34 @@ class HashMemo:
     def __init__(self, directory: Path, cache: Path) -> None:
         self.dir = directory
         self.cache = cache
+        self._owners: dict[str, int] = {}
         self._entries: dict[str, dict[str, list[Any]] | None] = {}  # None: this package is not remembered
         self._idents: dict[str, list[int]] = {}
+        self._hardened: dict[str, bool] = {}
         self._dirty: set[str] = set()
+
+    def _ident(self, dist: str) -> list[int] | None:
+        try:
+            st = os.stat(self.cache / dist)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        self._owners[dist] = st.st_uid
+        return [st.st_ino, st.st_ctime_ns]
+
+    def trusted(self, dist: str, uid: int) -> bool:
+        """Whether a file of DIST owned by UID may be vouched for: root, this admin, or who extracted the entry."""
+        return self._load(dist) is not None and uid in (0, os.getuid(), self._owners.get(dist))
 
     def _load(self, dist: str) -> dict[str, list[Any]] | None:
         if dist in self._entries:
             return self._entries[dist]
         got: dict[str, list[Any]] | None = None
-        try:
-            st = os.stat(self.cache / dist)
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            ident = [st.st_ino, st.st_ctime_ns]
+        ident = self._ident(dist)
+        if ident is not None:
             self._idents[dist] = ident
+            self._hardened[dist] = False
             got = {}
             try:
                 data = json.loads((self.dir / f"{dist}.json").read_bytes())
@@ -326,50 +343,73 @@ class HashMemo:
                     files = data.get("files")
                     if isinstance(files, dict):
                         got = files
+                    self._hardened[dist] = data.get("hardened") is True
             except (OSError, ValueError):
                 pass
         self._entries[dist] = got
         return got
 
-    def known(self, exp: Expected) -> _Known | None:
-        if not exp.dist or exp.sha256 is None:
+    def harden(self, dist: str) -> None:
+        """Drop group and other write permission from DIST's extracted directory in the cache, once per extraction:
+        a package may ship a directory mode 0777, and rattler keeps it in the cache, where anyone could then put
+        their own file in place of one that envs are hard-linked to."""
+        if self._load(dist) is None or self._hardened.get(dist):
+            return
+        top = self.cache / dist
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in ["", *dirnames, *filenames] if dirpath == str(top) else [*dirnames, *filenames]:
+                path = os.path.join(dirpath, name) if name else dirpath
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+                        os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+        ident = self._ident(dist)  # chmod of the top directory moved its ctime
+        if ident is None:
+            return
+        self._idents[dist] = ident
+        self._hardened[dist] = True
+        self._dirty.add(dist)
+
+    def known(self, exp: Expected, seen: os.stat_result | None) -> _Known | None:
+        """What the memo holds for EXP if the file as SEEN may be vouched for by it at all."""
+        if not exp.dist or exp.sha256 is None or seen is None:
+            return None
+        if seen.st_mode & 0o022 or not self.trusted(exp.dist, seen.st_uid):
             return None
         files = self._load(exp.dist)
         e = files.get(exp.rel) if files is not None else None
         return e if isinstance(e, list) else None  # compared whole with a list of the right types
 
-    def remember(self, dist: str, rel: str, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
+    def remember(self, dist: str, rel: str, uid: int, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
         files = self._load(dist)
-        if files is not None:
+        if files is not None and self.trusted(dist, uid):
             files[rel] = [ino, size, mtime_ns, sha256]
             self._dirty.add(dist)
 
     def save(self) -> None:
-        """Best effort and without fsync (a memo lost in a crash only costs a re-hash); temp file and rename, so a
-        reader never sees half a file."""
+        """Best effort and without fsync (a memo lost in a crash only costs a re-hash); a private temp file renamed
+        into place, so nobody reads half a file or writes into it."""
         if not self._dirty:
             return
+        from cpkgs_admin.locking import atomic_write
+
         try:
             self.dir.mkdir(mode=0o755, exist_ok=True)
         except OSError:
             return
         for dist in sorted(self._dirty):
-            tmp = self.dir / f".{dist}.{os.getpid()}.tmp"
-            doc = {"version": self.VERSION, "entry": self._idents[dist], "files": self._entries[dist]}
-            try:
-                tmp.write_text(json.dumps(doc))
-                os.chmod(tmp, 0o644)  # whatever the umask: only the admin may vouch for a cache inode
-                os.replace(tmp, self.dir / f"{dist}.json")
-            except OSError:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            doc = {"version": self.VERSION, "entry": self._idents[dist], "hardened": self._hardened.get(dist, False),
+                   "files": self._entries[dist] or {}}
+            with contextlib.suppress(OSError):
+                atomic_write(self.dir / f"{dist}.json", json.dumps(doc), 0o644, durable=False)
         self._dirty.clear()
 
 
-def scan_tree(top: Path) -> dict[str, os.stat_result]:
+def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dict[str, os.stat_result]:
     """Every entry under TOP (directories, files, symlinks; not TOP itself): relative path -> lstat, parents before
     their contents. An entry gone between listing and lstat (an NFS silly-rename file being deleted) is left out;
-    symlinks to directories are entries, not followed."""
+    symlinks to directories are entries, not followed. What cannot be read (a directory this user may not list)
+    goes to UNREADABLE as (relative path, reason), or raises OSError when that is None."""
     out: dict[str, os.stat_result] = {}
     pending = [("", str(top))]
     while pending:
@@ -378,6 +418,11 @@ def scan_tree(top: Path) -> dict[str, os.stat_result]:
             it = os.scandir(path)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((rel_dir.rstrip("/") or ".", exc.strerror or str(exc)))
+            continue
         with it:
             for entry in it:
                 rel = rel_dir + entry.name
@@ -385,9 +430,38 @@ def scan_tree(top: Path) -> dict[str, os.stat_result]:
                     out[rel] = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    if unreadable is None:
+                        raise
+                    unreadable.append((rel, exc.strerror or str(exc)))
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((rel + "/", entry.path))
     return out
+
+
+class Owners:
+    """Who may own an env's files: root, the owner of the env's top directory (who built it) and, for a package's
+    files hard-linked from the site cache, whoever owns that package's extracted directory there (the admin who
+    extracted it). Anyone else's file in a sealed env could be changed by its owner at will: a file replaced in a
+    cache directory others could write."""
+
+    def __init__(self, top_uid: int, cache: Path | None) -> None:
+        self.base = {0, top_uid}
+        self.cache = cache
+        self._entry: dict[str, int | None] = {}
+
+    def allowed(self, dist: str, uid: int) -> bool:
+        if uid in self.base:
+            return True
+        if not dist or self.cache is None:
+            return False
+        if dist not in self._entry:
+            try:
+                self._entry[dist] = os.stat(self.cache / dist).st_uid
+            except OSError:
+                self._entry[dist] = None
+        return uid == self._entry[dist]
 
 
 def check_integrity(
@@ -396,6 +470,7 @@ def check_integrity(
     memo: HashMemo | None = None,
     tree: dict[str, os.stat_result] | None = None,
     meta: CondaMeta | None = None,
+    owners: Owners | None = None,
 ) -> tuple[list[Problem], int, int, dict[str, os.stat_result]]:
     """(problems, files checked, bytes checked, the tree's scan). Also reports files on disk that no package lists.
 
@@ -407,18 +482,19 @@ def check_integrity(
     total = 0
     workers = workers or max(2, os.cpu_count() or 2)
     trust_before = time.time() - HashMemo.RACY_SECONDS
+    seen_of = tree.get if tree is not None else (lambda _rel: None)
     items: list[_Item] = [
-        (e, memo.known(e) if memo else None, tree.get(e.rel) if tree is not None else None)
-        for e in expected.values()
+        (e, memo.known(e, seen_of(e.rel)) if memo else None, seen_of(e.rel)) for e in expected.values()
     ]
     # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
     # slowest hash first, the small-file worker at the other end (_TwoEnds).
     items.sort(key=lambda it: -(it[0].size or 0) if it[1] is None else 0)
     scanned: dict[str, os.stat_result] = tree if tree is not None else {}
+    unreadable: list[tuple[str, str]] = []
 
     def scan() -> None:
         if tree is None:
-            scanned.update(scan_tree(prefix))
+            scanned.update(scan_tree(prefix, unreadable))
 
     for problem, size, remember in _run_checks(str(prefix), items, workers, trust_before, scan):
         total += size
@@ -426,6 +502,13 @@ def check_integrity(
             problems.append(problem)
         elif remember and memo is not None:
             memo.remember(*remember)
+    problems += [Problem("unreadable", rel, why) for rel, why in unreadable]
+    if owners is not None:
+        for e in expected.values():
+            st = scanned.get(e.rel)
+            if st is not None and not stat.S_ISLNK(st.st_mode) and not owners.allowed(e.dist, st.st_uid):
+                problems.append(Problem("owner", e.rel, f"owned by uid {st.st_uid}, not root, the env's builder "
+                                        "or the admin whose package cache it is linked from"))
     on_disk = {rel for rel, st in scanned.items() if not stat.S_ISDIR(st.st_mode)}
     for rel in sorted(on_disk - set(expected)):
         if rel.startswith("conda-meta/") or is_nfs_silly(os.path.basename(rel)):
@@ -442,7 +525,7 @@ def check_permissions(
     """The seal's rules over PREFIX and everything in it; TREE: a scan_tree of PREFIX already made."""
     problems: list[Problem] = []
     if tree is None:
-        tree = scan_tree(prefix)
+        tree = scan_tree(prefix, [])  # what cannot be read is check_integrity's to report
     try:
         entries = [(".", os.lstat(prefix)), *tree.items()]
     except OSError:
@@ -508,7 +591,8 @@ def meta_digest(prefix: Path, meta: CondaMeta | None = None) -> str:
 
 
 def verify_prefix(
-    prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "", meta_sha256: str | None = None
+    prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "", meta_sha256: str | None = None,
+    cache: Path | None = None,
 ) -> VerifyReport:
     rep = VerifyReport(name=name or prefix.name, platform=platform, prefix=str(prefix))
     if not prefix.is_dir():
@@ -521,7 +605,8 @@ def verify_prefix(
                 rep.problems.append(Problem("modified", "conda-meta", "package metadata changed since publish"))
         except OSError as exc:
             rep.problems.append(Problem("unreadable", "conda-meta", exc.strerror or str(exc)))
-    problems, files, nbytes, tree = check_integrity(prefix, meta=meta)
+    owners = Owners(prefix.lstat().st_uid, cache)
+    problems, files, nbytes, tree = check_integrity(prefix, meta=meta, owners=owners)
     rep.files, rep.bytes = files, nbytes
     rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix), tree)
     rep.unsealed = not expect_sealed
@@ -547,6 +632,7 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
             name=rec.name,
             platform=rec.platform,
             meta_sha256=rec.meta_sha256,
+            cache=site.pkgs_cache_dir,
         )
         reports.append(rep)
     return reports

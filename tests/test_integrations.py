@@ -276,3 +276,14 @@ def test_activation_reads_what_scripts_set_not_what_they_print(tmp_path: Path) -
     got = activation_of(prefix, "x-1.0")
     assert dict(got.variables) == {"TOOL_HOME": f"{prefix}/share/tool", "SECOND": f"after {prefix}/share/tool"}
     assert got.path_prepend == (f"{prefix}/opt/bin",)
+
+
+def test_activate_d_script_that_exits_the_shell_is_an_error_not_an_empty_activation(tmp_path: Path) -> None:
+    from cpkgs_admin.errors import CpkgsError
+    from cpkgs_admin.integrations import activation_of
+
+    act = tmp_path / "env" / "etc" / "conda" / "activate.d"
+    act.mkdir(parents=True)
+    (act / "bad.sh").write_text("export A=1\nexit 0\n")
+    with pytest.raises(CpkgsError, match="ended the shell"):
+        activation_of(tmp_path / "env", "bad-1.0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -456,11 +457,18 @@ def _memo_dir(root: Path) -> Path:
 
 def _opened_by_build(root: Path, name: str, *specs: str) -> tuple[subprocess.CompletedProcess[str], str]:
     """new-env under strace: (the run, every path it or its children opened)."""
+    # (Only opens inside the build's own staging dir count: rattler opens the cache's files when it extracts them.)
     log = root.parent / f"strace-{name}.log"
     cmd = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", str(log),
            sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *specs]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return proc, log.read_text()
+
+
+def _read_in_staging(log: str, name: str, rel: str) -> bool:
+    """Whether the build of NAME opened REL in its staging dir for reading (verify's hashing)."""
+    pattern = rf'open(at)?\(.*/\.staging-{re.escape(name)}@[0-9a-f]+/{re.escape(rel)}", O_RDONLY'
+    return re.search(pattern, log) is not None
 
 
 def test_second_build_does_not_reread_unchanged_cache_inodes(tmp_path: Path, channel_url: str) -> None:
@@ -470,12 +478,12 @@ def test_second_build_does_not_reread_unchanged_cache_inodes(tmp_path: Path, cha
     root = make_site(tmp_path / "site", channel_url)
     first, log1 = _opened_by_build(root, "m-1.0", "cpkgs-test-app", "cpkgs-test-textprefix")
     assert first.returncode == 0, first.stderr
-    assert "/bin/cpkgs-test-app" in log1  # hashed on the first build
+    assert _read_in_staging(log1, "m-1.0", "bin/cpkgs-test-app")  # hashed on the first build
     assert any(p.name.startswith("cpkgs-test-app-") for p in _memo_dir(root).glob("*.json"))
     second, log2 = _opened_by_build(root, "m-2.0", "cpkgs-test-app", "cpkgs-test-textprefix")
     assert second.returncode == 0, second.stderr
-    assert "/bin/cpkgs-test-app\"" not in log2  # linked to a remembered inode: not read again
-    assert "/bin/cpkgs-test-textprefix\"" in log2  # a patched copy: read
+    assert not _read_in_staging(log2, "m-2.0", "bin/cpkgs-test-app")  # a remembered inode: not read again
+    assert _read_in_staging(log2, "m-2.0", "bin/cpkgs-test-textprefix")  # a patched copy: read
     # `cpkgs verify` never relies on the memo: it reads every byte.
     r = run_cpkgs("verify", "m-2.0", root=root)
     assert r.returncode == 0, r
@@ -486,7 +494,7 @@ def test_second_build_does_not_reread_unchanged_cache_inodes(tmp_path: Path, cha
             shutil.rmtree(entry)
     third, log3 = _opened_by_build(root, "m-3.0", "cpkgs-test-app")
     assert third.returncode == 0, third.stderr
-    assert "/bin/cpkgs-test-app\"" in log3
+    assert _read_in_staging(log3, "m-3.0", "bin/cpkgs-test-app")
 
 
 def test_cache_file_changed_after_it_was_remembered_fails_the_next_build(tmp_path: Path, channel_url: str) -> None:
@@ -517,10 +525,57 @@ def test_damaged_or_writable_memo_is_never_trusted(tmp_path: Path, channel_url: 
         f.write_text("{not json")
     r, log = _opened_by_build(root, "d-2.0", "cpkgs-test-app")
     assert r.returncode == 0, r.stderr
-    assert "/bin/cpkgs-test-app\"" in log  # nothing usable remembered: read again
+    assert _read_in_staging(log, "d-2.0", "bin/cpkgs-test-app")  # nothing usable remembered: read again
     # A memo directory others could write could vouch for anything: then no hard links at all (and no memo).
     os.chmod(memo, 0o777)
     assert run_cpkgs("new-env", "d-3.0", "cpkgs-test-app", root=root).returncode == 0
     app = root / ENVS / "d-3.0" / "bin" / "cpkgs-test-app"
     assert os.lstat(app).st_nlink == 1
     assert run_cpkgs("verify", "d-3.0", root=root).returncode == 0
+
+
+def test_a_file_someone_else_put_into_the_cache_is_never_published(tmp_path: Path, channel_url: str) -> None:
+    """A cache directory others could write (a package that shipped it 0777, before cpkgs dropped the bits): an
+    ordinary user puts their own file, same bytes, in place of one that envs link to. The next build refuses to
+    publish a file its owner could change at will; envs linked to the old inode are untouched."""
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "o-1.0", "cpkgs-test-app", root=root).returncode == 0
+    cache_bin = next((root / ".cpkgs" / "pkgs").glob("cpkgs-test-app-*/bin"))
+    os.chmod(cache_bin, 0o777)
+    world_traversable(cache_bin)
+    app = cache_bin / "cpkgs-test-app"
+    swap = f"cp -p {app} {cache_bin}/mine && mv -f {cache_bin}/mine {app}"
+    assert as_nobody(["sh", "-c", swap]).returncode == 0
+    assert app.stat().st_uid == 65534
+    r = run_cpkgs("new-env", "o-2.0", "cpkgs-test-app", root=root)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1, r
+    assert "verify failed before publishing o-2.0: owner bin/cpkgs-test-app (owned by uid 65534" in r.stderr
+    assert not (root / ENVS / "o-2.0").exists()
+    assert run_cpkgs("verify", "o-1.0", root=root).returncode == 0
+
+
+def test_cache_entries_are_closed_to_others_once_extracted(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    cache = root / ".cpkgs" / "pkgs"
+    assert run_cpkgs("new-env", "h-1.0", "cpkgs-test-app", root=root).returncode == 0
+    entry = next(p for p in cache.glob("cpkgs-test-app-*") if p.is_dir())
+    # As a package that ships a world-writable directory and file leaves them on extraction:
+    os.chmod(entry / "bin", 0o777)
+    os.chmod(entry / "bin" / "cpkgs-test-app", 0o777)
+    for memo in _memo_dir(root).glob("cpkgs-test-app-*.json"):
+        memo.unlink()  # as before its first build
+    assert run_cpkgs("new-env", "h-2.0", "cpkgs-test-app", root=root).returncode == 0
+    modes = [stat.S_IMODE(os.lstat(os.path.join(d, n)).st_mode) for d, dirs, files in os.walk(entry)
+             for n in dirs + files if not os.path.islink(os.path.join(d, n))]
+    assert modes and not any(m & 0o022 for m in modes), [oct(m) for m in modes]
+    assert run_cpkgs("verify", "h-1.0", "h-2.0", root=root).returncode == 0
+
+
+def test_verify_reports_a_file_owned_by_someone_else(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "u-1.0", "cpkgs-test-app", root=root).returncode == 0
+    app = root / ENVS / "u-1.0" / "bin" / "cpkgs-test-app"
+    os.lchown(app, 65534, -1)
+    r = run_cpkgs("verify", "u-1.0", root=root)
+    assert r.returncode == 4, r
+    assert "bin/cpkgs-test-app" in r.stdout + r.stderr and "owned by uid 65534" in r.stdout + r.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_site, run_cpkgs
+from conftest import make_site, run_cpkgs, world_traversable
 
 ENVS = "anaconda3_linux/envs"
 
@@ -185,3 +185,16 @@ def test_big_env_hashed_in_processes_still_reports_problems(tmp_path: Path, chan
     r = run_cpkgs("verify", "big-1.0", root=root)
     rel = str(target.relative_to(prefix))
     assert r.returncode == 4 and f"modified: {rel}" in r.stdout, r
+
+
+def test_verify_by_a_user_who_cannot_read_everything_reports_it(tmp_path: Path, channel_url: str) -> None:
+    """Any user may run verify; a directory they cannot list is a problem in the report, not an internal error."""
+    root = make_site(tmp_path / "site", channel_url)
+    assert run_cpkgs("new-env", "r-1.0", "cpkgs-test-app", root=root).returncode == 0
+    bin_dir = root / "anaconda3_linux" / "envs" / "r-1.0" / "bin"
+    os.chmod(bin_dir, 0o500)
+    world_traversable(root)
+    r = run_cpkgs("verify", "r-1.0", root=root, user=True)
+    assert r.returncode == 4, r
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+    assert "unreadable" in r.stdout and "bin" in r.stdout, r.stdout
