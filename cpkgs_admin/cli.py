@@ -590,6 +590,16 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 # -------------------------------------------------------------------------------------------------------------- main
 
 
+def _quiet_teardown() -> None:
+    """An interrupt can land while asyncio is setting up an event loop for rattler: freeing the half-made loop
+    and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr. The process
+    is about to exit; the user gets one line, not those."""
+    import warnings
+
+    sys.unraisablehook = lambda _unraisable: None
+    warnings.simplefilter("ignore")
+
+
 def _run(argv: list[str] | None) -> int:
     try:
         # click's main() without its interrupt handling, which writes an empty line to stderr before ours.
@@ -604,6 +614,7 @@ def _run(argv: list[str] | None) -> int:
         click.echo(f"cpkgs: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
+        _quiet_teardown()
         click.echo("cpkgs: interrupted", err=True)
         return 130
     except click.ClickException as exc:
@@ -619,6 +630,7 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt:
+        _quiet_teardown()
         # On a terminal the cursor is still after the "^C" the terminal echoed.
         click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
         return 130

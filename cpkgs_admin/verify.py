@@ -117,6 +117,7 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
     for p, _raw, data in read_conda_meta(prefix) if meta is None else meta:
         if not isinstance(data, dict):
             raise CpkgsError(f"{p}: unreadable conda-meta record (not a JSON object)")
+        dist = p.stem
         paths = (data.get("paths_data") or {}).get("paths") or []
         for e in paths:
             if e.get("path_type") == "directory":
@@ -132,7 +133,7 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
             link = e.get("path_type") == "softlink"
             if link:
                 sha, size = None, None
-            out[rel] = Expected(rel=rel, sha256=sha, size=size, executable=None, link=link, dist=p.stem)
+            out[rel] = Expected(rel, sha, size, None, link, dist)
     manifest = prefix / SITE_MANIFEST
     if manifest.exists():
         try:
@@ -156,7 +157,7 @@ def _check_one(
     prefix: str, exp: Expected, known: _Known | None, seen: os.stat_result | None, trust_before: float
 ) -> _Result:
     """SEEN: the file's lstat from a scan the caller already made (new-env's private staging dir), else None."""
-    path = os.path.join(prefix, exp.rel)
+    path = prefix + "/" + exp.rel
     try:
         st = seen if seen is not None else os.lstat(path)
     except FileNotFoundError:
@@ -309,6 +310,7 @@ class HashMemo:
         self.dir = directory
         self.cache = cache
         self._owners: dict[str, int] = {}
+        self._me = os.getuid()
         self._entries: dict[str, dict[str, list[Any]] | None] = {}  # None: this package is not remembered
         self._idents: dict[str, list[int]] = {}
         self._hardened: dict[str, bool] = {}
@@ -326,7 +328,7 @@ class HashMemo:
 
     def trusted(self, dist: str, uid: int) -> bool:
         """Whether a file of DIST owned by UID may be vouched for: root, this admin, or who extracted the entry."""
-        return self._load(dist) is not None and uid in (0, os.getuid(), self._owners.get(dist))
+        return self._load(dist) is not None and uid in (0, self._me, self._owners.get(dist))
 
     def _load(self, dist: str) -> dict[str, list[Any]] | None:
         if dist in self._entries:
@@ -374,10 +376,10 @@ class HashMemo:
         """What the memo holds for EXP if the file as SEEN may be vouched for by it at all."""
         if not exp.dist or exp.sha256 is None or seen is None:
             return None
-        if seen.st_mode & 0o022 or not self.trusted(exp.dist, seen.st_uid):
-            return None
         files = self._load(exp.dist)
-        e = files.get(exp.rel) if files is not None else None
+        if files is None or seen.st_mode & 0o022 or seen.st_uid not in (0, self._me, self._owners.get(exp.dist)):
+            return None
+        e = files.get(exp.rel)
         return e if isinstance(e, list) else None  # compared whole with a list of the right types
 
     def remember(self, dist: str, rel: str, uid: int, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
@@ -483,9 +485,8 @@ def check_integrity(
     workers = workers or max(2, os.cpu_count() or 2)
     trust_before = time.time() - HashMemo.RACY_SECONDS
     seen_of = tree.get if tree is not None else (lambda _rel: None)
-    items: list[_Item] = [
-        (e, memo.known(e, seen_of(e.rel)) if memo else None, seen_of(e.rel)) for e in expected.values()
-    ]
+    known = memo.known if memo is not None else (lambda _e, _st: None)
+    items: list[_Item] = [(e, known(e, st), st) for e in expected.values() for st in (seen_of(e.rel),)]
     # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
     # slowest hash first, the small-file worker at the other end (_TwoEnds).
     items.sort(key=lambda it: -(it[0].size or 0) if it[1] is None else 0)

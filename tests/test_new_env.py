@@ -365,6 +365,28 @@ def test_ctrl_c_at_any_moment_leaves_nothing_users_can_enter(tmp_path: Path, cha
             assert as_nobody([str(prefix / "bin" / "cpkgs-test-app")]).stdout.strip() == "app ok"
 
 
+# SIGINT sent by the process to itself the moment asyncio has built its first event loop (for rattler's solve):
+# the one moment the random Ctrl-C test above hits only now and then.
+_INTERRUPT_IN_LOOP_SETUP = """
+import os, signal, sys, asyncio.base_events as be
+init = be.BaseEventLoop.__init__
+def first_loop(self, *a, **k):
+    init(self, *a, **k)
+    be.BaseEventLoop.__init__ = init
+    os.kill(os.getpid(), signal.SIGINT)
+be.BaseEventLoop.__init__ = first_loop
+from cpkgs_admin.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_interrupt_while_asyncio_builds_its_loop_is_one_line(site: Path) -> None:
+    cmd = [sys.executable, "-c", _INTERRUPT_IN_LOOP_SETUP, "--root", str(site), "new-env", "l-1.0", "cpkgs-test-app"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).parent.parent))
+    assert (r.returncode, r.stderr) == (130, "cpkgs: interrupted\n")
+    assert not (site / ENVS / "l-1.0").exists()
+
+
 def test_hard_links_only_into_the_admin_only_cache(built_site: Path) -> None:
     """Env files may share an inode with the site's package cache (fast publish), never with anything users can
     write: the cache under .cpkgs/ is admin-only, and files with a patched prefix are fresh copies."""
