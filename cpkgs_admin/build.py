@@ -16,7 +16,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,8 @@ def discard_staging(staging: Path, *, fenced: bool) -> None:
                 continue
             except OSError:
                 break
+        if staging.is_dir() and not staging.is_symlink():
+            doomed.append(staging)  # recreated more often than we moved it: removed all the same (0700 first)
         if not doomed:
             doomed = [staging]
     for d in doomed:
@@ -395,6 +397,18 @@ def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None
 
 
 def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
+    # With an admin group, what this build and rattler create in the shared cache and state (lock files, cache
+    # entries, the hash memo) must stay usable by the other admins, whatever this admin's umask: group-writable
+    # (the site's setgid dirs give it the admin group). Envs are sealed whatever the umask.
+    old_umask = os.umask(0o002) if site.config.admin_group else None
+    try:
+        return _new_env(site, req, progress=progress, log=log)
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+
+
+def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     name = req.name.name
@@ -544,7 +558,8 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             t = time.monotonic()
             from cpkgs_admin.verify import Owners, check_integrity
 
-            owners = Owners(os.getuid(), site.pkgs_cache_dir if hard_links else None)
+            # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
+            owners = Owners(staging.lstat().st_uid, site.pkgs_cache_dir if hard_links else None, site.admin_gid())
             problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta, owners=owners)
             if problems:
                 p = problems[0]
@@ -568,26 +583,33 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
             with site_locked(site):
                 # Again, under the site lock: two families racing for one module or kernel name cannot both pass.
                 preflight(site, req.name, subdir, packages)
-                # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed one.
-                # The top dir opens to users only after the rename: a kill in between leaves nothing they can enter.
-                try:
-                    os.rename(staging, final)
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                        # NFS clients cache "no such file" for a while: another host published this name after
-                        # our existence checks looked.
-                        msg = f"environment {name} ({subdir}) already exists: another run published it meanwhile"
-                        raise EnvExists(msg) from None
-                    raise
-                os.chmod(final, 0o555)
-                # The activate.d scripts run at their final prefix, once, here: the record keeps what they set, so
-                # modulefiles and kernels written later on any host (refresh on a Mac) carry it.
-                act_warning = _keep_activation(record, final, subdir)
-                save_record(site.record_path(name, subdir), record)
-                # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
-                warnings = [*act_warning, *_finish_publish(site, record, "ok")]
-        except BaseException:
-            discard_staging(staging, fenced=installing)
+                # From the publish point on, an interrupt waits for the record, the generated files and the audit
+                # line: an env half registered (published, no record) is worse than finishing in a moment.
+                with _interrupts_deferred() as interrupted:
+                    # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed
+                    # one. The top dir opens to users only after the rename: a kill in between leaves nothing they
+                    # can enter.
+                    try:
+                        os.rename(staging, final)
+                    except OSError as exc:
+                        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                            # NFS clients cache "no such file" for a while: another host published this name
+                            # after our existence checks looked.
+                            msg = f"environment {name} ({subdir}) already exists: another run published it meanwhile"
+                            raise EnvExists(msg) from None
+                        raise
+                    os.chmod(final, 0o555)
+                    # The activate.d scripts run at their final prefix, once, here: the record keeps what they set,
+                    # so modulefiles and kernels written later on any host (refresh on a Mac) carry it.
+                    act_warning = _keep_activation(record, final, subdir)
+                    save_record(site.record_path(name, subdir), record)
+                    # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
+                    warnings = [*act_warning, *_finish_publish(site, record, "ok")]
+                if interrupted:
+                    warnings.append(f"interrupted after the publish point: {name} is published and recorded")
+        except BaseException as exc:
+            # Only an interrupt can leave rattler's threads running after install_into returned.
+            discard_staging(staging, fenced=installing and not isinstance(exc, Exception))
             raise
         timings["publish"] = time.monotonic() - t
     return BuildResult(
@@ -601,6 +623,28 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
         timings=timings,
         warnings=warnings,
     )
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM only noted while the block runs (a list that gets the signal numbers); the default
+    handling comes back after it. In the main thread only (signal handlers cannot be set elsewhere)."""
+    import signal
+    import threading
+
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in wanted}
+    for sig in wanted:
+        signal.signal(sig, lambda signum, _frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _keep_activation(record: EnvRecord, final: Path, subdir: str) -> list[str]:
@@ -626,12 +670,12 @@ def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:
     warnings = []
     try:
         publish_outside(site, record)
-    except CpkgsError as exc:
+    except (CpkgsError, OSError) as exc:
         warnings.append(f"{record.name} is published, but its modulefile/kernels were not written: {exc}; "
                         "run 'cpkgs refresh'")
     try:
         audited(site, "new-env", env=record.name, platform=record.platform, packages=len(record.packages),
                 result=result)
-    except CpkgsError as exc:
+    except (CpkgsError, OSError) as exc:
         warnings.append(f"{record.name} is published, but the audit line was not written: {exc}")
     return warnings

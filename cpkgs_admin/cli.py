@@ -480,6 +480,8 @@ def refresh(c: Ctx, as_json: bool) -> None:
     from cpkgs_admin.refresh import refresh_site
 
     rep = refresh_site(c.site())
+    for warning in rep.warnings:
+        click.echo(f"cpkgs: warning: {warning}", err=True)
     if as_json:
         emit_json(rep.to_json())
         return
@@ -590,6 +592,17 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
 # -------------------------------------------------------------------------------------------------------------- main
 
 
+def _interrupted(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _quiet_teardown() -> None:
     """An interrupt can land while asyncio is setting up an event loop for rattler: freeing the half-made loop
     and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr. The process
@@ -601,6 +614,8 @@ def _quiet_teardown() -> None:
 
 
 def _run(argv: list[str] | None) -> int:
+    if os.environ.get("_CPKGS_COMPLETE"):  # shell completion: click's own main() knows how
+        cli.main(args=argv, prog_name="cpkgs")
     try:
         # click's main() without its interrupt handling, which writes an empty line to stderr before ours.
         args = list(sys.argv[1:] if argv is None else argv)
@@ -629,7 +644,7 @@ def _run(argv: list[str] | None) -> int:
         return 2 if isinstance(exc, click.UsageError) else exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):
         _quiet_teardown()
         # On a terminal the cursor is still after the "^C" the terminal echoed.
         click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
@@ -637,6 +652,10 @@ def _run(argv: list[str] | None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:
+        if _interrupted(exc):  # Python 3.11 wraps an interrupt during some imports (e.g. "Error calling __set_name__")
+            _quiet_teardown()
+            click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
+            return 130
         if _state["verbose"]:
             import traceback
 

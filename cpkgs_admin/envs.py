@@ -191,8 +191,12 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
             try:
                 rec.activation = activation_to_json(activation_of(Path(rec.prefix), rec.name))
             except CpkgsError:
-                rec.activation = None  # `refresh` here says why; elsewhere conda's own variables only
+                pass  # scripts broken by the maintenance: the activation kept so far stays; `refresh` says why
         _update(site, rec, "seal")
+        from cpkgs_admin.integrations import publish_outside
+
+        with contextlib.suppress(CpkgsError):
+            publish_outside(site, rec)  # its modulefile and kernels with what the scripts set now
     return rec
 
 

@@ -49,8 +49,10 @@ class Activation:
 
 def _run_sh(script: str, env: dict[str, str], where: Path) -> bytes:
     try:
+        # Its own session: a Ctrl-C at the terminal is cpkgs' to handle, not the scripts' to die of.
         proc = subprocess.run(
-            ["/bin/sh", "-c", script], env=env, cwd="/", capture_output=True, timeout=ACTIVATION_TIMEOUT, check=False
+            ["/bin/sh", "-c", script], env=env, cwd="/", capture_output=True, timeout=ACTIVATION_TIMEOUT, check=False,
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired:
         raise CpkgsError(f"{where}: activate.d scripts did not finish within {ACTIVATION_TIMEOUT:.0f}s") from None
@@ -224,19 +226,26 @@ def activation_from_json(data: Any) -> Activation | None:
     return Activation(path_prepend=tuple(prepend), variables=tuple(sorted(variables.items())))
 
 
-def record_activation(site: Site, rec: EnvRecord) -> Activation:
+def record_activation(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -> Activation:
     """What REC's modulefile and kernels set beyond conda's own variables. On a host of the env's platform the
     activate.d scripts run (as they are now: an unseal may have changed them); elsewhere they cannot (and must
     not) run, and the activation the record kept from publish is used, or, without one, nothing beyond what conda
-    itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV)."""
+    itself sets (PATH, CONDA_PREFIX, CONDA_DEFAULT_ENV). Scripts that fail here fall back to the kept activation
+    (one env's broken script must not stop `refresh` or `retire` for the site), with a line in WARNINGS."""
+    kept = activation_from_json(rec.activation)
     if rec.platform == site.native_subdir:
-        return activation_of(Path(rec.prefix), rec.name)
-    return activation_from_json(rec.activation) or Activation()
+        try:
+            return activation_of(Path(rec.prefix), rec.name)
+        except CpkgsError as exc:
+            if warnings is not None:
+                what = "the variables kept at publish" if kept is not None else "conda's own variables only"
+                warnings.append(f"{rec.name}: {exc}; its modulefile and kernels get {what}")
+    return kept or Activation()
 
 
-def env_outputs(site: Site, rec: EnvRecord) -> dict[Path, str]:
+def env_outputs(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -> dict[Path, str]:
     """Kernelspecs and modulefiles of one env, in its platform's trees."""
-    act = record_activation(site, rec)
+    act = record_activation(site, rec, warnings)
     return {**kernel_files(site, rec, act), **module_files(site, rec, act)}
 
 

@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -384,9 +385,18 @@ def audit(audit_log: Path, entry: dict[str, Any]) -> None:
     }
     audit_log.parent.mkdir(parents=True, exist_ok=True)
     # Group-writable where the site has an admin group (its dirs are setgid), so every admin can append.
-    shared = os.stat(audit_log.parent).st_mode & 0o2000
+    parent = os.stat(audit_log.parent)
+    shared = parent.st_mode & 0o2000
     fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664 if shared else 0o644)
     try:
+        st = os.fstat(fd)
+        if shared and st.st_uid == os.geteuid():
+            # Neither the umask of whoever created it nor a group from before the site had an admin group may lock
+            # the other admins out.
+            if st.st_gid != parent.st_gid:
+                os.fchown(fd, -1, parent.st_gid)
+            if stat.S_IMODE(st.st_mode) != 0o664:
+                os.fchmod(fd, 0o664)
         os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:

@@ -33,6 +33,8 @@ class PackageEntry:
     subdir: str = ""
     filename: str = ""
     depends: tuple[str, ...] = ()
+    # Keys a newer cpkgs wrote into this package's entry: kept as they are and written back.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -72,9 +74,7 @@ class EnvRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        d["packages"] = [asdict(p) for p in self.packages]
-        for p in d["packages"]:
-            p["depends"] = list(p["depends"])
+        d["packages"] = [{**p.extra, **_package_json(p)} for p in self.packages]
         return {**extra, **d}
 
     @property
@@ -89,6 +89,20 @@ class EnvRecord:
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(EnvRecord))
+_PACKAGE_FIELDS = frozenset(f.name for f in fields(PackageEntry))
+
+
+def _package_json(p: PackageEntry) -> dict[str, Any]:
+    d = asdict(p)
+    d.pop("extra")
+    d["depends"] = list(d["depends"])
+    return d
+
+
+def _package_from_json(p: Any) -> PackageEntry:
+    known = {k: v for k, v in p.items() if k in _PACKAGE_FIELDS and k != "extra"}
+    extra = {k: v for k, v in p.items() if k not in known}
+    return PackageEntry(**{**known, "depends": tuple(p.get("depends", ()))}, extra=extra)
 
 
 def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -106,7 +120,7 @@ def record_from_json(data: Any, path: Path) -> EnvRecord:
     data = _migrate(dict(data), path)
     extra = {k: data.pop(k) for k in list(data) if k not in _RECORD_FIELDS or k == "extra"}
     try:
-        pkgs = [PackageEntry(**{**p, "depends": tuple(p.get("depends", ()))}) for p in data.pop("packages")]
+        pkgs = [_package_from_json(p) for p in data.pop("packages")]
         rec = EnvRecord(packages=pkgs, extra=extra, **data)
     except (TypeError, KeyError, AttributeError) as exc:
         raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None

@@ -35,6 +35,7 @@ class RefreshReport:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "NAME: why", for envs whose names collide with an older one
     envs: int = 0
+    warnings: list[str] = field(default_factory=list)  # "NAME: ...", e.g. activate.d scripts that failed here
 
     @property
     def changed(self) -> bool:
@@ -55,6 +56,7 @@ class RefreshReport:
             "written": self.written,
             "removed": self.removed,
             "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
 
@@ -66,9 +68,10 @@ def refresh_site(site: Site) -> RefreshReport:
         desired: dict[Path, str] = {}
         owner: dict[Path, str] = {}
         skipped: list[str] = []
+        warnings: list[str] = []
         kept = []
         for rec in chosen:  # oldest first: on a collision (records older than preflight) the older env keeps it
-            files = env_outputs(site, rec)
+            files = env_outputs(site, rec, warnings)
             clash = next((p for p in files if p in owner), None)
             if clash is not None:
                 skipped.append(f"{rec.name}: {clash} already belongs to {owner[clash]}")
@@ -84,4 +87,5 @@ def refresh_site(site: Site) -> RefreshReport:
         platforms = site.output_platforms(tuple(sorted({r.platform for r in records})))
         existing = [f for p in platforms for f in generated_kernel_files(site, p) + generated_module_files(site, p)]
         removed = remove_outputs([p for p in existing if p not in desired], stops(site, platforms))
-    return RefreshReport(profiles=profiles, written=written, removed=removed, skipped=skipped, envs=len(kept))
+    return RefreshReport(profiles=profiles, written=written, removed=removed, skipped=skipped, envs=len(kept),
+                         warnings=warnings)

@@ -93,10 +93,11 @@ def unseal_tree(top: Path) -> int:
 
 
 def make_removable(top: Path) -> None:
-    """Before deleting a sealed tree: directories need u+w for their entries to be unlinked."""
+    """Before deleting a sealed tree: directories need u+w for their entries to be unlinked. 0700, TOP first: a
+    deletion cut short (a second Ctrl-C, a file NFS keeps busy) leaves nothing others can enter."""
+    os.chmod(top, 0o700)
     for dirpath, dirnames, _ in os.walk(top):
         for d in dirnames:
             p = os.path.join(dirpath, d)
             if not os.path.islink(p):
-                os.chmod(p, 0o755)
-    os.chmod(top, 0o755)
+                os.chmod(p, 0o700)

@@ -9,6 +9,7 @@ new-env checks its own staged tree, scanned once, and skips re-reading cache ino
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -284,6 +285,17 @@ def _run_checks(
         return [r for f in [*big, small] for r in f.result()]
 
 
+def _drop_group_other_write(fd: int) -> bool:
+    """fchmod g-w,o-w of a regular file or directory open as FD; False when that failed."""
+    try:
+        st = os.fstat(fd)
+        if (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) and st.st_mode & 0o022:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o022)
+    except OSError:
+        return False
+    return True
+
+
 class HashMemo:
     """The sha256 of package-cache inodes that new-env has already read and found right, so that the next build
     linking the same unchanged inode need not read it again.
@@ -354,19 +366,30 @@ class HashMemo:
     def harden(self, dist: str) -> None:
         """Drop group and other write permission from DIST's extracted directory in the cache, once per extraction:
         a package may ship a directory mode 0777, and rattler keeps it in the cache, where anyone could then put
-        their own file in place of one that envs are hard-linked to."""
+        their own file in place of one that envs are hard-linked to. Walks by directory descriptors and changes
+        modes through descriptors opened without following symlinks: whoever can write there cannot redirect the
+        change to another file. Marked done only when every change succeeded."""
         if self._load(dist) is None or self._hardened.get(dist):
             return
-        top = self.cache / dist
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in ["", *dirnames, *filenames] if dirpath == str(top) else [*dirnames, *filenames]:
-                path = os.path.join(dirpath, name) if name else dirpath
-                with contextlib.suppress(OSError):
-                    st = os.lstat(path)
-                    if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
-                        os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+        ok = True
+        try:
+            for _dirpath, _dirnames, filenames, dirfd in os.fwalk(self.cache / dist, follow_symlinks=False):
+                ok = _drop_group_other_write(dirfd) and ok
+                for name in filenames:
+                    try:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+                    except OSError as exc:
+                        if exc.errno != errno.ELOOP:  # a symlink: nothing to change
+                            ok = False
+                        continue
+                    try:
+                        ok = _drop_group_other_write(fd) and ok
+                    finally:
+                        os.close(fd)
+        except OSError:
+            ok = False
         ident = self._ident(dist)  # chmod of the top directory moved its ctime
-        if ident is None:
+        if not ok or ident is None:
             return
         self._idents[dist] = ident
         self._hardened[dist] = True
@@ -396,7 +419,7 @@ class HashMemo:
         from cpkgs_admin.locking import atomic_write
 
         try:
-            self.dir.mkdir(mode=0o755, exist_ok=True)
+            self.dir.mkdir(mode=0o775, exist_ok=True)  # the umask decides: 002 where admins share a group
         except OSError:
             return
         for dist in sorted(self._dirty):
@@ -443,19 +466,26 @@ def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dic
 
 
 class Owners:
-    """Who may own an env's files: root, the owner of the env's top directory (who built it) and, for a package's
-    files hard-linked from the site cache, whoever owns that package's extracted directory there (the admin who
-    extracted it). Anyone else's file in a sealed env could be changed by its owner at will: a file replaced in a
-    cache directory others could write."""
+    """Who may own an env's files: root, the owner of the env's top directory (who built it), members of the site's
+    admin group, and, for a package's files hard-linked from the site cache, whoever owns that package's extracted
+    directory there (the admin who extracted it). Anyone else's file in a sealed env could be changed by its owner
+    at will: a file replaced in a cache directory others could write."""
 
-    def __init__(self, top_uid: int, cache: Path | None) -> None:
+    def __init__(self, top_uid: int, cache: Path | None, admin_gid: int | None = None) -> None:
         self.base = {0, top_uid}
         self.cache = cache
+        self.admin_gid = admin_gid
         self._entry: dict[str, int | None] = {}
+        self._admin: dict[int, bool] = {}
 
     def allowed(self, dist: str, uid: int) -> bool:
         if uid in self.base:
             return True
+        if self.admin_gid is not None:
+            if uid not in self._admin:
+                self._admin[uid] = _in_group(uid, self.admin_gid)
+            if self._admin[uid]:
+                return True
         if not dist or self.cache is None:
             return False
         if dist not in self._entry:
@@ -464,6 +494,23 @@ class Owners:
             except OSError:
                 self._entry[dist] = None
         return uid == self._entry[dist]
+
+
+def _in_group(uid: int, gid: int) -> bool:
+    """Whether UID's account has GID as its primary group or is listed as a member of it."""
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if pw.pw_gid == gid:
+        return True
+    try:
+        return pw.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
 
 
 def check_integrity(
@@ -594,6 +641,7 @@ def meta_digest(prefix: Path, meta: CondaMeta | None = None) -> str:
 def verify_prefix(
     prefix: Path, *, expect_sealed: bool, name: str = "", platform: str = "", meta_sha256: str | None = None,
     cache: Path | None = None,
+    admin_gid: int | None = None,
 ) -> VerifyReport:
     rep = VerifyReport(name=name or prefix.name, platform=platform, prefix=str(prefix))
     if not prefix.is_dir():
@@ -606,7 +654,7 @@ def verify_prefix(
                 rep.problems.append(Problem("modified", "conda-meta", "package metadata changed since publish"))
         except OSError as exc:
             rep.problems.append(Problem("unreadable", "conda-meta", exc.strerror or str(exc)))
-    owners = Owners(prefix.lstat().st_uid, cache)
+    owners = Owners(prefix.lstat().st_uid, cache, admin_gid)
     problems, files, nbytes, tree = check_integrity(prefix, meta=meta, owners=owners)
     rep.files, rep.bytes = files, nbytes
     rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix), tree)
@@ -634,6 +682,7 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
             platform=rec.platform,
             meta_sha256=rec.meta_sha256,
             cache=site.pkgs_cache_dir,
+            admin_gid=site.admin_gid(),
         )
         reports.append(rep)
     return reports

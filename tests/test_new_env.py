@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -601,3 +602,36 @@ def test_verify_reports_a_file_owned_by_someone_else(tmp_path: Path, channel_url
     r = run_cpkgs("verify", "u-1.0", root=root)
     assert r.returncode == 4, r
     assert "bin/cpkgs-test-app" in r.stdout + r.stderr and "owned by uid 65534" in r.stdout + r.stderr
+
+
+def test_two_admins_of_the_admin_group_build_in_turn(tmp_path: Path, channel_url: str) -> None:
+    """A site root set up with an admin group (Debian's 'staff'); two admins (uids 1001 and 1002, no passwd
+    entries, primary group staff, umask 022) build one after the other: nothing they share (the package cache and
+    its lock, the hash memo, the audit log) is locked to one of them: no warning, both envs verify, both audited."""
+    import grp
+
+    staff = grp.getgrnam("staff").gr_gid
+    channel = tmp_path / "channel"
+    shutil.copytree(channel_url.removeprefix("file://"), channel)
+    root = make_site(tmp_path / "site", channel.as_uri())
+    assert run_cpkgs("init", "--admin-group", "staff", root=root).returncode == 0
+    world_traversable(root)
+    subprocess.run(["chmod", "-R", "a+rX", str(channel)], check=True)
+    for i, uid in enumerate((1001, 1002)):
+        home = tmp_path / f"home{uid}"
+        home.mkdir()
+        os.chown(home, uid, staff)
+        cmd = ["setpriv", "--reuid", str(uid), "--regid", str(staff), "--clear-groups", sys.executable, "-m",
+               "cpkgs_admin", "--root", str(root), "new-env", f"adm{i}-1.0", "cpkgs-test-app"]
+        umask = os.umask(0o022)  # inherited by the admin's process
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).parent.parent),
+                               env={**os.environ, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"})
+        finally:
+            os.umask(umask)
+        assert r.returncode == 0 and r.stderr == "", (uid, r.stderr)
+    # (The second admin's files are copies here: the kernel's protected_hardlinks lets nobody but root link
+    # another user's file it cannot write.)
+    assert run_cpkgs("verify", "adm0-1.0", "adm1-1.0", root=root).returncode == 0
+    lines = [json.loads(x) for x in (root / ".cpkgs" / "audit.log").read_text().splitlines()]
+    assert [x.get("env") for x in lines if x["action"] == "new-env"] == ["adm0-1.0", "adm1-1.0"]

@@ -21,7 +21,9 @@ def test_fresh_site_is_up_to_date_and_refresh_is_idempotent(site: Path) -> None:
     assert r.stdout.strip() == "everything is up to date"
     r = run_cpkgs("refresh", "--json", root=site)
     assert r.returncode == 0, r
-    assert r.json() == {"changed": False, "envs": 2, "profiles": [], "written": [], "removed": [], "skipped": []}
+    assert r.json() == {
+        "changed": False, "envs": 2, "profiles": [], "written": [], "removed": [], "skipped": [], "warnings": [],
+    }
 
 
 def test_regenerates_damaged_files_and_profiles(site: Path) -> None:
@@ -146,3 +148,20 @@ def test_refresh_on_another_platforms_host_keeps_activate_d_variables(site: Path
     rep = refresh_site(site_mod.open_site(site))
     assert sorted(rep.written) == sorted(str(p) for p in good)
     assert {p: p.read_text() for p in good} == good
+
+
+def test_one_envs_broken_activate_script_does_not_stop_refresh_or_retire(site: Path) -> None:
+    _build(site)  # a-1.0 has activate.d scripts
+    lua = site / "modulefiles" / "a" / "1.0.lua"
+    good = lua.read_text()
+    assert run_cpkgs("unseal", "a-1.0", "--reason", "test", root=site).returncode == 0
+    act = site / "anaconda3_linux" / "envs" / "a-1.0" / "etc" / "conda" / "activate.d"
+    (act / "zz-bad.sh").write_text("exit 0\n")
+    assert run_cpkgs("seal", "a-1.0", root=site).returncode == 0
+    r = run_cpkgs("refresh", root=site)
+    assert r.returncode == 0, r
+    assert "cpkgs: warning: a-1.0:" in r.stderr and "ended the shell" in r.stderr
+    assert lua.read_text() == good  # the variables kept at publish
+    r = run_cpkgs("retire", "a-1.0", "--successor", "a-2.0", root=site)
+    assert r.returncode == 0, r
+    assert "a-2.0" in lua.read_text()  # the retired modulefile names its successor
