@@ -61,3 +61,10 @@ def test_internal_errors_have_no_traceback_unless_verbose(tmp_path: Path) -> Non
     assert r.returncode == 1 and "broken.json" in r.stderr and "Traceback" not in r.stderr
     r = run_cpkgs("-v", "list", root=root)
     assert "Traceback" in r.stderr
+
+
+def test_shell_completion_script_and_bare_command() -> None:
+    r = run_cpkgs(env={"_CPKGS_COMPLETE": "bash_source"})
+    assert r.returncode == 0 and "_cpkgs_completion()" in r.stdout, r
+    r = run_cpkgs()
+    assert r.returncode == 2 and r.stderr.startswith("Usage: cpkgs [OPTIONS] COMMAND"), r

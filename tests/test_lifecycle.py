@@ -171,3 +171,23 @@ def test_record_keys_of_a_newer_cpkgs_survive_an_older_ones_changes(tmp_path: Pa
     after = json.loads(path.read_text())
     assert after["from_the_future"] == {"kept": True} and after["status"] == "retired"
     assert [e["name"] for e in run_cpkgs("list", "--all", "--json", root=root).json()] == ["k-1.0"]
+
+
+def test_purge_removes_what_interrupted_builds_left(tmp_path: Path, channel_url: str) -> None:
+    """Leftovers of builds cut short: a staging dir (kill -9), the private placeholder file and a renamed-aside dir
+    (Ctrl-C during the install). purge removes them when no build of that name runs."""
+    root = make_site(tmp_path / "site", channel_url)
+    envs = root / ENVS
+    killed = envs / ".staging-k-1.0@0123456789ab"
+    (killed / "bin").mkdir(parents=True)
+    os.chmod(killed, 0o700)
+    placeholder = envs / ".staging-c-1.0@ba9876543210"
+    placeholder.touch(mode=0o600)
+    aside = envs / ".staging-c-1.0@ba9876543210-discarded0"
+    (aside / "lib").mkdir(parents=True)
+    os.chmod(aside / "lib", 0o555)
+    r = run_cpkgs("purge", "--json", root=root)
+    assert r.returncode == 0, r
+    assert sorted(r.json()["staging_removed"]) == sorted(str(p) for p in (killed, placeholder, aside))
+    assert not list(envs.glob(".staging-*"))
+    assert run_cpkgs("new-env", "c-1.0", "cpkgs-test-app", root=root).returncode == 0
