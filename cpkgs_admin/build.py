@@ -205,8 +205,6 @@ def discard_staging(staging: Path, *, fenced: bool) -> None:
     threads may still be linking files: they would recreate STAGING's directories, world-readable, after an
     rmtree. So it is renamed aside and an empty private file takes its name, on which their paths fail; the file
     stays until the next build of the name (or `purge`) removes it, like any leftover of an interrupted run."""
-    from cpkgs_admin.seal import make_removable
-
     doomed = [staging]
     if fenced:
         doomed = []
@@ -229,13 +227,9 @@ def discard_staging(staging: Path, *, fenced: bool) -> None:
                 break
         if staging.is_dir() and not staging.is_symlink():
             doomed.append(staging)  # recreated more often than we moved it: removed all the same (0700 first)
-        if not doomed:
-            doomed = [staging]
     for d in doomed:
-        if d.is_dir() and not d.is_symlink():
-            with contextlib.suppress(OSError):
-                make_removable(d)
-            shutil.rmtree(d, ignore_errors=True)
+        if d.is_dir() and not d.is_symlink():  # never the placeholder file
+            remove_leftover(d)
 
 
 def check_space(path: Path, records: list[Any]) -> None:
@@ -535,7 +529,6 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                 census_at_publish,
                 meta_digest,
                 read_conda_meta,
-                scan_tree,
                 site_manifest,
                 unhashed_patched_files,
             )
@@ -544,6 +537,8 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
             # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
             # else can write the 0700 staging dir, so the scan stays true until the rename.
+            from cpkgs_admin.seal import scan_tree
+
             tree = scan_tree(staging)
             record.file_count, record.size, executables = census_at_publish(tree)
             record.file_count += 3  # the manifest, the executables list and the embedded record below
@@ -601,7 +596,11 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                     os.chmod(final, 0o555)
                     # The activate.d scripts run at their final prefix, once, here: the record keeps what they set,
                     # so modulefiles and kernels written later on any host (refresh on a Mac) carry it.
-                    act_warning = _keep_activation(record, final, subdir)
+                    from cpkgs_admin.integrations import keep_activation
+
+                    act_error = keep_activation(site, record)
+                    act_warning = [f"{name}: {act_error}; its modulefile and kernels get conda's own variables only"
+                                   ] if act_error else []
                     save_record(site.record_path(name, subdir), record)
                     # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
                     warnings = [*act_warning, *_finish_publish(site, record, "ok")]
@@ -645,20 +644,6 @@ def _interrupts_deferred() -> Iterator[list[int]]:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-def _keep_activation(record: EnvRecord, final: Path, subdir: str) -> list[str]:
-    """Record what FINAL's activate.d scripts set (this host's platform only); a warning when they failed."""
-    from cpkgs_admin.integrations import activation_of, activation_to_json
-
-    if subdir != _native():
-        return []
-    try:
-        record.activation = activation_to_json(activation_of(final, record.name))
-    except CpkgsError as exc:
-        record.activation = None
-        return [f"{record.name}: {exc}; its modulefile and kernels get conda's own variables only"]
-    return []
 
 
 def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:

@@ -603,6 +603,13 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _interrupted_exit() -> int:
+    _quiet_teardown()
+    # On a terminal the cursor is still after the "^C" the terminal echoed.
+    click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
+    return 130
+
+
 def _quiet_teardown() -> None:
     """An interrupt can land while asyncio is setting up an event loop for rattler: freeing the half-made loop
     and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr. The process
@@ -645,17 +652,12 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except (KeyboardInterrupt, EOFError):
-        _quiet_teardown()
-        # On a terminal the cursor is still after the "^C" the terminal echoed.
-        click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
-        return 130
+        return _interrupted_exit()
     except BrokenPipeError:
         return 1
     except Exception as exc:
         if _interrupted(exc):  # Python 3.11 wraps an interrupt during some imports (e.g. "Error calling __set_name__")
-            _quiet_teardown()
-            click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
-            return 130
+            return _interrupted_exit()
         if _state["verbose"]:
             import traceback
 

@@ -184,16 +184,12 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         seal_tree(Path(rec.prefix), site.admin_gid())
         rec.unsealed = None
         rec.status = "retired" if rec.retired else "active"
-        if rec.platform == site.native_subdir:
-            # The maintenance may have changed the activate.d scripts: other platforms' hosts use the record's copy.
-            from cpkgs_admin.integrations import activation_of, activation_to_json
+        from cpkgs_admin.integrations import keep_activation, publish_outside
 
-            try:
-                rec.activation = activation_to_json(activation_of(Path(rec.prefix), rec.name))
-            except CpkgsError:
-                pass  # scripts broken by the maintenance: the activation kept so far stays; `refresh` says why
+        # The maintenance may have changed the activate.d scripts: other platforms' hosts use the record's copy.
+        # Scripts it broke leave the activation kept so far; `refresh` says why.
+        keep_activation(site, rec)
         _update(site, rec, "seal")
-        from cpkgs_admin.integrations import publish_outside
 
         with contextlib.suppress(CpkgsError):
             publish_outside(site, rec)  # its modulefile and kernels with what the scripts set now

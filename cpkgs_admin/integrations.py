@@ -226,6 +226,19 @@ def activation_from_json(data: Any) -> Activation | None:
     return Activation(path_prepend=tuple(prepend), variables=tuple(sorted(variables.items())))
 
 
+def keep_activation(site: Site, rec: EnvRecord) -> str | None:
+    """On a host of REC's platform, run its activate.d scripts at REC's prefix and keep what they set in REC (for
+    other platforms' hosts); the reason when they failed, REC keeping what it had. Elsewhere nothing: they cannot
+    run here."""
+    if rec.platform != site.native_subdir:
+        return None
+    try:
+        rec.activation = activation_to_json(activation_of(Path(rec.prefix), rec.name))
+    except CpkgsError as exc:
+        return str(exc)
+    return None
+
+
 def record_activation(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -> Activation:
     """What REC's modulefile and kernels set beyond conda's own variables. On a host of the env's platform the
     activate.d scripts run (as they are now: an unseal may have changed them); elsewhere they cannot (and must

@@ -19,12 +19,38 @@ def sealed_mode(st_mode: int) -> int:
     return 0o555 if st_mode & EXEC_BITS else 0o444
 
 
-def _walk(top: Path) -> list[tuple[str, os.stat_result]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            out.append((p, os.lstat(p)))
+def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dict[str, os.stat_result]:
+    """Every entry under TOP (directories, files, symlinks; not TOP itself): relative path -> lstat, parents before
+    their contents. An entry gone between listing and lstat (an NFS silly-rename file being deleted) is left out;
+    symlinks to directories are entries, not followed. What cannot be read (a directory this user may not list)
+    goes to UNREADABLE as (relative path, reason), or raises OSError when that is None."""
+    out: dict[str, os.stat_result] = {}
+    pending = [("", str(top))]
+    while pending:
+        rel_dir, path = pending.pop()
+        try:
+            it = os.scandir(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((rel_dir.rstrip("/") or ".", exc.strerror or str(exc)))
+            continue
+        with it:
+            for entry in it:
+                rel = rel_dir + entry.name
+                try:
+                    out[rel] = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if unreadable is None:
+                        raise
+                    unreadable.append((rel, exc.strerror or str(exc)))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel + "/", entry.path))
     return out
 
 
@@ -34,26 +60,24 @@ def seal_tree(
     """Seal every file and directory under TOP, TOP itself last (a failure leaves it visibly unsealed).
 
     The build passes top_mode=0o700 so a staging dir stays private until it is renamed into place, and TREE, the
-    scan (relative path -> lstat) it already made of that dir, which nobody else can write, to spare a walk."""
+    scan_tree it already made of that dir, which nobody else can write, to spare a walk."""
     count = 0
-    entries = _walk(top) if tree is None else tree.items()
     base = os.path.join(top, "")
     try:
-        for name, st in entries:
+        for rel, st in (scan_tree(top) if tree is None else tree).items():
             mode = st.st_mode
             if stat.S_ISLNK(mode):
                 if gid is not None and st.st_gid != gid:
-                    os.lchown(base + name if tree is not None else name, -1, gid)
+                    os.lchown(base + rel, -1, gid)
                 continue
             count += 1
             sealed = sealed_mode(mode)
             if (mode & 0o7777) == sealed and (gid is None or st.st_gid == gid):
                 continue  # already sealed (a cache inode sealed with an earlier env): no system call
-            path = base + name if tree is not None else name
             if gid is not None and st.st_gid != gid:
-                os.lchown(path, -1, gid)
+                os.lchown(base + rel, -1, gid)
             if (mode & 0o7777) != sealed:
-                os.chmod(path, sealed)
+                os.chmod(base + rel, sealed)
         if gid is not None:
             os.lchown(top, -1, gid)
         os.chmod(top, top_mode)
@@ -76,7 +100,8 @@ def unseal_tree(top: Path) -> int:
     count = 0
     try:
         os.chmod(top, 0o755)
-        entries = _walk(top)
+        base = os.path.join(top, "")
+        entries = [(base + rel, st) for rel, st in scan_tree(top).items()]
         for path, st in entries:  # directories first get u+w so their files can be replaced
             if stat.S_ISDIR(st.st_mode):
                 os.chmod(path, (st.st_mode & 0o777) | stat.S_IWUSR)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.seal import EXEC_BITS
+from cpkgs_admin.seal import EXEC_BITS, scan_tree
 
 # Written by cpkgs after install (post-process) into conda-meta/cpkgs/, a directory conda and rattler ignore
 # (they read conda-meta/*.json only); not part of any package, checked against our own manifest.
@@ -428,41 +428,6 @@ class HashMemo:
             with contextlib.suppress(OSError):
                 atomic_write(self.dir / f"{dist}.json", json.dumps(doc), 0o644, durable=False)
         self._dirty.clear()
-
-
-def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dict[str, os.stat_result]:
-    """Every entry under TOP (directories, files, symlinks; not TOP itself): relative path -> lstat, parents before
-    their contents. An entry gone between listing and lstat (an NFS silly-rename file being deleted) is left out;
-    symlinks to directories are entries, not followed. What cannot be read (a directory this user may not list)
-    goes to UNREADABLE as (relative path, reason), or raises OSError when that is None."""
-    out: dict[str, os.stat_result] = {}
-    pending = [("", str(top))]
-    while pending:
-        rel_dir, path = pending.pop()
-        try:
-            it = os.scandir(path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            if unreadable is None:
-                raise
-            unreadable.append((rel_dir.rstrip("/") or ".", exc.strerror or str(exc)))
-            continue
-        with it:
-            for entry in it:
-                rel = rel_dir + entry.name
-                try:
-                    out[rel] = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    if unreadable is None:
-                        raise
-                    unreadable.append((rel, exc.strerror or str(exc)))
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((rel + "/", entry.path))
-    return out
 
 
 class Owners:
