@@ -23,7 +23,7 @@ from typing import Any
 
 from cpkgs_admin import __version__
 from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError
-from cpkgs_admin.locking import SiteLock, audited, current_user, env_locked, site_locked
+from cpkgs_admin.locking import SiteLock, audited, current_user, env_locked, site_locked, write_staged
 from cpkgs_admin.names import EnvName
 from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
 from cpkgs_admin.site import Site
@@ -333,23 +333,8 @@ def pkg_list_text(packages: list[PackageEntry]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
 
 
-def _write_staged(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a file inside the hidden staging dir (what atomic_write would write, without its temp file and fsyncs).
-
-    Nobody sees the staging dir before the rename publishes it whole and a failed run discards it, so a temp file
-    and rename add nothing; the package files rattler wrote next to it are not fsynced either, so per-file fsyncs
-    bought no durability but cost ~2-4 ms each on ext4 (10 per build).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a new inode, as os.replace would give
-    with open(path, "wb") as fh:
-        fh.write(text.encode("utf-8"))
-    os.chmod(path, mode)
-
-
 def _write_staged_json(path: Path, obj: Any) -> None:
-    _write_staged(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_staged(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
@@ -361,7 +346,7 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
         EXPLICIT_LOCK: explicit_text(record.packages, record.platform),
     }
     for rel, text in written.items():
-        _write_staged(staging / rel, text, 0o644)
+        write_staged(staging / rel, text, 0o644)
     extra = write_env_integrations(staging, final, record)
     return [*written, *extra]
 

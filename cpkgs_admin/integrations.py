@@ -25,7 +25,7 @@ from typing import Any
 from cpkgs_admin.errors import BuildError, CpkgsError, UsageError
 from cpkgs_admin.kernels import generated_kernel_files, kernel_files, kernel_names, kernel_owner, wants_kernel
 from cpkgs_admin.localdb import db_config_files, stdlib_dir
-from cpkgs_admin.locking import atomic_write, site_locked, write_if_changed
+from cpkgs_admin.locking import site_locked, write_if_changed, write_staged
 from cpkgs_admin.modules import family_files, is_generated, module_files
 from cpkgs_admin.records import EnvRecord, PackageEntry, load_all
 from cpkgs_admin.site import Site
@@ -153,8 +153,7 @@ def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]
         if path.exists() or path.is_symlink():
             # A package's own file: replacing it would fail verification against conda-meta.
             raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
-        # Inside the private staging dir: published whole by the rename, discarded whole on failure; no fsyncs.
-        atomic_write(path, text, 0o644, durable=False)
+        write_staged(path, text, 0o644)
     return list(files)
 
 

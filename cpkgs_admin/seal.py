@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 from cpkgs_admin.errors import PermissionProblem
 
 EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def sealed_mode(st_mode: int) -> int:
@@ -23,34 +25,47 @@ def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dic
     """Every entry under TOP (directories, files, symlinks; not TOP itself): relative path -> lstat, parents before
     their contents. An entry gone between listing and lstat (an NFS silly-rename file being deleted) is left out;
     symlinks to directories are entries, not followed. What cannot be read (a directory this user may not list)
-    goes to UNREADABLE as (relative path, reason), or raises OSError when that is None."""
+    goes to UNREADABLE as (relative path, reason), or raises OSError when that is None.
+
+    Each directory is opened once and its entries are stat-ed relative to it (fstatat): the kernel resolves the
+    env's long prefix once per directory, not once per file (about a tenth of a big env's scan). One descriptor
+    is open at a time."""
     out: dict[str, os.stat_result] = {}
     pending = [("", str(top))]
     while pending:
         rel_dir, path = pending.pop()
         try:
-            it = os.scandir(path)
+            fd = os.open(path, _DIR_FLAGS if rel_dir else _DIR_FLAGS & ~os.O_NOFOLLOW)  # TOP itself may be a link
         except FileNotFoundError:
             continue
         except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP) and rel_dir:
+                continue  # replaced by a file or symlink since it was listed: its new entry is not ours to follow
             if unreadable is None:
                 raise
             unreadable.append((rel_dir.rstrip("/") or ".", exc.strerror or str(exc)))
             continue
-        with it:
-            for entry in it:
-                rel = rel_dir + entry.name
-                try:
-                    out[rel] = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    if unreadable is None:
-                        raise
-                    unreadable.append((rel, exc.strerror or str(exc)))
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((rel + "/", entry.path))
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    rel = rel_dir + entry.name
+                    try:
+                        out[rel] = st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        if unreadable is None:
+                            raise
+                        unreadable.append((rel, exc.strerror or str(exc)))
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append((rel + "/", path + "/" + entry.name))
+        except OSError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((rel_dir.rstrip("/") or ".", exc.strerror or str(exc)))
+        finally:
+            os.close(fd)
     return out
 
 

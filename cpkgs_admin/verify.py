@@ -405,6 +405,15 @@ class HashMemo:
         e = files.get(exp.rel)
         return e if isinstance(e, list) else None  # compared whole with a list of the right types
 
+    def vouching(self, dist: str) -> tuple[dict[str, list[Any]], tuple[int, ...]] | None:
+        """DIST's remembered inodes and the owners whose inodes they may vouch for (root, this admin, who extracted
+        the package), or None when nothing of DIST is remembered. check_integrity applies _check_one's memo-hit
+        rule with them to a big env's files without building a check item for each."""
+        files = self._load(dist) if dist else None
+        if not files:
+            return None
+        return files, (0, self._me, self._owners.get(dist, 0))
+
     def remember(self, dist: str, rel: str, uid: int, ino: int, size: int, mtime_ns: int, sha256: str) -> None:
         files = self._load(dist)
         if files is not None and self.trusted(dist, uid):
@@ -498,7 +507,28 @@ def check_integrity(
     trust_before = time.time() - HashMemo.RACY_SECONDS
     seen_of = tree.get if tree is not None else (lambda _rel: None)
     known = memo.known if memo is not None else (lambda _e, _st: None)
-    items: list[_Item] = [(e, known(e, st), st) for e in expected.values() for st in (seen_of(e.rel),)]
+    to_check: Iterable[Expected] = expected.values()
+    if memo is not None and tree is not None:
+        # new-env: most files are cache inodes the memo vouches for; only the rest become check items.
+        rest: list[Expected] = []
+        cur: tuple[str, tuple[dict[str, list[Any]], tuple[int, ...]] | None] = ("", None)
+        for e in expected.values():
+            st = tree.get(e.rel)
+            if (st is None or e.sha256 is None or e.link or st.st_nlink < 2 or st.st_mode & 0o022
+                    or not stat.S_ISREG(st.st_mode) or (e.size is not None and e.size != st.st_size)):
+                rest.append(e)
+                continue
+            if cur[0] != e.dist:  # expected_files lists each package's files together
+                cur = (e.dist, memo.vouching(e.dist))
+            got = cur[1]
+            if got is not None and st.st_uid in got[1] and (
+                got[0].get(e.rel) == [st.st_ino, st.st_size, st.st_mtime_ns, e.sha256]
+            ):
+                total += st.st_size  # a cache inode hashed before and unchanged since: no check item
+            else:
+                rest.append(e)
+        to_check = rest
+    items: list[_Item] = [(e, known(e, st), st) for e in to_check for st in (seen_of(e.rel),)]
     # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
     # slowest hash first, the small-file worker at the other end (_TwoEnds).
     items.sort(key=lambda it: -(it[0].size or 0) if it[1] is None else 0)
