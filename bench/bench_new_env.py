@@ -20,9 +20,11 @@ Fairness:
 - A fourth variant, "bare + CLI stack", is the bare script importing first what any cpkgs command must (click,
   pyyaml, filelock, psutil: the libraries the brief names) and doing nothing with them: the floor of the ratio for
   a CLI on that stack, before any of cpkgs' own work. Reported for comparison, not part of the headline.
+- `--bulk N` adds N generated packages of 2,000 files each (another channel, bench/_bulk_channel.py): how the
+  ratio moves with an env's file count (production envs hold tens of thousands of files).
 - `--specs` builds another env (e.g. `--specs python ipykernel cpkgs-test-app`, ~9,200 files).
 
-Run: .venv/bin/python bench/bench_new_env.py [--runs N] [--specs SPEC...]    (also part of `make bench`)
+Run: .venv/bin/python bench/bench_new_env.py [--runs N] [--specs SPEC...] [--bulk N]    (also part of `make bench`)
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ out = {}
 async def main():
     t = time.perf_counter()
     records = await solve(
-        sources=[Channel(channel)],
+        sources=[Channel(c) for c in channel.split(",")],
         specs=specs,
         gateway=Gateway(cache_dir=cache + "/repodata"),
         platforms=[str(Platform.current()), "noarch"],
@@ -82,10 +84,11 @@ LABELS = {
 
 
 class Bench:
-    def __init__(self, tmp: Path, channel: Path, specs: list[str]) -> None:
+    def __init__(self, tmp: Path, channel: Path, specs: list[str], extra: list[Path]) -> None:
         self.specs = specs
         self.tmp = tmp
         self.channel = channel
+        self.channels = [channel, *extra]
         self.root = C.make_site(tmp / "site", channel)
         self.bare_dir = tmp / "bare"
         self.bare_dir.mkdir()
@@ -98,7 +101,8 @@ class Bench:
         C.drop_writeback()
         if variant == "cpkgs":
             name = f"bench-1.{self.n}"
-            dt, proc = C.timed([C.CPKGS, "--root", str(self.root), "new-env", name, *self.specs, "--json"])
+            chans = [a for c in self.channels for a in ("-c", c.as_uri())] if len(self.channels) > 1 else []
+            dt, proc = C.timed([C.CPKGS, "--root", str(self.root), "new-env", name, *self.specs, *chans, "--json"])
             res = json.loads(proc.stdout)
             self.info.update(packages=len(res["packages"]), files=res["file_count"], size=res["size"])
             C.rmtree(Path(res["prefix"]))
@@ -107,7 +111,7 @@ class Bench:
         copy_only = "1" if variant == "bare-copy" else "0"
         stack = "1" if variant == "bare-stack" else "0"
         dt, proc = C.timed(
-            [C.PYTHON, "-c", BARE, self.channel.as_uri(), str(self.bare_cache), str(prefix), copy_only, stack,
+            [C.PYTHON, "-c", BARE, ",".join(c.as_uri() for c in self.channels), str(self.bare_cache), str(prefix), copy_only, stack,
              *self.specs],
             retry_crash=2,
             cleanup=lambda: C.rmtree(prefix),
@@ -122,14 +126,24 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--specs", nargs="+", default=list(C.SPECS),
                     help="the env to build (default: the standard 5 specs; e.g. python ipykernel for a bigger one)")
+    ap.add_argument("--bulk", type=int, metavar="N", default=0,
+                    help="add N packages of 2,000 files each from a generated channel (bench/_bulk_channel.py)")
     args = ap.parse_args()
     if not shutil.which(C.CPKGS):
         raise SystemExit(f"{C.CPKGS} not found: run 'make venv' first")
     C.log("new-env bench: preparing the test channel and a fresh site ...")
     channel = C.channel_dir()
     machine = C.print_machine()
+    extra: list[Path] = []
+    if args.bulk:
+        import _bulk_channel
+
+        if not 0 < args.bulk <= _bulk_channel.PACKAGES:
+            raise SystemExit(f"--bulk: 1 to {_bulk_channel.PACKAGES}")
+        extra = [_bulk_channel.bulk_channel()]
+        args.specs = [*args.specs, *_bulk_channel.bulk_specs(args.bulk)]
     with C.temp_dir("new-env") as tmp:
-        b = Bench(tmp, channel, args.specs)
+        b = Bench(tmp, channel, args.specs, extra)
         for v in VARIANTS:  # warm both package caches, repodata caches and the page cache; not timed
             b.run(v)
         walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -158,7 +172,8 @@ def main() -> None:
     bare_ph = med_phases("bare")
     copy_ph = med_phases("bare-copy")
 
-    print(f"new-env: {' '.join(args.specs)}")
+    shown = [s for s in args.specs if not s.startswith("cpkgs-bench-bulk-")]
+    print(f"new-env: {' '.join(shown)}" + (f" + {args.bulk} bulk packages x 2,000 files" if args.bulk else ""))
     print(f"  {info.get('packages')} packages, {info.get('files')} files, {info.get('size', 0) / 2**20:.1f} MiB; "
           f"median of {args.runs} alternating runs, warm package caches, fresh prefix each run")
     for v in VARIANTS:
