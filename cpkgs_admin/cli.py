@@ -383,10 +383,13 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
 @pass_ctx
 def remove(c: Ctx, name: str, platform: str | None) -> None:
     """Move an environment into the trash (purge deletes it later)."""
-    from cpkgs_admin.envs import remove_env
+    from cpkgs_admin.envs import remove_env, successor_warnings
 
-    rec = remove_env(c.site(), name, platform)
+    site = c.site()
+    rec = remove_env(site, name, platform)
     c.say(f"removed {rec.name} ({rec.platform}); in trash at {(rec.removed or {}).get('trash')}")
+    for warning in successor_warnings(site, rec):
+        click.echo(f"cpkgs: warning: {warning}", err=True)
 
 
 @cli.command()
@@ -400,15 +403,19 @@ def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
     rep = purge_trash(c.site(), older_than)
     if as_json:
         emit_json(rep.to_json())
-        return
-    for p in rep.deleted:
-        c.say(f"deleted {p}")
-    for p in rep.kept_busy:
-        c.say(f"kept    {p} (files still open on some host: .nfs*)")
-    for p in rep.staging_removed:
-        c.say(f"deleted {p} (staging dir of an interrupted build)")
-    if not rep.deleted and not rep.kept_busy and not rep.staging_removed:
-        c.say("nothing to purge")
+    else:
+        for p in rep.deleted:
+            c.say(f"deleted {p}")
+        for p in rep.kept_busy:
+            c.say(f"kept    {p} (files still open on some host: .nfs*)")
+        for p in rep.staging_removed:
+            c.say(f"deleted {p} (staging dir of an interrupted build)")
+        if not (rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed):
+            c.say("nothing to purge")
+    for f in rep.failed:
+        click.echo(f"cpkgs: cannot purge {f['path']}: {f['reason']}", err=True)
+    if rep.failed:
+        raise click.exceptions.Exit(1)
 
 
 @cli.group(invoke_without_command=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +180,8 @@ def _live(site: Site, name: str, platform: str | None) -> EnvRecord:
 def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
     from cpkgs_admin.seal import seal_tree
 
+    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
+
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
@@ -199,6 +203,8 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
 def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvRecord:
     from cpkgs_admin.seal import unseal_tree
 
+    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
+
     if not reason.strip():
         raise UsageError("--reason must say why the environment is unsealed")
     rec = _live(site, name, platform)
@@ -217,11 +223,15 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
 def retire_env(site: Site, name: str, successor: str | None, message: str | None, platform: str | None) -> EnvRecord:
     from cpkgs_admin.integrations import publish_outside
 
+    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
+
     rec = _live(site, name, platform)
     if successor:
         succ = get_record(site, successor, rec.platform)
         if succ.status == "removed":
             raise UsageError(f"successor {successor} was removed")
+        if succ.retired:
+            raise UsageError(f"successor {successor} is retired itself; name an environment users should move to")
         if succ.name == rec.name:
             raise UsageError("an environment cannot be its own successor")
     if message is not None and ("\n" in message or len(message) > 500):
@@ -253,6 +263,7 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
     """Rename into .cpkgs/trash (processes on other hosts may still have files open); purge deletes later."""
     from cpkgs_admin.integrations import withdraw_outside
 
+    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
@@ -261,12 +272,7 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
         site.trash_dir.mkdir(parents=True, exist_ok=True)
         if prefix.exists():
-            try:
-                os.rename(prefix, trash)
-            except PermissionError:
-                raise PermissionProblem(f"cannot move {prefix} to the trash: permission denied") from None
-            except OSError as exc:
-                raise CpkgsError(f"cannot move {prefix} to {trash}: {exc.strerror}") from None
+            _move_to_trash(prefix, trash)
         with contextlib.suppress(FileNotFoundError):
             site.retired_marker(rec.name, rec.platform).unlink()
         rec.status = "removed"
@@ -274,6 +280,55 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         _update(site, rec, "remove", trash=str(trash))
         withdraw_outside(site, rec)
     return rec
+
+
+def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
+    """Retired envs that send their users to REC, which is now removed."""
+    from cpkgs_admin.records import load_all
+
+    return [
+        f"{r.name} is retired with {rec.name} as its successor, so its users are sent to a removed environment: "
+        f"run 'cpkgs retire {r.name} --successor NEWER'"
+        for r in load_all(site.records_dir)
+        if r.platform == rec.platform and r.status != "removed" and (r.retired or {}).get("successor") == rec.name
+    ]
+
+
+def _owner_words(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _move_to_trash(prefix: Path, trash: Path) -> None:
+    """Rename a sealed env into the trash. Moving a directory to another parent rewrites its '..', which needs write
+    permission on the directory itself: the sealed top (0555) gets u+w for the rename and loses it again after.
+    Only its owner (the admin who built it) may do that, or root; anyone else gets a line saying who can."""
+    st = prefix.lstat()
+    me = os.geteuid()
+    mode = stat.S_IMODE(st.st_mode)
+    opened = False
+    if me != 0 and st.st_uid != me:
+        raise PermissionProblem(
+            f"cannot move {prefix} to the trash: it belongs to {_owner_words(st.st_uid)}; a sealed env can be "
+            "removed only by the admin who built it, or root"
+        )
+    try:
+        if not mode & stat.S_IWUSR and me != 0:
+            os.chmod(prefix, mode | stat.S_IWUSR)
+            opened = True
+        os.rename(prefix, trash)
+    except PermissionError:
+        raise PermissionProblem(f"cannot move {prefix} to the trash: permission denied") from None
+    except OSError as exc:
+        raise CpkgsError(f"cannot move {prefix} to {trash}: {exc.strerror}") from None
+    finally:
+        if opened:
+            with contextlib.suppress(OSError):
+                os.chmod(trash if trash.exists() else prefix, mode)
 
 
 # ----------------------------------------------------------------------------------------------------- purge
@@ -287,6 +342,7 @@ class PurgeReport:
     kept_busy: list[str] = field(default_factory=list)
     kept_young: list[str] = field(default_factory=list)
     staging_removed: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}: not deleted, not busy
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -294,18 +350,36 @@ class PurgeReport:
             "kept_busy": self.kept_busy,
             "kept_young": self.kept_young,
             "staging_removed": self.staging_removed,
+            "failed": self.failed,
         }
 
 
-def _delete_tree_except_nfs(top: Path) -> list[str]:
+# unlink/rmdir errors that mean "in use", not "not allowed": kept and retried by a later purge
+_BUSY_ERRNOS = frozenset({errno.EBUSY, errno.ETXTBSY})
+
+
+def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
     """Delete TOP bottom-up, leaving `.nfsXXXX` files (an NFS client's silly-renames of files still open on some
-    host: the client removes them at last close; deleting them ourselves would break that process). Returns the
-    busy paths left behind; TOP itself stays when any remain."""
+    host: the client removes them at last close; deleting them ourselves would break that process).
+
+    Returns (busy paths left behind, why the rest could not be deleted or None); TOP itself stays when anything
+    remains. A permission problem is not "busy": purge reports it and fails instead of keeping it quietly."""
     from cpkgs_admin.seal import make_removable
 
-    with contextlib.suppress(OSError):
+    try:
+        st = top.lstat()
         make_removable(top)
+    except FileNotFoundError:
+        return [], None
+    except PermissionError:
+        me = os.geteuid()
+        if me != 0 and st.st_uid != me:
+            return [], f"it belongs to {_owner_words(st.st_uid)}: only that admin or root can delete it"
+        return [], "permission denied"
+    except OSError as exc:
+        return [], exc.strerror or str(exc)
     busy: list[str] = []
+    failed: str | None = None
     for dirpath, dirnames, filenames in os.walk(top, topdown=False):
         for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             p = os.path.join(dirpath, n)
@@ -316,14 +390,19 @@ def _delete_tree_except_nfs(top: Path) -> list[str]:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-            except OSError:
-                busy.append(p)
+            except OSError as exc:
+                if exc.errno in _BUSY_ERRNOS:
+                    busy.append(p)
+                elif failed is None:
+                    failed = f"cannot delete {p}: {exc.strerror}"
         for d in dirnames:
             p = os.path.join(dirpath, d)
             if os.path.islink(p):
                 continue
             with contextlib.suppress(OSError):
                 os.rmdir(p)
+    if failed is not None:
+        return busy, failed
     if not busy:
         try:
             os.rmdir(top)
@@ -335,7 +414,7 @@ def _delete_tree_except_nfs(top: Path) -> list[str]:
         # On the host that holds a file open, unlink "succeeds" (the client silly-renames it to .nfsXXXX) and only
         # the rmdir fails: whatever is still there is busy, whatever the unlinks said.
         busy = [os.path.join(d, n) for d, _dirs, files in os.walk(top) for n in files] or [str(top)]
-    return busy
+    return busy, None
 
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
@@ -382,16 +461,24 @@ def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
             if now - stamp < grace:
                 rep.kept_young.append(e.path)
                 continue
+            why: str | None = None
+            busy: list[str] = []
             if e.is_dir(follow_symlinks=False):
-                busy = _delete_tree_except_nfs(Path(e.path))
+                busy, why = _delete_tree_except_nfs(Path(e.path))
             else:
-                busy = []
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(e.path)
-            if busy:
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    why = exc.strerror or str(exc)
+            if why is not None:
+                rep.failed.append({"path": e.path, "reason": why})
+            elif busy:
                 rep.kept_busy.append(e.path)
             else:
                 rep.deleted.append(e.path)
-    if rep.deleted or rep.kept_busy or rep.staging_removed:
-        audited(site, "purge", deleted=rep.deleted, kept_busy=rep.kept_busy, staging_removed=rep.staging_removed)
+    if rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed:
+        audited(site, "purge", deleted=rep.deleted, kept_busy=rep.kept_busy, staging_removed=rep.staging_removed,
+                failed=[f["path"] for f in rep.failed])
     return rep

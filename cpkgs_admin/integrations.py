@@ -196,11 +196,13 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
 # ----------------------------------------------------------------------------------------------------- outside envs
 
 
-def file_mode(site: Site) -> tuple[int, int]:
-    """(dir mode, file mode) of generated files: the same rule as `cpkgs init`."""
+def file_mode(site: Site) -> tuple[int, int, int | None]:
+    """(dir mode, file mode, group) of generated files: the same rule as `cpkgs init`. Group-writable only with the
+    admin group, which must exist on this host (a ConfigError otherwise: never group-writable for another group)."""
     from cpkgs_admin.tree import modes
 
-    return modes(site.config)
+    dmode, fmode = modes(site.config)
+    return dmode, fmode, site.admin_gid()
 
 
 def published(site: Site, records: list[EnvRecord]) -> list[EnvRecord]:
@@ -268,16 +270,16 @@ def family_outputs(site: Site, family: str, platform: str, chosen: list[EnvRecor
 
 
 def write_outputs(site: Site, files: dict[Path, str]) -> list[str]:
-    dmode, fmode = file_mode(site)
+    dmode, fmode, gid = file_mode(site)
     changed = []
     for path, text in sorted(files.items()):
-        _ensure_dir(path.parent, dmode)
-        if write_if_changed(path, text, fmode):
+        _ensure_dir(path.parent, dmode, gid)
+        if write_if_changed(path, text, fmode, gid):
             changed.append(str(path))
     return changed
 
 
-def _ensure_dir(path: Path, mode: int) -> None:
+def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
     missing = []
     p = path
     while not p.exists():
@@ -285,7 +287,9 @@ def _ensure_dir(path: Path, mode: int) -> None:
         p = p.parent
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
-            d.mkdir()
+            d.mkdir(mode=0o700)
+            if gid is not None and d.stat().st_gid != gid:
+                os.chown(d, -1, gid)
             os.chmod(d, mode)  # explicit: an admin's umask 077 must not hide modules from users
 
 

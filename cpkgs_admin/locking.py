@@ -30,13 +30,16 @@ from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem
 # --------------------------------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *, durable: bool = True) -> None:
+def atomic_write(
+    path: Path, data: bytes | str, mode: int = 0o644, *, durable: bool = True, gid: int | None = None
+) -> None:
     """Temp file in the same directory, fsync, os.replace: readers see the old or the new file, never half of one.
 
     The temp name starts with '.' and ends with '.tmp' so listings skip it; the directory is fsynced so the rename
     survives a crash of the writer's host (NFS commits on close, local filesystems need the dir fsync). Not DURABLE:
     no fsyncs, for files whose loss in a crash of this host does not matter (a lock's owner record dies with the
-    lock's holder), still never seen half-written.
+    lock's holder), still never seen half-written. GID: the group the file must have (the site's admin group, for
+    a file made group-writable), set before it replaces the old one.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -45,6 +48,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *, durable: b
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            if gid is not None and os.fstat(fh.fileno()).st_gid != gid:
+                _give_group(fh.fileno(), gid, path)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -81,17 +86,34 @@ def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode)
 
 
-def write_if_changed(path: Path, data: str, mode: int = 0o644) -> bool:
-    """Atomically write `data` unless the file already holds exactly it (and has `mode`). True when changed."""
+def _give_group(fd: int, gid: int, path: Path) -> None:
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError:
+        raise PermissionProblem(f"cannot give {path} the site's admin group (gid {gid}): are you a member?") from None
+
+
+def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None = None) -> bool:
+    """Atomically write `data` unless the file already holds exactly it (and has `mode`, and group GID when given).
+    True when changed. A group-writable MODE goes with the admin group's GID: never group-writable for whatever
+    group the file happened to have."""
     try:
         if path.read_text(encoding="utf-8") == data:
-            if (path.stat().st_mode & 0o7777) != mode:
-                os.chmod(path, mode)
-                return True
-            return False
+            st = path.stat()
+            if (gid is None or st.st_gid == gid) and (st.st_mode & 0o7777) == mode:
+                return False
+            if gid is not None and st.st_gid != gid:
+                os.chmod(path, mode & ~0o020)  # not group-writable while the group is still the wrong one
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    _give_group(fd, gid, path)
+                finally:
+                    os.close(fd)
+            os.chmod(path, mode)
+            return True
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    atomic_write(path, data, mode)
+    atomic_write(path, data, mode, gid=gid)
     return True
 
 

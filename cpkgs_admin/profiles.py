@@ -64,7 +64,8 @@ def render_profiles(site: Site) -> dict[Path, str]:
 def write_profiles(site: Site) -> list[str]:
     """Write the rendered profiles; return the paths that changed."""
     changed = []
+    gid = site.admin_gid()  # group-writable only for the admin group, which must exist here
     for path, text in render_profiles(site).items():
-        if write_if_changed(path, text, 0o664 if site.config.admin_group else 0o644):
+        if write_if_changed(path, text, 0o664 if gid is not None else 0o644, gid):
             changed.append(str(path))
     return changed

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import make_site, run_cpkgs, tree_hash
+import pytest
+
+from conftest import make_site, run_cpkgs, tree_hash, world_traversable
 
 ENVS = "anaconda3_linux/envs"
 
@@ -191,3 +198,92 @@ def test_purge_removes_what_interrupted_builds_left(tmp_path: Path, channel_url:
     assert sorted(r.json()["staging_removed"]) == sorted(str(p) for p in (killed, placeholder, aside))
     assert not list(envs.glob(".staging-*"))
     assert run_cpkgs("new-env", "c-1.0", "cpkgs-test-app", root=root).returncode == 0
+
+
+def _as_admin(uid: int, gid: int, root: Path, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """cpkgs run by an admin who is not root (uid UID, primary group GID), as on a real site."""
+    home.mkdir(exist_ok=True)
+    os.chown(home, uid, gid)
+    cmd = ["setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups", sys.executable, "-m",
+           "cpkgs_admin", "--root", str(root), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).parent.parent),
+                          env={**os.environ, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_an_admin_who_is_not_root_removes_and_purges_their_env(tmp_path: Path, channel_url: str) -> None:
+    """The sealed top dir (0555) must be made writable to be moved into the trash (its '..' changes): the builder
+    can; another admin gets one line naming who can, and nothing changes; purge of trash it may not delete fails
+    with that line (exit 1) instead of reporting it as busy NFS files."""
+    staff = grp.getgrnam("staff").gr_gid
+    channel = tmp_path / "channel"
+    shutil.copytree(channel_url.removeprefix("file://"), channel)
+    subprocess.run(["chmod", "-R", "a+rX", str(channel)], check=True)
+    root = make_site(tmp_path / "site", channel.as_uri())
+    assert run_cpkgs("init", "--admin-group", "staff", root=root).returncode == 0
+    world_traversable(root)
+    a, b = tmp_path / "home1001", tmp_path / "home1002"
+    for name in ("mine-1.0", "kept-1.0"):
+        r = _as_admin(1001, staff, root, "new-env", name, "cpkgs-test-app", home=a)
+        assert r.returncode == 0, r.stderr
+    before = tree_hash(root / ENVS)
+    r = _as_admin(1002, staff, root, "remove", "kept-1.0", home=b)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "uid 1001" in r.stderr and "only by the admin who built it" in r.stderr
+    assert tree_hash(root / ENVS) == before
+    assert run_cpkgs("info", "kept-1.0", "--json", root=root).json()["status"] == "active"
+
+    r = _as_admin(1001, staff, root, "remove", "mine-1.0", home=a)
+    assert r.returncode == 0, r.stderr
+    assert not (root / ENVS / "mine-1.0").exists()
+    (trashed,) = (root / ".cpkgs" / "trash").iterdir()
+    assert trashed.stat().st_mode & 0o777 == 0o555  # sealed again in the trash
+    r = _as_admin(1002, staff, root, "purge", "--older-than", "0s", home=b)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith(f"cpkgs: cannot purge {trashed}: it belongs to ") and r.stderr.count("\n") == 1
+    assert r.stderr.endswith("uid 1001: only that admin or root can delete it\n") or "(uid 1001)" in r.stderr
+    assert trashed.exists()
+    r = _as_admin(1001, staff, root, "purge", "--older-than", "0s", "--json", home=a)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deleted"] == [str(trashed)] and not trashed.exists()
+
+
+def test_purge_reports_what_it_may_not_delete(tmp_path: Path, channel_url: str) -> None:
+    """An undeletable file that is not an NFS silly-rename (here: immutable) fails the purge with a line naming it;
+    it is not kept as "busy"."""
+    root = make_site(tmp_path / "site", channel_url)
+    build(root, "p-1.0")
+    assert run_cpkgs("remove", "p-1.0", root=root).returncode == 0
+    (trashed,) = (root / ".cpkgs" / "trash").iterdir()
+    stuck = trashed / "bin" / "cpkgs-test-app"
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable flag (chattr +i)")
+    try:
+        r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+        assert r.returncode == 1, r
+        out = json.loads(r.stdout)
+        assert out["kept_busy"] == [] and out["deleted"] == []
+        assert out["failed"] == [{"path": str(trashed), "reason": f"cannot delete {stuck}: Operation not permitted"}]
+        assert r.stderr == f"cpkgs: cannot purge {trashed}: cannot delete {stuck}: Operation not permitted\n"
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert run_cpkgs("purge", "--older-than", "0s", root=root).returncode == 0
+    assert not trashed.exists()
+
+
+def test_successor_must_be_current_and_removing_one_warns(tmp_path: Path, channel_url: str) -> None:
+    root = make_site(tmp_path / "site", channel_url)
+    for v in ("1.0", "1.1", "1.2"):
+        build(root, f"s-{v}")
+    assert run_cpkgs("retire", "s-1.0", "--successor", "s-1.1", root=root).returncode == 0
+    before = tree_hash(root)
+    r = run_cpkgs("retire", "s-1.1", "--successor", "s-1.0", root=root)  # would send users in a circle
+    assert r.returncode == 2 and r.stderr == (
+        "cpkgs: successor s-1.0 is retired itself; name an environment users should move to\n"), r
+    assert tree_hash(root) == before
+    r = run_cpkgs("remove", "s-1.1", root=root)
+    assert r.returncode == 0, r
+    assert r.stderr == ("cpkgs: warning: s-1.0 is retired with s-1.1 as its successor, so its users are sent to a "
+                        "removed environment: run 'cpkgs retire s-1.0 --successor NEWER'\n")
+    assert run_cpkgs("retire", "s-1.0", "--successor", "s-1.2", root=root).returncode == 0
+    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "s-1.0"
+    assert marker.read_text() == "cpkgs: s-1.0 is retired; use s-1.2\n"

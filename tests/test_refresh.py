@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
-from conftest import run_cpkgs
+from conftest import run_cpkgs, tree_hash
 
 
 def _build(site: Path) -> None:
@@ -165,3 +167,38 @@ def test_one_envs_broken_activate_script_does_not_stop_refresh_or_retire(site: P
     r = run_cpkgs("retire", "a-1.0", "--successor", "a-2.0", root=site)
     assert r.returncode == 0, r
     assert "a-2.0" in lua.read_text()  # the retired modulefile names its successor
+
+
+def test_admin_group_unknown_here_writes_nothing_group_writable(site: Path) -> None:
+    """cpkgs.yaml names an admin group this host does not know (a typo, or a host without it): refresh and
+    write-profiles refuse, as new-env does, instead of making the profiles and modulefiles group-writable for
+    whatever group they have."""
+    _build(site)
+    (site / "etc" / "profile.d" / "conda.sh").unlink()  # something for refresh to write
+    cfg = site / "cpkgs.yaml"
+    cfg.write_text(cfg.read_text().replace("admin_group: null", "admin_group: no-such-group-xyz"))
+    before = tree_hash(site)
+    for cmd in (("refresh",), ("write-profiles",), ("retire", "a-1.0"), ("remove", "a-1.0")):
+        r = run_cpkgs(*cmd, root=site)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, (cmd, r)
+        assert "admin_group 'no-such-group-xyz' is not a group on this host" in r.stderr
+        assert tree_hash(site) == before, cmd
+
+
+def test_admin_group_files_get_that_group_whatever_they_had(site: Path) -> None:
+    """Generated files made group-writable are given the admin group; a file that had another group (copied in,
+    chgrp-ed) is never left group-writable for it."""
+    import grp
+
+    _build(site)
+    staff = grp.getgrnam("staff").gr_gid
+    users = grp.getgrnam("users").gr_gid
+    assert run_cpkgs("init", "--admin-group", "staff", root=site).returncode == 0
+    generated = [site / "etc" / "profile.d" / "conda.sh", site / "modulefiles" / "a" / "1.0.lua"]
+    for p in generated:
+        os.chown(p, -1, users)
+        os.chmod(p, 0o644)
+    assert run_cpkgs("refresh", root=site).returncode == 0
+    for p in generated:
+        st = p.stat()
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (staff, 0o664), p
