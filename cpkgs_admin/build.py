@@ -107,16 +107,22 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
         if old.status == "removed":
             raise SpecError(f"--from {old.name}: that environment was removed; its exact packages are no longer on "
                             "the drive (rebuild from its lock: cpkgs export, then new-env --lock)")
-        validate_specs(req.add)
-        specs = apply_changes(tuple(old.requested_specs), req.add, req.remove)
-        removed = set()
-        for r in req.remove:
-            from cpkgs_admin.spec import spec_name
+        from cpkgs_admin.spec import spec_name
 
-            removed.add(spec_name(r))
+        validate_specs(req.add)
+        # An env built from a lock file requested no specs: every package it holds counts as requested.
+        base = tuple(old.requested_specs) or tuple(p.name for p in old.packages)
+        specs = apply_changes(base, req.add, req.remove)
+        removed = {spec_name(r) for r in req.remove}
         missing = removed - {p.name for p in old.packages}
         if missing:
             raise SpecError(f"--remove {', '.join(sorted(missing))}: not in {old.name}")
+        implied = sorted(removed - {spec_name(s) for s in base})
+        if implied:
+            raise SpecError(
+                f"--remove {', '.join(implied)}: {old.name} did not ask for it, another package needs it "
+                f"(asked for: {', '.join(spec_name(s) for s in base)}); remove what needs it instead"
+            )
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
         # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
         spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends))
@@ -201,7 +207,7 @@ def _dist_of(p: PackageEntry) -> str:
 
 
 def discard_staging(staging: Path, *, fenced: bool) -> None:
-    """Delete a failed build's staging dir. FENCED: the failure came during the install (Ctrl-C), whose worker
+    """Delete a failed build's staging dir. FENCED: the failure came during the install (an error, Ctrl-C), whose worker
     threads may still be linking files: they would recreate STAGING's directories, world-readable, after an
     rmtree. So it is renamed aside and an empty private file takes its name, on which their paths fail; the file
     stays until the next build of the name (or `purge`) removes it, like any leftover of an interrupted run."""
@@ -395,6 +401,8 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
     if req.lock_file:
         check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
         lock = read_explicit(req.lock_file)
+    if req.platform is not None and not req.platform.strip():
+        raise UsageError("--platform needs a platform name (e.g. linux-64, osx-arm64)")
     # An explicit file names its platform: build for it unless --platform says otherwise.
     subdir = req.platform or (lock.platform if lock and lock.platform else None) or site.default_subdir()
     if subdir not in site.config.platforms:
@@ -591,9 +599,9 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                     warnings = [*act_warning, *_finish_publish(site, record, "ok")]
                 if interrupted:
                     warnings.append(f"interrupted after the publish point: {name} is published and recorded")
-        except BaseException as exc:
-            # Only an interrupt can leave rattler's threads running after install_into returned.
-            discard_staging(staging, fenced=installing and not isinstance(exc, Exception))
+        except BaseException:
+            # An install that failed or was interrupted can leave rattler's threads linking the other packages.
+            discard_staging(staging, fenced=installing)
             raise
         timings["publish"] = time.monotonic() - t
     return BuildResult(

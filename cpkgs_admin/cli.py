@@ -229,19 +229,30 @@ def list_cmd(c: Ctx, show_all: bool, as_json: bool) -> None:
     """List environments (reads records only)."""
     from cpkgs_admin.envs import list_envs
 
-    rows = list_envs(c.site(), show_all=show_all)
+    damaged: list[tuple[Path, str]] = []
+    rows = list_envs(c.site(), show_all=show_all, damaged=damaged)
     if as_json:
         emit_json([r.to_json() for r in rows])
-        return
-    if not rows:
-        c.say("no environments")
-        return
-    click.echo(
-        table(
-            [(r.name, r.platform, r.status, r.created, human_size(r.size)) for r in rows],
-            ["name", "platform", "status", "created", "size"],
+    elif rows:
+        click.echo(
+            table(
+                [(r.name, r.platform, r.status, r.created, human_size(r.size)) for r in rows],
+                ["name", "platform", "status", "created", "size"],
+            )
         )
-    )
+    elif not damaged:
+        c.say("no environments")
+    _report_damaged(damaged)
+
+
+def _report_damaged(damaged: list[tuple[Path, str]]) -> None:
+    """The records that could not be read, one line each, after what could; then exit 1."""
+    from cpkgs_admin.records import DAMAGED_RECORD_HINT
+
+    for _path, msg in damaged:
+        click.echo(f"cpkgs: {msg}; {DAMAGED_RECORD_HINT}", err=True)
+    if damaged:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

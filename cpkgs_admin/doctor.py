@@ -381,11 +381,12 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
     if not late:
         rep.add(OK, "locks", f"no lock past its lease ({len(infos)} held)")
 
-    try:
-        records = load_all(site.records_dir)
-    except CpkgsError as exc:
-        rep.add(FAIL, "records", str(exc), "restore the record from backup, or rebuild the env as a new version")
-        records = []
+    from cpkgs_admin.records import DAMAGED_RECORD_HINT
+
+    damaged: list[tuple[Path, str]] = []
+    records = load_all(site.records_dir, damaged=damaged)
+    for _path, msg in damaged:
+        rep.add(FAIL, "records", msg, DAMAGED_RECORD_HINT)
     unsealed = [r for r in records if r.status == "unsealed"]
     for r in unsealed:
         u = r.unsealed or {}

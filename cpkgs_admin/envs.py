@@ -42,41 +42,51 @@ class ListRow:
         }
 
 
-def list_envs(site: Site, show_all: bool = False) -> list[ListRow]:
-    """Reads records only. json.loads of the whole record is the cost; 500 records take a few ms."""
-    import json
-
+def list_envs(site: Site, show_all: bool = False, damaged: list[tuple[Path, str]] | None = None) -> list[ListRow]:
+    """Reads records only. json.loads of the whole record is the cost; 500 records take a few ms. A record that
+    cannot be read raises CpkgsError, or with DAMAGED goes there as (path, error line) while the others are listed."""
     rows = []
     for _plat, path in iter_record_files(site.records_dir):
         try:
-            d = json.loads(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CpkgsError(f"{path}: unreadable record ({exc})") from None
-        if (
-            not isinstance(d, dict)
-            or not isinstance(d.get("name"), str)
-            or not isinstance(d.get("platform"), str)
-            or not isinstance(d.get("schema", 1), int)
-            or not isinstance(d.get("status", "active"), str)
-            or not isinstance(d.get("size", 0), int)
-        ):
-            raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
-        status = d.get("status", "active")
-        if not show_all and status in ("retired", "removed"):
+            row = _list_row(path)
+        except CpkgsError as exc:
+            if damaged is None:
+                raise
+            damaged.append((path, str(exc)))
             continue
-        rows.append(
-            ListRow(
-                name=d["name"],
-                platform=d["platform"],
-                status=status,
-                created=d.get("created", ""),
-                size=int(d.get("size", 0)),
-                successor=(d.get("retired") or {}).get("successor"),
-                spec=d.get("spec_source"),
-            )
-        )
+        if row is not None and (show_all or row.status not in ("retired", "removed")):
+            rows.append(row)
     rows.sort(key=lambda r: (r.name, r.platform))
     return rows
+
+
+def _list_row(path: Path) -> ListRow | None:
+    import json
+
+    try:
+        d = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None  # removed since the listing
+    except (OSError, ValueError) as exc:
+        raise CpkgsError(f"{path}: unreadable record ({exc})") from None
+    if (
+        not isinstance(d, dict)
+        or not isinstance(d.get("name"), str)
+        or not isinstance(d.get("platform"), str)
+        or not isinstance(d.get("schema", 1), int)
+        or not isinstance(d.get("status", "active"), str)
+        or not isinstance(d.get("size", 0), int)
+    ):
+        raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
+    return ListRow(
+        name=d["name"],
+        platform=d["platform"],
+        status=d.get("status", "active"),
+        created=d.get("created", ""),
+        size=int(d.get("size", 0)),
+        successor=(d.get("retired") or {}).get("successor"),
+        spec=d.get("spec_source"),
+    )
 
 
 def get_record(site: Site, name: str, platform: str | None) -> EnvRecord:
@@ -289,7 +299,7 @@ def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
     return [
         f"{r.name} is retired with {rec.name} as its successor, so its users are sent to a removed environment: "
         f"run 'cpkgs retire {r.name} --successor NEWER'"
-        for r in load_all(site.records_dir)
+        for r in load_all(site.records_dir, damaged=[])  # a damaged record: list and verify report it
         if r.platform == rec.platform and r.status != "removed" and (r.retired or {}).get("successor") == rec.name
     ]
 

@@ -162,29 +162,40 @@ def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]
 
 def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) -> None:
     """Before anything is installed: refuse an env whose module or kernel names would collide with another env's
-    of the same platform (each platform has its own module and kernel trees)."""
-    others = [
-        r for r in load_all(site.records_dir, shared=True)
+    of the same platform (each platform has its own module and kernel trees). A damaged record still names its env
+    (the file's name): its names stay taken, and it does not stop other builds."""
+    from cpkgs_admin.names import parse_name
+
+    damaged: list[tuple[Path, str]] = []
+    # (name, family, version, may have kernels) of the platform's other envs
+    others: list[tuple[str, str, str, bool]] = [
+        (r.name, r.family, r.version, wants_kernel(r.packages))
+        for r in load_all(site.records_dir, shared=True, damaged=damaged)
         if r.status != "removed" and r.name != name.name and r.platform == subdir
     ]
-    for r in others:
-        if r.family != name.family and r.family.casefold() == name.family.casefold():
+    for path, _why in damaged:
+        if path.parent.name == subdir and path.stem != name.name:
+            with contextlib.suppress(CpkgsError):
+                n = parse_name(path.stem)
+                others.append((n.name, n.family, n.version, True))
+    for other, family, version, _k in others:
+        if family != name.family and family.casefold() == name.family.casefold():
             raise UsageError(
-                f"{name.name} would put modules in {name.family}/, which differs only in case from {r.family}/ "
-                f"of {r.name}; use the family name {r.family}"
+                f"{name.name} would put modules in {name.family}/, which differs only in case from {family}/ "
+                f"of {other}; use the family name {family}"
             )
-        if r.family == name.family and r.version == name.version:
+        if family == name.family and version == name.version:
             raise UsageError(
-                f"{name.name} and {r.name} would both be module {r.family}/{r.version}; choose another name"
+                f"{name.name} and {other} would both be module {family}/{version}; choose another name"
             )
     if not wants_kernel(packages):
         return
     mine = set(kernel_names(name.name))
-    for r in others:
-        if wants_kernel(r.packages) and mine & set(kernel_names(r.name)):
-            clash = sorted(mine & set(kernel_names(r.name)))[0]
+    for other, _f, _v, kernels in others:
+        if kernels and mine & set(kernel_names(other)):
+            clash = sorted(mine & set(kernel_names(other)))[0]
             raise UsageError(
-                f"{name.name} and {r.name} would both have the Jupyter kernel {clash}; choose another name"
+                f"{name.name} and {other} would both have the Jupyter kernel {clash}; choose another name"
             )
     for k in sorted(mine):
         spec = site.kernel_dir(k, subdir) / "kernel.json"
@@ -321,23 +332,35 @@ def stops(site: Site, platforms: list[str]) -> tuple[Path, ...]:
     return tuple(out)
 
 
+def _family_of(name: str) -> str | None:
+    from cpkgs_admin.names import parse_name
+
+    try:
+        return parse_name(name).family
+    except CpkgsError:
+        return None
+
+
 def _sync_name(site: Site, rec: EnvRecord) -> tuple[list[str], list[str]]:
     """Bring the outside files of REC's name and family in REC's platform's trees in line with the records;
     (written, removed)."""
     plat = rec.platform
-    chosen = [r for r in published(site, load_all(site.records_dir, shared=True)) if r.platform == plat]
+    damaged: list[tuple[Path, str]] = []
+    chosen = [r for r in published(site, load_all(site.records_dir, shared=True, damaged=damaged))
+              if r.platform == plat]
     target = next((r for r in chosen if r.name == rec.name), None)
     desired: dict[Path, str] = {}
     if target is not None:
         desired.update(env_outputs(site, target))
-    desired.update(family_outputs(site, rec.family, plat, chosen))
+    # The family's default version needs every member's record: with one of them damaged, its .modulerc files
+    # stay as they are until the record is repaired (`refresh` then says what it could not read).
+    family_whole = not any(p.parent.name == plat and _family_of(p.stem) == rec.family for p, _why in damaged)
+    if family_whole:
+        desired.update(family_outputs(site, rec.family, plat, chosen))
     written = write_outputs(site, desired)
-    candidates = [
-        site.module_file(rec.family, rec.version, plat),
-        site.module_file_tcl(rec.family, rec.version, plat),
-        site.module_rc(rec.family, plat),
-        site.module_rc_tcl(rec.family, plat),
-    ]
+    candidates = [site.module_file(rec.family, rec.version, plat), site.module_file_tcl(rec.family, rec.version, plat)]
+    if family_whole:
+        candidates += [site.module_rc(rec.family, plat), site.module_rc_tcl(rec.family, plat)]
     stale = [p for p in candidates if p not in desired and p.is_file() and is_generated(p)]
     stale += [p for p in generated_kernel_files(site, plat) if kernel_owner(p) == rec.name and p not in desired]
     return written, remove_outputs(stale, stops(site, [plat]))

@@ -159,30 +159,48 @@ def iter_record_files(records_dir: Path) -> list[tuple[str, Path]]:
     return out
 
 
+# What to do about a record load_all or list reports as damaged.
+DAMAGED_RECORD_HINT = ("restore it from a backup, or copy the env's own conda-meta/cpkgs/record.json over it "
+                       "(its state at publish)")
+
 # path -> ((inode, size, mtime_ns, ctime_ns), record): records this process parsed before; see load_all(shared=True).
 _parsed: dict[Path, tuple[tuple[int, int, int, int], EnvRecord]] = {}
 
 
-def load_all(records_dir: Path, *, shared: bool = False) -> list[EnvRecord]:
+def load_all(
+    records_dir: Path, *, shared: bool = False, damaged: list[tuple[Path, str]] | None = None
+) -> list[EnvRecord]:
     """Every record. With SHARED, a record file unchanged since this process last parsed it (same inode, size and
     mtime: records are only ever replaced by rename, so a new version is a new inode) comes back as the same
     object, not parsed again: new-env looks at every record three times (name checks before and under the site
-    lock, then the modulefiles). Only for callers that do not modify what they get."""
-    if not shared:
-        return [load_record_file(p) for _, p in iter_record_files(records_dir)]
+    lock, then the modulefiles). Only for callers that do not modify what they get.
+
+    A record that cannot be read raises CpkgsError naming it; with DAMAGED, it goes there as (path, the error
+    line) and the others are returned: for callers that can work on without it (list, verify, name checks),
+    never for those that would delete what a damaged record's env owns (refresh)."""
     out = []
     for _, p in iter_record_files(records_dir):
         try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue  # removed since the listing (a rename in flight): as if listed a moment later
-        except OSError as exc:
-            raise CpkgsError(f"{p}: unreadable record ({exc.strerror})") from None
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        hit = _parsed.get(p)
-        if hit is None or hit[0] != key:
-            hit = _parsed[p] = (key, load_record_file(p))
-        out.append(hit[1])
+            if not shared:
+                out.append(load_record_file(p))
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # removed since the listing (a rename in flight): as if listed a moment later
+            except OSError as exc:
+                raise CpkgsError(f"{p}: unreadable record ({exc.strerror})") from None
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            hit = _parsed.get(p)
+            if hit is None or hit[0] != key:
+                hit = _parsed[p] = (key, load_record_file(p))
+            out.append(hit[1])
+        except EnvNotFound:
+            continue  # removed since the listing
+        except CpkgsError as exc:
+            if damaged is None:
+                raise
+            damaged.append((p, str(exc)))
     return out
 
 

@@ -213,8 +213,9 @@ def load_config_file(path: Path) -> SiteConfig:
     except OSError as exc:
         raise SiteError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        # libyaml's loader when PyYAML has it (same safe subset, a few times faster), else the pure-Python one.
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        from cpkgs_admin.yamlio import load_yaml
+
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

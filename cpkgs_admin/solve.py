@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--override-virtual {item!r}: expected PKG=VERSION, e.g. __cuda=12.4")
         if not name.startswith("__"):
             name = "__" + name
+        if not re.match(r"__[a-z0-9][a-z0-9_.-]*\Z", name):
+            raise UsageError(f"--override-virtual {item!r}: {name!r} is not a virtual package name (e.g. __cuda)")
         out[name] = ver.strip()
     return out
 

@@ -79,9 +79,11 @@ def _read_text(path: Path, what: str) -> str:
 def _load_yaml(path: Path) -> Any:
     import yaml
 
+    from cpkgs_admin.yamlio import load_yaml
+
     text = _read_text(path, "spec file")
     try:
-        return yaml.safe_load(text), text
+        return load_yaml(text), text
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -97,7 +99,13 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
     allowed = {"name", "channels", "dependencies", "extends", "prefix", "variables"}
     for key in data:
         if key not in allowed:
-            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends)")
+            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends; "
+                            "name and prefix are ignored)")
+    if data.get("variables"):
+        # conda sets these on activation from conda-meta/state; cpkgs' activation (conda.sh, modules, kernels)
+        # takes variables from the packages' etc/conda/activate.d scripts only. Refused, not silently dropped.
+        raise SpecError(f"spec file {path}: 'variables' are not supported; set them from a package's "
+                        "etc/conda/activate.d script")
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"spec file {path}: 'dependencies' must be a list")
@@ -118,7 +126,8 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
     if not isinstance(channels, list) or not all(isinstance(c, str) and c.strip() for c in channels):
         raise SpecError(f"spec file {path}: 'channels' must be a list of channel names or URLs")
     ext = data.get("extends")
-    if ext is not None and not isinstance(ext, (str, list)):
+    names = [ext] if isinstance(ext, str) else ext
+    if ext is not None and not (isinstance(names, list) and all(isinstance(e, str) for e in names)):
         raise SpecError(f"spec file {path}: 'extends' must be a family name or a list of them")
     return data, text
 
@@ -195,6 +204,7 @@ def read_explicit(path: Path) -> ExplicitLock:
     platform = None
     seen_explicit = False
     pkgs: list[LockedPackage] = []
+    first_line: dict[str, tuple[int, str]] = {}  # package name -> (line, file name)
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line:
@@ -209,12 +219,21 @@ def read_explicit(path: Path) -> ExplicitLock:
         if not seen_explicit:
             raise SpecError(f"lock file {path} line {n}: expected '@EXPLICIT' before package URLs")
         m = _EXPLICIT_LINE.match(line)
+        if m is not None and "#" in m.group("url"):
+            raise SpecError(f"lock file {path} line {n}: the hash after '#' must be an md5 (32 hex digits) or a "
+                            f"sha256 (64): {line.rpartition('#')[2][:80]!r}")
         if not m or "://" not in m.group("url"):
             raise SpecError(f"lock file {path} line {n}: not a package URL: {line[:80]!r}")
         url = m.group("url")
         filename = url.rsplit("/", 1)[-1]
         if not filename.endswith((".conda", ".tar.bz2")):
             raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
+        name = filename.removesuffix(".conda").removesuffix(".tar.bz2").rsplit("-", 2)[0]
+        if name in first_line:
+            was, other = first_line[name]
+            raise SpecError(f"lock file {path} line {n}: {name} again (line {was}: {other}); an environment holds "
+                            "one build of each package")
+        first_line[name] = (n, filename)
         h = m.group("hash")
         sha256 = md5 = None
         if h:
@@ -241,3 +260,5 @@ def check_sources(
         raise UsageError("--add and --remove go with --from OLD")
     if from_env and spec_file:
         raise UsageError("use either --from OLD or -f FILE, not both")
+    if from_env and specs:
+        raise UsageError(f"--from OLD starts from OLD's specs; give more with --add, not as arguments ({specs[0]})")

@@ -60,6 +60,31 @@ def render_config(config: SiteConfig) -> str:
     return CONFIG_HEADER + yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, default_flow_style=False)
 
 
+def updated_config_text(path: Path, config: SiteConfig, keys: list[str]) -> str:
+    """The admin's cpkgs.yaml with only KEYS set to CONFIG's values: comments, order and everything else kept
+    (ruamel.yaml's round trip). A file ruamel cannot take back gets the rendered config whole."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    # null as cpkgs writes it (ruamel's round trip leaves the value empty)
+    yaml.representer.add_representer(type(None), lambda r, _d: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"))
+    except Exception:  # load_config_file has just read it; on any surprise, write it whole
+        doc = None
+    if not hasattr(doc, "keys"):
+        return render_config(config)
+    values = config.to_yaml_dict()
+    for key in keys:
+        doc[key] = values[key]
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    return buf.getvalue()
+
+
 def modes(config: SiteConfig) -> tuple[int, int]:
     """(dir mode, file mode): readable by all, writable by the owner and, when there is one, the admin group."""
     if config.admin_group:
@@ -169,17 +194,22 @@ def init_site(
             ensure_dir(site.envs_dir(sub))
             ensure_dir(site.records_dir / sub)
             ensure_dir(site.retired_dir / site.installation_name(sub))
-        files: dict[Path, tuple[str, int]] = {site.config_file: (render_config(config), fmode)}
+        files: dict[Path, tuple[str, int]] = {}
+        if old is None:
+            files[site.config_file] = (render_config(config), fmode)
+        elif changes:  # only what the options change; the admin's comments and layout stay
+            keys = [c.split(":", 1)[0] for c in changes]
+            files[site.config_file] = (updated_config_text(site.config_file, config, keys), fmode)
+        else:
+            _fix_perms(site.config_file, fmode, gid, report, root)
         for path, text in render_profiles(site).items():
             files[path] = (text, fmode)
         for path, (text, mode) in files.items():
             existed = path.exists()
             try:
-                if write_if_changed(path, text, mode):
+                if write_if_changed(path, text, mode, gid):
                     rel = str(path.relative_to(root))
                     (report.updated if existed else report.created).append(rel)
-                if gid is not None and path.stat().st_gid != gid:
-                    os.chown(path, -1, gid)
             except PermissionError:
                 raise PermissionProblem(f"cannot write {path}: permission denied") from None
         if old is not None:
@@ -202,7 +232,7 @@ def _fix_perms(path: Path, mode: int, gid: int | None, report: InitReport, root:
         os.chmod(path, mode)
         changed = True
     if changed:
-        rel = str(path.relative_to(root)) + "/" if path != root else str(root)
+        rel = (str(path.relative_to(root)) + ("/" if path.is_dir() else "")) if path != root else str(root)
         if rel not in report.created:
             report.updated.append(rel + " (permissions)")
 

@@ -662,11 +662,24 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     from cpkgs_admin.records import load_all
 
     names = list(names)
+    reports = []
     if names:
         records = [get_record(site, n, None) for n in names]
     else:
-        records = [r for r in load_all(site.records_dir) if r.status != "removed"]
-    reports = []
+        damaged: list[tuple[Path, str]] = []
+        records = [r for r in load_all(site.records_dir, damaged=damaged) if r.status != "removed"]
+        from cpkgs_admin.records import DAMAGED_RECORD_HINT
+
+        # Its env cannot be checked without the record (the expected hashes' digest is in it): a problem to report,
+        # not a reason to leave the other envs unchecked.
+        for path, msg in damaged:
+            try:
+                where = str(site.env_prefix(path.stem, path.parent.name))
+            except CpkgsError:
+                where = ""
+            rep = VerifyReport(name=path.stem, platform=path.parent.name, prefix=where)
+            rep.problems.append(Problem("record", str(path), f"{msg.removeprefix(f'{path}: ')}; {DAMAGED_RECORD_HINT}"))
+            reports.append(rep)
     for rec in records:
         if rec.status == "removed":
             raise CpkgsError(f"environment {rec.name} was removed; nothing to verify")

@@ -44,6 +44,26 @@ def test_second_run_changes_nothing(tmp_path: Path) -> None:
     assert tree_hash(root) == before
 
 
+def test_admins_comments_in_cpkgs_yaml_survive_init(tmp_path: Path) -> None:
+    """init on an existing site leaves cpkgs.yaml alone unless an option changes it, and then changes only that
+    key: the admin's comments and layout stay."""
+    root = tmp_path / "x"
+    assert run_cpkgs("init", root=root).returncode == 0
+    cfg = root / "cpkgs.yaml"
+    text = cfg.read_text().replace("trash_grace: 7d", "trash_grace: 14d  # site policy, ticket 4711")
+    text += "# reviewed by the storage team\n"
+    cfg.write_text(text)
+    r = run_cpkgs("init", root=root)
+    assert r.returncode == 0 and "nothing changed" in r.stdout, r
+    assert cfg.read_text() == text
+    r = run_cpkgs("init", "-c", "file:///srv/mirror/conda-forge", root=root)
+    assert r.returncode == 0, r
+    after = cfg.read_text()
+    assert "trash_grace: 14d  # site policy, ticket 4711" in after and "# reviewed by the storage team" in after
+    assert "file:///srv/mirror/conda-forge" in after
+    assert run_cpkgs("init", "--json", root=root).json()["changed"] is False
+
+
 def test_changed_option_updates_config_and_reports(tmp_path: Path) -> None:
     root = tmp_path / "x"
     assert run_cpkgs("init", root=root).returncode == 0
@@ -124,6 +144,7 @@ BAD_CONFIGS = [
     ("installations: {linux-64: modulefiles}\n", "is a directory of the site itself"),
     ("channels: [\n", "invalid YAML"),
     ("- a\n- b\n", "expected a mapping"),
+    ("trash_grace: 7d\ntrash_grace: 1d\n", "line 2 invalid YAML: duplicate key 'trash_grace'"),
 ]
 
 

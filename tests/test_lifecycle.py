@@ -137,14 +137,42 @@ def test_purge_removes_staging_dirs_of_dead_builds_only(tmp_path: Path, channel_
 
 
 def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url: str) -> None:
+    """One damaged record: commands about it fail with one line naming the file; whole-site reads (list, verify)
+    report it after the others and fail; other names still build (its own module name stays taken); refresh,
+    which deletes what no record claims, refuses. Copying the env's own record back repairs it."""
     root = make_site(tmp_path / "site", channel_url)
+    build(root, "good-1.0")
+    build(root, "bad-1.0")
     rec = root / ".cpkgs" / "records" / "linux-64" / "bad-1.0.json"
-    for text in ("{}", "[]", '{"schema": "x", "name": "bad-1.0", "platform": "linux-64"}'):
+    for n, text in enumerate(("{}", "[]", '{"schema": "x", "name": "bad-1.0", "platform": "linux-64"}')):
         rec.write_text(text)
-        for args in (("list",), ("info", "bad-1.0"), ("new-env", "x-1.0", "cpkgs-test-app")):
+        for args in (("info", "bad-1.0"), ("new-env", "bad-1.0", "cpkgs-test-app"), ("refresh",)):
             r = run_cpkgs(*args, root=root)
             assert r.returncode == 1 and "bad-1.0.json: damaged record" in r.stderr, (text, args, r)
             assert r.stderr.count("\n") == 1 and "internal error" not in r.stderr
+        r = run_cpkgs("list", "--json", root=root)
+        assert r.returncode == 1 and [e["name"] for e in r.json()] == ["good-1.0", *[f"x-{i}.0" for i in range(n)]]
+        assert "bad-1.0.json: damaged record" in r.stderr and "conda-meta/cpkgs/record.json" in r.stderr, r
+        r = run_cpkgs("verify", "--json", root=root)
+        assert r.returncode == 4, r
+        reports = {x["name"]: x for x in r.json()}
+        assert reports["good-1.0"]["ok"] and [p["kind"] for p in reports["bad-1.0"]["problems"]] == ["record"]
+        r = run_cpkgs("new-env", f"x-{n}.0", "cpkgs-test-app", root=root)
+        assert r.returncode == 0 and r.stderr == "", r
+        assert (root / "modulefiles" / "x" / f"{n}.0.lua").is_file()
+        rc = root / "modulefiles" / "bad" / ".modulerc.lua"
+        rc_before = rc.read_text()
+        r = run_cpkgs("new-env", f"bad-2.{n}", "cpkgs-test-app", root=root)  # module bad/2.N: not taken, fine
+        assert r.returncode == 0 and r.stderr == "", r
+        # The family's default stays as it was while one of its records cannot be read.
+        assert (root / "modulefiles" / "bad" / f"2.{n}.lua").is_file() and rc.read_text() == rc_before
+        r = run_cpkgs("remove", f"bad-2.{n}", root=root)
+        assert r.returncode == 0 and not (root / "modulefiles" / "bad" / f"2.{n}.lua").exists(), r
+    shutil.copy(root / ENVS / "bad-1.0" / "conda-meta" / "cpkgs" / "record.json", rec)
+    assert run_cpkgs("refresh", root=root).returncode == 0
+    assert run_cpkgs("verify", root=root).returncode == 0
+    assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["bad-1.0", "good-1.0", "x-0.0",
+                                                                                "x-1.0", "x-2.0"]
 
 
 def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, channel_url: str) -> None:

@@ -190,6 +190,9 @@ BAD_INPUTS = [
     (["x-1.0", "--lock", "/does/not/exist.txt"], "does not exist"),
     (["x-1.0", "--from", "nope-1.0"], "no environment named nope-1.0"),
     (["x-1.0", "--add", "python"], "--add and --remove go with --from"),
+    (["x-1.0", "--platform", "", "cpkgs-test-app"], "--platform needs a platform name"),
+    (["x-1.0", "cpkgs-test-app", "--override-virtual", "__=1"], "'__' is not a virtual package name"),
+    (["x-1.0", "cpkgs-test-app", "--override-virtual", "__a b=1"], "'__a b' is not a virtual package name"),
 ]
 
 
@@ -211,6 +214,8 @@ BAD_YAML = [
     ("dependencies:\n  - 'python >>= 3'\n", "invalid match spec"),
     ("channels: [5]\ndependencies: [python]\n", "'channels' must be a list"),
     ("surprise: 1\ndependencies: [python]\n", "unknown key 'surprise'"),
+    ("dependencies: [python]\ndependencies: [cpkgs-test-app]\n", "line 2 invalid YAML: duplicate key 'dependencies'"),
+    ("dependencies: [python]\nvariables: {MYVAR: hello}\n", "'variables' are not supported"),
 ]
 
 
@@ -223,6 +228,57 @@ def test_bad_environment_yml(site: Path, tmp_path: Path, text: str, message: str
     assert r.returncode == 1, r
     assert message in r.stderr and str(f) in r.stderr and r.stderr.count("\n") == 1
     assert tree_hash(site) == before
+
+
+def test_extends_items_must_be_family_names(site: Path) -> None:
+    for n, ext in enumerate(("[[base]]", "[1]", "{a: b}")):
+        (site / "specs" / f"e{n}.yml").write_text(f"extends: {ext}\ndependencies: [python]\n")
+        r = run_cpkgs("new-env", f"e{n}-1.0", "--dry-run", root=site)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+        assert "'extends' must be a family name or a list of them" in r.stderr and "internal" not in r.stderr
+
+
+def test_lock_file_naming_a_package_twice_is_refused(built_site: Path, tmp_path: Path, channel_dir: Path) -> None:
+    """Two builds of one package (or one line twice) would install both into one prefix: refused, naming both."""
+    lock = run_cpkgs("export", "demo-1.0", "--format", "explicit", root=built_site).stdout
+    lib = next(line for line in lock.splitlines() if "/cpkgs-test-lib-" in line)
+    other = next(p for p in (channel_dir / "noarch").glob("cpkgs-test-lib-*.conda") if p.name not in lib)
+    for extra in (lib, other.as_uri()):
+        f = tmp_path / "twice.txt"
+        f.write_text(lock + extra + "\n")
+        n = len((lock + extra).splitlines())
+        before = tree_hash(built_site)
+        r = run_cpkgs("new-env", "twice-1.0", "--lock", str(f), root=built_site)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+        assert f"line {n}: cpkgs-test-lib again (line " in r.stderr and "one build of each package" in r.stderr
+        assert tree_hash(built_site) == before
+    f.write_text(lock.replace(lib, lib.split("#")[0] + "#abc"))
+    r = run_cpkgs("new-env", "twice-1.0", "--lock", str(f), root=built_site)
+    assert r.returncode == 1 and "the hash after '#' must be an md5 (32 hex digits) or a sha256 (64): 'abc'" in r.stderr
+
+
+def test_from_takes_no_positional_specs_and_removes_only_what_was_asked_for(site: Path) -> None:
+    assert run_cpkgs("new-env", "base-1.0", "cpkgs-test-app", "cpkgs-test-activate", root=site).returncode == 0
+    before = tree_hash(site)
+    r = run_cpkgs("new-env", "base-1.1", "cpkgs-test-textprefix", "--from", "base-1.0", root=site)
+    assert r.returncode == 2 and "give more with --add" in r.stderr and r.stderr.count("\n") == 1, r
+    r = run_cpkgs("new-env", "base-1.1", "--from", "base-1.0", "--remove", "cpkgs-test-lib", root=site)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert "--remove cpkgs-test-lib: base-1.0 did not ask for it, another package needs it" in r.stderr
+    assert "(asked for: cpkgs-test-app, cpkgs-test-activate)" in r.stderr
+    assert tree_hash(site) == before
+
+
+def test_from_an_env_built_from_a_lock_keeps_its_packages(site: Path, tmp_path: Path) -> None:
+    """An env built with --lock asked for no specs: --from it starts from all its packages, at their versions."""
+    assert run_cpkgs("new-env", "src-1.0", "cpkgs-test-app", "cpkgs-test-lib 1.1.*", root=site).returncode == 0
+    lock = tmp_path / "src.lock"
+    lock.write_text(run_cpkgs("export", "src-1.0", "--format", "explicit", root=site).stdout)
+    assert run_cpkgs("new-env", "rt-1.0", "--lock", str(lock), root=site).returncode == 0
+    r = run_cpkgs("new-env", "rt-2.0", "--from", "rt-1.0", "--add", "cpkgs-test-textprefix", root=site)
+    assert r.returncode == 0, r
+    d = run_cpkgs("diff", "rt-1.0", "rt-2.0", "--json", root=site).json()
+    assert [a["name"] for a in d["added"]] == ["cpkgs-test-textprefix"] and d["removed"] == [] and d["changed"] == []
 
 
 def test_extends_cycle_and_missing_parent(site: Path) -> None:
