@@ -165,9 +165,13 @@ def init_site(
             if not path.is_dir():
                 path.mkdir(parents=True, exist_ok=True)
                 report.created.append(str(path.relative_to(root)) + "/" if path != root else str(root))
-            _fix_perms(path, dmode, gid, report, root)
         except PermissionError:
             raise PermissionProblem(f"cannot create {path}: permission denied") from None
+        try:
+            _fix_perms(path, dmode, gid, report, root)
+        except PermissionError:
+            raise PermissionProblem(f"cannot change the group or mode of {path}: permission denied (only its owner "
+                                    "or root can)") from None
 
     ensure_dir(root)
     ensure_dir(site.state_dir)

@@ -56,10 +56,10 @@ def test_bad_names_rejected_before_any_file(site: Path, name: str) -> None:
 def test_internal_errors_have_no_traceback_unless_verbose(tmp_path: Path) -> None:
     root = tmp_path / "x"
     assert run_cpkgs("init", root=root).returncode == 0
-    (root / ".cpkgs" / "records" / "linux-64" / "broken.json").write_text("{not json")
-    r = run_cpkgs("list", root=root)
-    assert r.returncode == 1 and "broken.json" in r.stderr and "Traceback" not in r.stderr
-    r = run_cpkgs("-v", "list", root=root)
+    (root / ".cpkgs" / "records" / "linux-64" / "broken-1.0.json").write_text("{not json")
+    r = run_cpkgs("info", "broken-1.0", root=root)
+    assert r.returncode == 1 and "broken-1.0.json" in r.stderr and "Traceback" not in r.stderr
+    r = run_cpkgs("-v", "info", "broken-1.0", root=root)
     assert "Traceback" in r.stderr
 
 
