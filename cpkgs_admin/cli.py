@@ -600,7 +600,10 @@ def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
     from cpkgs_admin.layered import extend_env
 
     rep = extend_env(c.root, base, Path(directory), force=force)
-    c.say(f"layer {rep.directory} on {rep.base}: conda activate {rep.directory}; pip install goes into the layer")
+    import shlex
+
+    where = shlex.quote(str(rep.directory))  # pasted as is into a shell
+    c.say(f"layer {rep.directory} on {rep.base}: conda activate {where}; pip install goes into the layer")
     if not rep.has_pip:
         c.say(f"note: {rep.base} has no pip; run '{rep.directory}/bin/python -m ensurepip' once for one in the layer")
     if rep.notice:

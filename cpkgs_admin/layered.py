@@ -15,15 +15,20 @@ sys.prefix is DIR, not BASE, so the config cpkgs writes into BASE would not appl
 (`DIR/etc/ipython/ipython_config.py`, `DIR/etc/jupyter/jupyter_{server,notebook}_config.py`), rendered by the
 same function (localdb.db_config_files) from BASE's site-packages.
 
-Speed: we read BASE's record (one small JSON) and stat BASE's interpreter; we never walk BASE's files, so the
-layer's size and creation time do not depend on BASE's size. This module is on the `cpkgs extend` path: keep its
-imports light (no rattler, no yaml beyond what opening the site costs).
+Scripts: BASE's python scripts (pip, ipython, jupyter, ...) get a wrapper in DIR/bin that runs them with DIR's
+python, so that on an activated layer `pip install X` installs into the layer and `ipython` sees X.
+
+Speed: we read BASE's record (one small JSON), stat BASE's interpreter and list BASE/bin (reading the first line
+of its small scripts); we never walk BASE's files, so the layer's creation time does not depend on BASE's size.
+This module is on the `cpkgs extend` path: keep its imports light (no rattler, no yaml beyond what opening the
+site costs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,11 +95,77 @@ def _symlink(target: str, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, mode: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.cpkgs-tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
+        if mode is not None:
+            os.fchmod(fh.fileno(), mode)
     os.replace(tmp, path)
+
+
+WRAPPER_MARK = "# cpkgs extend: BASE's script, run by this layer's python"
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _base_python_scripts(base_bin: Path) -> list[str]:
+    """Names of BASE's bin/ scripts that BASE's python runs (their '#!' line, or the '#!/bin/sh' + exec form used
+    for long paths, names it): pip, ipython, jupyter, ... One listing; only small regular files are opened (the
+    listing's types and sizes come with it on NFS, READDIRPLUS), never the binaries."""
+    marker = f"{base_bin}/python".encode()
+    out: list[str] = []
+    try:
+        entries = list(os.scandir(base_bin))
+    except OSError:
+        return out
+    for e in entries:
+        if e.name.startswith(("python", ".")):
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 64 * 1024 or not st.st_mode & 0o111:
+                continue
+            with open(e.path, "rb") as fh:
+                head = fh.read(512)
+        except OSError:
+            continue
+        lines = head.split(b"\n", 2)
+        if head.startswith(b"#!") and (marker in lines[0] or (len(lines) > 1 and b"exec" in lines[1]
+                                                              and marker in lines[1])):
+            out.append(e.name)
+    return sorted(out)
+
+
+def _write_wrappers(directory: Path, base_bin: Path) -> None:
+    """DIR/bin/NAME for each of BASE's python scripts: BASE's script run by DIR's python, which sees the layer's
+    packages (and pip installs into the layer). BASE/bin comes after DIR/bin on an activated layer's PATH, so
+    without these `pip install X` would run BASE's python and hit BASE's PEP 668 marker, and `ipython` would not
+    see what was installed. A wrapper from an earlier base (--force) that BASE no longer has goes; a script pip
+    put into the layer (the user installed their own ipython) stays."""
+    bin_dir = directory / "bin"
+    python = bin_dir / "python"
+    wanted = _base_python_scripts(base_bin)
+    for name in os.listdir(bin_dir):
+        path = bin_dir / name
+        if name not in wanted and _is_wrapper(path):
+            path.unlink()
+    for name in wanted:
+        path = bin_dir / name
+        if path.exists() and not _is_wrapper(path):
+            continue  # the layer's own (pip installed it): it wins, as DIR/bin comes first
+        _write(path, f"#!/bin/sh\n{WRAPPER_MARK}\nexec {_sh_quote(str(python))} {_sh_quote(str(base_bin / name))} "
+                     '"$@"\n', 0o755)
+
+
+def _is_wrapper(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(WRAPPER_MARK) + 64).split(b"\n")[1] == WRAPPER_MARK.encode()
+    except (OSError, IndexError):
+        return False
 
 
 def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -> Layer:
@@ -145,6 +216,7 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
         for rel, text in db_config_files(prefix / "lib" / f"python{xy}").items():
             (directory / rel).parent.mkdir(parents=True, exist_ok=True)
             _write(directory / rel, text)
+        _write_wrappers(directory, prefix / "bin")
         # Written last: the shell treats DIR as a layer only once everything above is in place.
         _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
     except PermissionError as exc:

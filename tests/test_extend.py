@@ -92,10 +92,11 @@ def test_extend_makes_a_small_layer_as_any_user(built_site: Path, tmp_path: Path
     assert r.returncode == 0, r
     assert str(layer) in r.stdout
     assert elapsed < 2.0  # the benchmark holds the real bound (0.3 s); this only catches walking BASE
-    # A fixed handful of entries, whatever BASE's size: nothing of BASE is copied or linked file by file.
+    # A fixed handful of entries, whatever BASE's size: nothing of BASE is copied or linked file by file; only
+    # its python scripts (here pip's) get a small wrapper each.
     entries = sorted(str(p.relative_to(layer)) for p in layer.rglob("*"))
     assert entries == [
-        "bin", "bin/python", "bin/python3", "bin/python3.11", "conda-meta", "conda-meta/cpkgs",
+        "bin", "bin/pip", "bin/pip3", "bin/python", "bin/python3", "bin/python3.11", "conda-meta", "conda-meta/cpkgs",
         "conda-meta/cpkgs/layer", "etc", "etc/ipython", "etc/ipython/ipython_config.py", "etc/jupyter",
         "etc/jupyter/jupyter_notebook_config.py", "etc/jupyter/jupyter_server_config.py",
         "lib", "lib/python3.11", "lib/python3.11/site-packages", "pyvenv.cfg",
@@ -228,3 +229,30 @@ def test_removed_base_is_refused(pip_site: Path, tmp_path: Path) -> None:
     r = run_cpkgs("extend", "gone-1.0", str(layer), root=pip_site, user=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "gone-1.0 was removed" in r.stderr, r
     assert not layer.exists()
+
+
+def test_activated_layer_runs_bases_python_scripts_with_its_own_python(pip_site: Path, tmp_path: Path) -> None:
+    """On an activated layer, `pip` (and any script BASE's python runs: ipython, jupyter, ...) is BASE's script
+    run by the layer's python: `pip install X` goes into the layer instead of hitting BASE's PEP 668 marker, and
+    the layer's python sees X. A script the user installs into the layer replaces the wrapper."""
+    base = pip_site / ENVS / PIP_ENV
+    home = nobody_dir(tmp_path / "u")
+    wheel = write_wheel(home, "cpkgs_probe", "1.0", "VERSION = '1.0'\n")
+    layer = home / "my layer"
+    assert run_cpkgs("extend", PIP_ENV, str(layer), root=pip_site, user=True).returncode == 0
+    wrapped = sorted(p.name for p in (layer / "bin").iterdir() if not p.name.startswith("python"))
+    assert "pip" in wrapped and "pip3" in wrapped, wrapped
+    assert (layer / "bin" / "pip").read_text().splitlines()[2] == f"exec '{layer}/bin/python' '{base}/bin/pip' \"$@\""
+    script = (
+        f". '{pip_site}/etc/profile.d/conda.sh' && conda activate '{layer}' && command -v pip && "
+        f"PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 pip install -q --no-index '{wheel}' && "
+        "python -c 'import cpkgs_probe; print(cpkgs_probe.__file__)'"
+    )
+    r = as_nobody(["bash", "--norc", "-c", script], env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0] == str(layer / "bin" / "pip")
+    assert lines[1] == str(layer / "lib/python3.11/site-packages/cpkgs_probe/__init__.py")
+    # --force onto the same base keeps the layer's packages and rewrites the wrappers, nothing else
+    assert run_cpkgs("extend", PIP_ENV, str(layer), "--force", root=pip_site, user=True).returncode == 0
+    assert sorted(p.name for p in (layer / "bin").iterdir() if not p.name.startswith("python")) == wrapped
