@@ -201,6 +201,9 @@ def parse_condarc(text: str, name: str) -> _Doc:
         return _Doc(name=name, text=text, root=None, data={})
     if not isinstance(root, MappingNode) or not isinstance(data, dict):
         raise ConfigError(f"{name}: the document is {_describe(data)}, not a mapping of settings")
+    if _cyclic(data):
+        raise ConfigError(f"{name}: a YAML alias refers to the list or mapping it is in (like 'a: &x [*x]'); "
+                          "conda cannot read that either")
     doc = _Doc(name=name, text=text, root=root, data=data)
     own = {k.value: (k, v) for k, v in root.value if hasattr(k, "value") and isinstance(k.value, str)}
     if KEY in data and ALIAS_KEY in data:
@@ -223,6 +226,25 @@ def parse_condarc(text: str, name: str) -> _Doc:
         )
     doc.seq = node
     return doc
+
+
+def _cyclic(data: Any) -> bool:
+    """Whether a list or mapping contains itself (through YAML aliases), which no comparison or dump survives."""
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if not isinstance(node, (list, dict)):
+            continue
+        if id(node) in on_path:
+            return True
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def _references(tree: Any, target: Any) -> int:
@@ -311,8 +333,12 @@ def _seq_indent(doc: _Doc) -> int:
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     stack = [doc.root] if doc.root is not None else []
+    seen: set[int] = set()  # an alias makes the node graph cyclic ('a: &x [*x]'): visit each node once
     while stack:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         if isinstance(node, MappingNode):
             for k, v in node.value:
                 if isinstance(v, SequenceNode) and not v.flow_style and v.value:

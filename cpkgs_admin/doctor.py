@@ -336,6 +336,17 @@ def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts:
             rep.add(FAIL, "pkgs_dirs", f"{path}: pkgs_dirs item {item} is inside the site root", "remove it")
 
 
+def _lexists(path: Path) -> bool | None:
+    """Whether PATH exists; None when a directory above it cannot be searched (Path.exists() raises then)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return None
+    return True
+
+
 def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) -> None:
     home = Path(env.get("HOME") or os.path.expanduser("~"))
     ipython_dir = Path(env["IPYTHONDIR"]) if env.get("IPYTHONDIR") else home / ".ipython"
@@ -352,7 +363,11 @@ def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) 
          "or JUPYTER_DATA_DIR to local disk"),
     ]  # fmt: skip
     for check, paths, what, fix in checks:
-        found = [p for p in paths if p.exists()]
+        unreadable = [p for p in paths if _lexists(p) is None]
+        for p in unreadable:
+            rep.add(WARN, check, f"cannot look for the {what} database {p}: a directory above it is not searchable "
+                    "by you", f"chmod u+rx the directories above {p}")
+        found = [p for p in paths if _lexists(p)]
         bad = [(p, network_fstype(p, mounts)) for p in found]
         bad = [(p, fs) for p, fs in bad if fs]
         if bad:
@@ -360,7 +375,7 @@ def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) 
                 rep.add(WARN, check, f"{what} database {p} is on {fs}: SQLite locking breaks on network drives", fix)
         elif found:
             rep.add(OK, check, f"{what} database {found[0]} is on local disk")
-        else:
+        elif not unreadable:
             rep.add(OK, check, f"no {what} database in {paths[0].parent}")
 
 

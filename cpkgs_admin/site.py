@@ -385,8 +385,16 @@ def resolve_root(option: str | None) -> Path:
 
 def open_site(root: Path) -> Site:
     """Load an existing site, with one clear line when the drive is missing or the tree is not a site."""
-    if not root.exists():
-        raise SiteError(f"site root {root} does not exist (is the drive mounted? run 'cpkgs init' to create a site)")
+    try:
+        root.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SiteError(f"site root {root} does not exist (is the drive mounted? run 'cpkgs init' to create a site)"
+                        ) from None
+    except PermissionError:
+        raise SiteError(f"site root {root} is not reachable by this user: a directory above it is not searchable"
+                        ) from None
+    except OSError as exc:
+        raise SiteError(f"site root {root}: {exc.strerror}") from None
     if not root.is_dir():
         raise SiteError(f"site root {root} is not a directory")
     if not os.access(root, os.R_OK | os.X_OK):

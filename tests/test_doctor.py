@@ -220,6 +220,26 @@ def test_non_admin_skips_the_admin_side(dsite: Path, tmp_path: Path) -> None:
     assert checks["profile"][0]["status"] == "warn"
 
 
+def test_unsearchable_dirs_are_findings_not_crashes(dsite: Path, tmp_path: Path) -> None:
+    """A user's ~/.ipython they cannot search (mode 000) is a warning naming it; a site root under a directory
+    they cannot search is one line. Never an internal error."""
+    home = tmp_path / "nobody-home"
+    (home / ".ipython").mkdir(parents=True)
+    world_traversable(home)
+    os.chown(home, 65534, 65534)
+    (home / ".ipython").chmod(0o000)
+    r = run_cpkgs("doctor", "--json", root=dsite, user=True, env={"HOME": str(home)})
+    assert "internal error" not in r.stderr, r
+    ipython = by_check(r.json())["ipython"]
+    assert [c["status"] for c in ipython] == ["warn"] and "not searchable" in ipython[0]["message"], ipython
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    for cmd in (("doctor",), ("list",), ("link-user",), ("extend", "a-1.0", str(home / "layer"))):
+        r = run_cpkgs("--root", str(hidden / "site"), *cmd, user=True, env={"HOME": str(home)})
+        assert r.returncode != 0 and "internal error" not in r.stderr, (cmd, r)
+        assert f"site root {hidden / 'site'} is not reachable by this user" in r.stdout + r.stderr, (cmd, r)
+
+
 # ------------------------------------------------------------------------------------------------ NFS (boundary)
 
 # psutil.disk_partitions() returns sdiskpart tuples; these hand-written ones stand in for a host with NFS mounts,

@@ -262,6 +262,8 @@ BAD = {
     "both-aliases": ("envs_dirs: [/a]\nenvs_path: [/b]\n", "both envs_dirs and its alias envs_path"),
     "shared-anchor": ("envs_dirs: &d [/a]\npkgs_dirs: *d\n", "shares its list with another key"),
     "not-utf8": (b"channels: [caf\xe9]\n", "not UTF-8"),
+    "self-alias-list": ("a: &x [*x]\n", "a YAML alias refers to the list or mapping it is in"),
+    "self-alias-map": ("envs_dirs: [/a]\nb: &y {c: *y}\n", "a YAML alias refers to the list or mapping it is in"),
 }
 
 

@@ -536,3 +536,106 @@ echo "P=$CONDA_PKGS_DIRS"
     sun = fake_uname(tmp_path, "SunOS", "sparc")
     r = run_csh(f"source '{prof}'\necho $?CPKGS_ROOT\nalias conda", csh_env(tmp_path, PATH=f"{sun}:/usr/bin:/bin"))
     assert (r.stdout, r.stderr) == ("0\n", ""), r
+
+
+# The user's glob and word-splitting options: the activate.d scripts still run, nothing is left behind, and the
+# options are theirs again afterwards.
+GLOB_OPTIONS = {
+    "bash": ["shopt -s failglob", "set -f", "IFS=:"],
+    "zsh": ["setopt noglob", "setopt warncreateglobal", "setopt nullglob", "IFS=:"],
+    "dash": ["set -f", "IFS=:"],
+    "ksh": ["set -f", "IFS=:"],
+}
+
+
+@pytest.mark.parametrize(("shell", "option"), [(s, o) for s, opts in GLOB_OPTIONS.items() for o in opts])
+def test_users_glob_and_ifs_options(shell: str, option: str, built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    script = f"""
+{option}
+. {sq(prof)}
+conda activate tools-1.0
+conda activate demo-1.0
+echo "act=${{CPKGS_TEST_ACTIVATED-not run}}"
+conda env list > {sq(tmp_path / "list.txt")}
+conda deactivate
+conda deactivate
+echo "prefix=${{CONDA_PREFIX-none}} shlvl=$CONDA_SHLVL"
+set | grep -c '^_cpkgs' || :
+"""
+    if shell == "bash":
+        script += "shopt -q failglob && echo failglob=on; case $- in *f*) echo noglob=on;; esac\n"
+    elif shell == "zsh":
+        script += "[[ -o noglob ]] && echo noglob=on; [[ -o warncreateglobal ]] && echo warn=on; :\n"
+    else:
+        script += "case $- in *f*) echo noglob=on;; esac\n"
+    r = run_sh(shell, script, base_env(tmp_path), strict=False)
+    assert r.returncode == 0 and r.stderr == "", (option, r)
+    v = kv(r.stdout)
+    assert v["act"] == "yes" and v["prefix"] == "none shlvl=0", (option, r.stdout)
+    assert r.stdout.splitlines()[2] == "0"  # no _cpkgs_* variable left
+    listed = [ln.split()[0] for ln in (tmp_path / "list.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    assert listed == ["demo-1.0", "demo-2.0", "old-1.0", "tools-1.0"]
+    kept = {"shopt -s failglob": "failglob", "set -f": "noglob", "setopt noglob": "noglob",
+            "setopt warncreateglobal": "warn"}.get(option)
+    if kept:
+        assert v[kept] == "on", r.stdout
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_users_own_conda_hook_sourced_first_stays(shell: str, built_site: Path, tmp_path: Path) -> None:
+    """A user whose own conda's hook runs before this profile keeps their conda (a stand-in for conda's hook:
+    CONDA_EXE plus the __conda_exe and conda functions it defines; no real conda can be installed here)."""
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    script = f"""
+CONDA_EXE=/bin/true; export CONDA_EXE
+__conda_exe() {{ :; }}
+conda() {{ echo "own conda: $*"; }}
+. {sq(prof)}
+conda create -n foo numpy
+echo "root=$CPKGS_ROOT"
+"""
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert r.returncode == 0 and r.stderr == "", r
+    assert r.stdout.splitlines() == ["own conda: create -n foo numpy", f"root={built_site}"]
+    # Without the hook in this shell (CONDA_EXE inherited from a parent shell only) the light conda is defined.
+    r = run_sh(shell, f"CONDA_EXE=/bin/true; export CONDA_EXE; . {sq(prof)}; conda activate tools-1.0; "
+                      'echo "prefix=$CONDA_PREFIX"', base_env(tmp_path))
+    assert r.returncode == 0 and kv(r.stdout)["prefix"] == str(built_site / LINUX / "envs" / "tools-1.0"), r
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_activate_and_deactivate_refuse_extra_words(shell: str, built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    r = run_sh(shell, f". {sq(prof)}; conda activate demo-1.0 extra || echo rc=$?; "
+                      'echo "prefix=${CONDA_PREFIX-none}"; conda deactivate now || echo rc2=$?', base_env(tmp_path))
+    assert r.returncode == 0, r
+    v = kv(r.stdout)
+    assert (v["rc"], v["prefix"], v["rc2"]) == ("1", "none", "1"), r.stdout
+    assert r.stderr.splitlines() == [
+        "cpkgs: usage: conda activate NAME|PATH (this site's conda has no base env and no options)",
+        "cpkgs: usage: conda deactivate (it takes no arguments)",
+    ]
+
+
+def test_csh_users_own_conda_alias_stays(built_site: Path, tmp_path: Path) -> None:
+    """conda's csh hook sets _CONDA_EXE and aliases conda: sourced before this profile, that alias stays (a
+    stand-in alias; no real conda here). Without it, the light conda's alias is defined."""
+    prof = built_site / "etc" / "profile.d" / "conda.csh"
+    own = f"""
+setenv _CONDA_EXE /bin/true
+alias conda 'echo own conda: \\!*'
+source '{prof}'
+conda create -n foo
+"""
+    r = run_csh(own, csh_env(tmp_path))
+    assert r.returncode == 0 and r.stdout == "own conda: create -n foo\n", r
+    light = f"""
+setenv _CONDA_EXE /bin/true
+source '{prof}'
+source '{prof}'
+conda activate tools-1.0
+echo "prefix=$CONDA_PREFIX"
+"""
+    r = run_csh(light, csh_env(tmp_path))
+    assert r.returncode == 0 and kv(r.stdout)["prefix"] == str(built_site / LINUX / "envs" / "tools-1.0"), r

@@ -152,8 +152,17 @@ else
         # A real conda lives in this installation: its own hook defines `conda`.
         source "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.csh"
     else
-        # The light conda: csh has no functions, so an alias sources the helper with conda's arguments.
-        alias conda 'source "/nfs/cpkgs/etc/profile.d/cpkgs-conda.csh" \!*'
+        # The user's own conda hook ran before this file (it sets _CONDA_EXE and aliases conda): their conda
+        # stays; `cpkgs link-user` shows it the shared envs.  Only then is the alias looked at (a fork).
+        set _cpkgs_own = ""
+        if ( $?_CONDA_EXE ) then
+            set _cpkgs_own = "`alias conda`"
+            if ( "$_cpkgs_own" =~ *cpkgs-conda.csh* ) set _cpkgs_own = ""
+        endif
+        if ( "$_cpkgs_own" == "" ) then
+            # The light conda: csh has no functions, so an alias sources the helper with conda's arguments.
+            alias conda 'source "/nfs/cpkgs/etc/profile.d/cpkgs-conda.csh" \!*'
+        endif
     endif
 endif
 if ( "$_cpkgs_why" != "" && $?CPKGS_VERBOSE ) then

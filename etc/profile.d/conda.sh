@@ -139,6 +139,10 @@ else
     if [ -f "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.sh" ]; then
         # A real conda lives in this installation: its own hook defines `conda`.
         . "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.sh"
+    elif [ -n "${CONDA_EXE-}" ] && command -v __conda_exe >/dev/null 2>&1; then
+        # The user's own conda hook ran before this file (it defines __conda_exe beside `conda`): their conda
+        # stays.  `cpkgs link-user` shows it the shared envs; the light conda below would hide their commands.
+        :
     else
         # The light conda: activate/deactivate/env list for the shared envs and personal layers, in the
         # shell itself (no fork).  State lives in conda's own variables (CONDA_PREFIX, CONDA_SHLVL,
@@ -146,6 +150,9 @@ else
         # unset on the way out.  With _cpkgs_csh=emit (set only by cpkgs-conda.csh, for a child sh) it
         # prints csh commands instead of changing this shell.
         conda() {
+            # zsh: variables made here are the function's temporaries, unset on the way out (no warnings for them
+            # under warn_create_global); globs as below.  These options restore themselves on return.
+            if [ -n "${ZSH_VERSION-}" ]; then setopt localoptions nonomatch glob nowarncreateglobal; fi
             _cpkgs_r=/nfs/cpkgs
             _cpkgs_i=${CPKGS_INSTALLATION-}
             _cpkgs_rc=0 _cpkgs_err= _cpkgs_go= _cpkgs_o= _cpkgs_ob= _cpkgs_obase= _cpkgs_n= _cpkgs_nb= _cpkgs_nbase=
@@ -154,13 +161,19 @@ else
 '
             if [ "${_cpkgs_csh-}" = emit ]; then _cpkgs_ext=csh _cpkgs_emit=1; fi
             case $_cpkgs_lvl in '' | *[!0-9]*) _cpkgs_lvl=0 ;; esac
-            if [ -n "${ZSH_VERSION-}" ]; then
-                # An unmatched activate.d glob must stay literal (checked below), not abort the function.
-                setopt localoptions nonomatch
+            # The activate.d globs below must expand, and an unmatched one stay literal (checked below), whatever
+            # the user's glob options: zsh's are local (above); noglob and bash's failglob are put back.
+            _cpkgs_g=
+            if [ -z "${ZSH_VERSION-}" ]; then
+                case $- in *f*) _cpkgs_g=f; set +f ;; esac
+                if [ -n "${BASH_VERSION-}" ] && shopt -q failglob 2>/dev/null; then
+                    _cpkgs_g=${_cpkgs_g}F; shopt -u failglob
+                fi
             fi
             case ${1-} in
             activate)
                 _cpkgs_a=${2-}
+                if [ $# -gt 2 ]; then _cpkgs_a=-; fi
                 case $_cpkgs_a in
                 '' | -*)
                     _cpkgs_err="usage: conda activate NAME|PATH (this site's conda has no base env and no options)"
@@ -221,7 +234,9 @@ else
                 ;;
             deactivate)
                 _cpkgs_o=${CONDA_PREFIX-}
-                if [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then
+                if [ $# -gt 1 ]; then
+                    _cpkgs_err="usage: conda deactivate (it takes no arguments)"
+                elif [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then
                     _cpkgs_go=1 _cpkgs_lvl=$((_cpkgs_lvl - 1))
                     if [ "$_cpkgs_lvl" -gt 0 ]; then
                         eval "_cpkgs_n=\${CONDA_PREFIX_$_cpkgs_lvl-}"
@@ -234,7 +249,7 @@ else
                 fi
                 ;;
             env | info)
-                if [ "$*" = "env list" ] || [ "$*" = "info -e" ] || [ "$*" = "info --envs" ]; then
+                if [ $# -eq 2 ] && { [ "$1 $2" = "env list" ] || [ "$1 $2" = "info -e" ] || [ "$1 $2" = "info --envs" ]; }; then
                     printf '# conda environments (cpkgs site %s, %s):\n#\n' "$_cpkgs_r" "$_cpkgs_i"
                     for _cpkgs_f in "$_cpkgs_r/$_cpkgs_i/envs/"*; do
                         _cpkgs_a=${_cpkgs_f##*/}
@@ -380,7 +395,9 @@ else
                     printf '%s\n' "$_cpkgs_a"
                 fi
             fi
-            eval "unset _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
+            case $_cpkgs_g in *f*) set -f ;; esac
+            case $_cpkgs_g in *F*) shopt -s failglob ;; esac
+            eval "unset _cpkgs_g _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
                 _cpkgs_nb _cpkgs_nbase _cpkgs_name _cpkgs_lvl _cpkgs_push _cpkgs_pop _cpkgs_msg _cpkgs_pre _cpkgs_post \
                 _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl _cpkgs_emit; \
                 return $_cpkgs_rc"
