@@ -21,11 +21,16 @@ if ( ( "$_cpkgs_cmd" == activate || "$_cpkgs_cmd" == deactivate ) && $#argv <= 2
         setenv prompt "$prompt:q"
     endif
     set _cpkgs_out = "`/bin/sh '@ROOT_CSH@/etc/profile.d/conda.sh'`"
+    set _cpkgs_rc = $status
     unsetenv _cpkgs_csh _cpkgs_a1 _cpkgs_a2 prompt
     eval "$_cpkgs_out"
 else
     setenv _cpkgs_csh run
     /bin/sh '@ROOT_CSH@/etc/profile.d/conda.sh' $argv:q
+    set _cpkgs_rc = $status
     unsetenv _cpkgs_csh
 endif
 unset _cpkgs_cmd _cpkgs_out
+# The alias's status is this file's last command's: conda's own on failure (a child sh exits with it, the only
+# way csh has), 0 otherwise.  The line is expanded before it runs, so _cpkgs_rc is gone either way.
+eval "unset _cpkgs_rc; if ( $_cpkgs_rc != 0 ) /bin/sh -c 'exit $_cpkgs_rc'"

@@ -639,3 +639,29 @@ echo "prefix=$CONDA_PREFIX"
 """
     r = run_csh(light, csh_env(tmp_path))
     assert r.returncode == 0 and kv(r.stdout)["prefix"] == str(built_site / LINUX / "envs" / "tools-1.0"), r
+
+
+def test_csh_conda_returns_a_failing_status(built_site: Path, tmp_path: Path) -> None:
+    """Scripts test `conda activate X` in csh too: a failing status on errors, 0 on success, nothing left."""
+    prof = built_site / "etc" / "profile.d" / "conda.csh"
+    script = f"""
+source '{prof}'
+conda activate no-such-1.0
+echo "rc.unknown=$status"
+conda activate no-such-1.0 && echo "chain=ran"
+conda frobnicate
+echo "rc.other=$status"
+conda activate tools-1.0 extra
+echo "rc.extra=$status"
+conda activate tools-1.0
+echo "rc.ok=$status"
+conda deactivate
+echo "rc.deact=$status"
+echo "left=$?_cpkgs_rc"
+"""
+    r = run_csh(script, csh_env(tmp_path))
+    v = kv(r.stdout)
+    assert "chain" not in v, r.stdout
+    assert (v["rc.unknown"], v["rc.other"], v["rc.extra"], v["rc.ok"], v["rc.deact"], v["left"]) == (
+        "1", "1", "1", "0", "0", "0"), r
+    assert len(r.stderr.splitlines()) == 4, r.stderr
