@@ -121,7 +121,8 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
         dist = p.stem
         paths = (data.get("paths_data") or {}).get("paths") or []
         for e in paths:
-            if e.get("path_type") == "directory":
+            path_type = e.get("path_type")
+            if path_type == "directory":
                 continue
             rel = e["_path"]
             sha = e.get("sha256_in_prefix") or e.get("sha256")
@@ -131,7 +132,7 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
                 size = None
                 if not e.get("sha256_in_prefix"):
                     sha = None  # patched file whose new hash nobody recorded: existence only
-            link = e.get("path_type") == "softlink"
+            link = path_type == "softlink"
             if link:
                 sha, size = None, None
             out[rel] = Expected(rel, sha, size, None, link, dist)
@@ -508,6 +509,7 @@ def check_integrity(
     seen_of = tree.get if tree is not None else (lambda _rel: None)
     known = memo.known if memo is not None else (lambda _e, _st: None)
     to_check: Iterable[Expected] = expected.values()
+    owner_checks: Iterable[Expected] = expected.values()
     if memo is not None and tree is not None:
         # new-env: most files are cache inodes the memo vouches for; only the rest become check items.
         rest: list[Expected] = []
@@ -528,6 +530,9 @@ def check_integrity(
             else:
                 rest.append(e)
         to_check = rest
+        if owners is not None and os.getuid() in owners.base:
+            # A vouched file's owner is root, this admin or the package's extractor: all allowed by Owners too.
+            owner_checks = rest
     items: list[_Item] = [(e, known(e, st), st) for e in to_check for st in (seen_of(e.rel),)]
     # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
     # slowest hash first, the small-file worker at the other end (_TwoEnds).
@@ -547,13 +552,12 @@ def check_integrity(
             memo.remember(*remember)
     problems += [Problem("unreadable", rel, why) for rel, why in unreadable]
     if owners is not None:
-        for e in expected.values():
+        for e in owner_checks:
             st = scanned.get(e.rel)
             if st is not None and not stat.S_ISLNK(st.st_mode) and not owners.allowed(e.dist, st.st_uid):
                 problems.append(Problem("owner", e.rel, f"owned by uid {st.st_uid}, not root, the env's builder "
                                         "or the admin whose package cache it is linked from"))
-    on_disk = {rel for rel, st in scanned.items() if not stat.S_ISDIR(st.st_mode)}
-    for rel in sorted(on_disk - set(expected)):
+    for rel in sorted(rel for rel, st in scanned.items() if rel not in expected and not stat.S_ISDIR(st.st_mode)):
         if rel.startswith("conda-meta/") or is_nfs_silly(os.path.basename(rel)):
             continue
         problems.append(Problem("unexpected", rel, "not listed by any package"))
