@@ -121,7 +121,7 @@ else
         else
             unsetenv CONDA_PKGS_DIRS
             if ( $?CPKGS_VERBOSE ) then
-                if ( "$CPKGS_VERBOSE" == 1 ) echo "cpkgs: not using $_cpkgs_pkgs for CONDA_PKGS_DIRS: not a private (0700) dir of yours" > /dev/stderr
+                if ( "$CPKGS_VERBOSE" == 1 ) /bin/sh -c 'printf "%s\n" "$1" >&2' cpkgs "cpkgs: not using $_cpkgs_pkgs for CONDA_PKGS_DIRS: not a private (0700) dir of yours"
             endif
         endif
     endif
@@ -166,6 +166,7 @@ else
     endif
 endif
 if ( "$_cpkgs_why" != "" && $?CPKGS_VERBOSE ) then
-    if ( "$CPKGS_VERBOSE" == 1 ) echo "cpkgs: not set up: $_cpkgs_why" > /dev/stderr
+    # (csh cannot write to its stderr alone; /dev/stderr fails when it is a socket, e.g. under systemd)
+    if ( "$CPKGS_VERBOSE" == 1 ) /bin/sh -c 'printf "%s\n" "$1" >&2' cpkgs "cpkgs: not set up: $_cpkgs_why"
 endif
 unset _cpkgs_*

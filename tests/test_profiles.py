@@ -665,3 +665,18 @@ echo "left=$?_cpkgs_rc"
     assert (v["rc.unknown"], v["rc.other"], v["rc.extra"], v["rc.ok"], v["rc.deact"], v["left"]) == (
         "1", "1", "1", "0", "0", "0"), r
     assert len(r.stderr.splitlines()) == 4, r.stderr
+
+
+def test_csh_verbose_line_reaches_a_socket_stderr(tmp_path: Path) -> None:
+    """Under a service manager stderr is a socket, where csh's `> /dev/stderr` fails: the line still arrives."""
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        env = base_env(tmp_path, CPKGS_VERBOSE="1")
+        r = subprocess.run(["tcsh", "-f", "-c", f"source '{REPO / 'etc' / 'profile.d' / 'conda.csh'}'"], stdout=subprocess.PIPE,
+                           stderr=b.fileno(), env=env, timeout=60, text=True)
+        b.close()
+        got = a.recv(4096).decode()
+    assert r.returncode == 0, r
+    assert got.startswith("cpkgs: not set up: /nfs/cpkgs/") and got.endswith("\n") and got.count("\n") == 1, got
