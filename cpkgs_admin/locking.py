@@ -102,14 +102,18 @@ def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None =
             st = path.stat()
             if (gid is None or st.st_gid == gid) and (st.st_mode & 0o7777) == mode:
                 return False
-            if gid is not None and st.st_gid != gid:
-                os.chmod(path, mode & ~0o020)  # not group-writable while the group is still the wrong one
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                try:
-                    _give_group(fd, gid, path)
-                finally:
-                    os.close(fd)
-            os.chmod(path, mode)
+            try:
+                if gid is not None and st.st_gid != gid:
+                    os.chmod(path, mode & ~0o020)  # not group-writable while the group is still the wrong one
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                    try:
+                        _give_group(fd, gid, path)
+                    finally:
+                        os.close(fd)
+                os.chmod(path, mode)
+            except PermissionError:
+                raise PermissionProblem(f"cannot set the mode or group of {path}: it belongs to uid {st.st_uid} "
+                                        "(run this as that user or root)") from None
             return True
     except (FileNotFoundError, UnicodeDecodeError):
         pass
