@@ -152,7 +152,23 @@ else
         conda() {
             # zsh: variables made here are the function's temporaries, unset on the way out (no warnings for them
             # under warn_create_global); globs as below.  These options restore themselves on return.
-            if [ -n "${ZSH_VERSION-}" ]; then setopt localoptions nonomatch glob nowarncreateglobal; fi
+            if [ -n "${ZSH_VERSION-}" ]; then
+                setopt localoptions nonomatch glob nowarncreateglobal nocshnullglob nomarkdirs
+            fi
+            # Called by an activate.d/deactivate.d script while an activation sources it (_cpkgs_busy names the
+            # script): in a subshell, which cannot clobber the running call's temporaries (sh has no local
+            # variables); an activation from there could not take effect anyway.
+            if [ -n "${_cpkgs_busy-}" ]; then
+                case ${1-} in
+                activate | deactivate)
+                    printf 'cpkgs: conda %s from %s is ignored (an activation is running; if none is, one was interrupted: start a new shell)\n' \
+                        "$1" "$_cpkgs_busy" >&2
+                    return 1
+                    ;;
+                esac
+                (unset _cpkgs_busy; conda "$@")
+                return
+            fi
             _cpkgs_r=@ROOT_SH@
             _cpkgs_i=${CPKGS_INSTALLATION-}
             _cpkgs_rc=0 _cpkgs_err= _cpkgs_go= _cpkgs_o= _cpkgs_ob= _cpkgs_obase= _cpkgs_n= _cpkgs_nb= _cpkgs_nbase=
@@ -252,6 +268,7 @@ else
                 if [ $# -eq 2 ] && { [ "$1 $2" = "env list" ] || [ "$1 $2" = "info -e" ] || [ "$1 $2" = "info --envs" ]; }; then
                     printf '# conda environments (cpkgs site %s, %s):\n#\n' "$_cpkgs_r" "$_cpkgs_i"
                     for _cpkgs_f in "$_cpkgs_r/$_cpkgs_i/envs/"*; do
+                        _cpkgs_f=${_cpkgs_f%/}  # ksh's markdirs option appends a slash to directories
                         _cpkgs_a=${_cpkgs_f##*/}
                         case $_cpkgs_a in .* | '*') continue ;; esac
                         [ -d "$_cpkgs_f" ] || continue
@@ -266,13 +283,18 @@ else
                     *) printf '%-24s *  %s\n' '' "$CONDA_PREFIX" ;;
                     esac
                 else
-                    _cpkgs_err="'conda $*' is not available: this site has no conda of its own (only activate, deactivate and env list)"
+                    _cpkgs_err=unavailable
                 fi
                 ;;
             *)
-                _cpkgs_err="'conda ${*:-}' is not available: this site has no conda of its own (only activate, deactivate and env list)"
+                _cpkgs_err=unavailable
                 ;;
             esac
+            if [ "$_cpkgs_err" = unavailable ]; then
+                _cpkgs_s=  # the words joined by spaces whatever IFS is ("$*" joins with IFS's first character)
+                for _cpkgs_a in conda "$@"; do _cpkgs_s="$_cpkgs_s${_cpkgs_s:+ }$_cpkgs_a"; done
+                _cpkgs_err="'$_cpkgs_s' is not available: this site has no conda of its own (only activate, deactivate and env list)"
+            fi
 
             if [ -n "$_cpkgs_err" ]; then
                 printf 'cpkgs: %s\n' "$_cpkgs_err" >&2
@@ -298,7 +320,9 @@ else
                         if [ -n "$_cpkgs_emit" ]; then
                             _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
                         else
+                            _cpkgs_busy=$_cpkgs_f
                             . "$_cpkgs_f"
+                            unset _cpkgs_busy
                         fi
                     done
                 done
@@ -350,7 +374,9 @@ else
                         if [ -n "$_cpkgs_emit" ]; then
                             _cpkgs_post="${_cpkgs_post}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
                         else
+                            _cpkgs_busy=$_cpkgs_f
                             . "$_cpkgs_f"
+                            unset _cpkgs_busy
                         fi
                     done
                 done
@@ -397,7 +423,7 @@ else
             fi
             case $_cpkgs_g in *f*) set -f ;; esac
             case $_cpkgs_g in *F*) shopt -s failglob ;; esac
-            eval "unset _cpkgs_g _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
+            eval "unset _cpkgs_busy _cpkgs_g _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
                 _cpkgs_nb _cpkgs_nbase _cpkgs_name _cpkgs_lvl _cpkgs_push _cpkgs_pop _cpkgs_msg _cpkgs_pre _cpkgs_post \
                 _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl _cpkgs_emit; \
                 return $_cpkgs_rc"

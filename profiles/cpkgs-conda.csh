@@ -31,6 +31,9 @@ else
     unsetenv _cpkgs_csh
 endif
 unset _cpkgs_cmd _cpkgs_out
+# An activate.d script that ran `conda` itself (in the eval above) has unset these temporaries; its activation
+# output came only because conda succeeded.
+if ( ! $?_cpkgs_rc ) set _cpkgs_rc = 0
 # The alias's status is this file's last command's: conda's own on failure (a child sh exits with it, the only
 # way csh has), 0 otherwise.  The line is expanded before it runs, so _cpkgs_rc is gone either way.
 eval "unset _cpkgs_rc; if ( $_cpkgs_rc != 0 ) /bin/sh -c 'exit $_cpkgs_rc'"

@@ -542,9 +542,10 @@ echo "P=$CONDA_PKGS_DIRS"
 # options are theirs again afterwards.
 GLOB_OPTIONS = {
     "bash": ["shopt -s failglob", "set -f", "IFS=:"],
-    "zsh": ["setopt noglob", "setopt warncreateglobal", "setopt nullglob", "IFS=:"],
+    "zsh": ["setopt noglob", "setopt warncreateglobal", "setopt nullglob", "setopt cshnullglob", "setopt markdirs",
+            "IFS=:"],
     "dash": ["set -f", "IFS=:"],
-    "ksh": ["set -f", "IFS=:"],
+    "ksh": ["set -f", "set -o markdirs", "IFS=:"],
 }
 
 
@@ -680,3 +681,55 @@ def test_csh_verbose_line_reaches_a_socket_stderr(tmp_path: Path) -> None:
         got = a.recv(4096).decode()
     assert r.returncode == 0, r
     assert got.startswith("cpkgs: not set up: /nfs/cpkgs/") and got.endswith("\n") and got.count("\n") == 1, got
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_conda_called_from_an_activate_script(shell: str, built_site: Path, tmp_path: Path) -> None:
+    """An activate.d script that runs `conda` itself: its `conda env list` works, an activation from there is
+    refused with a line (it could not take effect), and the running activation, its exit status and the user's
+    options are untouched."""
+    prof = built_site / "etc" / "profile.d" / "conda.sh"
+    env_dir = tmp_path / "odd env"
+    (env_dir / "conda-meta").mkdir(parents=True)
+    (env_dir / "bin").mkdir()
+    scripts = env_dir / "etc" / "conda" / "activate.d"
+    scripts.mkdir(parents=True)
+    (scripts / "a.sh").write_text('conda env list > /dev/null && NESTED_LIST=ok\n')
+    (scripts / "b.sh").write_text("conda activate tools-1.0 || NESTED_ACT=refused\n")
+    option = "setopt noglob" if shell == "zsh" else "set -f"
+    check = "[[ -o noglob ]] && echo kept=yes" if shell == "zsh" else 'case $- in *f*) echo kept=yes;; esac'
+    script = f"""
+{option}
+. {sq(prof)}
+conda activate {sq(env_dir)}
+echo "rc=$? list=${{NESTED_LIST-}} act=${{NESTED_ACT-}} prefix=$CONDA_PREFIX"
+{check}
+set | grep -c '^_cpkgs' || :
+"""
+    r = run_sh(shell, script, base_env(tmp_path), strict=False)
+    v = kv(r.stdout)
+    assert v["rc"] == f"0 list=ok act=refused prefix={env_dir}" and v["kept"] == "yes", r
+    assert r.stdout.splitlines()[-1] == "0", r.stdout
+    assert r.stderr == (f"cpkgs: conda activate from {scripts / 'b.sh'} is ignored (an activation is running; if "
+                        "none is, one was interrupted: start a new shell)\n"), r.stderr
+
+
+def test_csh_conda_called_from_an_activate_script(built_site: Path, tmp_path: Path) -> None:
+    prof = built_site / "etc" / "profile.d" / "conda.csh"
+    env_dir = tmp_path / "odd"
+    (env_dir / "conda-meta").mkdir(parents=True)
+    (env_dir / "bin").mkdir()
+    scripts = env_dir / "etc" / "conda" / "activate.d"
+    scripts.mkdir(parents=True)
+    (scripts / "a.csh").write_text("conda env list > /dev/null\nsetenv NESTED_LIST $status\n")
+    script = f"""
+source '{prof}'
+conda activate '{env_dir}'
+echo "rc=$status"
+echo "list=$NESTED_LIST"
+echo "prefix=$CONDA_PREFIX"
+echo "left=$?_cpkgs_rc"
+"""
+    r = run_csh(script, csh_env(tmp_path))
+    v = kv(r.stdout)
+    assert (v["rc"], v["list"], v["prefix"], v["left"]) == ("0", "0", str(env_dir), "0"), r
