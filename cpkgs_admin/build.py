@@ -360,6 +360,17 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
 # ----------------------------------------------------------------------------------------------------- pipeline
 
 
+def _check_removed(packages: list[PackageEntry], remove: tuple[str, ...]) -> None:
+    """--remove PKG that the solver put back (another package needs it): refused, naming who needs it."""
+    from cpkgs_admin.spec import spec_name
+
+    present = {p.name: p for p in packages}
+    for name in sorted({spec_name(r) for r in remove} & set(present)):
+        needs = sorted(p.name for p in packages if any(spec_name(d) == name for d in p.depends))
+        raise SpecError(f"--remove {name}: still needed by {', '.join(needs) or 'the other packages'}; "
+                        "remove what needs it too")
+
+
 def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None:
     """Raise EnvExists when NAME is taken; return an embedded record to restore when a run died after publishing."""
     from cpkgs_admin.records import load_record_file, record_from_json
@@ -441,6 +452,8 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         requested = list(spec.specs)
     timings["solve"] = time.monotonic() - t0
     packages = package_entries(records)
+    if req.remove:
+        _check_removed(packages, req.remove)
     final = site.env_prefix(name, subdir)
     if req.dry_run:
         return BuildResult(name=name, platform=subdir, prefix=str(final), packages=packages, dry_run=True,

@@ -382,10 +382,13 @@ def unseal(c: Ctx, name: str, reason: str, platform: str | None) -> None:
 @pass_ctx
 def retire(c: Ctx, name: str, successor: str | None, message: str | None, platform: str | None) -> None:
     """Mark an environment retired (it stays usable)."""
-    from cpkgs_admin.envs import retire_env
+    from cpkgs_admin.envs import retire_env, successor_warnings
 
-    rec = retire_env(c.site(), name, successor, message, platform)
+    site = c.site()
+    rec = retire_env(site, name, successor, message, platform)
     c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
+    for warning in successor_warnings(site, rec):
+        click.echo(f"cpkgs: warning: {warning}", err=True)
 
 
 @cli.command()

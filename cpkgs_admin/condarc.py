@@ -201,9 +201,9 @@ def parse_condarc(text: str, name: str) -> _Doc:
         return _Doc(name=name, text=text, root=None, data={})
     if not isinstance(root, MappingNode) or not isinstance(data, dict):
         raise ConfigError(f"{name}: the document is {_describe(data)}, not a mapping of settings")
-    if _cyclic(data):
-        raise ConfigError(f"{name}: a YAML alias refers to the list or mapping it is in (like 'a: &x [*x]'); "
-                          "conda cannot read that either")
+    problem = _shape_problem(data)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     doc = _Doc(name=name, text=text, root=root, data=data)
     own = {k.value: (k, v) for k, v in root.value if hasattr(k, "value") and isinstance(k.value, str)}
     if KEY in data and ALIAS_KEY in data:
@@ -228,23 +228,34 @@ def parse_condarc(text: str, name: str) -> _Doc:
     return doc
 
 
-def _cyclic(data: Any) -> bool:
-    """Whether a list or mapping contains itself (through YAML aliases), which no comparison or dump survives."""
+_MAX_ITEMS = 100_000  # a condarc is a few dozen settings; aliases nested ten deep can mean 10**10 items
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Why DATA (a parsed condarc) cannot be compared or written back: a list or mapping that contains itself
+    through an alias ('a: &x [*x]'), or aliases of aliases that expand to more items than any condarc has (every
+    comparison would walk them all). Each list or mapping is visited once: its expanded size is remembered."""
+    size: dict[int, int] = {}
     on_path: set[int] = set()
     stack: list[tuple[Any, bool]] = [(data, False)]
     while stack:
         node, leaving = stack.pop()
+        children = list(node.values() if isinstance(node, dict) else node) if isinstance(node, (dict, list)) else []
         if leaving:
             on_path.discard(id(node))
+            size[id(node)] = 1 + sum(size.get(id(c), 1) for c in children)
+            if size[id(node)] > _MAX_ITEMS:
+                return f"its YAML aliases expand to more than {_MAX_ITEMS} items"
             continue
-        if not isinstance(node, (list, dict)):
+        if not isinstance(node, (list, dict)) or id(node) in size:
             continue
         if id(node) in on_path:
-            return True
+            return ("a YAML alias refers to the list or mapping it is in (like 'a: &x [*x]'); "
+                    "conda cannot read that either")
         on_path.add(id(node))
         stack.append((node, True))
-        stack.extend((child, False) for child in (node.values() if isinstance(node, dict) else node))
-    return False
+        stack.extend((c, False) for c in children if isinstance(c, (list, dict)) and id(c) not in size)
+    return None
 
 
 def _references(tree: Any, target: Any) -> int:

@@ -69,13 +69,19 @@ def _list_row(path: Path) -> ListRow | None:
         return None  # removed since the listing
     except (OSError, ValueError) as exc:
         raise CpkgsError(f"{path}: unreadable record ({exc})") from None
+    # The checks a full parse (records.record_from_json) would fail first, without building every package entry:
+    # list then agrees with verify and refresh on which records are damaged.
     if (
         not isinstance(d, dict)
-        or not isinstance(d.get("name"), str)
-        or not isinstance(d.get("platform"), str)
+        or d.get("name") != path.stem
+        or d.get("platform") != path.parent.name
         or not isinstance(d.get("schema", 1), int)
         or not isinstance(d.get("status", "active"), str)
         or not isinstance(d.get("size", 0), int)
+        or not isinstance(d.get("prefix"), str)
+        or not isinstance(d.get("packages"), list)
+        or not isinstance(d.get("retired") or {}, dict)
+        or not isinstance(d.get("created", ""), str)
     ):
         raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
     return ListRow(
@@ -293,11 +299,12 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
 
 
 def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
-    """Retired envs that send their users to REC, which is now removed."""
+    """Retired envs that send their users to REC, which is now removed or retired itself."""
     from cpkgs_admin.records import load_all
 
+    what = "a removed environment" if rec.status == "removed" else "an environment retired too"
     return [
-        f"{r.name} is retired with {rec.name} as its successor, so its users are sent to a removed environment: "
+        f"{r.name} is retired with {rec.name} as its successor, so its users are sent to {what}: "
         f"run 'cpkgs retire {r.name} --successor NEWER'"
         for r in load_all(site.records_dir, damaged=[])  # a damaged record: list and verify report it
         if r.platform == rec.platform and r.status != "removed" and (r.retired or {}).get("successor") == rec.name
@@ -444,9 +451,17 @@ def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
             try:
                 with env_locked(site, name, subdir, timeout=0):
                     remove_leftover(Path(e.path))
-                    rep.staging_removed.append(e.path)
             except LockBusy:
                 continue  # a build of that name is running right now
+            if os.path.lexists(e.path):
+                try:
+                    uid = os.lstat(e.path).st_uid
+                    owner = f"it belongs to {_owner_words(uid)}: only that admin or root can delete it"
+                except OSError as exc:
+                    owner = exc.strerror or str(exc)
+                rep.failed.append({"path": e.path, "reason": owner})
+            else:
+                rep.staging_removed.append(e.path)
 
 
 def purge_trash(site: Site, older_than: str | None) -> PurgeReport:

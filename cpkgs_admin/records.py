@@ -126,7 +126,19 @@ def record_from_json(data: Any, path: Path) -> EnvRecord:
         raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
     if not all(isinstance(v, str) and v for v in (rec.name, rec.platform, rec.prefix, rec.status)):
         raise CpkgsError(f"{path}: damaged record (name, platform, prefix or status missing)")
+    for key, kinds in _FIELD_TYPES.items():
+        if not isinstance(getattr(rec, key), kinds):
+            raise CpkgsError(f"{path}: damaged record ({key} is a {type(getattr(rec, key)).__name__})")
     return rec
+
+
+# Fields whose type the code relies on (a record edited by hand: "retired": "x" must be "damaged", not a crash).
+_FIELD_TYPES: dict[str, Any] = {
+    "requested_specs": list, "channels": list, "extends": list, "history": list, "virtual_packages": dict,
+    "retired": (dict, type(None)), "removed": (dict, type(None)), "unsealed": (dict, type(None)),
+    "activation": (dict, type(None)), "size": int, "file_count": int, "created": str,
+    "family": str, "version": str,
+}
 
 
 def load_record_file(path: Path) -> EnvRecord:
@@ -136,7 +148,11 @@ def load_record_file(path: Path) -> EnvRecord:
         raise EnvNotFound(f"no environment record {path}") from None
     except (OSError, ValueError) as exc:
         raise CpkgsError(f"{path}: unreadable record ({exc})") from None
-    return record_from_json(data, path)
+    rec = record_from_json(data, path)
+    if (rec.name, rec.platform) != (path.stem, path.parent.name):
+        # records/<platform>/<name>.json: a record copied or renamed to another name would describe another env
+        raise CpkgsError(f"{path}: damaged record (it describes {rec.name} for {rec.platform})")
+    return rec
 
 
 def save_record(path: Path, record: EnvRecord) -> None:

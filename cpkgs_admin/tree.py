@@ -19,6 +19,7 @@ from cpkgs_admin.site import (
     load_config_file,
     normalize_channel,
 )
+from cpkgs_admin.yamlio import load_yaml
 
 CONFIG_HEADER = """\
 # cpkgs site configuration. Edit with care: every cpkgs command validates this file.
@@ -79,10 +80,35 @@ def updated_config_text(path: Path, config: SiteConfig, keys: list[str]) -> str:
         return render_config(config)
     values = config.to_yaml_dict()
     for key in keys:
-        doc[key] = values[key]
+        doc[key] = _quoted_for_yaml11(values[key])
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    return buf.getvalue()
+    text = buf.getvalue()
+    # cpkgs reads the file with PyYAML (YAML 1.1); ruamel writes YAML 1.2, where `yes` or `1:30` are plain strings.
+    # Whatever was written must read back as exactly this config, or the admin's site would stop working.
+    try:
+        back = config_from_mapping(load_yaml(text), str(path))
+    except Exception:  # any doubt: the rendered config, whole
+        back = None
+    return text if back == config else render_config(config)
+
+
+def _quoted_for_yaml11(value: Any) -> Any:
+    """VALUE with every string PyYAML would not read back as that string (yes, on, 1_000, 1:30, null, ...)
+    double-quoted for ruamel's dump."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str):
+        try:
+            plain = load_yaml(f"x: {value}\n")
+        except Exception:  # not even a plain scalar: quote it
+            plain = None
+        return value if isinstance(plain, dict) and plain.get("x") == value else DoubleQuotedScalarString(value)
+    if isinstance(value, list):
+        return [_quoted_for_yaml11(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _quoted_for_yaml11(v) for k, v in value.items()}
+    return value
 
 
 def modes(config: SiteConfig) -> tuple[int, int]:
@@ -205,7 +231,11 @@ def init_site(
             keys = [c.split(":", 1)[0] for c in changes]
             files[site.config_file] = (updated_config_text(site.config_file, config, keys), fmode)
         else:
-            _fix_perms(site.config_file, fmode, gid, report, root)
+            try:
+                _fix_perms(site.config_file, fmode, gid, report, root)
+            except PermissionError:
+                raise PermissionProblem(f"cannot change the group or mode of {site.config_file}: permission denied "
+                                        "(only its owner or root can)") from None
         for path, text in render_profiles(site).items():
             files[path] = (text, fmode)
         for path, (text, mode) in files.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
+from cpkgs_admin.site import load_config_file
 
 
 def test_init_builds_the_tree(tmp_path: Path) -> None:
@@ -62,6 +63,13 @@ def test_admins_comments_in_cpkgs_yaml_survive_init(tmp_path: Path) -> None:
     assert "trash_grace: 14d  # site policy, ticket 4711" in after and "# reviewed by the storage team" in after
     assert "file:///srv/mirror/conda-forge" in after
     assert run_cpkgs("init", "--json", root=root).json()["changed"] is False
+    # Channel names YAML 1.1 reads as booleans or numbers are written quoted: the site keeps loading.
+    r = run_cpkgs("init", "-c", "yes", "-c", "off", "-c", "1_000", root=root)
+    assert r.returncode == 0, r
+    assert "# reviewed by the storage team" in cfg.read_text()
+    r = run_cpkgs("list", root=root)
+    assert r.returncode == 0, r
+    assert load_config_file(cfg).channels == ("yes", "off", "1_000")
 
 
 def test_changed_option_updates_config_and_reports(tmp_path: Path) -> None:

@@ -144,7 +144,13 @@ def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url:
     build(root, "good-1.0")
     build(root, "bad-1.0")
     rec = root / ".cpkgs" / "records" / "linux-64" / "bad-1.0.json"
-    for n, text in enumerate(("{}", "[]", '{"schema": "x", "name": "bad-1.0", "platform": "linux-64"}')):
+    good = json.loads(rec.read_text())
+    damaged = [
+        "{}", "[]", '{"schema": "x", "name": "bad-1.0", "platform": "linux-64"}',
+        json.dumps({**good, "retired": "x"}), json.dumps({**good, "packages": "x"}),
+        json.dumps({**good, "name": "good-1.0"}),  # another env's record under this name
+    ]
+    for n, text in enumerate(damaged):
         rec.write_text(text)
         for args in (("info", "bad-1.0"), ("new-env", "bad-1.0", "cpkgs-test-app"), ("refresh",)):
             r = run_cpkgs(*args, root=root)
@@ -171,8 +177,8 @@ def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url:
     shutil.copy(root / ENVS / "bad-1.0" / "conda-meta" / "cpkgs" / "record.json", rec)
     assert run_cpkgs("refresh", root=root).returncode == 0
     assert run_cpkgs("verify", root=root).returncode == 0
-    assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["bad-1.0", "good-1.0", "x-0.0",
-                                                                                "x-1.0", "x-2.0"]
+    listed = [e["name"] for e in run_cpkgs("list", "--json", root=root).json()]
+    assert listed == ["bad-1.0", "good-1.0", *[f"x-{i}.0" for i in range(len(damaged))]]
 
 
 def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, channel_url: str) -> None:
@@ -273,6 +279,17 @@ def test_an_admin_who_is_not_root_removes_and_purges_their_env(tmp_path: Path, c
     r = _as_admin(1001, staff, root, "purge", "--older-than", "0s", "--json", home=a)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["deleted"] == [str(trashed)] and not trashed.exists()
+    # A dead build's private staging dir of one admin: another admin's purge names it, it does not claim it.
+    dead = root / ENVS / ".staging-gone-1.0@0123456789ab"
+    (dead / "conda-meta").mkdir(parents=True)
+    for d in (dead / "conda-meta", dead):
+        os.chown(d, 1001, staff)
+        d.chmod(0o700)
+    r = _as_admin(1002, staff, root, "purge", "--json", home=b)
+    assert r.returncode == 1 and dead.exists(), r
+    assert json.loads(r.stdout)["staging_removed"] == [] and "uid 1001" in r.stderr, r
+    r = _as_admin(1001, staff, root, "purge", "--json", home=a)
+    assert r.returncode == 0 and json.loads(r.stdout)["staging_removed"] == [str(dead)] and not dead.exists(), r
 
 
 def test_purge_reports_what_it_may_not_delete(tmp_path: Path, channel_url: str) -> None:
@@ -315,3 +332,7 @@ def test_successor_must_be_current_and_removing_one_warns(tmp_path: Path, channe
     assert run_cpkgs("retire", "s-1.0", "--successor", "s-1.2", root=root).returncode == 0
     marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "s-1.0"
     assert marker.read_text() == "cpkgs: s-1.0 is retired; use s-1.2\n"
+    r = run_cpkgs("retire", "s-1.2", root=root)
+    assert r.returncode == 0 and r.stderr == (
+        "cpkgs: warning: s-1.0 is retired with s-1.2 as its successor, so its users are sent to an environment "
+        "retired too: run 'cpkgs retire s-1.0 --successor NEWER'\n"), r

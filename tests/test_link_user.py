@@ -264,6 +264,9 @@ BAD = {
     "not-utf8": (b"channels: [caf\xe9]\n", "not UTF-8"),
     "self-alias-list": ("a: &x [*x]\n", "a YAML alias refers to the list or mapping it is in"),
     "self-alias-map": ("envs_dirs: [/a]\nb: &y {c: *y}\n", "a YAML alias refers to the list or mapping it is in"),
+    "alias-bomb": ("".join([f"a0: &a0 [{', '.join(['x'] * 10)}]\n"] + [
+        f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 10)]),
+        "its YAML aliases expand to more than 100000 items"),
 }
 
 

@@ -266,6 +266,11 @@ def test_from_takes_no_positional_specs_and_removes_only_what_was_asked_for(site
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r
     assert "--remove cpkgs-test-lib: base-1.0 did not ask for it, another package needs it" in r.stderr
     assert "(asked for: cpkgs-test-app, cpkgs-test-activate)" in r.stderr
+    assert run_cpkgs("new-env", "both-1.0", "cpkgs-test-app", "cpkgs-test-lib", root=site).returncode == 0
+    before = tree_hash(site)
+    r = run_cpkgs("new-env", "both-1.1", "--from", "both-1.0", "--remove", "cpkgs-test-lib", root=site)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r  # asked for, but the solver must keep it
+    assert "--remove cpkgs-test-lib: still needed by cpkgs-test-mid; remove what needs it too" in r.stderr
     assert tree_hash(site) == before
 
 
