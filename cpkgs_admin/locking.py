@@ -241,17 +241,29 @@ class SiteLock:
             raise PermissionProblem(f"cannot create lock {self.path}: permission denied") from None
         except OSError as exc:
             raise CpkgsError(f"cannot create lock {self.path}: {exc.strerror}") from None
-        owner = LockOwner(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            start=_process_start(os.getpid()),
-            user=current_user(),
-            command=current_command(),
-            acquired_at=time.time(),
-        )
-        # Not fsynced: it names the holder for `cpkgs locks` and error messages, and dies with the holder anyway.
-        atomic_write(_owner_file(self.path), json.dumps(asdict(owner), indent=2, sort_keys=True) + "\n",
-                     durable=False)
+        try:
+            owner = LockOwner(
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                start=_process_start(os.getpid()),
+                user=current_user(),
+                command=current_command(),
+                acquired_at=time.time(),
+            )
+            # Not fsynced: it names the holder for `cpkgs locks` and error messages, and dies with the holder anyway.
+            atomic_write(_owner_file(self.path), json.dumps(asdict(owner), indent=2, sort_keys=True) + "\n",
+                         durable=False)
+        except BaseException:
+            # Held, but the caller's `with` never started (Ctrl-C while psutil loads, a full disk): let go now, or
+            # the lock would outlive this process (taken over as stale later, but listed by `cpkgs locks`).
+            with contextlib.suppress(Exception):
+                mine = read_owner(self.path)
+                if mine is not None and (mine.pid, mine.host) == (os.getpid(), socket.gethostname()):
+                    _owner_file(self.path).unlink()
+            with contextlib.suppress(Exception):
+                self._lock.release()
+            self._lock = None
+            raise
         self._owner = owner
         SiteLock._held[key] = 1
 
