@@ -1,10 +1,11 @@
-"""A channel of many-file packages for `bench_new_env.py --bulk`: how new-env's cost grows with an env's file count.
+"""Generated channels of many-file packages for the benchmarks, built with py-rattler-build like the test channel
+and cached per machine under ~/.cache/cpkgs-bench-bulk/<key> (the key hashes the recipes).
 
-Production envs (ROOT, numpy, jupyter, compilers: a few hundred packages) hold tens of thousands of files; the test
-channel's biggest env has about 9,200. PACKAGES noarch packages (`cpkgs-bench-bulk-NN`), each FILES files of text
-of 1-12 KiB (a .py-like size spread) in nested directories, built with py-rattler-build like the test channel and
-cached per machine under ~/.cache/cpkgs-bench-bulk/channel-<key> (the key hashes this file and the two numbers).
-Built once; about a minute for 20 x 2,000 files on a 2-core VM.
+- `bench_new_env.py --bulk N`: how new-env's cost grows with an env's file count. Production envs (ROOT, numpy,
+  jupyter, compilers: a few hundred packages) hold tens of thousands of files; the test channel's biggest env has
+  about 9,200. PACKAGES noarch packages (`cpkgs-bench-bulk-NN`), each FILES files of text of 1-12 KiB (a .py-like
+  size spread) in nested directories: about 20 s to build 20 x 2,000 on a 2-core VM.
+- `bench_extend.py`: one small and one big package of tiny files (`build_channel` with its own recipes).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
 _DONE = ".complete"
 PACKAGES = 20
 FILES = 2000
 
-# The build script of one package: FILES files under $PREFIX/share/cpkgs-bench-bulk/NN/dDD/, sizes 1-12 KiB, each
-# file's text different (no two archives members alike), compressible like source code.
+# The build script of one package: FILES files under $PREFIX/share/cpkgs-bench-bulk/NN/dDD/eE/, sizes 1-12 KiB,
+# each file's text different (no two archive members alike), compressible like source code.
 _SCRIPT = textwrap.dedent("""\
     import os, sys
     n, idx, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -38,18 +38,15 @@ _SCRIPT = textwrap.dedent("""\
 """)
 
 
-def _key(packages: int, files: int) -> str:
-    h = hashlib.sha256(HERE.read_bytes())
-    h.update(f"{packages}/{files}/{sys.version_info[:2]}".encode())
-    return h.hexdigest()[:16]
-
-
-def bulk_channel(packages: int = PACKAGES, files: int = FILES) -> Path:
-    """The channel directory (file:// usable), built on first use."""
+def build_channel(recipes: dict[str, str], extra_files: dict[str, str] | None = None) -> Path:
+    """A noarch channel of the packages whose rattler-build recipes RECIPES holds (name -> recipe.yaml text), built
+    once per machine; EXTRA_FILES (name -> text) are written next to the recipes first (`@DIR@` in a recipe is
+    replaced by their directory). Returns the channel directory (usable as a file:// channel)."""
     from filelock import FileLock
 
+    h = hashlib.sha256(repr((sorted(recipes.items()), sorted((extra_files or {}).items()))).encode())
     root = Path.home() / ".cache" / "cpkgs-bench-bulk"
-    final = root / f"channel-{_key(packages, files)}"
+    final = root / f"channel-{h.hexdigest()[:16]}"
     if (final / _DONE).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -58,7 +55,7 @@ def bulk_channel(packages: int = PACKAGES, files: int = FILES) -> Path:
             return final
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         try:
-            channel = _build(tmp, packages, files)
+            channel = _build(tmp, recipes, extra_files or {})
             (channel / _DONE).write_text("")
             shutil.rmtree(final, ignore_errors=True)
             os.rename(channel, final)
@@ -67,36 +64,22 @@ def bulk_channel(packages: int = PACKAGES, files: int = FILES) -> Path:
     return final
 
 
-def _build(tmp: Path, packages: int, files: int) -> Path:
+def _build(tmp: Path, recipes: dict[str, str], extra_files: dict[str, str]) -> Path:
     import asyncio
 
     from rattler.index import index_fs
     from rattler_build import Stage0Recipe, ToolConfiguration, VariantConfig
 
-    print(f"bulk channel: building {packages} packages x {files} files (once per machine) ...", file=sys.stderr,
-          flush=True)
+    print(f"bench channel: building {len(recipes)} packages (once per machine) ...", file=sys.stderr, flush=True)
     out = tmp / "out"
     out.mkdir()
-    (tmp / "make_files.py").write_text(_SCRIPT)
+    for name, text in extra_files.items():
+        (tmp / name).write_text(text)
     os.environ["RATTLER_CACHE_DIR"] = str(tmp / "rattler-cache")
-    for k in range(packages):
-        idx = f"{k:02d}"
-        recipe_dir = tmp / f"recipe-{idx}"
+    for name, text in recipes.items():
+        recipe_dir = tmp / f"recipe-{name}"
         recipe_dir.mkdir()
-        (recipe_dir / "recipe.yaml").write_text(textwrap.dedent(f"""\
-            schema_version: 1
-            package:
-              name: cpkgs-bench-bulk-{idx}
-              version: "1.0"
-            build:
-              number: 0
-              noarch: generic
-              script:
-                - {sys.executable} {tmp / "make_files.py"} {files} {idx} "$PREFIX"
-            about:
-              summary: cpkgs benchmark - {files} files of text
-              license: MIT
-            """))
+        (recipe_dir / "recipe.yaml").write_text(text.replace("@DIR@", str(tmp)))
         Stage0Recipe.from_file(recipe_dir / "recipe.yaml").run_build(
             variant_config=VariantConfig(),
             tool_config=ToolConfiguration(test_strategy="skip"),
@@ -105,12 +88,34 @@ def _build(tmp: Path, packages: int, files: int) -> Path:
             package_format="conda",
         )
     channel = tmp / "channel"
-    (channel / "noarch").mkdir(parents=True)
-    (channel / "linux-64").mkdir()
-    for pkg in (out / "noarch").glob("*.conda"):
-        shutil.copy2(pkg, channel / "noarch" / pkg.name)
+    for sub in ("noarch", "linux-64"):
+        (channel / sub).mkdir(parents=True)
+        for pkg in (out / sub).glob("*.conda"):
+            shutil.copy2(pkg, channel / sub / pkg.name)
     asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
     return channel
+
+
+def bulk_channel(packages: int = PACKAGES, files: int = FILES) -> Path:
+    """The `--bulk` channel: PACKAGES packages of FILES text files each."""
+    recipes = {}
+    for k in range(packages):
+        idx = f"{k:02d}"
+        recipes[f"cpkgs-bench-bulk-{idx}"] = textwrap.dedent(f"""\
+            schema_version: 1
+            package:
+              name: cpkgs-bench-bulk-{idx}
+              version: "1.0"
+            build:
+              number: 0
+              noarch: generic
+              script:
+                - {sys.executable} @DIR@/make_files.py {files} {idx} "$PREFIX"
+            about:
+              summary: cpkgs benchmark - {files} files of text
+              license: MIT
+            """)
+    return build_channel(recipes, {"make_files.py": _SCRIPT})
 
 
 def bulk_specs(packages: int = PACKAGES) -> list[str]:

@@ -6,7 +6,7 @@ median(big base) / median(small base) <= 1.2: the layer must not depend on BASE'
 Both bases are real published envs (solved, installed, verified, sealed by `cpkgs new-env`): the demo packages
 (python, pip, the prefix test programs, ~1,300 files) plus one synthetic package of small files built with
 py-rattler-build (`cpkgs-bench-bulk-small`: 1,700 files, `cpkgs-bench-bulk-big`: 58,700 files). The bulk channel is
-built once per machine and cached under ~/.cache/cpkgs-bench-bulk/<key>.
+built once per machine and cached under ~/.cache/cpkgs-bench-bulk/ (bench/_bulk_channel.py).
 
 Fairness: same site, same disk, same command; the runs alternate small/big (rotated order each round), every run
 writes a fresh DIR, `sync` before each timed run; median of N rounds. The page cache is warm for both (the command
@@ -18,11 +18,7 @@ Run: .venv/bin/python bench/bench_extend.py [--runs N]    (also part of `make be
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,45 +57,9 @@ about:
 
 def bulk_channel() -> Path:
     """A channel with the two bulk packages, built with py-rattler-build once per machine."""
-    key = hashlib.sha256((RECIPE + repr(sorted(BULK.items()))).encode()).hexdigest()[:12]
-    cache = Path.home() / ".cache" / "cpkgs-bench-bulk"
-    final = cache / key
-    if (final / "noarch" / "repodata.json").is_file():
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    from rattler_build import Stage0Recipe, ToolConfiguration, VariantConfig
+    import _bulk_channel
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
-    try:
-        out = tmp / "out"
-        out.mkdir()
-        for name, count in BULK.items():
-            rdir = tmp / "recipes" / name
-            rdir.mkdir(parents=True)
-            (rdir / "recipe.yaml").write_text(RECIPE.format(name=name, count=count))
-            C.log(f"building {name} ({count} files) with py-rattler-build ...")
-            os.environ.setdefault("RATTLER_CACHE_DIR", str(tmp / "rattler-cache"))
-            Stage0Recipe.from_file(rdir / "recipe.yaml").run_build(
-                variant_config=VariantConfig(),
-                tool_config=ToolConfiguration(test_strategy="skip"),
-                output_dir=out,
-                channels=[out.as_uri()],
-                package_format="conda",
-            )
-        channel = tmp / "channel"
-        for sub in ("noarch", "linux-64"):
-            (channel / sub).mkdir(parents=True)
-            for pkg in (out / sub).glob("*.conda"):
-                shutil.copy2(pkg, channel / sub / pkg.name)
-        import asyncio
-
-        from rattler.index import index_fs
-
-        asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
-        os.rename(channel, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return _bulk_channel.build_channel({name: RECIPE.format(name=name, count=count) for name, count in BULK.items()})
 
 
 def main() -> int:
