@@ -247,6 +247,8 @@ def list_cmd(c: Ctx, show_all: bool, as_json: bool) -> None:
 
 def _report_damaged(damaged: list[tuple[Path, str]]) -> None:
     """The records that could not be read, one line each, after what could; then exit 1."""
+    if not damaged:
+        return
     from cpkgs_admin.records import DAMAGED_RECORD_HINT
 
     for _path, msg in damaged:
