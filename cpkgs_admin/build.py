@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -125,17 +126,13 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
             )
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
         # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
-        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends))
+        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends),
+                    variables=tuple(old.variables.items()))
         return spec, locked
     if req.spec_file:
         spec = from_environment_file(req.spec_file)
         if req.specs:
-            spec = Spec(
-                specs=spec.specs + validate_specs(req.specs),
-                channels=spec.channels,
-                source=spec.source,
-                sha256=spec.sha256,
-            )
+            spec = dataclasses.replace(spec, specs=spec.specs + validate_specs(req.specs))
         return spec, []
     if req.specs:
         return Spec(specs=validate_specs(req.specs), source="command line"), []
@@ -343,6 +340,36 @@ def _write_staged_json(path: Path, obj: Any) -> None:
     write_staged(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+VARIABLES_SCRIPT = "cpkgs-variables"
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _csh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"
+
+
+def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
+    """The env's activate.d/deactivate.d scripts for a spec file's `variables:` (sh and csh), by relative path.
+    Activation sets them before the packages' own scripts run (00-), deactivation unsets them after (zz-), the
+    order conda keeps for its env_vars. Every activation path runs them: conda.sh, conda.csh, a user's own conda;
+    modulefiles and kernels get them from the activation measured at publish."""
+    if not variables:
+        return {}
+    head = "# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env.\n"
+    names = sorted(variables)
+    return {
+        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.sh":
+            head + "".join(f"export {n}={_sh_quote(variables[n])}\n" for n in names),
+        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.csh":
+            head + "".join(f"setenv {n} {_csh_quote(variables[n])}\n" for n in names),
+        f"etc/conda/deactivate.d/zz-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),
+        f"etc/conda/deactivate.d/zz-{VARIABLES_SCRIPT}.csh": head + "".join(f"unsetenv {n}\n" for n in names),
+    }
+
+
 def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written."""
     from cpkgs_admin.integrations import write_env_integrations
@@ -350,8 +377,11 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
     written: dict[str, str] = {
         PKG_LIST: pkg_list_text(record.packages),
         EXPLICIT_LOCK: explicit_text(record.packages, record.platform),
+        **variables_scripts(record.variables),
     }
     for rel, text in written.items():
+        if rel.startswith("etc/conda/") and os.path.lexists(staging / rel):
+            raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
         write_staged(staging / rel, text, 0o644)
     extra = write_env_integrations(staging, final, record)
     return [*written, *extra]
@@ -526,6 +556,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                 spec_source=spec.source,
                 spec_sha256=spec.sha256,
                 extends=list(spec.extends),
+                variables=dict(spec.variables),
                 virtual_packages=overrides,
             )
             site_files = post_process(staging, final, record)

@@ -67,6 +67,9 @@ class EnvRecord:
     # {"path_prepend": [...], "variables": {NAME: value}}; None when they could not run there (another platform).
     # Modulefiles and kernels are written from it on any host, so a `refresh` on a Mac keeps Linux envs' variables.
     activation: dict[str, Any] | None = None
+    # environment.yml `variables:` (spec files and --from carry them): written into the env as activate.d and
+    # deactivate.d scripts (etc/conda/*/cpkgs-variables.*) at publish.
+    variables: dict[str, str] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
     # Keys a newer cpkgs wrote (same schema): kept as they are and written back, never dropped by an older cpkgs.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +139,7 @@ def record_from_json(data: Any, path: Path) -> EnvRecord:
 _FIELD_TYPES: dict[str, Any] = {
     "requested_specs": list, "channels": list, "extends": list, "history": list, "virtual_packages": dict,
     "retired": (dict, type(None)), "removed": (dict, type(None)), "unsealed": (dict, type(None)),
-    "activation": (dict, type(None)), "size": int, "file_count": int, "created": str,
+    "activation": (dict, type(None)), "size": int, "file_count": int, "created": str, "variables": dict,
     "family": str, "version": str,
 }
 

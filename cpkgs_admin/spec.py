@@ -23,6 +23,38 @@ class Spec:
     source: str | None = None  # spec file path, or "command line", "--from X", "--lock FILE"
     sha256: str | None = None  # of the spec file(s) that built it
     extends: tuple[str, ...] = ()
+    # environment.yml `variables:` (NAME, value): set when the env is activated (conda.sh/conda.csh, modules,
+    # kernels), unset when it is deactivated, as conda does with its env_vars.
+    variables: tuple[tuple[str, str], ...] = ()
+
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Set by the activation itself (or by cpkgs' profiles): a spec file must not override them.
+_RESERVED_VARS = ("PATH", "CONDA_", "CPKGS_", "_cpkgs", "PS1", "prompt")
+
+
+def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """environment.yml `variables:`: a mapping of names to scalars, as conda takes them (values become strings)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: 'variables' must be a mapping of NAME: value")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not _VAR_NAME.match(name):
+            raise SpecError(f"{where}: variables: {name!r} is not a variable name")
+        if name == "PATH" or name.startswith(_RESERVED_VARS):
+            raise SpecError(f"{where}: variables: {name} is set by the activation itself and cannot be given here")
+        if isinstance(val, bool):
+            val = "true" if val else "false"
+        elif isinstance(val, (int, float)):
+            val = str(val)
+        if not isinstance(val, str):
+            raise SpecError(f"{where}: variables: {name} must be a string or a number")
+        if "\n" in val or "\0" in val:
+            raise SpecError(f"{where}: variables: {name} must be one line")
+        out.append((name, val))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -101,11 +133,7 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
         if key not in allowed:
             raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends; "
                             "name and prefix are ignored)")
-    if data.get("variables"):
-        # conda sets these on activation from conda-meta/state; cpkgs' activation (conda.sh, modules, kernels)
-        # takes variables from the packages' etc/conda/activate.d scripts only. Refused, not silently dropped.
-        raise SpecError(f"spec file {path}: 'variables' are not supported; set them from a package's "
-                        "etc/conda/activate.d script")
+    check_variables(data.get("variables"), f"spec file {path}")
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"spec file {path}: 'dependencies' must be a list")
@@ -141,6 +169,7 @@ def from_environment_file(path: Path) -> Spec:
         channels=tuple(data.get("channels") or []),
         source=str(path),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        variables=check_variables(data.get("variables"), f"spec file {path}"),
     )
 
 
@@ -149,6 +178,8 @@ def from_family(specs_dir: Path, family: str) -> Spec:
     check_family(family)
     digest = hashlib.sha256()
     chain: list[str] = []
+
+    variables: dict[str, str] = {}
 
     def load(fam: str, seen: tuple[str, ...]) -> tuple[list[str], list[str]]:
         check_family(fam)
@@ -173,7 +204,8 @@ def from_family(specs_dir: Path, family: str) -> Spec:
             deps += pd
             chans += pc
             chain.append(parent)
-        # Own dependencies override a parent's spec for the same package name.
+        # Own dependencies (and variables) override a parent's for the same name.
+        variables.update(check_variables(data.get("variables"), f"spec file {path}"))
         own = [d.strip() for d in data.get("dependencies") or []]
         own_names = {spec_name(d) for d in own}
         deps = [d for d in deps if spec_name(d) not in own_names] + own
@@ -187,6 +219,7 @@ def from_family(specs_dir: Path, family: str) -> Spec:
         source=str(specs_dir / f"{family}.yml"),
         sha256=digest.hexdigest(),
         extends=tuple(dict.fromkeys(chain)),
+        variables=tuple(variables.items()),
     )
 
 

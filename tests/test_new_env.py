@@ -215,7 +215,12 @@ BAD_YAML = [
     ("channels: [5]\ndependencies: [python]\n", "'channels' must be a list"),
     ("surprise: 1\ndependencies: [python]\n", "unknown key 'surprise'"),
     ("dependencies: [python]\ndependencies: [cpkgs-test-app]\n", "line 2 invalid YAML: duplicate key 'dependencies'"),
-    ("dependencies: [python]\nvariables: {MYVAR: hello}\n", "'variables' are not supported"),
+    ("dependencies: [python]\nvariables: [A]\n", "'variables' must be a mapping of NAME: value"),
+    ("dependencies: [python]\nvariables: {'A-B': x}\n", "variables: 'A-B' is not a variable name"),
+    ("dependencies: [python]\nvariables: {PATH: /x}\n", "variables: PATH is set by the activation itself"),
+    ("dependencies: [python]\nvariables: {CONDA_PREFIX: /x}\n", "CONDA_PREFIX is set by the activation itself"),
+    ("dependencies: [python]\nvariables: {A: [1]}\n", "variables: A must be a string or a number"),
+    ("dependencies: [python]\nvariables: {A: \"x\\ny\"}\n", "variables: A must be one line"),
 ]
 
 
@@ -704,3 +709,34 @@ def test_two_admins_of_the_admin_group_build_in_turn(tmp_path: Path, channel_url
     assert run_cpkgs("verify", "adm0-1.0", "adm1-1.0", root=root).returncode == 0
     lines = [json.loads(x) for x in (root / ".cpkgs" / "audit.log").read_text().splitlines()]
     assert [x.get("env") for x in lines if x["action"] == "new-env"] == ["adm0-1.0", "adm1-1.0"]
+
+
+def test_spec_file_variables_are_set_on_activation_and_kept_by_from(site: Path, tmp_path: Path) -> None:
+    """environment.yml `variables:` (as conda's env_vars): set by every activation (conda.sh, conda.csh, the
+    modulefile), unset on deactivation, kept in the record, inherited by --from and through `extends:`."""
+    envfile = tmp_path / "environment.yml"
+    envfile.write_text(
+        "dependencies: [cpkgs-test-app]\n"
+        "variables:\n  DATA_DIR: /data/run 1\n  TRICKY: \"it's $HOME !x `y` \\\"q\\\"\"\n  THREADS: 4\n"
+    )
+    assert run_cpkgs("new-env", "v-1.0", "-f", str(envfile), root=site).returncode == 0
+    want = {"DATA_DIR": "/data/run 1", "TRICKY": 'it\'s $HOME !x `y` "q"', "THREADS": "4"}
+    assert run_cpkgs("info", "v-1.0", "--json", root=site).json()["variables"] == want
+    assert run_cpkgs("verify", "v-1.0", root=site).returncode == 0
+    show = 'printf "%s|%s|%s\\n" "$DATA_DIR" "$TRICKY" "$THREADS"'
+    r = subprocess.run(["bash", "-c", f". {site}/etc/profile.d/conda.sh; conda activate v-1.0; {show}; "
+                        'conda deactivate; echo "after=${DATA_DIR-unset}"'], capture_output=True, text=True)
+    assert r.stdout.splitlines() == ["/data/run 1|" + want["TRICKY"] + "|4", "after=unset"], r
+    csh = tmp_path / "t.csh"
+    csh.write_text(f"source {site}/etc/profile.d/conda.csh\nconda activate v-1.0\nprintenv TRICKY\n"
+                   "conda deactivate\nprintenv DATA_DIR || echo unset\n")
+    r = subprocess.run(["tcsh", "-f", str(csh)], capture_output=True, text=True)
+    assert r.stdout.splitlines() == [want["TRICKY"], "unset"], r
+    lua = (site / "modulefiles" / "v" / "1.0.lua").read_text()
+    assert 'pushenv("DATA_DIR", "/data/run 1")' in lua and 'pushenv("THREADS", "4")' in lua
+    assert run_cpkgs("new-env", "v-1.1", "--from", "v-1.0", "--add", "cpkgs-test-textprefix", root=site).returncode == 0
+    assert run_cpkgs("info", "v-1.1", "--json", root=site).json()["variables"] == want
+    (site / "specs" / "vbase.yml").write_text("dependencies: [cpkgs-test-app]\nvariables: {A: base, B: base}\n")
+    (site / "specs" / "vtop.yml").write_text("extends: vbase\ndependencies: [cpkgs-test-lib]\nvariables: {B: top}\n")
+    assert run_cpkgs("new-env", "vtop-1.0", root=site).returncode == 0
+    assert run_cpkgs("info", "vtop-1.0", "--json", root=site).json()["variables"] == {"A": "base", "B": "top"}
