@@ -168,11 +168,13 @@ def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
         return explicit_text(rec.packages, rec.platform)
     import yaml
 
-    doc = {
+    doc: dict[str, Any] = {
         "name": rec.name,
         "channels": list(rec.channels),
         "dependencies": [f"{p.name}=={p.version}={p.build}" for p in rec.packages],
     }
+    if rec.variables:
+        doc["variables"] = dict(rec.variables)
     return f"# {rec.name} ({rec.platform}), exported by cpkgs\n" + yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -736,6 +736,10 @@ def test_spec_file_variables_are_set_on_activation_and_kept_by_from(site: Path, 
     assert 'pushenv("DATA_DIR", "/data/run 1")' in lua and 'pushenv("THREADS", "4")' in lua
     assert run_cpkgs("new-env", "v-1.1", "--from", "v-1.0", "--add", "cpkgs-test-textprefix", root=site).returncode == 0
     assert run_cpkgs("info", "v-1.1", "--json", root=site).json()["variables"] == want
+    exported = tmp_path / "exported.yml"
+    exported.write_text(run_cpkgs("export", "v-1.1", "--format", "yaml", root=site).stdout)
+    assert run_cpkgs("new-env", "v-1.2", "-f", str(exported), root=site).returncode == 0  # round trip
+    assert run_cpkgs("info", "v-1.2", "--json", root=site).json()["variables"] == want
     (site / "specs" / "vbase.yml").write_text("dependencies: [cpkgs-test-app]\nvariables: {A: base, B: base}\n")
     (site / "specs" / "vtop.yml").write_text("extends: vbase\ndependencies: [cpkgs-test-lib]\nvariables: {B: top}\n")
     assert run_cpkgs("new-env", "vtop-1.0", root=site).returncode == 0
