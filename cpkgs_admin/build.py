@@ -353,20 +353,25 @@ def _csh_quote(text: str) -> str:
 
 def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     """The env's activate.d/deactivate.d scripts for a spec file's `variables:` (sh and csh), by relative path.
-    Activation sets them before the packages' own scripts run (00-), deactivation unsets them after (zz-), the
-    order conda keeps for its env_vars. Every activation path runs them: conda.sh, conda.csh, a user's own conda;
-    modulefiles and kernels get them from the activation measured at publish."""
+    Activation sets them before the packages' own scripts run (00-, first in sorted order); deactivation unsets
+    them after the packages' scripts (00- again: deactivate.d scripts run in reverse sorted order, in conda and in
+    cpkgs' conda.sh), the order conda keeps for its env_vars. Every activation path runs them: conda.sh,
+    conda.csh, a user's own conda; modulefiles and kernels get them with the activation (the record keeps them)."""
     if not variables:
         return {}
+    from cpkgs_admin.spec import check_variables
+
+    check_variables(variables, "variables")  # also those carried from a record (--from): names go into scripts
     head = "# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env.\n"
-    names = sorted(variables)
+    # Locale variables last: tcsh re-reads the rest of a file it is sourcing in a new LC_ALL/LANG.
+    names = sorted(variables, key=lambda n: (n == "LANG" or n.startswith("LC_"), n))
     return {
         f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.sh":
             head + "".join(f"export {n}={_sh_quote(variables[n])}\n" for n in names),
         f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.csh":
             head + "".join(f"setenv {n} {_csh_quote(variables[n])}\n" for n in names),
-        f"etc/conda/deactivate.d/zz-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),
-        f"etc/conda/deactivate.d/zz-{VARIABLES_SCRIPT}.csh": head + "".join(f"unsetenv {n}\n" for n in names),
+        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),
+        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.csh": head + "".join(f"unsetenv {n}\n" for n in names),
     }
 
 

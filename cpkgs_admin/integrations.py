@@ -260,12 +260,22 @@ def record_activation(site: Site, rec: EnvRecord, warnings: list[str] | None = N
     kept = activation_from_json(rec.activation)
     if rec.platform == site.native_subdir:
         try:
-            return activation_of(Path(rec.prefix), rec.name)
+            return _with_spec_variables(activation_of(Path(rec.prefix), rec.name), rec)
         except CpkgsError as exc:
             if warnings is not None:
                 what = "the variables kept at publish" if kept is not None else "conda's own variables only"
                 warnings.append(f"{rec.name}: {exc}; its modulefile and kernels get {what}")
-    return kept or Activation()
+    return _with_spec_variables(kept or Activation(), rec)
+
+
+def _with_spec_variables(act: Activation, rec: EnvRecord) -> Activation:
+    """The spec file's variables (the record keeps them) under what the scripts measurably set: the measurement
+    keeps only what changed from the measuring shell's own environment (LC_ALL=C is already set there), and the
+    packages' scripts run after cpkgs' own 00- script, so their values win."""
+    if not rec.variables:
+        return act
+    merged = {**rec.variables, **dict(act.variables)}
+    return Activation(path_prepend=act.path_prepend, variables=tuple(merged.items()))
 
 
 def env_outputs(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -> dict[Path, str]:

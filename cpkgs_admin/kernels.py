@@ -48,8 +48,9 @@ def env_block(rec: EnvRecord, act: Activation) -> dict[str, str]:
     prefix = rec.prefix
     # jupyter_client (>= 7) expands ${PATH} from the server's environment when it launches the kernel.
     path = ":".join([*act.path_prepend, f"{prefix}/bin", "${PATH}"])
-    env = {"PATH": path, "CONDA_PREFIX": prefix, "CONDA_DEFAULT_ENV": rec.name}
-    env.update(dict(act.variables))
+    env = {"PATH": path, "CONDA_PREFIX": prefix.replace("$", "$$"), "CONDA_DEFAULT_ENV": rec.name}
+    # jupyter_client runs string.Template over every env value at launch: a literal '$' must be '$$'.
+    env.update({k: v.replace("$", "$$") for k, v in act.variables})
     return env
 
 

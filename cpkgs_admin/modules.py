@@ -47,7 +47,12 @@ def tcl_str(value: str) -> str:
     out = value
     for ch in ("\\", '"', "$", "[", "]", "{", "}"):
         out = out.replace(ch, "\\" + ch)
-    return '"' + out.replace("\n", "\\n").replace("\r", "\\r") + '"'
+    out = out.replace("\n", "\\n").replace("\r", "\\r")
+    # Non-ASCII as \\u escapes: Lmod runs Tcl modulefiles through tclsh, which would read the UTF-8 bytes as
+    # Latin-1 and hand back double-encoded text.
+    out = "".join(c if ord(c) < 0x80 else (f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+                  for c in out)
+    return '"' + out + '"'
 
 
 # ----------------------------------------------------------------------------------------------------- text

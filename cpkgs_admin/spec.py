@@ -29,8 +29,9 @@ class Spec:
 
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# Set by the activation itself (or by cpkgs' profiles): a spec file must not override them.
-_RESERVED_VARS = ("PATH", "CONDA_", "CPKGS_", "_cpkgs", "PS1", "prompt")
+# Set by the activation itself, by cpkgs' profiles, the shell or the module system: a spec file must not set them.
+_RESERVED_VARS = ("CONDA_", "CPKGS_", "_cpkgs", "_CE_", "LMOD_")
+_RESERVED_NAMES = frozenset({"PATH", "PS1", "prompt", "_", "PWD", "OLDPWD", "SHLVL", "IFS", "MODULEPATH", "HOME"})
 
 
 def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
@@ -43,7 +44,7 @@ def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     for name, val in value.items():
         if not isinstance(name, str) or not _VAR_NAME.match(name):
             raise SpecError(f"{where}: variables: {name!r} is not a variable name")
-        if name == "PATH" or name.startswith(_RESERVED_VARS):
+        if name in _RESERVED_NAMES or name.startswith(_RESERVED_VARS):
             raise SpecError(f"{where}: variables: {name} is set by the activation itself and cannot be given here")
         if isinstance(val, bool):
             val = "true" if val else "false"
@@ -51,8 +52,9 @@ def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
             val = str(val)
         if not isinstance(val, str):
             raise SpecError(f"{where}: variables: {name} must be a string or a number")
-        if "\n" in val or "\0" in val:
-            raise SpecError(f"{where}: variables: {name} must be one line")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in val):
+            # newlines, tabs, CR: csh cannot carry them, Lmod's Tcl reading mangles them
+            raise SpecError(f"{where}: variables: {name} must be one line of printable characters")
         out.append((name, val))
     return tuple(out)
 

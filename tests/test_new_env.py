@@ -220,7 +220,9 @@ BAD_YAML = [
     ("dependencies: [python]\nvariables: {PATH: /x}\n", "variables: PATH is set by the activation itself"),
     ("dependencies: [python]\nvariables: {CONDA_PREFIX: /x}\n", "CONDA_PREFIX is set by the activation itself"),
     ("dependencies: [python]\nvariables: {A: [1]}\n", "variables: A must be a string or a number"),
-    ("dependencies: [python]\nvariables: {A: \"x\\ny\"}\n", "variables: A must be one line"),
+    ("dependencies: [python]\nvariables: {A: \"x\\ny\"}\n", "variables: A must be one line of printable"),
+    ("dependencies: [python]\nvariables: {A: \"x\\ty\"}\n", "variables: A must be one line of printable"),
+    ("dependencies: [python]\nvariables: {SHLVL: 5}\n", "variables: SHLVL is set by the activation itself"),
 ]
 
 
@@ -744,3 +746,33 @@ def test_spec_file_variables_are_set_on_activation_and_kept_by_from(site: Path, 
     (site / "specs" / "vtop.yml").write_text("extends: vbase\ndependencies: [cpkgs-test-lib]\nvariables: {B: top}\n")
     assert run_cpkgs("new-env", "vtop-1.0", root=site).returncode == 0
     assert run_cpkgs("info", "vtop-1.0", "--json", root=site).json()["variables"] == {"A": "base", "B": "top"}
+
+
+def test_variables_reach_modules_and_kernels_exactly(site: Path, tmp_path: Path) -> None:
+    """Values the publish-time measurement cannot see (LC_ALL=C is its own setting) still reach the modulefile and
+    the kernel; '$' in a kernel's env stays literal (jupyter_client substitutes $NAME); non-ASCII survives Lmod's
+    Tcl path; deactivate.d scripts run in reverse order, so the variables are unset after the packages' own
+    scripts (which may still read them)."""
+    envfile = tmp_path / "environment.yml"
+    envfile.write_text("dependencies: [python, ipykernel, cpkgs-test-app]\n"
+                       "variables: {LC_ALL: C, MSG: \"h\u00e9llo $HOME\"}\n")
+    assert run_cpkgs("new-env", "w-1.0", "-f", str(envfile), root=site).returncode == 0
+    lua = (site / "modulefiles" / "w" / "1.0.lua").read_text()
+    assert 'pushenv("LC_ALL", "C")' in lua, lua
+    kernel = json.loads((site / "share" / "jupyter" / "kernels" / "w-1.0" / "kernel.json").read_text())
+    assert kernel["env"]["LC_ALL"] == "C" and kernel["env"]["MSG"] == "h\u00e9llo $$HOME"
+    tcl = (site / "modulefiles-tcl" / "w" / "1.0").read_text()
+    assert '"h\\u00e9llo \\$HOME"' in tcl, tcl
+    lmod = "/usr/share/lmod/lmod/libexec/lmod"
+    if os.path.exists(lmod):
+        r = subprocess.run(["bash", "-c", f'eval "$({lmod} bash load w/1.0)"; printenv MSG'], capture_output=True,
+                           text=True, env={**os.environ, "MODULEPATH": str(site / "modulefiles-tcl")})
+        assert r.stdout == "h\u00e9llo $HOME\n", r
+    # a package-like deactivate script that reads MSG: it runs before cpkgs' own unsets it
+    deact = site / ENVS / "w-1.0" / "etc" / "conda" / "deactivate.d"
+    assert sorted(p.name for p in deact.iterdir()) == ["00-cpkgs-variables.csh", "00-cpkgs-variables.sh"]
+    assert run_cpkgs("unseal", "w-1.0", "--reason", "test: a package's deactivate script", root=site).returncode == 0
+    (deact / "zz-reader.sh").write_text('SEEN_AT_DEACTIVATE="${MSG-unset}"\n')
+    r = subprocess.run(["bash", "-c", f". {site}/etc/profile.d/conda.sh; conda activate w-1.0; conda deactivate; "
+                        'echo "seen=$SEEN_AT_DEACTIVATE msg=${MSG-unset}"'], capture_output=True, text=True)
+    assert r.stdout == "seen=h\u00e9llo $HOME msg=unset\n", r

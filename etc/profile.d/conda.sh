@@ -313,10 +313,15 @@ else
                     _cpkgs_nb=$_cpkgs_n/bin
                     if [ -n "$_cpkgs_nbase" ]; then _cpkgs_nb=$_cpkgs_nb:$_cpkgs_nbase/bin; fi
                 fi
-                # 1. the old env's deactivate.d scripts (a layer's own, then its base's), sorted.
+                # 1. the old env's deactivate.d scripts (a layer's own, then its base's), in reverse sorted order
+                # as conda runs them (the mirror of activation: what activated first is undone last).
                 for _cpkgs_d in ${_cpkgs_o:+"$_cpkgs_o"} ${_cpkgs_obase:+"$_cpkgs_obase"}; do
+                    _cpkgs_s=
                     for _cpkgs_f in "$_cpkgs_d/etc/conda/deactivate.d/"*."$_cpkgs_ext"; do
-                        [ -f "$_cpkgs_f" ] || continue
+                        if [ -f "$_cpkgs_f" ]; then _cpkgs_s=$_cpkgs_f$_cpkgs_nl$_cpkgs_s; fi
+                    done
+                    while [ -n "$_cpkgs_s" ]; do
+                        _cpkgs_f=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
                         if [ -n "$_cpkgs_emit" ]; then
                             _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
                         else
