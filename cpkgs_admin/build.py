@@ -319,10 +319,15 @@ def _native() -> str:
 # ----------------------------------------------------------------------------------------------------- 4. post-process
 
 
-def explicit_text(packages: list[PackageEntry], subdir: str) -> str:
+def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None) -> str:
+    """A conda explicit file; the env's spec-file variables ride along as comments (conda skips them, `cpkgs
+    new-env --lock` reads them back)."""
+    from cpkgs_admin.spec import VARIABLE_COMMENT
+
     lines = [
         "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
         f"# platform: {subdir}",
+        *(f"{VARIABLE_COMMENT} {k}={v}" for k, v in (variables or {}).items()),
         "@EXPLICIT",
     ]
     for p in packages:
@@ -381,7 +386,7 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
 
     written: dict[str, str] = {
         PKG_LIST: pkg_list_text(record.packages),
-        EXPLICIT_LOCK: explicit_text(record.packages, record.platform),
+        EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables),
         **variables_scripts(record.variables),
     }
     for rel, text in written.items():
@@ -474,7 +479,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         if log:
             log(f"resolving {len(lock.packages)} locked packages")
         records = resolve_lock(lock, channels, subdir, repodata_cache)
-        spec = Spec(specs=(), channels=tuple(channels), source=f"--lock {req.lock_file}")
+        spec = Spec(specs=(), channels=tuple(channels), source=f"--lock {req.lock_file}", variables=lock.variables)
         requested: list[str] = []
     else:
         spec, locked = resolve_spec(site, req, subdir)

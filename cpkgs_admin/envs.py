@@ -165,7 +165,7 @@ def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
 
     rec = get_record(site, name, platform)
     if fmt == "explicit":
-        return explicit_text(rec.packages, rec.platform)
+        return explicit_text(rec.packages, rec.platform, rec.variables)
     import yaml
 
     doc: dict[str, Any] = {

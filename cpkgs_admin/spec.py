@@ -28,6 +28,7 @@ class Spec:
     variables: tuple[tuple[str, str], ...] = ()
 
 
+VARIABLE_COMMENT = "# variable:"
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Set by the activation itself, by cpkgs' profiles, the shell or the module system: a spec file must not set them.
 _RESERVED_VARS = ("CONDA_", "CPKGS_", "_cpkgs", "_CE_", "LMOD_")
@@ -72,6 +73,8 @@ class ExplicitLock:
     path: str
     platform: str | None
     packages: tuple[LockedPackage, ...] = field(default_factory=tuple)
+    # "# variable: NAME=VALUE" comment lines (cpkgs export writes them; conda reads them as comments)
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 def spec_name(spec: str) -> str:
@@ -240,6 +243,7 @@ def read_explicit(path: Path) -> ExplicitLock:
     seen_explicit = False
     pkgs: list[LockedPackage] = []
     first_line: dict[str, tuple[int, str]] = {}  # package name -> (line, file name)
+    variables: dict[str, str] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line:
@@ -247,6 +251,11 @@ def read_explicit(path: Path) -> ExplicitLock:
         if line.startswith("#"):
             if line.startswith("# platform:"):
                 platform = line.split(":", 1)[1].strip()
+            elif line.startswith(VARIABLE_COMMENT):
+                name, eq, value = raw.split(":", 1)[1].lstrip().partition("=")
+                if not eq:
+                    raise SpecError(f"lock file {path} line {n}: expected '{VARIABLE_COMMENT} NAME=VALUE'")
+                variables[name] = value.rstrip("\r")
             continue
         if line == "@EXPLICIT":
             seen_explicit = True
@@ -282,7 +291,8 @@ def read_explicit(path: Path) -> ExplicitLock:
         raise SpecError(f"lock file {path}: not a conda explicit file (no '@EXPLICIT' line)")
     if not pkgs:
         raise SpecError(f"lock file {path}: lists no packages")
-    return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs))
+    return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs),
+                        variables=check_variables(variables, f"lock file {path}"))
 
 
 def check_sources(

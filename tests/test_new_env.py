@@ -742,6 +742,11 @@ def test_spec_file_variables_are_set_on_activation_and_kept_by_from(site: Path, 
     exported.write_text(run_cpkgs("export", "v-1.1", "--format", "yaml", root=site).stdout)
     assert run_cpkgs("new-env", "v-1.2", "-f", str(exported), root=site).returncode == 0  # round trip
     assert run_cpkgs("info", "v-1.2", "--json", root=site).json()["variables"] == want
+    lock = tmp_path / "v.lock"  # the explicit file carries them as comments conda skips
+    lock.write_text(run_cpkgs("export", "v-1.1", "--format", "explicit", root=site).stdout)
+    assert "# variable: TRICKY=" + want["TRICKY"] in lock.read_text().splitlines()
+    assert run_cpkgs("new-env", "v-1.3", "--lock", str(lock), root=site).returncode == 0
+    assert run_cpkgs("info", "v-1.3", "--json", root=site).json()["variables"] == want
     (site / "specs" / "vbase.yml").write_text("dependencies: [cpkgs-test-app]\nvariables: {A: base, B: base}\n")
     (site / "specs" / "vtop.yml").write_text("extends: vbase\ndependencies: [cpkgs-test-lib]\nvariables: {B: top}\n")
     assert run_cpkgs("new-env", "vtop-1.0", root=site).returncode == 0
