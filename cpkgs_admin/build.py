@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -348,10 +349,6 @@ def _write_staged_json(path: Path, obj: Any) -> None:
 VARIABLES_SCRIPT = "cpkgs-variables"
 
 
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 def _csh_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"
 
@@ -372,7 +369,7 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     names = sorted(variables, key=lambda n: (n == "LANG" or n.startswith("LC_"), n))
     return {
         f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.sh":
-            head + "".join(f"export {n}={_sh_quote(variables[n])}\n" for n in names),
+            head + "".join(f"export {n}={shlex.quote(variables[n])}\n" for n in names),
         f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.csh":
             head + "".join(f"setenv {n} {_csh_quote(variables[n])}\n" for n in names),
         f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),

@@ -197,8 +197,7 @@ def new_env(
     progress = sys.stderr.isatty() and not c.quiet and not as_json
     chatty = (progress or c.verbose > 0) and not c.quiet
     result = build_new_env(site, req, progress=progress, log=_log if chatty else None)
-    for warning in result.warnings:
-        click.echo(f"cpkgs: warning: {warning}", err=True)
+    _warn(result.warnings)
     if as_json:
         emit_json(result.to_json())
         return
@@ -253,8 +252,12 @@ def _report_damaged(damaged: list[tuple[Path, str]]) -> None:
 
     for _path, msg in damaged:
         click.echo(f"cpkgs: {msg}; {DAMAGED_RECORD_HINT}", err=True)
-    if damaged:
-        raise click.exceptions.Exit(1)
+    raise click.exceptions.Exit(1)
+
+
+def _warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        click.echo(f"cpkgs: warning: {warning}", err=True)
 
 
 @cli.command()
@@ -389,8 +392,7 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
     site = c.site()
     rec = retire_env(site, name, successor, message, platform)
     c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
-    for warning in successor_warnings(site, rec):
-        click.echo(f"cpkgs: warning: {warning}", err=True)
+    _warn(successor_warnings(site, rec))
 
 
 @cli.command()
@@ -404,8 +406,7 @@ def remove(c: Ctx, name: str, platform: str | None) -> None:
     site = c.site()
     rec = remove_env(site, name, platform)
     c.say(f"removed {rec.name} ({rec.platform}); in trash at {(rec.removed or {}).get('trash')}")
-    for warning in successor_warnings(site, rec):
-        click.echo(f"cpkgs: warning: {warning}", err=True)
+    _warn(successor_warnings(site, rec))
 
 
 @cli.command()
@@ -503,8 +504,7 @@ def refresh(c: Ctx, as_json: bool) -> None:
     from cpkgs_admin.refresh import refresh_site
 
     rep = refresh_site(c.site())
-    for warning in rep.warnings:
-        click.echo(f"cpkgs: warning: {warning}", err=True)
+    _warn(rep.warnings)
     if as_json:
         emit_json(rep.to_json())
         return
@@ -562,8 +562,7 @@ def link_user(c: Ctx, condarc: str | None, dry_run: bool) -> None:
         click.echo(rep.diff, nl=False)
     else:
         c.say(rep.message)
-    for w in rep.warnings:
-        click.echo(f"cpkgs: warning: {w}", err=True)
+    _warn(rep.warnings)
 
 
 @cli.command("unlink-user")

@@ -189,6 +189,9 @@ def _update(site: Site, rec: EnvRecord, action: str, **audit_fields: Any) -> Non
 
 
 def _live(site: Site, name: str, platform: str | None) -> EnvRecord:
+    """NAME's record for a command that changes it (seal, unseal, retire, remove): an admin group unknown on this
+    host fails here, before anything changes (what those commands write is made group-writable for it)."""
+    site.admin_gid()
     rec = get_record(site, name, platform)
     if rec.status == "removed":
         raise CpkgsError(f"environment {name} ({rec.platform}) was removed")
@@ -197,8 +200,6 @@ def _live(site: Site, name: str, platform: str | None) -> EnvRecord:
 
 def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
     from cpkgs_admin.seal import seal_tree
-
-    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
 
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
@@ -221,8 +222,6 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
 def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvRecord:
     from cpkgs_admin.seal import unseal_tree
 
-    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
-
     if not reason.strip():
         raise UsageError("--reason must say why the environment is unsealed")
     rec = _live(site, name, platform)
@@ -240,8 +239,6 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
 
 def retire_env(site: Site, name: str, successor: str | None, message: str | None, platform: str | None) -> EnvRecord:
     from cpkgs_admin.integrations import publish_outside
-
-    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
 
     rec = _live(site, name, platform)
     if successor:
@@ -281,7 +278,6 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
     """Rename into .cpkgs/trash (processes on other hosts may still have files open); purge deletes later."""
     from cpkgs_admin.integrations import withdraw_outside
 
-    site.admin_gid()  # an admin group unknown on this host fails here, before anything changes
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
@@ -311,6 +307,10 @@ def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
         for r in load_all(site.records_dir, damaged=[])  # a damaged record: list and verify report it
         if r.platform == rec.platform and r.status != "removed" and (r.retired or {}).get("successor") == rec.name
     ]
+
+
+def _only_owner_deletes(uid: int) -> str:
+    return f"it belongs to {_owner_words(uid)}: only that admin or root can delete it"
 
 
 def _owner_words(uid: int) -> str:
@@ -393,7 +393,7 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
     except PermissionError:
         me = os.geteuid()
         if me != 0 and st.st_uid != me:
-            return [], f"it belongs to {_owner_words(st.st_uid)}: only that admin or root can delete it"
+            return [], _only_owner_deletes(st.st_uid)
         return [], "permission denied"
     except OSError as exc:
         return [], exc.strerror or str(exc)
@@ -457,11 +457,10 @@ def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
                 continue  # a build of that name is running right now
             if os.path.lexists(e.path):
                 try:
-                    uid = os.lstat(e.path).st_uid
-                    owner = f"it belongs to {_owner_words(uid)}: only that admin or root can delete it"
+                    why = _only_owner_deletes(os.lstat(e.path).st_uid)
                 except OSError as exc:
-                    owner = exc.strerror or str(exc)
-                rep.failed.append({"path": e.path, "reason": owner})
+                    why = exc.strerror or str(exc)
+                rep.failed.append({"path": e.path, "reason": why})
             else:
                 rep.staging_removed.append(e.path)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +108,6 @@ def _write(path: Path, text: str, mode: int | None = None) -> None:
 WRAPPER_MARK = "# cpkgs extend: BASE's script, run by this layer's python"
 
 
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 def _base_python_scripts(base_bin: Path) -> list[str]:
     """Names of BASE's bin/ scripts that BASE's python runs (their '#!' line, or the '#!/bin/sh' + exec form used
     for long paths, names it): pip, ipython, jupyter, ... One listing; only small regular files are opened (the
@@ -156,7 +153,7 @@ def _write_wrappers(directory: Path, base_bin: Path) -> None:
         path = bin_dir / name
         if path.exists() and not _is_wrapper(path):
             continue  # the layer's own (pip installed it): it wins, as DIR/bin comes first
-        _write(path, f"#!/bin/sh\n{WRAPPER_MARK}\nexec {_sh_quote(str(python))} {_sh_quote(str(base_bin / name))} "
+        _write(path, f"#!/bin/sh\n{WRAPPER_MARK}\nexec {shlex.quote(str(python))} {shlex.quote(str(base_bin / name))} "
                      '"$@"\n', 0o755)
 
 

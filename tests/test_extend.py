@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shlex
 import subprocess
 import time
 import zipfile
@@ -242,7 +243,8 @@ def test_activated_layer_runs_bases_python_scripts_with_its_own_python(pip_site:
     assert run_cpkgs("extend", PIP_ENV, str(layer), root=pip_site, user=True).returncode == 0
     wrapped = sorted(p.name for p in (layer / "bin").iterdir() if not p.name.startswith("python"))
     assert "pip" in wrapped and "pip3" in wrapped, wrapped
-    assert (layer / "bin" / "pip").read_text().splitlines()[2] == f"exec '{layer}/bin/python' '{base}/bin/pip' \"$@\""
+    exec_line = f"exec {shlex.quote(str(layer / 'bin/python'))} {shlex.quote(str(base / 'bin/pip'))} \"$@\""
+    assert (layer / "bin" / "pip").read_text().splitlines()[2] == exec_line
     script = (
         f". '{pip_site}/etc/profile.d/conda.sh' && conda activate '{layer}' && command -v pip && "
         f"PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 pip install -q --no-index '{wheel}' && "
