@@ -16,7 +16,7 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
 from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked
 from cpkgs_admin.names import parse_name
-from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, save_record
+from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
 
 
@@ -69,27 +69,16 @@ def _list_row(path: Path) -> ListRow | None:
         return None  # removed since the listing
     except (OSError, ValueError) as exc:
         raise CpkgsError(f"{path}: unreadable record ({exc})") from None
-    # The checks a full parse (records.record_from_json) would fail first, without building every package entry:
-    # list then agrees with verify and refresh on which records are damaged.
-    if (
-        not isinstance(d, dict)
-        or d.get("name") != path.stem
-        or d.get("platform") != path.parent.name
-        or not isinstance(d.get("schema", 1), int)
-        or not isinstance(d.get("status", "active"), str)
-        or not isinstance(d.get("size", 0), int)
-        or not isinstance(d.get("prefix"), str)
-        or not isinstance(d.get("packages"), list)
-        or not isinstance(d.get("retired") or {}, dict)
-        or not isinstance(d.get("created", ""), str)
-    ):
-        raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
+    # record_from_json's own checks, without building every package entry: list agrees with verify and refresh.
+    problem = record_problem(d, path)
+    if problem:
+        raise CpkgsError(f"{path}: damaged record ({problem})")
     return ListRow(
         name=d["name"],
         platform=d["platform"],
         status=d.get("status", "active"),
-        created=d.get("created", ""),
-        size=int(d.get("size", 0)),
+        created=d["created"],
+        size=d["size"],
         successor=(d.get("retired") or {}).get("successor"),
         spec=d.get("spec_source"),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,30 +117,47 @@ def _migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return data
 
 
-def record_from_json(data: Any, path: Path) -> EnvRecord:
+def record_problem(data: Any, path: Path | None = None) -> str | None:
+    """Why DATA is no environment record cpkgs can use, or None: what record_from_json checks before building one,
+    also for `list`, which builds no package entries. With PATH (records/<platform>/<name>.json), also that the
+    file describes its own name and platform: a record copied or renamed to another name would describe another env."""
     if not isinstance(data, dict) or not isinstance(data.get("schema", 1), int):
-        raise CpkgsError(f"{path}: damaged record (not a cpkgs environment record)")
+        return "not a cpkgs environment record"
+    missing = sorted(_REQUIRED_FIELDS - data.keys())
+    if missing:
+        return f"{', '.join(missing)} missing"
+    if not all(isinstance(v, str) and v for v in (data["name"], data["platform"], data["prefix"],
+                                                  data.get("status", "active"))):
+        return "name, platform, prefix or status missing"
+    for key, kinds in _FIELD_TYPES.items():
+        if key in data and not isinstance(data[key], kinds):
+            return f"{key} is a {type(data[key]).__name__}"
+    if path is not None and (data["name"], data["platform"]) != (path.stem, path.parent.name):
+        return f"it describes {data['name']} for {data['platform']}"
+    return None
+
+
+def record_from_json(data: Any, path: Path, *, filed: bool = False) -> EnvRecord:
+    """FILED: PATH is the record's place under records/ (see record_problem)."""
+    problem = record_problem(data, path if filed else None)
+    if problem:
+        raise CpkgsError(f"{path}: damaged record ({problem})")
     data = _migrate(dict(data), path)
     extra = {k: data.pop(k) for k in list(data) if k not in _RECORD_FIELDS or k == "extra"}
     try:
         pkgs = [_package_from_json(p) for p in data.pop("packages")]
-        rec = EnvRecord(packages=pkgs, extra=extra, **data)
-    except (TypeError, KeyError, AttributeError) as exc:
+        return EnvRecord(packages=pkgs, extra=extra, **data)
+    except (TypeError, KeyError, AttributeError) as exc:  # a package entry that is not one
         raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
-    if not all(isinstance(v, str) and v for v in (rec.name, rec.platform, rec.prefix, rec.status)):
-        raise CpkgsError(f"{path}: damaged record (name, platform, prefix or status missing)")
-    for key, kinds in _FIELD_TYPES.items():
-        if not isinstance(getattr(rec, key), kinds):
-            raise CpkgsError(f"{path}: damaged record ({key} is a {type(getattr(rec, key)).__name__})")
-    return rec
 
 
+_REQUIRED_FIELDS = frozenset(f.name for f in fields(EnvRecord) if f.default is MISSING and f.default_factory is MISSING)
 # Fields whose type the code relies on (a record edited by hand: "retired": "x" must be "damaged", not a crash).
 _FIELD_TYPES: dict[str, Any] = {
-    "requested_specs": list, "channels": list, "extends": list, "history": list, "virtual_packages": dict,
-    "retired": (dict, type(None)), "removed": (dict, type(None)), "unsealed": (dict, type(None)),
-    "activation": (dict, type(None)), "size": int, "file_count": int, "created": str, "variables": dict,
-    "family": str, "version": str,
+    "requested_specs": list, "channels": list, "packages": list, "extends": list, "history": list,
+    "virtual_packages": dict, "retired": (dict, type(None)), "removed": (dict, type(None)),
+    "unsealed": (dict, type(None)), "activation": (dict, type(None)), "size": int, "file_count": int,
+    "created": str, "variables": dict, "family": str, "version": str,
 }
 
 
@@ -151,11 +168,7 @@ def load_record_file(path: Path) -> EnvRecord:
         raise EnvNotFound(f"no environment record {path}") from None
     except (OSError, ValueError) as exc:
         raise CpkgsError(f"{path}: unreadable record ({exc})") from None
-    rec = record_from_json(data, path)
-    if (rec.name, rec.platform) != (path.stem, path.parent.name):
-        # records/<platform>/<name>.json: a record copied or renamed to another name would describe another env
-        raise CpkgsError(f"{path}: damaged record (it describes {rec.name} for {rec.platform})")
-    return rec
+    return record_from_json(data, path, filed=True)
 
 
 def save_record(path: Path, record: EnvRecord) -> None:
