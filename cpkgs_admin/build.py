@@ -379,19 +379,21 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
 
 def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written."""
-    from cpkgs_admin.integrations import write_env_integrations
+    from cpkgs_admin.integrations import env_integration_files
 
-    written: dict[str, str] = {
+    ours = {
         PKG_LIST: pkg_list_text(record.packages),
         EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables),
-        **variables_scripts(record.variables),
     }
-    for rel, text in written.items():
-        if rel.startswith("etc/conda/") and os.path.lexists(staging / rel):
+    # Files added among the packages' own (python's stdlib dir, etc/conda/*.d): a package's file in their place is
+    # refused, as replacing it would fail verification against conda-meta.
+    added = {**variables_scripts(record.variables), **env_integration_files(staging, final, record)}
+    for rel in added:
+        if os.path.lexists(staging / rel):
             raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
+    for rel, text in {**ours, **added}.items():
         write_staged(staging / rel, text, 0o644)
-    extra = write_env_integrations(staging, final, record)
-    return [*written, *extra]
+    return [*ours, *added]
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline

@@ -1,7 +1,7 @@
 """Hooks the build pipeline calls for site integrations (SQLite off NFS, PEP 668, kernels, modulefiles).
 
 `preflight` runs before anything is installed and refuses an env whose generated names collide with another's.
-`write_env_integrations` runs before sealing and writes inside the env; `publish_outside` runs after publishing (and
+`env_integration_files` are written inside the env before sealing; `publish_outside` runs after publishing (and
 after `retire`) and writes the generated files that live outside envs (kernelspecs, modulefiles);
 `withdraw_outside` runs after `remove`. `cpkgs refresh` (refresh.py) regenerates the outside files for every env.
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import BuildError, CpkgsError, UsageError
+from cpkgs_admin.errors import CpkgsError, UsageError
 from cpkgs_admin.kernels import generated_kernel_files, kernel_files, kernel_names, kernel_owner, wants_kernel
 from cpkgs_admin.localdb import db_config_files, stdlib_dir
-from cpkgs_admin.locking import site_locked, write_if_changed, write_staged
+from cpkgs_admin.locking import site_locked, write_if_changed
 from cpkgs_admin.modules import family_files, is_generated, module_files
 from cpkgs_admin.records import EnvRecord, PackageEntry, load_all
 from cpkgs_admin.site import Site
@@ -135,26 +135,21 @@ def marker_text(name: str) -> str:
     )
 
 
-def write_env_integrations(staging: Path, final: Path, record: Any) -> list[str]:
-    """Files written inside the env before sealing; returns their paths relative to the env.
+def env_integration_files(staging: Path, final: Path, record: Any) -> dict[str, str]:
+    """Files for inside the env before sealing (the PEP 668 marker, the SQLite-off-NFS configs): relative path ->
+    text; the build writes them with its own.
 
-    Envs without python get nothing. Nothing written here embeds a path (the config finds its directory at run
-    time), so FINAL is not needed; it is in the signature because anything that does must embed it, not STAGING.
+    Envs without python get nothing. Nothing here embeds a path (the config finds its directory at run time), so
+    FINAL is not needed; it is in the signature because anything that does must embed it, not STAGING.
     """
     if record.python_version is None:
-        return []
+        return {}
     stdlib = stdlib_dir(staging)
     files: dict[str, str] = {}
     if stdlib is not None:
         files[str((stdlib / MARKER).relative_to(staging))] = marker_text(record.name)
     files.update(db_config_files(stdlib))
-    for rel, text in files.items():
-        path = staging / rel
-        if path.exists() or path.is_symlink():
-            # A package's own file: replacing it would fail verification against conda-meta.
-            raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
-        write_staged(path, text, 0o644)
-    return list(files)
+    return files
 
 
 # ----------------------------------------------------------------------------------------------------- preflight
