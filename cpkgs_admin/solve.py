@@ -11,7 +11,7 @@ from typing import Any
 
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
 from cpkgs_admin.site import channel_problem, native_subdir, normalize_channel
-from cpkgs_admin.spec import ExplicitLock
+from cpkgs_admin.spec import ExplicitLock, split_filename
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {
@@ -139,14 +139,6 @@ def solve(
         raise SolveError(f"solve failed for {subdir}: {name}: {_first_line(exc)}") from None
 
 
-def _split_filename(filename: str) -> tuple[str, str, str]:
-    stem = filename.removesuffix(".conda").removesuffix(".tar.bz2")
-    parts = stem.rsplit("-", 2)
-    if len(parts) != 3:
-        raise SpecError(f"{filename!r} is not a conda package file name (name-version-build)")
-    return parts[0], parts[1], parts[2]
-
-
 def resolve_lock(lock: ExplicitLock, channels: Sequence[str], subdir: str, cache_dir: Path | None) -> list[Any]:
     """Find each locked file in the channels (and its own URL's channel when reachable); check its hash."""
     from rattler import Channel, MatchSpec
@@ -162,7 +154,7 @@ def resolve_lock(lock: ExplicitLock, channels: Sequence[str], subdir: str, cache
         raise SpecError(f"lock file {lock.path}: no reachable channel holds its packages; pass -c CHANNEL")
     specs = []
     for p in lock.packages:
-        name, version, build = _split_filename(p.filename)
+        name, version, build = split_filename(p.filename)
         specs.append(MatchSpec(f"{name}=={version}={build}"))
 
     async def run() -> Any:

@@ -138,7 +138,7 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
         if key not in allowed:
             raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends; "
                             "name and prefix are ignored)")
-    check_variables(data.get("variables"), f"spec file {path}")
+    data["variables"] = check_variables(data.get("variables"), f"spec file {path}")  # checked, as (NAME, value)
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"spec file {path}: 'dependencies' must be a list")
@@ -174,7 +174,7 @@ def from_environment_file(path: Path) -> Spec:
         channels=tuple(data.get("channels") or []),
         source=str(path),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
-        variables=check_variables(data.get("variables"), f"spec file {path}"),
+        variables=data["variables"],
     )
 
 
@@ -210,7 +210,7 @@ def from_family(specs_dir: Path, family: str) -> Spec:
             chans += pc
             chain.append(parent)
         # Own dependencies (and variables) override a parent's for the same name.
-        variables.update(check_variables(data.get("variables"), f"spec file {path}"))
+        variables.update(data["variables"])
         own = [d.strip() for d in data.get("dependencies") or []]
         own_names = {spec_name(d) for d in own}
         deps = [d for d in deps if spec_name(d) not in own_names] + own
@@ -234,6 +234,15 @@ def apply_changes(base: tuple[str, ...], add: tuple[str, ...], remove: tuple[str
     added = {spec_name(a): a.strip() for a in add}
     out = [s for s in base if spec_name(s) not in removed and spec_name(s) not in added]
     return tuple(out) + tuple(added.values())
+
+
+def split_filename(filename: str) -> tuple[str, str, str]:
+    """(name, version, build) of a conda package file name."""
+    stem = filename.removesuffix(".conda").removesuffix(".tar.bz2")
+    parts = stem.rsplit("-", 2)
+    if len(parts) != 3:
+        raise SpecError(f"{filename!r} is not a conda package file name (name-version-build)")
+    return parts[0], parts[1], parts[2]
 
 
 def read_explicit(path: Path) -> ExplicitLock:
@@ -272,7 +281,10 @@ def read_explicit(path: Path) -> ExplicitLock:
         filename = url.rsplit("/", 1)[-1]
         if not filename.endswith((".conda", ".tar.bz2")):
             raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
-        name = filename.removesuffix(".conda").removesuffix(".tar.bz2").rsplit("-", 2)[0]
+        try:
+            name = split_filename(filename)[0]
+        except SpecError as exc:
+            raise SpecError(f"lock file {path} line {n}: {exc}") from None
         if name in first_line:
             was, other = first_line[name]
             raise SpecError(f"lock file {path} line {n}: {name} again (line {was}: {other}); an environment holds "
