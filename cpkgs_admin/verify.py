@@ -151,13 +151,7 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
 
 # One file's check: (problem or None, bytes checked, a memo entry to remember or None).
 _Result = tuple[Problem | None, int, "tuple[str, str, int, int, int, int, str] | None"]
-# [inode, size, mtime_ns, sha256] of a cache inode already hashed, as HashMemo stores it.
-_Known = list[Any]
-
-
-def _check_one(
-    prefix: str, exp: Expected, known: _Known | None, seen: os.stat_result | None, trust_before: float
-) -> _Result:
+def _check_one(prefix: str, exp: Expected, seen: os.stat_result | None, trust_before: float) -> _Result:
     """SEEN: the file's lstat from a scan the caller already made (new-env's private staging dir), else None."""
     path = prefix + "/" + exp.rel
     try:
@@ -178,8 +172,6 @@ def _check_one(
         return Problem("modified", exp.rel, f"size {st.st_size}, expected {exp.size}"), st.st_size, None
     if exp.sha256 is None:
         return None, st.st_size, None
-    if known is not None and st.st_nlink > 1 and known == [st.st_ino, st.st_size, st.st_mtime_ns, exp.sha256]:
-        return None, st.st_size, None  # the cache inode hashed before, unchanged since (HashMemo)
     try:
         digest = sha256_file(path)
     except OSError as exc:
@@ -192,11 +184,11 @@ def _check_one(
     return None, st.st_size, remember
 
 
-_Item = tuple[Expected, "_Known | None", "os.stat_result | None"]
+_Item = tuple[Expected, "os.stat_result | None"]
 
 
 def _check_batch(prefix: str, batch: list[_Item], trust_before: float) -> list[_Result]:
-    return [_check_one(prefix, e, known, seen, trust_before) for e, known, seen in batch]
+    return [_check_one(prefix, e, seen, trust_before) for e, seen in batch]
 
 
 def _batches(order: list[_Item]) -> list[list[_Item]]:
@@ -205,8 +197,7 @@ def _batches(order: list[_Item]) -> list[list[_Item]]:
     acc = 0
     for item in order:
         cur.append(item)
-        if item[1] is None:  # memo hits cost an lstat at most: they do not fill a batch
-            acc += item[0].size or 0
+        acc += item[0].size or 0
         if acc >= _BATCH_BYTES or len(cur) >= _BATCH_FILES:
             out.append(cur)
             cur, acc = [], 0
@@ -267,7 +258,7 @@ def _run_checks(
     Many small files (a big env): forked processes, in batches, where no GIL is shared. Fork only from a
     single-threaded process (the `verify` command): forking next to live threads (a lock's heartbeat, rattler's
     runtime during new-env) can deadlock the child. Otherwise threads working from both ends (_TwoEnds)."""
-    if sum(e.size or 0 for e, known, _seen in items if known is None) < _THREAD_MIN_BYTES:
+    if sum(e.size or 0 for e, _seen in items) < _THREAD_MIN_BYTES:
         meanwhile()
         return _check_batch(prefix, items, trust_before)
     if len(items) >= _PROCESS_MIN_FILES and threading.active_count() == 1 and hasattr(os, "fork"):
@@ -396,20 +387,10 @@ class HashMemo:
         self._hardened[dist] = True
         self._dirty.add(dist)
 
-    def known(self, exp: Expected, seen: os.stat_result | None) -> _Known | None:
-        """What the memo holds for EXP if the file as SEEN may be vouched for by it at all."""
-        if not exp.dist or exp.sha256 is None or seen is None:
-            return None
-        files = self._load(exp.dist)
-        if files is None or seen.st_mode & 0o022 or seen.st_uid not in (0, self._me, self._owners.get(exp.dist)):
-            return None
-        e = files.get(exp.rel)
-        return e if isinstance(e, list) else None  # compared whole with a list of the right types
-
     def vouching(self, dist: str) -> tuple[dict[str, list[Any]], tuple[int, ...]] | None:
         """DIST's remembered inodes and the owners whose inodes they may vouch for (root, this admin, who extracted
-        the package), or None when nothing of DIST is remembered. check_integrity applies _check_one's memo-hit
-        rule with them to a big env's files without building a check item for each."""
+        the package), or None when nothing of DIST is remembered. check_integrity vouches with them for the
+        unchanged cache inodes of a new env's scanned tree, which then need no check item."""
         files = self._load(dist) if dist else None
         if not files:
             return None
@@ -498,16 +479,15 @@ def check_integrity(
 ) -> tuple[list[Problem], int, int, dict[str, os.stat_result]]:
     """(problems, files checked, bytes checked, the tree's scan). Also reports files on disk that no package lists.
 
-    MEMO (new-env only) skips re-reading cache inodes already hashed; TREE is a scan_tree of PREFIX the caller
-    has already made (new-env's own staging dir, which nobody else can write), else the tree is scanned while the
-    workers hash, and returned for the permission check."""
+    MEMO (new-env only, with TREE) skips re-reading cache inodes already hashed; TREE is a scan_tree of PREFIX the
+    caller has already made (new-env's own staging dir, which nobody else can write), else the tree is scanned
+    while the workers hash, and returned for the permission check."""
     expected = expected_files(prefix, meta)
     problems: list[Problem] = []
     total = 0
     workers = workers or max(2, os.cpu_count() or 2)
     trust_before = time.time() - HashMemo.RACY_SECONDS
     seen_of = tree.get if tree is not None else (lambda _rel: None)
-    known = memo.known if memo is not None else (lambda _e, _st: None)
     to_check: Iterable[Expected] = expected.values()
     owner_checks: Iterable[Expected] = expected.values()
     if memo is not None and tree is not None:
@@ -533,10 +513,10 @@ def check_integrity(
         if owners is not None and os.getuid() in owners.base:
             # A vouched file's owner is root, this admin or the package's extractor: all allowed by Owners too.
             owner_checks = rest
-    items: list[_Item] = [(e, known(e, st), st) for e in to_check for st in (seen_of(e.rel),)]
-    # Large to small (files the memo vouches for count as small: an lstat each): the big-file workers start on the
-    # slowest hash first, the small-file worker at the other end (_TwoEnds).
-    items.sort(key=lambda it: -(it[0].size or 0) if it[1] is None else 0)
+    items: list[_Item] = [(e, seen_of(e.rel)) for e in to_check]
+    # Large to small: the big-file workers start on the slowest hash first, the small-file worker at the other end
+    # (_TwoEnds).
+    items.sort(key=lambda it: -(it[0].size or 0))
     scanned: dict[str, os.stat_result] = tree if tree is not None else {}
     unreadable: list[tuple[str, str]] = []
 
