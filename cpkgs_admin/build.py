@@ -403,8 +403,9 @@ def _check_removed(packages: list[PackageEntry], remove: tuple[str, ...]) -> Non
     """--remove PKG that the solver put back (another package needs it): refused, naming who needs it."""
     from cpkgs_admin.spec import spec_name
 
-    present = {p.name: p for p in packages}
-    for name in sorted({spec_name(r) for r in remove} & set(present)):
+    back = sorted({spec_name(r) for r in remove} & {p.name for p in packages})
+    if back:
+        name = back[0]
         needs = sorted(p.name for p in packages if any(spec_name(d) == name for d in p.depends))
         raise SpecError(f"--remove {name}: still needed by {', '.join(needs) or 'the other packages'}; "
                         "remove what needs it too")
