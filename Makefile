@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := bash zsh ksh dash tcsh lmod strace util-linux
 DEMO_ROOT := $(CURDIR)/demo-site
 
-.PHONY: venv sysdeps lint test test-fast demo bench clean channel
+.PHONY: venv sysdeps lint test test-fast demo bench clean channel conda-client
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +31,17 @@ sysdeps:
 channel: venv
 	$(VPY) tests/channel/build_channel.py
 
+# A real user's conda 26.7.1 for the tests (tests/conda_client/build_conda.py; needs the channel's python).
+conda-client: channel
+	$(VPY) tests/conda_client/build_conda.py
+
 lint: venv
 	$(VENV)/bin/ruff check cpkgs_admin tests bench
 	$(VENV)/bin/mypy
 
 test: venv sysdeps lint
 	$(VPY) tests/channel/build_channel.py >/dev/null
+	$(VPY) tests/conda_client/build_conda.py >/dev/null
 	$(VPY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: venv

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "channel"))
+sys.path.insert(0, str(REPO / "tests" / "conda_client"))
 
 from build_channel import ensure_channel  # noqa: E402
+from build_conda import ensure_conda  # noqa: E402
 
-NOBODY = ("--reuid", "65534", "--regid", "65534", "--clear-groups")
+NOBODY_UID = 65534
+NOBODY = ("--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups")
 # Packages of the standard test env: python + every kind of test package.
 FULL_SPECS = ("python", "cpkgs-test-app", "cpkgs-test-textprefix", "cpkgs-test-binprefix", "cpkgs-test-activate")
 
@@ -165,3 +170,127 @@ def _restore_perms(tmp_path: Path) -> Iterator[None]:
                     os.chmod(p, 0o755)
                 except OSError:
                     pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real user's own conda (26.7.1, tests/conda_client/build_conda.py), run as root or as uid 65534.
+
+
+@pytest.fixture(scope="session")
+def conda_root() -> Path:
+    """The root prefix of a real conda 26.7.1 install (``<root>/bin/conda``), built once per machine.
+
+    Shared by every test: run it through UserConda, which keeps its writes out of it."""
+    return ensure_conda()
+
+
+def _world_dir(prefix: str) -> Path:
+    """A fresh directory in /tmp that uid 65534 can traverse. Not under pytest's tmp_path: every pytest session
+    that starts (another run on the machine) resets /tmp/pytest-of-<user> to 0700, mid-way through this one."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(scope="session")
+def conda_channel_url(channel_dir: Path) -> Iterator[str]:
+    """The local test channel where uid 65534 can read it (its cache may sit in root's 0700 home)."""
+    base = _world_dir("cpkgs-test-channel-")
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)  # the channel is only read; 28 MB need not be copied per session
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(channel_dir, base / "channel", copy_function=link_or_copy)
+    yield (base / "channel").as_uri()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class UserConda:
+    """The ``conda_root`` conda as a user runs it: as uid 65534 (user=True) or root, confined to one test.
+
+    Each gets a fresh directory in /tmp (see _world_dir) holding ``home/`` (owned by uid 65534 for user=True),
+    ``condarc`` (CONDARC: lists the local channel; tests may rewrite it) and ``pkgs/`` (CONDA_PKGS_DIRS). conda
+    runs with only PATH, LANG, HOME, CONDARC, CONDA_PKGS_DIRS and CONDA_OFFLINE set; the solver is the one the
+    root prefix's ``.condarc`` names: classic. As root the conda root prefix is writable, so conda would create
+    ``-n`` envs inside it: give root an ``envs_dirs`` or ``-p``; the fixtures fail a test that left ``envs/`` or
+    ``pkgs/`` in the shared prefix.
+    """
+
+    def __init__(self, conda_root: Path, channel_url: str, *, user: bool) -> None:
+        self.root = conda_root
+        self.channel_url = channel_url
+        self.user = user
+        self.base = _world_dir("cpkgs-test-conda-user-" if user else "cpkgs-test-conda-root-")
+        self.home = self.base / "home"
+        self.pkgs = self.base / "pkgs"
+        self.condarc = self.base / "condarc"
+        self.home.mkdir(mode=0o755)
+        self.pkgs.mkdir(mode=0o700)
+        self.condarc.write_text(f"channels:\n  - {channel_url}\n")
+        if user:
+            for d in (self.home, self.pkgs):
+                os.chown(d, NOBODY_UID, NOBODY_UID)
+
+    @property
+    def exe(self) -> Path:
+        return self.root / "bin" / "conda"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.home), "CONDARC": str(self.condarc),
+               "CONDA_PKGS_DIRS": str(self.pkgs), "CONDA_OFFLINE": "true"}
+        env.update(extra or {})
+        return env
+
+    def _run(self, cmd: list[str], env: dict[str, str] | None, timeout: float) -> Result:
+        if self.user:
+            cmd = ["setpriv", *NOBODY, *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(env), cwd=str(self.home),
+                              timeout=timeout)
+        return Result(proc)
+
+    def conda(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+        """``<root>/bin/conda ARGS``."""
+        return self._run([str(self.exe), *args], env, timeout)
+
+    def shell(self, shell: str, script: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+        """SCRIPT in a real SHELL (bash, zsh, ksh, dash, tcsh, csh) after the hook that `conda init` installs
+        in that shell's rc file; no rc file of the shell is read. csh: one command per line (csh expands
+        aliases such as `conda` line by line)."""
+        exe = shlex.quote(str(self.exe))
+        if shell in ("tcsh", "csh"):
+            hook = f'source "{self.root}/etc/profile.d/conda.csh"\n'
+            cmd = [shell, "-f", "-c", hook + script]
+        else:
+            dialect = {"bash": "bash", "zsh": "zsh"}.get(shell, "posix")
+            hook = f'eval "$({exe} shell.{dialect} hook)"\n'
+            flags = {"bash": ["--norc", "--noprofile"], "zsh": ["-f"]}.get(shell, [])
+            cmd = [shell, *flags, "-c", hook + script]
+        return self._run(cmd, env, timeout)
+
+    def close(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+        leftovers = [d for d in ("envs", "pkgs") if (self.root / d).exists()]
+        for d in leftovers:
+            shutil.rmtree(self.root / d)
+        if leftovers:
+            pytest.fail(f"the test wrote into the shared conda root {self.root}: {', '.join(leftovers)} (removed)")
+
+
+@pytest.fixture
+def user_conda(conda_root: Path, conda_channel_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[UserConda]:
+    """The user's own conda, run as uid 65534; HOME (also for run_cpkgs) is that user's home."""
+    conda = UserConda(conda_root, conda_channel_url, user=True)
+    monkeypatch.setenv("HOME", str(conda.home))
+    yield conda
+    conda.close()
+
+
+@pytest.fixture
+def root_conda(conda_root: Path, conda_channel_url: str) -> Iterator[UserConda]:
+    """The same conda run as root (an admin's own conda), with a home of its own."""
+    conda = UserConda(conda_root, conda_channel_url, user=False)
+    yield conda
+    conda.close()
