@@ -431,16 +431,29 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
             continue
         if now - stamp >= grace:
             due.append(e.name)
+    due += _removed_past_grace(site, records, now)
     if due:
         rep.add(
             WARN,
             "trash",
-            f"{len(due)} entr{'y' if len(due) == 1 else 'ies'} in {site.trash_dir} past the grace "
-            f"({site.config.trash_grace}): {', '.join(sorted(due)[:5])}{' ...' if len(due) > 5 else ''}",
+            f"{len(due)} past the grace ({site.config.trash_grace}) in {site.trash_dir} or removed at their path: "
+            f"{', '.join(sorted(due)[:5])}{' ...' if len(due) > 5 else ''}",
             "cpkgs purge",
         )
     else:
-        rep.add(OK, "trash", f"nothing in the trash past the grace ({site.config.trash_grace})")
+        rep.add(OK, "trash", f"nothing in the trash or removed past the grace ({site.config.trash_grace})")
+
+
+def _removed_past_grace(site: Any, records: list[Any], now: float) -> list[str]:
+    """Removed envs still at their path whose purge date has passed: the next `cpkgs purge` moves them away."""
+    from cpkgs_admin.envs import purge_due
+
+    out = []
+    for r in records:
+        due = purge_due(r) if r.status == "removed" else None
+        if due is not None and now >= due and os.path.lexists(site.env_prefix(r.name, r.platform)):
+            out.append(f"{r.name} ({r.platform}, removed, still at its path)")
+    return out
 
 
 def _check_verify(rep: DoctorReport, site: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,58 @@ echo "old.SHLVL=$CONDA_SHLVL"
     assert "no conda of its own" in err[1]
     assert err[3] == "cpkgs: old-1.0 is retired; use demo-2.0 (moved to 2.0)"
     assert len(err) == 4 and v["old.SHLVL"] == "2"
+
+
+def removing_site(tmp_path: Path, channel_url: str) -> Path:
+    """rm-1.0 (retired, successor rm-2.0; a shell removes it), rm-2.0, lone-1.0 (removed, no successor)."""
+    root = make_site(tmp_path / "site", channel_url)
+    for name in ("rm-1.0", "rm-2.0", "lone-1.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=root).returncode == 0
+    assert run_cpkgs("retire", "rm-1.0", "--successor", "rm-2.0", root=root).returncode == 0
+    assert run_cpkgs("remove", "lone-1.0", root=root).returncode == 0
+    return root
+
+
+def env_rows(out: str) -> dict[str, str]:
+    return {ln.split()[0]: ln for ln in out.splitlines() if ln and not ln.startswith("#") and "=" not in ln}
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_removed_env_is_hidden_and_refused_while_a_shell_using_it_goes_on(
+    shell: str, channel_url: str, tmp_path: Path
+) -> None:
+    """`cpkgs remove` keeps the env at its path for whoever uses it already (this shell's PATH still works,
+    `conda env list` shows it there as active and removed); anyone else's `conda env list` hides it and
+    `conda activate` (by name or path) refuses it with one line naming the successor, changing nothing."""
+    root = removing_site(tmp_path, channel_url)
+    prefix = root / LINUX / "envs" / "rm-1.0"
+    script = f"""
+. {sq(root / "etc/profile.d/conda.sh")}
+conda activate rm-1.0 2>/dev/null
+{sq(sys.executable)} -m cpkgs_admin --root {sq(root)} -q remove rm-1.0
+echo "app=$(cpkgs-test-app)"
+conda env list
+echo "----"
+conda deactivate
+conda env list
+p=$PATH
+conda activate rm-1.0 || echo "rc.name=$?"
+conda activate {sq(prefix)}/ || echo "rc.path=$?"
+conda activate lone-1.0 || echo "rc.lone=$?"
+[ "$p" = "$PATH" ] && echo "unchanged=${{CONDA_PREFIX-none}} ${{CONDA_SHLVL}}"
+conda activate rm-2.0 && echo "ok=$CONDA_DEFAULT_ENV"
+"""
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert r.returncode == 0, r
+    before, after = r.stdout.split("----\n")
+    assert kv(before)["app"] == "app ok"
+    rows = env_rows(before)
+    assert set(rows) == {"rm-1.0", "rm-2.0"} and rows["rm-1.0"].split()[1] == "*", before
+    assert rows["rm-1.0"].endswith(f"{prefix}  (removed)"), before
+    assert set(env_rows(after)) == {"rm-2.0"}, after
+    v = kv(after)
+    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["unchanged"], v["ok"]) == ("1", "1", "1", "none 0", "rm-2.0")
+    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + ["cpkgs: lone-1.0 was removed"]
 
 
 @pytest.mark.parametrize("shell", SH_SHELLS)
@@ -497,6 +550,40 @@ set | grep '^_cpkgs' || echo noleak
     err = r.stderr.splitlines()
     assert err == ["cpkgs: old-1.0 is retired; use demo-2.0 (moved to 2.0)",
                    f"cpkgs: no environment named 'nope' in {built_site / LINUX}/envs (see 'conda env list')"], r
+
+
+def test_csh_removed_env_is_hidden_and_refused_while_a_shell_using_it_goes_on(
+    channel_url: str, tmp_path: Path
+) -> None:
+    root = removing_site(tmp_path, channel_url)
+    prefix = root / LINUX / "envs" / "rm-1.0"
+    script = f"""
+source '{root / "etc/profile.d/conda.csh"}'
+conda activate rm-1.0 >& /dev/null
+'{sys.executable}' -m cpkgs_admin --root '{root}' -q remove rm-1.0
+echo "app=`cpkgs-test-app`"
+conda env list
+echo "----"
+conda deactivate
+conda env list
+set p = "$PATH"
+conda activate rm-1.0
+echo "rc.name=$status"
+conda activate '{prefix}'
+echo "rc.path=$status"
+conda activate lone-1.0
+echo "rc.lone=$status"
+echo "unchanged=`if ("$PATH" == "$p") echo yes` $?CONDA_PREFIX $CONDA_SHLVL"
+"""
+    r = run_csh(script, csh_env(tmp_path))
+    before, after = r.stdout.split("----\n")
+    assert kv(before)["app"] == "app ok", r
+    rows = env_rows(before)
+    assert set(rows) == {"rm-1.0", "rm-2.0"} and rows["rm-1.0"].endswith(f"{prefix}  (removed)"), before
+    assert set(env_rows(after)) == {"rm-2.0"}, after
+    v = kv(after)
+    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["unchanged"]) == ("1", "1", "1", "yes 0 0"), r
+    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + ["cpkgs: lone-1.0 was removed"]
 
 
 def test_csh_layer_path_with_spaces_darwin_and_cache(own_site: Path, tmp_path: Path) -> None:
