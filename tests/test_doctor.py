@@ -225,6 +225,32 @@ def test_non_admin_skips_the_admin_side(dsite: Path, tmp_path: Path) -> None:
     assert checks["profile"][0]["status"] == "warn"
 
 
+def test_a_shell_still_using_a_removed_env_is_told(dsite: Path, tmp_path: Path) -> None:
+    """A user whose shell activated an env before it was removed (or a layer on it) gets a warning naming the
+    successor and the date its path goes away; any other CONDA_PREFIX gets no finding."""
+    assert run_cpkgs("new-env", "tools-2.0", "cpkgs-test-app", root=dsite).returncode == 0
+    assert run_cpkgs("retire", "tools-1.0", "--successor", "tools-2.0", root=dsite).returncode == 0
+    assert run_cpkgs("remove", "tools-1.0", root=dsite).returncode == 0
+    home = tmp_path / "nobody-home"
+    layer = home / "layer"
+    (layer / "conda-meta" / "cpkgs").mkdir(parents=True)
+    site = open_site(dsite)
+    prefix = site.env_prefix("tools-1.0", native_subdir())
+    (layer / "conda-meta" / "cpkgs" / "layer").write_text(f"{prefix}\ntools-1.0\nanaconda3_linux\n")
+    world_traversable(layer / "conda-meta" / "cpkgs")
+    until = run_cpkgs("info", "tools-1.0", "--json", root=dsite).json()["removed"]["purge_after"]
+    for active in (prefix, layer):
+        r = run_cpkgs("doctor", "--json", root=dsite, user=True, env={"HOME": str(home), "CONDA_PREFIX": str(active)})
+        assert r.returncode == 0, r
+        [warn] = by_check(r.json())["active-env"]
+        assert warn["status"] == "warn" and warn["message"] == (
+            f"tools-1.0 was removed; use tools-2.0: this shell's {active} works until the first 'cpkgs purge' "
+            f"after {until}") and warn["fix"] == "conda deactivate, then conda activate tools-2.0", warn
+    current = site.env_prefix("tools-2.0", native_subdir())
+    r = run_cpkgs("doctor", "--json", root=dsite, user=True, env={"HOME": str(home), "CONDA_PREFIX": str(current)})
+    assert r.returncode == 0 and "active-env" not in by_check(r.json()), r
+
+
 def test_unsearchable_dirs_are_findings_not_crashes(dsite: Path, tmp_path: Path) -> None:
     """A user's ~/.ipython they cannot search (mode 000) is a warning naming it; a site root under a directory
     they cannot search is one line. Never an internal error."""

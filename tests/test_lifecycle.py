@@ -103,6 +103,8 @@ def test_remove_keeps_the_env_for_running_jobs_until_purge(tmp_path: Path, chann
         assert again.returncode == 1 and "--from g-1.0: that environment was removed" in again.stderr, again
         r = run_cpkgs("export", "g-1.0", root=root)  # the recipe stays: a removed env can be rebuilt offline
         assert r.returncode == 0 and "/python-3." in r.stdout, r
+        r = run_cpkgs("mirror", "g-1.0", str(tmp_path / "mirror"), root=root)
+        assert r.returncode == 0 and (tmp_path / "mirror" / "linux-64" / "repodata.json").is_file(), r
         r = run_cpkgs("pack", "g-1.0", "-o", str(tmp_path / "g.tar.gz"), root=root)
         assert r.returncode == 1 and r.stderr == "cpkgs: environment g-1.0 (linux-64) was removed\n", r
         r = run_cpkgs("verify", "--json", root=root)  # still there and sealed: checked, not a problem

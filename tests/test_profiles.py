@@ -265,6 +265,7 @@ def test_removed_env_is_hidden_and_refused_while_a_shell_using_it_goes_on(
     `conda activate` (by name or path) refuses it with one line naming the successor, changing nothing."""
     root = removing_site(tmp_path, channel_url)
     prefix = root / LINUX / "envs" / "rm-1.0"
+    layer = make_layer(tmp_path / "layer", prefix, "rm-1.0")
     script = f"""
 . {sq(root / "etc/profile.d/conda.sh")}
 conda activate rm-1.0 2>/dev/null
@@ -278,6 +279,7 @@ p=$PATH
 conda activate rm-1.0 || echo "rc.name=$?"
 conda activate {sq(prefix)}/ || echo "rc.path=$?"
 conda activate lone-1.0 || echo "rc.lone=$?"
+conda activate {sq(layer)} || echo "rc.layer=$?"
 [ "$p" = "$PATH" ] && echo "unchanged=${{CONDA_PREFIX-none}} ${{CONDA_SHLVL}}"
 conda activate rm-2.0 && echo "ok=$CONDA_DEFAULT_ENV"
 """
@@ -290,8 +292,10 @@ conda activate rm-2.0 && echo "ok=$CONDA_DEFAULT_ENV"
     assert rows["rm-1.0"].endswith(f"{prefix}  (removed)"), before
     assert set(env_rows(after)) == {"rm-2.0"}, after
     v = kv(after)
-    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["unchanged"], v["ok"]) == ("1", "1", "1", "none 0", "rm-2.0")
-    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + ["cpkgs: lone-1.0 was removed"]
+    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["rc.layer"]) == ("1", "1", "1", "1")
+    assert (v["unchanged"], v["ok"]) == ("none 0", "rm-2.0")
+    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + [
+        "cpkgs: lone-1.0 was removed", "cpkgs: rm-1.0 was removed; use rm-2.0"]
 
 
 @pytest.mark.parametrize("shell", SH_SHELLS)
@@ -499,6 +503,30 @@ def test_one_fork_per_source(own_site: Path, tmp_path: Path) -> None:
 
     forks(f". {sq(prof)}")  # first source creates the cache dir
     assert forks(f". {sq(prof)}") - forks(":") == 1
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_removed_envs_cost_the_shell_no_fork_and_no_extra_lookup(channel_url: str, tmp_path: Path) -> None:
+    """Activating a current env looks at the marker path once, as before removed envs had markers (one lookup on
+    NFS); the marker is read only for envs that have one, and nothing forks."""
+    root = removing_site(tmp_path, channel_url)
+    out = tmp_path / "trace"
+    steps = {"active": "conda activate rm-2.0", "list": "conda env list >/dev/null",
+             "removed": "conda activate lone-1.0 2>/dev/null || :"}
+    script = f". {sq(root / 'etc/profile.d/conda.sh')}\n" + "".join(
+        f"[ -e /cpkgs-step-{k} ] || :\n{cmd}\n" for k, cmd in steps.items())
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file,%process", "-o", str(out), "bash", "-c", script],
+                   env=base_env(tmp_path), check=True, capture_output=True)
+    trace = out.read_text().split("/cpkgs-step-")[1:]
+    seen = {part.split('"', 1)[0]: part.splitlines()[1:] for part in trace}
+    markers = root / ".cpkgs" / "retired" / LINUX
+    for step, lines in seen.items():
+        assert not [ln for ln in lines if "clone" in ln or "fork" in ln or "execve" in ln], (step, lines)
+    calls = [ln.split("(", 1)[0].split()[-1] for ln in seen["active"] if str(markers) in ln]
+    assert len(calls) == 1 and "stat" in calls[0], seen["active"]  # [ -f MARKER ]: not there, nothing read
+    # conda env list: one lookup per env, and a read of the markers that exist (rm-1.0 retired, lone-1.0 removed)
+    reads = sorted(ln.split('"')[1].rsplit("/", 1)[1] for ln in seen["list"] if "openat" in ln and str(markers) in ln)
+    assert reads == ["lone-1.0", "rm-1.0"], seen["list"]
 
 
 # ------------------------------------------------------------------------------------------------- csh
