@@ -77,10 +77,10 @@ def test_remove_keeps_the_env_for_running_jobs_until_purge(tmp_path: Path, chann
     try:
         r = run_cpkgs("remove", "g-1.0", root=root)
         assert r.returncode == 0 and r.stderr == "", r
-        assert f"running jobs keep it at {prefix} until 'cpkgs purge' after " in r.stdout
-        assert (prefix / "bin" / "cpkgs-test-app").is_file() and list((root / ".cpkgs" / "trash").iterdir()) == []
         code, out, err = resume(job)
         assert code == 0 and out.startswith(f"imported {prefix}/lib/python3.") and err == "", (out, err)
+        assert f"running jobs keep it at {prefix} until 'cpkgs purge' after " in r.stdout
+        assert (prefix / "bin" / "cpkgs-test-app").is_file() and list((root / ".cpkgs" / "trash").iterdir()) == []
 
         # What sees envs: the shells' marker refuses it (naming the successor); listings hide it; its modulefile
         # and kernels are gone and refresh does not bring them back; the name stays taken.
