@@ -235,13 +235,21 @@ def list_cmd(c: Ctx, show_all: bool, as_json: bool) -> None:
     elif rows:
         click.echo(
             table(
-                [(r.name, r.platform, r.status, r.created, human_size(r.size)) for r in rows],
+                [(r.name, r.platform, _status_words(r.status, r.purge_after), r.created, human_size(r.size))
+                 for r in rows],
                 ["name", "platform", "status", "created", "size"],
             )
         )
     elif not damaged:
         c.say("no environments")
     _report_damaged(damaged)
+
+
+def _status_words(status: str, purge_after: str | None) -> str:
+    """A removed env still at its path says until when (a purge after that moves it away)."""
+    if status == "removed" and purge_after:
+        return f"removed, kept until {purge_after[:16].replace('T', ' ')}"
+    return status
 
 
 def _report_damaged(damaged: list[tuple[Path, str]]) -> None:
@@ -291,6 +299,11 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         fields.append(("retired", f"successor {successor}: {rec.retired.get('message') or ''}"))
     if rec.unsealed:
         fields.append(("unsealed", f"{rec.unsealed.get('reason')} (by {rec.unsealed.get('by')})"))
+    if rec.removed:
+        r = rec.removed
+        where = (f"moved to the trash ({r['trash']})" if r.get("trash") else
+                 f"kept at its path for running jobs until a purge after {r.get('purge_after') or '?'}")
+        fields.append(("removed", f"{r.get('at') or '?'} by {r.get('by') or '?'}; {where}"))
     for k, v in fields:
         click.echo(f"{k:10} {v}")
     click.echo("")
@@ -346,9 +359,12 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         emit_json([r.to_json() for r in reports])
     else:
         for r in reports:
+            if r.skipped:
+                c.say(f"{r.name}: {r.skipped}")
+                continue
             for p in r.problems:
                 click.echo(f"{r.name}: {p.kind}: {p.path}: {p.detail}")
-            tag = " [unsealed]" if r.unsealed else ""
+            tag = (" [unsealed]" if r.unsealed else "") + (" [removed]" if r.status == "removed" else "")
             c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s){tag}")
     if problems:
         raise CheckFailed(f"verify found {problems} problem(s)")
@@ -400,34 +416,40 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
 @click.option("--platform", metavar="SUBDIR")
 @pass_ctx
 def remove(c: Ctx, name: str, platform: str | None) -> None:
-    """Move an environment into the trash (purge deletes it later)."""
+    """Hide an environment and refuse new activations; 'purge' after the grace moves it away."""
     from cpkgs_admin.envs import remove_env, successor_warnings
 
     site = c.site()
     rec = remove_env(site, name, platform)
-    c.say(f"removed {rec.name} ({rec.platform}); in trash at {(rec.removed or {}).get('trash')}")
+    c.say(f"removed {rec.name} ({rec.platform}): hidden, and refused on activation; running jobs keep it at "
+          f"{rec.prefix} until 'cpkgs purge' after {(rec.removed or {}).get('purge_after')}")
     _warn(successor_warnings(site, rec))
 
 
 @cli.command()
-@click.option("--older-than", metavar="DURATION", help="Only trash older than this (default: the site's grace).")
+@click.option("--older-than", metavar="DURATION",
+              help="Only what was removed longer ago than this (default: the site's grace, trash_grace).")
 @json_option
 @pass_ctx
 def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
-    """Delete trash older than the grace period; busy .nfs files are skipped and reported."""
+    """Move removed envs past their grace into the trash and delete it; busy .nfs files are skipped and reported."""
     from cpkgs_admin.envs import purge_trash
 
     rep = purge_trash(c.site(), older_than)
     if as_json:
         emit_json(rep.to_json())
     else:
+        for w in rep.waiting:
+            c.say(f"waiting {w['prefix']} (removed; kept for running jobs until {w['purge_after'] or '?'})")
+        for p in rep.moved:
+            c.say(f"moved   {p} to the trash")
         for p in rep.deleted:
             c.say(f"deleted {p}")
         for p in rep.kept_busy:
             c.say(f"kept    {p} (files still open on some host: .nfs*)")
         for p in rep.staging_removed:
             c.say(f"deleted {p} (staging dir of an interrupted build)")
-        if not (rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed):
+        if not (rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed or rep.moved or rep.waiting):
             c.say("nothing to purge")
     for f in rep.failed:
         click.echo(f"cpkgs: cannot purge {f['path']}: {f['reason']}", err=True)

@@ -13,6 +13,7 @@ of mounts, so tests can hand it a mount table with NFS in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -147,6 +148,7 @@ def run_doctor(
         _check_filesystem(rep, site, table)
         _check_installation(rep, site)
         _check_profile(rep, site, env)
+        _check_active_env(rep, site, env)
     _check_pkgs_cache(rep, site, env, table)
     _check_condarc(rep, site, env, table)
     _check_sqlite(rep, env, table)
@@ -222,6 +224,36 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
         )
     else:
         rep.add(OK, "profile", f"sourced: CPKGS_ROOT={have_root}, {INSTALLATION_VAR}={have_inst}")
+
+
+def _check_active_env(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
+    """A shell still using a removed env (activated before the remove; a layer on one): it works until the purge
+    after the grace moves the env away. Says nothing otherwise."""
+    from cpkgs_admin.condarc import host_platform
+    from cpkgs_admin.envs import removed_line
+    from cpkgs_admin.records import load_record_file
+
+    prefix, use = env.get("CONDA_PREFIX"), host_platform(site)
+    if not prefix or use is None:
+        return
+    base = Path(prefix)
+    # A personal layer (cpkgs extend): the first line of its layer file is its base's prefix.
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        base = Path((base / "conda-meta" / "cpkgs" / "layer").read_text(encoding="utf-8").splitlines()[0])
+    if base.parent != site.envs_dir(use):
+        return
+    try:
+        rec = load_record_file(site.record_path(base.name, use))
+    except CpkgsError:
+        return  # not a shared env cpkgs knows (verify and list report damaged records)
+    removed = rec.removed or {}
+    if rec.status != "removed" or removed.get("trash"):
+        return
+    successor = (rec.retired or {}).get("successor")
+    rep.add(WARN, "active-env", f"{removed_line(rec).removeprefix('cpkgs: ')}: this shell's {prefix} works until "
+            f"the first 'cpkgs purge' after {removed.get('purge_after') or 'the grace'}",
+            f"conda deactivate, then conda activate {successor}" if successor else
+            "conda deactivate, then activate a current env ('conda env list')")
 
 
 def _check_pkgs_cache(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
@@ -431,16 +463,29 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
             continue
         if now - stamp >= grace:
             due.append(e.name)
+    due += _removed_past_grace(site, records, now)
     if due:
         rep.add(
             WARN,
             "trash",
-            f"{len(due)} entr{'y' if len(due) == 1 else 'ies'} in {site.trash_dir} past the grace "
-            f"({site.config.trash_grace}): {', '.join(sorted(due)[:5])}{' ...' if len(due) > 5 else ''}",
+            f"{len(due)} past the grace ({site.config.trash_grace}) in {site.trash_dir} or removed at their path: "
+            f"{', '.join(sorted(due)[:5])}{' ...' if len(due) > 5 else ''}",
             "cpkgs purge",
         )
     else:
-        rep.add(OK, "trash", f"nothing in the trash past the grace ({site.config.trash_grace})")
+        rep.add(OK, "trash", f"nothing in the trash or removed past the grace ({site.config.trash_grace})")
+
+
+def _removed_past_grace(site: Any, records: list[Any], now: float) -> list[str]:
+    """Removed envs still at their path whose purge date has passed: the next `cpkgs purge` moves them away."""
+    from cpkgs_admin.envs import purge_due
+
+    out = []
+    for r in records:
+        due = purge_due(r) if r.status == "removed" else None
+        if due is not None and now >= due and os.path.lexists(site.env_prefix(r.name, r.platform)):
+            out.append(f"{r.name} ({r.platform}, removed, still at its path)")
+    return out
 
 
 def _check_verify(rep: DoctorReport, site: Any) -> None:

@@ -19,6 +19,9 @@ from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
 
+# Every time stamp in a record: local time with its UTC offset, as `date +%Y-%m-%dT%H:%M:%S%z` prints it.
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
 
 @dataclass(frozen=True)
 class ListRow:
@@ -29,6 +32,8 @@ class ListRow:
     size: int
     successor: str | None
     spec: str | None
+    # A removed env still at its path (running jobs use it): when `purge` may move it away. None otherwise.
+    purge_after: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +44,7 @@ class ListRow:
             "size": self.size,
             "successor": self.successor,
             "spec": self.spec,
+            "purge_after": self.purge_after,
         }
 
 
@@ -73,6 +79,7 @@ def _list_row(path: Path) -> ListRow | None:
     problem = record_problem(d, path)
     if problem:
         raise CpkgsError(f"{path}: damaged record ({problem})")
+    removed = d.get("removed") or {}
     return ListRow(
         name=d["name"],
         platform=d["platform"],
@@ -81,6 +88,8 @@ def _list_row(path: Path) -> ListRow | None:
         size=d["size"],
         successor=(d.get("retired") or {}).get("successor"),
         spec=d.get("spec_source"),
+        # (an older cpkgs moved removed envs into the trash at once and wrote "trash" then; purge writes it too)
+        purge_after=None if "trash" in removed else removed.get("purge_after"),
     )
 
 
@@ -171,7 +180,7 @@ def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
 
 
 def _update(site: Site, rec: EnvRecord, action: str, **audit_fields: Any) -> None:
-    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    when = time.strftime(_TIME_FORMAT)
     rec.history.append({"action": action, "at": when, "by": current_user(), **audit_fields})
     save_record(site.record_path(rec.name, rec.platform), rec)
     audited(site, action, env=rec.name, platform=rec.platform, **audit_fields)
@@ -217,7 +226,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
         unseal_tree(Path(rec.prefix))
-        rec.unsealed = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), "reason": reason}
+        rec.unsealed = {"at": time.strftime(_TIME_FORMAT), "by": current_user(), "reason": reason}
         rec.status = "unsealed"
         _update(site, rec, "unseal", reason=reason)
     return rec
@@ -242,7 +251,7 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
         raise UsageError("--message must be one line of at most 500 characters")
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
-        rec.retired = {"successor": successor, "message": message, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        rec.retired = {"successor": successor, "message": message, "at": time.strftime(_TIME_FORMAT),
                        "by": current_user()}
         if rec.status != "unsealed":
             rec.status = "retired"
@@ -263,26 +272,74 @@ def retired_line(rec: EnvRecord) -> str:
     return text
 
 
+def removed_line(rec: EnvRecord) -> str:
+    """The one line a removed env's marker holds: the shell refuses the activation with it. conda.sh recognises it
+    by its start, "cpkgs: NAME was removed" (a retired env's line starts "cpkgs: NAME is retired")."""
+    successor = (rec.retired or {}).get("successor")
+    return f"cpkgs: {rec.name} was removed" + (f"; use {successor}" if successor else "")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime(_TIME_FORMAT, time.localtime(epoch))
+
+
+def _epoch(when: Any) -> float | None:
+    """A record's time stamp (see _when) as seconds, or None when it is not one."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(when), _TIME_FORMAT).timestamp()
+    except ValueError:
+        return None
+
+
 def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
-    """Rename into .cpkgs/trash (processes on other hosts may still have files open); purge deletes later."""
+    """Withdraw NAME: its marker refuses new activations (naming the successor), its modulefiles and kernels go,
+    listings hide it; its tree stays at its path until the first `purge` after the grace (`trash_grace`). A job
+    started from it imports modules for days after it started: only purge moves the tree away."""
     from cpkgs_admin.integrations import withdraw_outside
 
     rec = _live(site, name, platform)
+    grace = parse_duration(site.config.trash_grace, "trash_grace")
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
-        prefix = Path(rec.prefix)
-        stamp = int(time.time())
-        trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
-        site.trash_dir.mkdir(parents=True, exist_ok=True)
-        if prefix.exists():
-            _move_to_trash(prefix, trash)
-        with contextlib.suppress(FileNotFoundError):
-            site.retired_marker(rec.name, rec.platform).unlink()
+        _check_mover(site.env_prefix(rec.name, rec.platform))
+        now = time.time()
         rec.status = "removed"
-        rec.removed = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": current_user(), "trash": str(trash)}
-        _update(site, rec, "remove", trash=str(trash))
+        rec.removed = {"at": _when(now), "by": current_user(), "purge_after": _when(now + grace)}
+        marker = site.retired_marker(rec.name, rec.platform)
+        try:
+            before: str | None = marker.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            before = None
+        # The marker first: from here on the shells refuse it, whatever happens to the rest.
+        atomic_write(marker, removed_line(rec) + "\n")
+        try:
+            _update(site, rec, "remove", purge_after=rec.removed["purge_after"])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if before is None:
+                    marker.unlink()
+                else:
+                    atomic_write(marker, before)
+            raise
         withdraw_outside(site, rec)
     return rec
+
+
+def _check_mover(prefix: Path) -> None:
+    """Only an admin who can later move PREFIX into the trash may remove it: its owner (who built it) or root.
+    Moving a directory to another parent rewrites its '..', which needs write permission on the sealed directory
+    itself, and only the owner may open it up (POSIX)."""
+    try:
+        st = prefix.lstat()
+    except FileNotFoundError:
+        return
+    if os.geteuid() != 0 and st.st_uid != os.geteuid():
+        raise PermissionProblem(
+            f"cannot remove {prefix}: it belongs to {_owner_words(st.st_uid)}; a sealed env can be removed only by "
+            "the admin who built it, or root"
+        )
 
 
 def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
@@ -312,27 +369,25 @@ def _owner_words(uid: int) -> str:
 
 
 def _move_to_trash(prefix: Path, trash: Path) -> None:
-    """Rename a sealed env into the trash. Moving a directory to another parent rewrites its '..', which needs write
-    permission on the directory itself: the sealed top (0555) gets u+w for the rename and loses it again after.
-    Only its owner (the admin who built it) may do that, or root; anyone else gets a line saying who can."""
+    """Rename a sealed env into the trash (NFS: rename first, delete later). Moving a directory to another parent
+    rewrites its '..', which needs write permission on the directory itself: the sealed top (0555) gets u+w for the
+    rename and loses it again after. Only its owner (the admin who built it) may do that, or root: anyone else gets
+    a CpkgsError saying who can."""
     st = prefix.lstat()
     me = os.geteuid()
     mode = stat.S_IMODE(st.st_mode)
     opened = False
     if me != 0 and st.st_uid != me:
-        raise PermissionProblem(
-            f"cannot move {prefix} to the trash: it belongs to {_owner_words(st.st_uid)}; a sealed env can be "
-            "removed only by the admin who built it, or root"
-        )
+        raise PermissionProblem(_only_owner_deletes(st.st_uid))
     try:
         if not mode & stat.S_IWUSR and me != 0:
             os.chmod(prefix, mode | stat.S_IWUSR)
             opened = True
         os.rename(prefix, trash)
     except PermissionError:
-        raise PermissionProblem(f"cannot move {prefix} to the trash: permission denied") from None
+        raise PermissionProblem(f"cannot move it to {trash}: permission denied") from None
     except OSError as exc:
-        raise CpkgsError(f"cannot move {prefix} to {trash}: {exc.strerror}") from None
+        raise CpkgsError(f"cannot move it to {trash}: {exc.strerror}") from None
     finally:
         if opened:
             with contextlib.suppress(OSError):
@@ -346,6 +401,9 @@ _TRASH_NAME = re.compile(r".+@[a-z0-9-]+@(?P<stamp>[0-9]+)\Z")
 
 @dataclass
 class PurgeReport:
+    moved: list[str] = field(default_factory=list)  # removed envs' paths moved into the trash (then deleted)
+    # removed envs kept at their path: {"name", "platform", "prefix", "purge_after"}
+    waiting: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     kept_busy: list[str] = field(default_factory=list)
     kept_young: list[str] = field(default_factory=list)
@@ -354,6 +412,8 @@ class PurgeReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "moved": self.moved,
+            "waiting": self.waiting,
             "deleted": self.deleted,
             "kept_busy": self.kept_busy,
             "kept_young": self.kept_young,
@@ -455,45 +515,119 @@ def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
 
 
 def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
+    """Removed envs whose grace has passed are moved from their path into the trash, and the trash is emptied. A
+    removed env's grace ends at its record's `purge_after` (the remove's time plus `trash_grace` then), or, with
+    OLDER_THAN, that long after its removal; a trash entry's that long (default `trash_grace`) after its stamp."""
     grace = parse_duration(older_than if older_than is not None else site.config.trash_grace, "--older-than")
     rep = PurgeReport()
-    now = time.time()
     _purge_stale_staging(site, rep)
     # Purges serialize on their own lock: deleting big trees can take minutes on NFS, and holding the site lock
     # that long would stall every publish and audit line.
     purge_lock = SiteLock(site.locks_dir / "purge.lock", what="purge", lease_seconds=site.config.lease_seconds,
                           timeout=site.config.lock_timeout)
     with purge_lock:
-        try:
-            entries = sorted(os.scandir(site.trash_dir), key=lambda e: e.name)
-        except FileNotFoundError:
-            entries = []
-        for e in entries:
-            if e.name.startswith(".nfs"):
-                continue
-            m = _TRASH_NAME.match(e.name)
-            stamp = int(m.group("stamp")) if m else int(e.stat(follow_symlinks=False).st_mtime)
-            if now - stamp < grace:
-                rep.kept_young.append(e.path)
-                continue
-            why: str | None = None
-            busy: list[str] = []
-            if e.is_dir(follow_symlinks=False):
-                busy, why = _delete_tree_except_nfs(Path(e.path))
-            else:
-                try:
-                    os.unlink(e.path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    why = exc.strerror or str(exc)
-            if why is not None:
-                rep.failed.append({"path": e.path, "reason": why})
-            elif busy:
-                rep.kept_busy.append(e.path)
-            else:
-                rep.deleted.append(e.path)
-    if rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed:
-        audited(site, "purge", deleted=rep.deleted, kept_busy=rep.kept_busy, staging_removed=rep.staging_removed,
-                failed=[f["path"] for f in rep.failed])
+        now = time.time()
+        moved = _move_removed_envs(site, grace if older_than is not None else None, now, rep)
+        _empty_trash(site, grace, now, moved, rep)
+    if rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed or rep.moved:
+        audited(site, "purge", moved=rep.moved, deleted=rep.deleted, kept_busy=rep.kept_busy,
+                staging_removed=rep.staging_removed, failed=[f["path"] for f in rep.failed])
     return rep
+
+
+def purge_due(rec: EnvRecord, grace: float | None = None) -> float | None:
+    """When REC, removed and still at its path, may be moved into the trash: its record's purge_after, or with
+    GRACE that long after its removal; None when the record says neither (then it is not moved)."""
+    removed = rec.removed or {}
+    if grace is not None:
+        at = _epoch(removed.get("at"))
+        return None if at is None else at + grace
+    return _epoch(removed.get("purge_after"))
+
+
+def _move_removed_envs(site: Site, grace: float | None, now: float, rep: PurgeReport) -> set[str]:
+    """Move every removed env past its grace from its path into the trash. Returns the trash entries purge has
+    moved there, now or by an earlier run (what .nfs files kept): their grace was spent at their path."""
+    from cpkgs_admin.records import load_all
+
+    moved: set[str] = set()
+    for rec in load_all(site.records_dir, damaged=[]):  # a damaged record: list and verify report it
+        if rec.status != "removed":
+            continue
+        prefix = site.env_prefix(rec.name, rec.platform)
+        if not os.path.lexists(prefix):
+            if (rec.removed or {}).get("moved"):
+                moved.add(str((rec.removed or {}).get("trash")))
+            continue  # purged before (or removed by an older cpkgs, which moved it at once: its grace runs there)
+        due = purge_due(rec, grace)
+        if due is None or now < due:
+            rep.waiting.append({"name": rec.name, "platform": rec.platform, "prefix": str(prefix),
+                                "purge_after": (rec.removed or {}).get("purge_after")})
+            continue
+        stamp = int(_epoch((rec.removed or {}).get("at")) or now)
+        trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
+        try:
+            _move_removed_env(site, rec, prefix, trash)
+        except CpkgsError as exc:
+            rep.failed.append({"path": str(prefix), "reason": str(exc)})
+            continue
+        rep.moved.append(str(prefix))
+        moved.add(str(trash))
+    return moved
+
+
+def _move_removed_env(site: Site, rec: EnvRecord, prefix: Path, trash: Path) -> None:
+    """Rename REC's tree at PREFIX to TRASH (jobs still running from it lose it now), drop its marker (the shells
+    find no env of that name any more) and say so in its record."""
+    from cpkgs_admin.records import load_record_file
+
+    with env_locked(site, rec.name, rec.platform):
+        rec = load_record_file(site.record_path(rec.name, rec.platform))
+        try:
+            site.trash_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CpkgsError(f"cannot create {site.trash_dir}: {exc.strerror}") from None
+        _move_to_trash(prefix, trash)
+        with contextlib.suppress(OSError):  # (a marker left behind refuses a name that no longer exists anyway)
+            site.retired_marker(rec.name, rec.platform).unlink()
+        when = _when(time.time())
+        rec.removed = {**(rec.removed or {}), "trash": str(trash), "moved": when}
+        rec.history.append({"action": "purge", "at": when, "by": current_user(), "trash": str(trash)})
+        try:
+            save_record(site.record_path(rec.name, rec.platform), rec)
+        except OSError as exc:  # moved all the same: it is in the trash, deleted after the grace from its removal
+            raise CpkgsError(f"moved to {trash}, but its record cannot be written: {exc.strerror}") from None
+
+
+def _empty_trash(site: Site, grace: float, now: float, due: set[str], rep: PurgeReport) -> None:
+    """Delete trash entries older than GRACE, and those in DUE (moved there by purge, their grace spent at their
+    path); `.nfsXXXX` files of files still open somewhere are left (kept_busy)."""
+    try:
+        entries = sorted(os.scandir(site.trash_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        entries = []
+    for e in entries:
+        if e.name.startswith(".nfs"):
+            continue
+        m = _TRASH_NAME.match(e.name)
+        stamp = int(m.group("stamp")) if m else int(e.stat(follow_symlinks=False).st_mtime)
+        if e.path not in due and now - stamp < grace:
+            rep.kept_young.append(e.path)
+            continue
+        why: str | None = None
+        busy: list[str] = []
+        if e.is_dir(follow_symlinks=False):
+            busy, why = _delete_tree_except_nfs(Path(e.path))
+        else:
+            try:
+                os.unlink(e.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+        if why is not None:
+            rep.failed.append({"path": e.path, "reason": why})
+        elif busy:
+            rep.kept_busy.append(e.path)
+        else:
+            rep.deleted.append(e.path)

@@ -59,7 +59,9 @@ class EnvRecord:
     extends: list[str] = field(default_factory=list)
     virtual_packages: dict[str, str] = field(default_factory=dict)
     retired: dict[str, Any] | None = None  # {"successor":..., "message":..., "at":..., "by":...}
-    removed: dict[str, Any] | None = None  # {"at":..., "by":..., "trash":...}
+    # {"at":..., "by":..., "purge_after":...}; purge adds "trash" and "moved" when it moves the tree away (an older
+    # cpkgs moved it at once and wrote only "trash").
+    removed: dict[str, Any] | None = None
     unsealed: dict[str, Any] | None = None  # {"at":..., "by":..., "reason":...}
     history: list[dict[str, Any]] = field(default_factory=list)
     meta_sha256: str | None = None  # verify.meta_digest at publish (conda-meta + cpkgs manifests)

@@ -27,7 +27,7 @@ CONFIG_HEADER = """\
 # admin_group: group that may change the site (files are group-writable for it), or null
 # channels: conda channels environments are solved against (file:// mirrors work offline)
 # platforms: platforms with an installation here; installations: platform -> directory under the root
-# trash_grace: how long removed envs stay in .cpkgs/trash before 'cpkgs purge' deletes them
+# trash_grace: how long a removed env stays at its path for running jobs before 'cpkgs purge' deletes it
 # lease_seconds: lock lease; a lock held by a host that stopped refreshing it is taken over after this
 # lock_timeout: how long commands wait for a busy lock before giving up (exit 3)
 # virtual_packages: overrides for the solver, e.g. {__cuda: "12.4"} to build GPU envs on a host without a GPU

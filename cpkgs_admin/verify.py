@@ -53,6 +53,9 @@ class VerifyReport:
     bytes: int = 0
     unsealed: bool = False
     problems: list[Problem] = field(default_factory=list)
+    status: str = "active"  # the record's
+    # Why the env was not checked (removed, and moved away by `purge` before or during the walk), or None.
+    skipped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -642,6 +645,8 @@ def verify_prefix(
 
 
 def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
+    """Every env named, or every recorded env still at its path (removed ones too: running jobs use them until
+    `purge` moves them away). A removed env that is gone, or goes during its walk, is skipped with a note."""
     from cpkgs_admin.envs import get_record
     from cpkgs_admin.records import load_all
 
@@ -651,7 +656,8 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
         records = [get_record(site, n, None) for n in names]
     else:
         damaged: list[tuple[Path, str]] = []
-        records = [r for r in load_all(site.records_dir, damaged=damaged) if r.status != "removed"]
+        records = load_all(site.records_dir, damaged=damaged)
+        records = [r for r in records if r.status != "removed" or os.path.lexists(r.prefix)]
         from cpkgs_admin.records import DAMAGED_RECORD_HINT
 
         # Its env cannot be checked without the record (the expected hashes' digest is in it): a problem to report,
@@ -664,20 +670,51 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
             rep = VerifyReport(name=path.stem, platform=path.parent.name, prefix=where)
             rep.problems.append(Problem("record", str(path), f"{msg.removeprefix(f'{path}: ')}; {DAMAGED_RECORD_HINT}"))
             reports.append(rep)
-    for rec in records:
-        if rec.status == "removed":
-            raise CpkgsError(f"environment {rec.name} was removed; nothing to verify")
+    return reports + [_verify_record(site, rec) for rec in records]
+
+
+def _verify_record(site: Any, rec: Any) -> VerifyReport:
+    prefix = Path(rec.prefix)
+    failure: CpkgsError | OSError | None = None
+    try:
         rep = verify_prefix(
-            Path(rec.prefix),
-            expect_sealed=rec.status != "unsealed",
+            prefix,
+            expect_sealed=rec.status != "unsealed" and not rec.unsealed,  # (removed during an unseal: as it was)
             name=rec.name,
             platform=rec.platform,
             meta_sha256=rec.meta_sha256,
             cache=site.pkgs_cache_dir,
             admin_gid=site.admin_gid(),
         )
-        reports.append(rep)
-    return reports
+    except (CpkgsError, OSError) as exc:  # e.g. conda-meta gone in the middle
+        rep, failure = VerifyReport(name=rec.name, platform=rec.platform, prefix=str(prefix)), exc
+    rep.status = rec.status
+    if failure is not None or not os.path.lexists(prefix):
+        # The tree went during the walk: `purge` moved a removed env away (rename first, then delete: its files
+        # vanish under the walk). Only its record can tell that from damage; it is read again now.
+        gone = _removed_meanwhile(site, rec)
+        if gone is not None:
+            return VerifyReport(name=rec.name, platform=rec.platform, prefix=str(prefix), status="removed",
+                                skipped=gone)
+    if failure is not None:
+        why = failure.strerror if isinstance(failure, OSError) and failure.strerror else str(failure)
+        rep.problems.append(Problem("unreadable", str(prefix), why))
+    return rep
+
+
+def _removed_meanwhile(site: Any, rec: Any) -> str | None:
+    """The note for REC's env when its record now says removed and its tree is no longer at its path."""
+    from cpkgs_admin.records import load_record_file
+
+    if os.path.lexists(rec.prefix):
+        return None
+    try:
+        now = load_record_file(site.record_path(rec.name, rec.platform))
+    except CpkgsError:  # its record deleted or damaged by hand: not a removal, a problem to report
+        return None
+    if now.status != "removed":
+        return None
+    return "removed, and moved away by 'cpkgs purge' (before or during this check): nothing to verify"
 
 
 def unhashed_patched_files(prefix: Path, meta: CondaMeta | None = None) -> list[str]:

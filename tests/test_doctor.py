@@ -172,16 +172,20 @@ def test_missing_site_fails_and_still_checks_the_user_side(tmp_path: Path) -> No
 
 def test_admin_side_locks_unsealed_trash_and_deep_verify(dsite: Path, tmp_path: Path, _home: Path) -> None:
     env = healthy_env(dsite, tmp_path, _home)
-    # an unsealed env with a changed file; a second env removed into the trash; a lock whose holder was killed
-    assert run_cpkgs("new-env", "tools-2.0", "cpkgs-test-app", root=dsite).returncode == 0
-    assert run_cpkgs("remove", "tools-2.0", root=dsite).returncode == 0
-    assert run_cpkgs("unseal", "tools-1.0", "--reason", "hotfix", root=dsite).returncode == 0
+    # an unsealed env with a changed file; a second env removed past its grace (still at its path) and a third in
+    # the trash; a lock whose holder was killed
     site = open_site(dsite)
+    cfg = site.config_file
+    cfg.write_text(cfg.read_text().replace("trash_grace: 7d", "trash_grace: 0s"))
+    for name in ("tools-2.0", "tools-3.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=dsite).returncode == 0
+        assert run_cpkgs("remove", name, root=dsite).returncode == 0
+    trashed = site.trash_dir / "tools-3.0@linux-64@1"
+    site.env_prefix("tools-3.0", native_subdir()).rename(trashed)  # where an older cpkgs' remove put it
+    assert run_cpkgs("unseal", "tools-1.0", "--reason", "hotfix", root=dsite).returncode == 0
     prefix = site.env_prefix("tools-1.0", native_subdir())
     victim = next(p for p in sorted((prefix / "bin").iterdir()) if p.is_file())
     victim.write_bytes(victim.read_bytes() + b"\n# changed\n")
-    cfg = site.config_file
-    cfg.write_text(cfg.read_text().replace("trash_grace: 7d", "trash_grace: 0s"))
     holder = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "helpers" / "lock_worker.py"), str(dsite), "hold"],
         stdout=subprocess.PIPE, text=True,
@@ -198,7 +202,8 @@ def test_admin_side_locks_unsealed_trash_and_deep_verify(dsite: Path, tmp_path: 
     assert warns["locks"].startswith("site.lock held by ") and "its process is gone" in warns["locks"]
     assert "-> cpkgs locks break site.lock" in warns["locks"]
     assert "tools-1.0 (linux-64) is unsealed" in warns["unsealed"] and "hotfix" in warns["unsealed"]
-    assert "tools-2.0@" in warns["trash"] and warns["trash"].endswith("-> cpkgs purge")
+    assert warns["trash"].startswith("2 past the grace (0s) in ") and warns["trash"].endswith("-> cpkgs purge")
+    assert "tools-2.0 (linux-64, removed, still at its path)" in warns["trash"] and trashed.name in warns["trash"]
 
     r = run_cpkgs("doctor", "--deep", "--json", root=dsite, env=env)
     assert r.returncode == 4, r
@@ -218,6 +223,32 @@ def test_non_admin_skips_the_admin_side(dsite: Path, tmp_path: Path) -> None:
     checks = by_check(r.json())
     assert "admin" in checks and not ADMIN_CHECKS & set(checks)
     assert checks["profile"][0]["status"] == "warn"
+
+
+def test_a_shell_still_using_a_removed_env_is_told(dsite: Path, tmp_path: Path) -> None:
+    """A user whose shell activated an env before it was removed (or a layer on it) gets a warning naming the
+    successor and the date its path goes away; any other CONDA_PREFIX gets no finding."""
+    assert run_cpkgs("new-env", "tools-2.0", "cpkgs-test-app", root=dsite).returncode == 0
+    assert run_cpkgs("retire", "tools-1.0", "--successor", "tools-2.0", root=dsite).returncode == 0
+    assert run_cpkgs("remove", "tools-1.0", root=dsite).returncode == 0
+    home = tmp_path / "nobody-home"
+    layer = home / "layer"
+    (layer / "conda-meta" / "cpkgs").mkdir(parents=True)
+    site = open_site(dsite)
+    prefix = site.env_prefix("tools-1.0", native_subdir())
+    (layer / "conda-meta" / "cpkgs" / "layer").write_text(f"{prefix}\ntools-1.0\nanaconda3_linux\n")
+    world_traversable(layer / "conda-meta" / "cpkgs")
+    until = run_cpkgs("info", "tools-1.0", "--json", root=dsite).json()["removed"]["purge_after"]
+    for active in (prefix, layer):
+        r = run_cpkgs("doctor", "--json", root=dsite, user=True, env={"HOME": str(home), "CONDA_PREFIX": str(active)})
+        assert r.returncode == 0, r
+        [warn] = by_check(r.json())["active-env"]
+        assert warn["status"] == "warn" and warn["message"] == (
+            f"tools-1.0 was removed; use tools-2.0: this shell's {active} works until the first 'cpkgs purge' "
+            f"after {until}") and warn["fix"] == "conda deactivate, then conda activate tools-2.0", warn
+    current = site.env_prefix("tools-2.0", native_subdir())
+    r = run_cpkgs("doctor", "--json", root=dsite, user=True, env={"HOME": str(home), "CONDA_PREFIX": str(current)})
+    assert r.returncode == 0 and "active-env" not in by_check(r.json()), r
 
 
 def test_unsearchable_dirs_are_findings_not_crashes(dsite: Path, tmp_path: Path) -> None:

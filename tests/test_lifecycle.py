@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_site, run_cpkgs, tree_hash, world_traversable
+from conftest import NOBODY, make_site, run_cpkgs, tree_hash, world_traversable
 
 ENVS = "anaconda3_linux/envs"
 
@@ -47,46 +47,117 @@ def test_retire_bad_successor(tmp_path: Path, channel_url: str) -> None:
     assert tree_hash(root) == before
 
 
-def test_remove_moves_to_trash_and_purge_deletes(tmp_path: Path, channel_url: str) -> None:
+def start_job(prefix: Path) -> subprocess.Popen[str]:
+    """A long job of an ordinary user, started from PREFIX's python: it imports a stdlib module (not loaded at
+    start-up) only when told to, as a days-long HPC job does when it reaches new code."""
+    code = ("import sys; print('ready', flush=True); sys.stdin.readline(); import email.mime.text; "
+            "print('imported', email.mime.text.__file__, flush=True)")
+    job = subprocess.Popen(["setpriv", *NOBODY, str(prefix / "bin" / "python"), "-B", "-c", code], text=True,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    assert job.stdout is not None and job.stdout.readline() == "ready\n"
+    return job
+
+
+def resume(job: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = job.communicate("\n", timeout=120)
+    return job.returncode, out, err
+
+
+def test_remove_keeps_the_env_for_running_jobs_until_purge(tmp_path: Path, channel_url: str) -> None:
+    """remove hides the env and refuses new uses, but its tree stays at its path through the grace: a job started
+    from it still imports modules afterwards. purge within the grace keeps it; past it (--older-than 0s) moves it
+    into the trash and deletes it, and only then do the jobs still running from it lose it."""
     root = make_site(tmp_path / "site", channel_url)
-    build(root, "g-1.0")
-    r = run_cpkgs("remove", "g-1.0", root=root)
-    assert r.returncode == 0, r
-    assert not (root / ENVS / "g-1.0").exists()
-    trash = list((root / ".cpkgs" / "trash").iterdir())
-    assert len(trash) == 1 and trash[0].name.startswith("g-1.0@linux-64@")
-    every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
-    assert every["g-1.0"]["status"] == "removed"
-    assert run_cpkgs("list", "--json", root=root).json() == []
-    # The name stays taken: environments are immutable.
-    again = run_cpkgs("new-env", "g-1.0", "cpkgs-test-app", root=root)
-    assert again.returncode == 1 and "already exists" in again.stderr
-    # Inside the grace period nothing is deleted.
-    p = run_cpkgs("purge", "--json", root=root)
-    assert p.returncode == 0 and p.json()["deleted"] == [] and len(p.json()["kept_young"]) == 1
-    p = run_cpkgs("purge", "--older-than", "0s", root=root)
-    assert p.returncode == 0 and "deleted" in p.stdout
-    assert list((root / ".cpkgs" / "trash").iterdir()) == []
+    for name in ("g-1.0", "g-2.0"):
+        assert run_cpkgs("new-env", name, "python", "cpkgs-test-app", root=root).returncode == 0
+    assert run_cpkgs("retire", "g-1.0", "--successor", "g-2.0", root=root).returncode == 0
+    prefix = root / ENVS / "g-1.0"
+    job = start_job(prefix)
+    late = None
+    try:
+        r = run_cpkgs("remove", "g-1.0", root=root)
+        assert r.returncode == 0 and r.stderr == "", r
+        code, out, err = resume(job)
+        assert code == 0 and out.startswith(f"imported {prefix}/lib/python3.") and err == "", (out, err)
+        assert f"running jobs keep it at {prefix} until 'cpkgs purge' after " in r.stdout
+        assert (prefix / "bin" / "cpkgs-test-app").is_file() and list((root / ".cpkgs" / "trash").iterdir()) == []
+
+        # What sees envs: the shells' marker refuses it (naming the successor); listings hide it; its modulefile
+        # and kernels are gone and refresh does not bring them back; the name stays taken.
+        marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "g-1.0"
+        assert marker.read_text() == "cpkgs: g-1.0 was removed; use g-2.0\n"
+        assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["g-2.0"]
+        every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
+        info = run_cpkgs("info", "g-1.0", "--json", root=root).json()
+        assert every["g-1.0"]["status"] == info["status"] == "removed"
+        assert every["g-1.0"]["purge_after"] == info["removed"]["purge_after"] > info["removed"]["at"]
+        human = run_cpkgs("list", "--all", root=root).stdout
+        assert "removed, kept until " + info["removed"]["purge_after"][:10] in human, human
+        assert "kept at its path for running jobs" in run_cpkgs("info", "g-1.0", root=root).stdout
+        assert not (root / "modulefiles" / "g" / "1.0.lua").exists()
+        assert run_cpkgs("refresh", "--json", root=root).json()["written"] == []
+        assert not (root / "modulefiles" / "g" / "1.0.lua").exists()
+        again = run_cpkgs("new-env", "g-1.0", "cpkgs-test-app", root=root)
+        assert again.returncode == 1 and "already exists (status removed)" in again.stderr, again
+        again = run_cpkgs("new-env", "g-3.0", "--from", "g-1.0", root=root)
+        assert again.returncode == 1 and "--from g-1.0: that environment was removed" in again.stderr, again
+        r = run_cpkgs("export", "g-1.0", root=root)  # the recipe stays: a removed env can be rebuilt offline
+        assert r.returncode == 0 and "/python-3." in r.stdout, r
+        r = run_cpkgs("mirror", "g-1.0", str(tmp_path / "mirror"), root=root)
+        assert r.returncode == 0 and (tmp_path / "mirror" / "linux-64" / "repodata.json").is_file(), r
+        r = run_cpkgs("pack", "g-1.0", "-o", str(tmp_path / "g.tar.gz"), root=root)
+        assert r.returncode == 1 and r.stderr == "cpkgs: environment g-1.0 (linux-64) was removed\n", r
+        r = run_cpkgs("verify", "--json", root=root)  # still there and sealed: checked, not a problem
+        assert r.returncode == 0 and {x["name"]: x["status"] for x in r.json()} == {"g-1.0": "removed",
+                                                                                    "g-2.0": "active"}, r
+
+        # Within the grace, purge keeps it.
+        late = start_job(prefix)
+        r = run_cpkgs("purge", "--json", root=root)
+        assert r.returncode == 0 and r.json()["moved"] == [] and r.json()["deleted"] == [], r
+        assert [w["prefix"] for w in r.json()["waiting"]] == [str(prefix)] and (prefix / "bin").is_dir()
+        assert "waiting " + str(prefix) in run_cpkgs("purge", root=root).stdout
+        # Past it: moved into the trash (rename first), then deleted.
+        r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+        assert r.returncode == 0, r
+        (deleted,) = r.json()["deleted"]
+        assert r.json()["moved"] == [str(prefix)] and deleted.startswith(str(root / ".cpkgs" / "trash" / "g-1.0@"))
+        assert not os.path.lexists(prefix) and list((root / ".cpkgs" / "trash").iterdir()) == []
+        assert not marker.exists()
+        code, out, err = resume(late)
+        assert code == 1 and "ModuleNotFoundError" in err, (out, err)
+        info = run_cpkgs("info", "g-1.0", "--json", root=root).json()
+        assert info["status"] == "removed" and info["removed"]["trash"] == deleted
+        assert [h["action"] for h in info["history"]][-2:] == ["remove", "purge"]
+        assert run_cpkgs("list", "--all", "--json", root=root).json()[0]["purge_after"] is None
+        assert run_cpkgs("purge", "--older-than", "0s", root=root).stdout == "nothing to purge\n"
+    finally:
+        for j in (job, late):
+            if j is not None and j.poll() is None:
+                j.kill()
+                j.communicate()
 
 
 def test_purge_skips_busy_nfs_files(tmp_path: Path, channel_url: str) -> None:
     root = make_site(tmp_path / "site", channel_url)
     build(root, "b-1.0")
     assert run_cpkgs("remove", "b-1.0", root=root).returncode == 0
-    (entry,) = (root / ".cpkgs" / "trash").iterdir()
-    bindir = entry / "bin"
+    bindir = root / ENVS / "b-1.0" / "bin"
     os.chmod(bindir, 0o755)
     # What an NFS client leaves when a file of the removed env is still open on some host.
     silly = bindir / ".nfs00000000002a1b2c00000005"
     silly.write_text("open elsewhere")
     r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
     assert r.returncode == 0, r
+    (entry,) = (root / ".cpkgs" / "trash").iterdir()
     assert r.json()["kept_busy"] == [str(entry)] and r.json()["deleted"] == []
-    assert silly.exists() and not (bindir / "cpkgs-test-app").exists()
+    silly = entry / "bin" / silly.name
+    assert silly.exists() and not (entry / "bin" / "cpkgs-test-app").exists()
     human = run_cpkgs("purge", "--older-than", "0s", root=root)
     assert "kept" in human.stdout and ".nfs" in human.stdout
+    # The entry is due (its grace was spent at its path): the default purge retries it too.
     silly.unlink()  # the other host closed the file; its client removed the silly-rename
-    r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+    r = run_cpkgs("purge", "--json", root=root)
     assert r.json()["deleted"] == [str(entry)] and not entry.exists()
 
 
@@ -246,8 +317,8 @@ def _as_admin(uid: int, gid: int, root: Path, *args: str, home: Path) -> subproc
 
 def test_an_admin_who_is_not_root_removes_and_purges_their_env(tmp_path: Path, channel_url: str) -> None:
     """The sealed top dir (0555) must be made writable to be moved into the trash (its '..' changes): the builder
-    can; another admin gets one line naming who can, and nothing changes; purge of trash it may not delete fails
-    with that line (exit 1) instead of reporting it as busy NFS files."""
+    can; another admin's remove gets one line naming who can, and nothing changes; their purge of a removed env
+    they may not move fails with that line (exit 1) instead of reporting it as busy NFS files."""
     staff = grp.getgrnam("staff").gr_gid
     channel = tmp_path / "channel"
     shutil.copytree(channel_url.removeprefix("file://"), channel)
@@ -268,17 +339,17 @@ def test_an_admin_who_is_not_root_removes_and_purges_their_env(tmp_path: Path, c
 
     r = _as_admin(1001, staff, root, "remove", "mine-1.0", home=a)
     assert r.returncode == 0, r.stderr
-    assert not (root / ENVS / "mine-1.0").exists()
-    (trashed,) = (root / ".cpkgs" / "trash").iterdir()
-    assert trashed.stat().st_mode & 0o777 == 0o555  # sealed again in the trash
+    mine = root / ENVS / "mine-1.0"
+    assert mine.stat().st_mode & 0o777 == 0o555  # kept at its path, sealed, until purge
     r = _as_admin(1002, staff, root, "purge", "--older-than", "0s", home=b)
     assert r.returncode == 1, r
-    assert r.stderr.startswith(f"cpkgs: cannot purge {trashed}: it belongs to ") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"cpkgs: cannot purge {mine}: it belongs to ") and r.stderr.count("\n") == 1
     assert r.stderr.endswith("uid 1001: only that admin or root can delete it\n") or "(uid 1001)" in r.stderr
-    assert trashed.exists()
+    assert mine.stat().st_mode & 0o777 == 0o555 and list((root / ".cpkgs" / "trash").iterdir()) == []
     r = _as_admin(1001, staff, root, "purge", "--older-than", "0s", "--json", home=a)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["deleted"] == [str(trashed)] and not trashed.exists()
+    (trashed,) = json.loads(r.stdout)["deleted"]
+    assert json.loads(r.stdout)["moved"] == [str(mine)] and not os.path.lexists(mine) and not Path(trashed).exists()
     # A dead build's private staging dir of one admin: another admin's purge names it, it does not claim it.
     dead = root / ENVS / ".staging-gone-1.0@0123456789ab"
     (dead / "conda-meta").mkdir(parents=True)
@@ -298,15 +369,16 @@ def test_purge_reports_what_it_may_not_delete(tmp_path: Path, channel_url: str) 
     root = make_site(tmp_path / "site", channel_url)
     build(root, "p-1.0")
     assert run_cpkgs("remove", "p-1.0", root=root).returncode == 0
+    if subprocess.run(["chattr", "+i", str(root / ENVS / "p-1.0" / "bin" / "cpkgs-test-app")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable flag (chattr +i)")
+    r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)  # moves it (a rename), then fails to delete
     (trashed,) = (root / ".cpkgs" / "trash").iterdir()
     stuck = trashed / "bin" / "cpkgs-test-app"
-    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
-        pytest.skip("this filesystem has no immutable flag (chattr +i)")
     try:
-        r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
         assert r.returncode == 1, r
         out = json.loads(r.stdout)
-        assert out["kept_busy"] == [] and out["deleted"] == []
+        assert out["kept_busy"] == [] and out["deleted"] == [] and out["moved"] == [str(root / ENVS / "p-1.0")]
         assert out["failed"] == [{"path": str(trashed), "reason": f"cannot delete {stuck}: Operation not permitted"}]
         assert r.stderr == f"cpkgs: cannot purge {trashed}: cannot delete {stuck}: Operation not permitted\n"
     finally:

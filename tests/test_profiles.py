@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,62 @@ echo "old.SHLVL=$CONDA_SHLVL"
     assert len(err) == 4 and v["old.SHLVL"] == "2"
 
 
+def removing_site(tmp_path: Path, channel_url: str) -> Path:
+    """rm-1.0 (retired, successor rm-2.0; a shell removes it), rm-2.0, lone-1.0 (removed, no successor)."""
+    root = make_site(tmp_path / "site", channel_url)
+    for name in ("rm-1.0", "rm-2.0", "lone-1.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=root).returncode == 0
+    assert run_cpkgs("retire", "rm-1.0", "--successor", "rm-2.0", root=root).returncode == 0
+    assert run_cpkgs("remove", "lone-1.0", root=root).returncode == 0
+    return root
+
+
+def env_rows(out: str) -> dict[str, str]:
+    return {ln.split()[0]: ln for ln in out.splitlines() if ln and not ln.startswith("#") and "=" not in ln}
+
+
+@pytest.mark.parametrize("shell", SH_SHELLS)
+def test_removed_env_is_hidden_and_refused_while_a_shell_using_it_goes_on(
+    shell: str, channel_url: str, tmp_path: Path
+) -> None:
+    """`cpkgs remove` keeps the env at its path for whoever uses it already (this shell's PATH still works,
+    `conda env list` shows it there as active and removed); anyone else's `conda env list` hides it and
+    `conda activate` (by name or path) refuses it with one line naming the successor, changing nothing."""
+    root = removing_site(tmp_path, channel_url)
+    prefix = root / LINUX / "envs" / "rm-1.0"
+    layer = make_layer(tmp_path / "layer", prefix, "rm-1.0")
+    script = f"""
+. {sq(root / "etc/profile.d/conda.sh")}
+conda activate rm-1.0 2>/dev/null
+{sq(sys.executable)} -m cpkgs_admin --root {sq(root)} -q remove rm-1.0
+echo "app=$(cpkgs-test-app)"
+conda env list
+echo "----"
+conda deactivate
+conda env list
+p=$PATH
+conda activate rm-1.0 || echo "rc.name=$?"
+conda activate {sq(prefix)}/ || echo "rc.path=$?"
+conda activate lone-1.0 || echo "rc.lone=$?"
+conda activate {sq(layer)} || echo "rc.layer=$?"
+[ "$p" = "$PATH" ] && echo "unchanged=${{CONDA_PREFIX-none}} ${{CONDA_SHLVL}}"
+conda activate rm-2.0 && echo "ok=$CONDA_DEFAULT_ENV"
+"""
+    r = run_sh(shell, script, base_env(tmp_path))
+    assert r.returncode == 0, r
+    before, after = r.stdout.split("----\n")
+    assert kv(before)["app"] == "app ok"
+    rows = env_rows(before)
+    assert set(rows) == {"rm-1.0", "rm-2.0"} and rows["rm-1.0"].split()[1] == "*", before
+    assert rows["rm-1.0"].endswith(f"{prefix}  (removed)"), before
+    assert set(env_rows(after)) == {"rm-2.0"}, after
+    v = kv(after)
+    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["rc.layer"]) == ("1", "1", "1", "1")
+    assert (v["unchanged"], v["ok"]) == ("none 0", "rm-2.0")
+    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + [
+        "cpkgs: lone-1.0 was removed", "cpkgs: rm-1.0 was removed; use rm-2.0"]
+
+
 @pytest.mark.parametrize("shell", SH_SHELLS)
 def test_layer_activation_and_stale_layer(shell: str, own_site: Path, tmp_path: Path) -> None:
     # HOME with a space and a quote: the layer lives there, as `cpkgs extend` would put it.
@@ -448,6 +505,30 @@ def test_one_fork_per_source(own_site: Path, tmp_path: Path) -> None:
     assert forks(f". {sq(prof)}") - forks(":") == 1
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_removed_envs_cost_the_shell_no_fork_and_no_extra_lookup(channel_url: str, tmp_path: Path) -> None:
+    """Activating a current env looks at the marker path once, as before removed envs had markers (one lookup on
+    NFS); the marker is read only for envs that have one, and nothing forks."""
+    root = removing_site(tmp_path, channel_url)
+    out = tmp_path / "trace"
+    steps = {"active": "conda activate rm-2.0", "list": "conda env list >/dev/null",
+             "removed": "conda activate lone-1.0 2>/dev/null || :"}
+    script = f". {sq(root / 'etc/profile.d/conda.sh')}\n" + "".join(
+        f"[ -e /cpkgs-step-{k} ] || :\n{cmd}\n" for k, cmd in steps.items())
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file,%process", "-o", str(out), "bash", "-c", script],
+                   env=base_env(tmp_path), check=True, capture_output=True)
+    trace = out.read_text().split("/cpkgs-step-")[1:]
+    seen = {part.split('"', 1)[0]: part.splitlines()[1:] for part in trace}
+    markers = root / ".cpkgs" / "retired" / LINUX
+    for step, lines in seen.items():
+        assert not [ln for ln in lines if "clone" in ln or "fork" in ln or "execve" in ln], (step, lines)
+    calls = [ln.split("(", 1)[0].split()[-1] for ln in seen["active"] if str(markers) in ln]
+    assert len(calls) == 1 and "stat" in calls[0], seen["active"]  # [ -f MARKER ]: not there, nothing read
+    # conda env list: one lookup per env, and a read of the markers that exist (rm-1.0 retired, lone-1.0 removed)
+    reads = sorted(ln.split('"')[1].rsplit("/", 1)[1] for ln in seen["list"] if "openat" in ln and str(markers) in ln)
+    assert reads == ["lone-1.0", "rm-1.0"], seen["list"]
+
+
 # ------------------------------------------------------------------------------------------------- csh
 def csh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return base_env(tmp_path, **extra)
@@ -497,6 +578,40 @@ set | grep '^_cpkgs' || echo noleak
     err = r.stderr.splitlines()
     assert err == ["cpkgs: old-1.0 is retired; use demo-2.0 (moved to 2.0)",
                    f"cpkgs: no environment named 'nope' in {built_site / LINUX}/envs (see 'conda env list')"], r
+
+
+def test_csh_removed_env_is_hidden_and_refused_while_a_shell_using_it_goes_on(
+    channel_url: str, tmp_path: Path
+) -> None:
+    root = removing_site(tmp_path, channel_url)
+    prefix = root / LINUX / "envs" / "rm-1.0"
+    script = f"""
+source '{root / "etc/profile.d/conda.csh"}'
+conda activate rm-1.0 >& /dev/null
+'{sys.executable}' -m cpkgs_admin --root '{root}' -q remove rm-1.0
+echo "app=`cpkgs-test-app`"
+conda env list
+echo "----"
+conda deactivate
+conda env list
+set p = "$PATH"
+conda activate rm-1.0
+echo "rc.name=$status"
+conda activate '{prefix}'
+echo "rc.path=$status"
+conda activate lone-1.0
+echo "rc.lone=$status"
+echo "unchanged=`if ("$PATH" == "$p") echo yes` $?CONDA_PREFIX $CONDA_SHLVL"
+"""
+    r = run_csh(script, csh_env(tmp_path))
+    before, after = r.stdout.split("----\n")
+    assert kv(before)["app"] == "app ok", r
+    rows = env_rows(before)
+    assert set(rows) == {"rm-1.0", "rm-2.0"} and rows["rm-1.0"].endswith(f"{prefix}  (removed)"), before
+    assert set(env_rows(after)) == {"rm-2.0"}, after
+    v = kv(after)
+    assert (v["rc.name"], v["rc.path"], v["rc.lone"], v["unchanged"]) == ("1", "1", "1", "yes 0 0"), r
+    assert r.stderr.splitlines() == ["cpkgs: rm-1.0 was removed; use rm-2.0"] * 2 + ["cpkgs: lone-1.0 was removed"]
 
 
 def test_csh_layer_path_with_spaces_darwin_and_cache(own_site: Path, tmp_path: Path) -> None:

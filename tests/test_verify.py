@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +201,71 @@ def test_verify_by_a_user_who_cannot_read_everything_reports_it(tmp_path: Path, 
     assert r.returncode == 4, r
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr
     assert "unreadable" in r.stdout and "bin" in r.stdout, r.stdout
+
+
+def _has_open_under(pid: int, prefix: str) -> bool:
+    """Whether process PID (or a worker of it) has a file or directory under PREFIX open: it is mid-walk there."""
+    import psutil
+
+    try:
+        pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return False
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{p}/fd/{fd}").startswith(prefix + "/"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _verify_stopped_mid_walk(root: Path, prefix: Path, args: tuple[str, ...]) -> subprocess.Popen[str]:
+    """A real `cpkgs verify ARGS` stopped (SIGSTOP to its process group) while it has something under PREFIX open.
+    A walk that ends before it is caught is run again."""
+    for _ in range(200):
+        proc = subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "verify", "--json", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        while proc.poll() is None:
+            if _has_open_under(proc.pid, str(prefix)):
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if _has_open_under(proc.pid, str(prefix)):  # still there, now frozen
+                    return proc
+                os.killpg(proc.pid, signal.SIGCONT)
+        proc.communicate()
+    raise AssertionError(f"verify never caught inside {prefix}")
+
+
+def test_env_removed_and_purged_during_verify_is_not_a_problem(tmp_path: Path, channel_url: str) -> None:
+    """verify (by name and site-wide) frozen in the middle of an env's walk while that env is removed and purged
+    (--older-than 0s: moved into the trash and deleted under the walk) finishes with exit 0 and a note for it, not
+    with its vanished files as problems."""
+    root = make_site(tmp_path / "site", channel_url)
+    names = ("c-1.0", "c-2.0", "c-3.0")
+    for name in (*names, "keep-1.0"):
+        assert run_cpkgs("new-env", name, "python", "cpkgs-test-app", root=root).returncode == 0
+    for name, args in zip(names, ((names[0],), (), (names[2], "keep-1.0")), strict=True):
+        prefix = root / ENVS / name
+        proc = _verify_stopped_mid_walk(root, prefix, args)
+        try:
+            assert run_cpkgs("remove", name, root=root).returncode == 0
+            r = run_cpkgs("purge", "--older-than", "0s", "--json", root=root)
+            assert r.returncode == 0 and not os.path.lexists(prefix), r
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and err == "", (name, args, out, err)
+        reports = {x["name"]: x for x in json.loads(out)}
+        assert reports[name]["skipped"] and reports[name]["problems"] == [], reports[name]
+        assert reports[name]["skipped"].startswith("removed, and moved away by 'cpkgs purge'")
+        assert all(x["ok"] and not x["skipped"] for n, x in reports.items() if n != name), reports
+    # Asked for by name once it is gone: the same note, exit 0.
+    r = run_cpkgs("verify", names[0], root=root)
+    assert r.returncode == 0 and r.stdout == (f"{names[0]}: removed, and moved away by 'cpkgs purge' (before or "
+                                              "during this check): nothing to verify\n"), r

@@ -235,9 +235,11 @@ else
                     elif [ "$_cpkgs_name" != "$_cpkgs_n" ]; then
                         _cpkgs_bn=$_cpkgs_name _cpkgs_bi=$_cpkgs_i
                     fi
-                    # A retired env: its marker holds the one line to show (read by a builtin: no fork).
+                    # A retired env: its marker holds the one line to show (read by a builtin: no fork).  A removed
+                    # one's line refuses the activation: its tree stays only for jobs already running from it.
                     if [ -n "$_cpkgs_bn" ] && [ -f "$_cpkgs_r/.cpkgs/retired/$_cpkgs_bi/$_cpkgs_bn" ]; then
                         IFS= read -r _cpkgs_msg < "$_cpkgs_r/.cpkgs/retired/$_cpkgs_bi/$_cpkgs_bn" || :
+                        case $_cpkgs_msg in "cpkgs: $_cpkgs_bn was removed"*) _cpkgs_err=${_cpkgs_msg#cpkgs: } ;; esac
                     fi
                 fi
                 if [ -z "$_cpkgs_err" ]; then
@@ -275,7 +277,14 @@ else
                         _cpkgs_s=' '
                         if [ "$_cpkgs_f" = "${CONDA_PREFIX-}" ]; then _cpkgs_s='*'; fi
                         _cpkgs_c=
-                        if [ -f "$_cpkgs_r/.cpkgs/retired/$_cpkgs_i/$_cpkgs_a" ]; then _cpkgs_c='  (retired)'; fi
+                        if [ -f "$_cpkgs_r/.cpkgs/retired/$_cpkgs_i/$_cpkgs_a" ]; then
+                            IFS= read -r _cpkgs_c < "$_cpkgs_r/.cpkgs/retired/$_cpkgs_i/$_cpkgs_a" || :
+                            case $_cpkgs_c in
+                            # removed: listed only where it is still active
+                            "cpkgs: $_cpkgs_a was removed"*) [ "$_cpkgs_s" = '*' ] || continue; _cpkgs_c='  (removed)' ;;
+                            *) _cpkgs_c='  (retired)' ;;
+                            esac
+                        fi
                         printf '%-24s %s  %s%s\n' "$_cpkgs_a" "$_cpkgs_s" "$_cpkgs_f" "$_cpkgs_c"
                     done
                     case ${CONDA_PREFIX-} in
