@@ -33,6 +33,7 @@ from cpkgs_admin.spec import (
     Spec,
     apply_changes,
     check_sources,
+    check_variables,
     from_environment_file,
     from_family,
     read_explicit,
@@ -127,8 +128,9 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
             )
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
         # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
-        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends),
-                    variables=tuple(old.variables.items()))
+        # A record may predate today's rules for variables (or have been edited): they go into every activation.
+        variables = check_variables(dict(old.variables), f"--from {old.name}")
+        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends), variables=variables)
         return spec, locked
     if req.spec_file:
         spec = from_environment_file(req.spec_file)

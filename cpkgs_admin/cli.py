@@ -291,8 +291,15 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         fields.append(("retired", f"successor {successor}: {rec.retired.get('message') or ''}"))
     if rec.unsealed:
         fields.append(("unsealed", f"{rec.unsealed.get('reason')} (by {rec.unsealed.get('by')})"))
+    # Every variable users get: the spec's own, then what the packages' activate.d scripts set (measured at publish).
+    fields += [("variables", f"{k}={v}") for k, v in rec.variables.items()]
+    activation = (rec.activation or {}).get("variables")
+    if isinstance(activation, dict):  # cpkgs' own activate.d script sets the spec's: shown once, above
+        fields += [("activation", f"{k}={v}") for k, v in activation.items() if rec.variables.get(k) != v]
+    from cpkgs_admin.spec import printable
+
     for k, v in fields:
-        click.echo(f"{k:10} {v}")
+        click.echo(f"{k:10} {printable(str(v))}")
     click.echo("")
     click.echo(package_table(rec.packages))
 
@@ -345,9 +352,11 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json([r.to_json() for r in reports])
     else:
+        from cpkgs_admin.spec import printable
+
         for r in reports:
-            for p in r.problems:
-                click.echo(f"{r.name}: {p.kind}: {p.path}: {p.detail}")
+            for p in r.problems:  # paths and symlink targets in an env are anyone's text: escaped
+                click.echo(printable(f"{r.name}: {p.kind}: {p.path}: {p.detail}"))
             tag = " [unsealed]" if r.unsealed else ""
             c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s){tag}")
     if problems:
@@ -658,7 +667,10 @@ def _run(argv: list[str] | None) -> int:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"cpkgs: {exc}", err=True)
+        from cpkgs_admin.spec import printable
+
+        # One line whatever it quotes (a path, a package's file name, a spec): control characters escaped.
+        click.echo(f"cpkgs: {printable(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         _quiet_teardown()

@@ -18,6 +18,7 @@ from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, e
 from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
+from cpkgs_admin.spec import check_printable, printable
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
 
     if not reason.strip():
         raise UsageError("--reason must say why the environment is unsealed")
+    check_printable(reason, "--reason")  # `cpkgs info` shows it
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
@@ -238,8 +240,11 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
             raise UsageError(f"successor {successor} is retired itself; name an environment users should move to")
         if succ.name == rec.name:
             raise UsageError("an environment cannot be its own successor")
-    if message is not None and ("\n" in message or len(message) > 500):
-        raise UsageError("--message must be one line of at most 500 characters")
+    if message is not None:
+        # Shown to users on activation (conda.sh, conda.csh read it with a builtin) and by `module load`.
+        check_printable(message, "--message")
+        if len(message) > 500:
+            raise UsageError("--message must be one line of at most 500 characters")
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
         rec.retired = {"successor": successor, "message": message, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -254,13 +259,15 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
 
 
 def retired_line(rec: EnvRecord) -> str:
+    """The line users see on activation and `module load`. The message was checked when it was given; a record
+    written before that check (or edited) still gets no control character through to a terminal."""
     r = rec.retired or {}
     text = f"cpkgs: {rec.name} is retired"
     if r.get("successor"):
         text += f"; use {r['successor']}"
     if r.get("message"):
         text += f" ({r['message']})"
-    return text
+    return printable(text)
 
 
 def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
