@@ -31,6 +31,24 @@ def adv_site(tmp_path: Path, channel_url: str, adv_url: str) -> Path:
     return make_site(tmp_path / "site", channel_url, "-c", adv_url)
 
 
+# ------------------------------------------------------------------------------------------- item 8: activation
+
+
+def test_activate_d_scripts_are_measured_as_an_unprivileged_user(adv_site: Path) -> None:
+    """At publish the env's activate.d scripts run to measure what they set: as uid 65534 when the builder is root,
+    so a channel's package cannot run code as the admin, nor write beside the env."""
+    r = run_cpkgs("new-env", "who-1.0", "cpkgs-test-whoami", root=adv_site)
+    assert r.returncode == 0, r
+    rec = run_cpkgs("info", "who-1.0", "--json", root=adv_site).json()
+    assert rec["activation"]["variables"] == {"MEASURED_UID": "65534", "MEASURED_WROTE": "no"}, rec["activation"]
+    assert not (adv_site / ENVS / "measured-wrote-here").exists()
+    lua = (adv_site / "modulefiles" / "who" / "1.0.lua").read_text()
+    assert 'pushenv("MEASURED_UID", "65534")' in lua
+    # refresh measures again, the same way
+    assert run_cpkgs("refresh", root=adv_site).returncode == 0
+    assert not (adv_site / ENVS / "measured-wrote-here").exists()
+
+
 # ------------------------------------------------------------------------------------------- item 7: admin text
 
 
@@ -96,6 +114,23 @@ def test_requested_specs_with_control_characters_are_refused(adv_site: Path, tmp
     envfile.write_text(json.dumps({"dependencies": [spec]}))
     r = run_cpkgs("new-env", "s-1.0", "-f", str(envfile), root=adv_site)
     assert r.returncode == 1 and "control character (U+001B)" in r.stderr and r.stderr.count("\n") == 1, r
+
+
+def test_info_shows_every_variable(adv_site: Path, tmp_path: Path) -> None:
+    """The spec's variables and what the packages' activate.d scripts set, in the table and in --json."""
+    spec = tmp_path / "environment.yml"
+    spec.write_text("dependencies: [cpkgs-test-app, cpkgs-test-whoami]\nvariables: {DATA_DIR: /data/run 1}\n")
+    assert run_cpkgs("new-env", "i-1.0", "-f", str(spec), root=adv_site).returncode == 0
+    r = run_cpkgs("info", "i-1.0", root=adv_site)
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert "variables  DATA_DIR=/data/run 1" in lines, r.stdout
+    assert "activation MEASURED_UID=65534" in lines and "activation MEASURED_WROTE=no" in lines, r.stdout
+    data = run_cpkgs("info", "i-1.0", "--json", root=adv_site).json()
+    assert data["variables"] == {"DATA_DIR": "/data/run 1"}
+    assert data["activation"]["variables"] == {"DATA_DIR": "/data/run 1", "MEASURED_UID": "65534",
+                                               "MEASURED_WROTE": "no"}
+    assert "activation DATA_DIR=/data/run 1" not in lines  # the spec's, set by cpkgs' own script: shown once
 
 
 # ------------------------------------------------------------------------------------------- item 16
