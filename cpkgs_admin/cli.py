@@ -692,6 +692,18 @@ def _run(argv: list[str] | None) -> int:
         return _interrupted_exit()
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        # The filesystem failing under a command (EIO, EROFS, ENOSPC, a server gone): one line naming the path and
+        # the errno; the locks a dead process leaves are recovered by the next one.
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        from cpkgs_admin.errors import os_error_text
+        from cpkgs_admin.spec import printable
+
+        click.echo(f"cpkgs: {printable(os_error_text(exc))}", err=True)
+        return 1
     except Exception as exc:
         if _interrupted(exc):  # Python 3.11 wraps an interrupt during some imports (e.g. "Error calling __set_name__")
             return _interrupted_exit()

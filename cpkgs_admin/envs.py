@@ -434,31 +434,17 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
     """Staging dirs of builds that died, of any name: removed when their name's lock is free (no build running)."""
-    from cpkgs_admin.build import STAGING_PREFIX, STAGING_SEP, remove_leftover
-    from cpkgs_admin.errors import LockBusy
+    from cpkgs_admin.build import clean_stale_staging
 
     for subdir in site.config.platforms:
-        try:
-            entries = list(os.scandir(site.envs_dir(subdir)))
-        except OSError:
-            continue
-        for e in entries:
-            if not e.name.startswith(STAGING_PREFIX) or STAGING_SEP not in e.name:
-                continue
-            name = e.name[len(STAGING_PREFIX):].rpartition(STAGING_SEP)[0]
+        removed, failed = clean_stale_staging(site, subdir)
+        rep.staging_removed += removed
+        for path in failed:
             try:
-                with env_locked(site, name, subdir, timeout=0):
-                    remove_leftover(Path(e.path))
-            except LockBusy:
-                continue  # a build of that name is running right now
-            if os.path.lexists(e.path):
-                try:
-                    why = _only_owner_deletes(os.lstat(e.path).st_uid)
-                except OSError as exc:
-                    why = exc.strerror or str(exc)
-                rep.failed.append({"path": e.path, "reason": why})
-            else:
-                rep.staging_removed.append(e.path)
+                why = _only_owner_deletes(os.lstat(path).st_uid)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+            rep.failed.append({"path": path, "reason": why})
 
 
 def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
