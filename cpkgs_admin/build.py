@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin import __version__
-from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError
+from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError, os_error_text
 from cpkgs_admin.locking import SiteLock, audited, current_user, env_locked, site_locked, write_staged
 from cpkgs_admin.names import EnvName
 from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
@@ -33,6 +33,7 @@ from cpkgs_admin.spec import (
     Spec,
     apply_changes,
     check_sources,
+    check_variables,
     from_environment_file,
     from_family,
     read_explicit,
@@ -127,8 +128,9 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
             )
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
         # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
-        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends),
-                    variables=tuple(old.variables.items()))
+        # A record may predate today's rules for variables (or have been edited): they go into every activation.
+        variables = check_variables(dict(old.variables), f"--from {old.name}")
+        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends), variables=variables)
         return spec, locked
     if req.spec_file:
         spec = from_environment_file(req.spec_file)
@@ -186,17 +188,42 @@ def remove_leftover(path: Path) -> None:
             path.unlink()
 
 
-def clean_stale_staging(envs_dir: Path, name: str, log: Log) -> None:
-    """Under the name lock, any staging dir for NAME belongs to a run that died: remove it."""
-    if not envs_dir.is_dir():
-        return
-    for entry in os.scandir(envs_dir):
-        if not entry.name.startswith(f"{STAGING_PREFIX}{name}{STAGING_SEP}"):
+def clean_stale_staging(site: Site, subdir: str, name: str | None = None, log: Log = None) -> tuple[list[str],
+                                                                                                   list[str]]:
+    """Staging dirs of builds that died, under SUBDIR's envs: (removed, could not be removed).
+
+    Under NAME's own lock (a build of NAME), any staging dir for NAME belongs to a run that died. So does any other
+    name's whose lock is free (taken at once, or over from a dead owner): a build killed where nothing could clean up
+    (rattler aborting the process on a panic, kill -9, a host crash) leaves a 0700 dir that may never be built
+    again under its name. Every build sweeps them, and so does `purge`."""
+    from cpkgs_admin.names import parse_name
+
+    removed: list[str] = []
+    failed: list[str] = []
+    try:
+        entries = list(os.scandir(site.envs_dir(subdir)))
+    except OSError:
+        return removed, failed
+    for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX) or STAGING_SEP not in entry.name:
             continue
-        doomed = Path(entry.path)
+        owner = entry.name[len(STAGING_PREFIX):].rpartition(STAGING_SEP)[0]
+        try:
+            if owner == name:
+                remove_leftover(Path(entry.path))
+            else:
+                parse_name(owner)  # a lock path is made of it
+                with env_locked(site, owner, subdir, timeout=0):
+                    remove_leftover(Path(entry.path))
+        except CpkgsError:
+            continue  # a build of that name is running right now (LockBusy), or no name cpkgs would give a build
+        if os.path.lexists(entry.path):
+            failed.append(entry.path)
+            continue
+        removed.append(entry.path)
         if log:
-            log(f"removing leftover staging dir {doomed.name} of an interrupted run")
-        remove_leftover(doomed)
+            log(f"removed leftover staging dir {entry.name} of an interrupted run")
+    return removed, failed
 
 
 def _dist_of(p: PackageEntry) -> str:
@@ -236,17 +263,40 @@ def discard_staging(staging: Path, *, fenced: bool) -> None:
             remove_leftover(d)
 
 
-def check_space(path: Path, records: list[Any]) -> None:
+def mount_point(path: Path) -> Path:
+    """The directory PATH's filesystem is mounted on: what a full disk is named by."""
+    path = Path(os.path.abspath(path))
+    try:
+        dev = path.stat().st_dev
+        while path != path.parent and path.parent.stat().st_dev == dev:
+            path = path.parent
+    except OSError:
+        pass
+    return path
+
+
+def _mib(n: int) -> int:
+    return -(-n // 2**20)
+
+
+def check_space(cache_dir: Path, envs_dir: Path, need_cache: int, need_env: int) -> int:
+    """NEED_CACHE bytes to unpack into the package cache, NEED_ENV to write into the env: refused before the install
+    when a filesystem lacks them (both counted where the two share one). Returns the least free space seen."""
     import psutil
 
-    # .conda archives are zstd: unpacked trees are typically 3-5x larger; count 4x plus the cached archive.
-    archive = sum(int(r.size or 0) for r in records)
-    need = archive * 5
-    free = psutil.disk_usage(str(path)).free
-    if need > free:
-        raise BuildError(
-            f"not enough space on {path}: about {need // 2**20} MiB needed, {free // 2**20} MiB free"
-        )
+    needs: dict[int, tuple[Path, int]] = {}
+    for path, need in ((cache_dir, need_cache), (envs_dir, need_env)):
+        dev = path.stat().st_dev
+        where, before = needs.get(dev, (path, 0))
+        needs[dev] = (where, before + need)
+    least = None
+    for path, need in needs.values():
+        free = psutil.disk_usage(str(path)).free
+        if need > free:
+            raise BuildError(f"not enough space on {mount_point(path)}: about {_mib(need)} MiB needed, "
+                             f"{free // 2**20} MiB free")
+        least = free if least is None else min(least, free)
+    return least or 0
 
 
 def cache_is_admin_only(cache_dir: Path, admin_gid: int | None) -> bool:
@@ -270,45 +320,98 @@ def cache_is_admin_only(cache_dir: Path, admin_gid: int | None) -> bool:
     return True
 
 
-def install_into(
-    records: list[Any],
-    staging: Path,
-    final: Path,
-    subdir: str,
-    cache_dir: Path,
-    specs: list[str],
-    progress: bool,
-    hard_links: bool,
-) -> None:
-    from rattler import Config, MatchSpec, Platform, install
+def rattler_config(hard_links: bool) -> Any:
+    from rattler import Config
 
     # Hard links only into an admin-only cache: the shared inode is sealed with the env, and `unseal` breaks the
     # links before anything becomes writable. Files whose prefix is patched are always fresh copies. Symlinks stay
     # allowed: rattler uses them only for the package's own symlinks (bin/python -> python3.11), never into the
     # cache; forbidding them would turn those into copies.
-    config = Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = true\n")
-    native = subdir == _native()
+    return Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = true\n")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where and how one build installs its packages."""
+
+    staging: Path
+    final: Path
+    subdir: str
+    cache_dir: Path
+    envs_dir: Path
+    specs: list[str]
+    progress: bool
+    hard_links: bool
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    config: Any
+    client: Any
+    need: int  # bytes, by the packages' file lists
+    free: int  # bytes free when the install started (the least of the cache's and the envs' filesystems)
+
+
+def plan_install(records: list[Any], st: Stage) -> InstallPlan:
+    """Read every package's file list and refuse what no env may hold, before rattler sees it; refuse the build when
+    the space those lists add up to is not there. Runs under the package cache's lock: the cache entries read here
+    are the ones rattler then links."""
+    from rattler.networking import Client
+
+    from cpkgs_admin.content import check_paths, read_package_files, space_needed
+
+    config = rattler_config(st.hard_links)
+    client = Client.from_config(config)
+    files = read_package_files(records, st.cache_dir, client)
+    check_paths((p.dist, p.entries) for p in files)
+    need_cache, need_env = space_needed(files, st.hard_links)
+    free = check_space(st.cache_dir, st.envs_dir, need_cache, need_env)
+    return InstallPlan(config=config, client=client, need=need_cache + need_env, free=free)
+
+
+def install_planned(records: list[Any], st: Stage, plan: InstallPlan) -> None:
+    from rattler import MatchSpec, Platform, install
+
+    native = st.subdir == _native()
 
     async def run() -> None:
         await install(
             records,
-            target_prefix=staging,
-            cache_dir=cache_dir,
+            target_prefix=st.staging,
+            cache_dir=st.cache_dir,
             installed_packages=[],
-            platform=Platform(subdir),
+            platform=Platform(st.subdir),
             execute_link_scripts=native,
-            show_progress=progress,
+            show_progress=st.progress,
             # py-rattler 0.28 hands this list to Rust unwrapped; pass the inner objects it expects.
-            requested_specs=[MatchSpec(s)._match_spec for s in specs] if specs else None,
-            alternative_target_prefix=final,
-            config=config,
+            requested_specs=[MatchSpec(s)._match_spec for s in st.specs] if st.specs else None,
+            alternative_target_prefix=st.final,
+            config=plan.config,
+            client=plan.client,
         )
 
     try:
         asyncio.run(run())
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise BuildError(f"install into {staging.name} failed: {text[0] if text else type(exc).__name__}") from None
+        text = str(exc)
+        if "(os error 28)" in text:  # ENOSPC: the estimate passed and the disk filled all the same
+            where = st.cache_dir if "package cache" in text else st.envs_dir
+            raise BuildError(
+                f"no space left on {mount_point(where)} (needed about {_mib(plan.need)} MiB by the packages' file "
+                f"lists, {plan.free // 2**20} MiB were free: a package unpacks to more than its list says, or "
+                "something else filled the disk)"
+            ) from None
+        raise BuildError(f"install into {st.staging.name} failed: {_rattler_error(exc)}") from None
+
+
+def _rattler_error(exc: Exception) -> str:
+    """rattler's error chain in one line: its first line, and the last cause when that names an OS error (the
+    errno is what tells a full disk or a failing server from a bad package)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1].removeprefix("Caused by:").strip()
+    return f"{lines[0]}: {last}" if len(lines) > 1 and "(os error" in last else lines[0]
 
 
 def _native() -> str:
@@ -515,8 +618,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             return BuildResult(name=name, platform=subdir, prefix=str(final), packages=restore.packages,
                                file_count=files, size=size, seconds=time.monotonic() - t0, restored=True,
                                warnings=warnings)
-        clean_stale_staging(envs_dir, name, log)
-        check_space(envs_dir, records)
+        clean_stale_staging(site, subdir, name, log)
         staging = envs_dir / f"{STAGING_PREFIX}{name}{STAGING_SEP}{uuid.uuid4().hex[:12]}"
         installing = False
         try:
@@ -533,10 +635,13 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
             # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
             memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
+            stage = Stage(staging=staging, final=final, subdir=subdir, cache_dir=site.pkgs_cache_dir,
+                          envs_dir=envs_dir, specs=requested, progress=progress, hard_links=hard_links)
             with SiteLock(site.locks_dir / "pkgs-cache.lock", what="the site package cache",
                           lease_seconds=site.config.lease_seconds, timeout=site.config.lock_timeout):
+                plan = plan_install(records, stage)
                 installing = True
-                install_into(records, staging, final, subdir, site.pkgs_cache_dir, requested, progress, hard_links)
+                install_planned(records, stage, plan)
                 installing = False
                 if memo is not None:  # nobody else may put their own file there for a later build to link
                     for pkg in packages:
@@ -587,6 +692,9 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             from cpkgs_admin.seal import scan_tree
 
             tree = scan_tree(staging)
+            from cpkgs_admin.content import check_installed
+
+            check_installed(staging, final, meta, tree)
             record.file_count, record.size, executables = census_at_publish(tree)
             record.file_count += 3  # the manifest, the executables list and the embedded record below
             _write_staged_json(staging / SITE_MANIFEST, manifest)
@@ -653,6 +761,11 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                     warnings = [*act_warning, *_finish_publish(site, record, "ok")]
                 if interrupted:
                     warnings.append(f"interrupted after the publish point: {name} is published and recorded")
+        except OSError as exc:
+            # The filesystem failing under the build (EIO, EROFS, ENOSPC outside rattler): one line, what is staged
+            # removed where it still can be (else by the next build).
+            discard_staging(staging, fenced=installing)
+            raise BuildError(f"building {name} failed: {os_error_text(exc)}") from exc
         except BaseException:
             # An install that failed or was interrupted can leave rattler's threads linking the other packages.
             discard_staging(staging, fenced=installing)

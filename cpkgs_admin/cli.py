@@ -304,8 +304,15 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         where = (f"moved to the trash ({r['trash']})" if r.get("trash") else
                  f"kept at its path for running jobs until a purge after {r.get('purge_after') or '?'}")
         fields.append(("removed", f"{r.get('at') or '?'} by {r.get('by') or '?'}; {where}"))
+    # Every variable users get: the spec's own, then what the packages' activate.d scripts set (measured at publish).
+    fields += [("variables", f"{k}={v}") for k, v in rec.variables.items()]
+    activation = (rec.activation or {}).get("variables")
+    if isinstance(activation, dict):  # cpkgs' own activate.d script sets the spec's: shown once, above
+        fields += [("activation", f"{k}={v}") for k, v in activation.items() if rec.variables.get(k) != v]
+    from cpkgs_admin.spec import printable
+
     for k, v in fields:
-        click.echo(f"{k:10} {v}")
+        click.echo(f"{k:10} {printable(str(v))}")
     click.echo("")
     click.echo(package_table(rec.packages))
 
@@ -358,12 +365,14 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json([r.to_json() for r in reports])
     else:
+        from cpkgs_admin.spec import printable
+
         for r in reports:
             if r.skipped:
                 c.say(f"{r.name}: {r.skipped}")
                 continue
-            for p in r.problems:
-                click.echo(f"{r.name}: {p.kind}: {p.path}: {p.detail}")
+            for p in r.problems:  # paths and symlink targets in an env are anyone's text: escaped
+                click.echo(printable(f"{r.name}: {p.kind}: {p.path}: {p.detail}"))
             tag = (" [unsealed]" if r.unsealed else "") + (" [removed]" if r.status == "removed" else "")
             c.say(f"{r.name}: {r.files} files checked, {len(r.problems)} problem(s){tag}")
     if problems:
@@ -680,7 +689,10 @@ def _run(argv: list[str] | None) -> int:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"cpkgs: {exc}", err=True)
+        from cpkgs_admin.spec import printable
+
+        # One line whatever it quotes (a path, a package's file name, a spec): control characters escaped.
+        click.echo(f"cpkgs: {printable(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         _quiet_teardown()
@@ -701,6 +713,18 @@ def _run(argv: list[str] | None) -> int:
     except (KeyboardInterrupt, EOFError):
         return _interrupted_exit()
     except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        # The filesystem failing under a command (EIO, EROFS, ENOSPC, a server gone): one line naming the path and
+        # the errno; the locks a dead process leaves are recovered by the next one.
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        from cpkgs_admin.errors import os_error_text
+        from cpkgs_admin.spec import printable
+
+        click.echo(f"cpkgs: {printable(os_error_text(exc))}", err=True)
         return 1
     except Exception as exc:
         if _interrupted(exc):  # Python 3.11 wraps an interrupt during some imports (e.g. "Error calling __set_name__")

@@ -24,6 +24,7 @@ from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.site import Site
+from cpkgs_admin.spec import printable
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -441,7 +442,7 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
             WARN,
             "unsealed",
             f"{r.name} ({r.platform}) is unsealed since {u.get('at', '?')} by {u.get('by', '?')}: "
-            f"{u.get('reason', '')}",
+            f"{printable(str(u.get('reason', '')))}",
             f"cpkgs seal {r.name} --platform {r.platform}",
         )
     if not unsealed:

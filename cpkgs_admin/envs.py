@@ -18,6 +18,7 @@ from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, e
 from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
+from cpkgs_admin.spec import check_printable, printable
 
 # Every time stamp in a record: local time with its UTC offset, as `date +%Y-%m-%dT%H:%M:%S%z` prints it.
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -222,6 +223,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
 
     if not reason.strip():
         raise UsageError("--reason must say why the environment is unsealed")
+    check_printable(reason, "--reason")  # `cpkgs info` shows it
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
@@ -247,8 +249,11 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
             raise UsageError(f"successor {successor} is retired itself; name an environment users should move to")
         if succ.name == rec.name:
             raise UsageError("an environment cannot be its own successor")
-    if message is not None and ("\n" in message or len(message) > 500):
-        raise UsageError("--message must be one line of at most 500 characters")
+    if message is not None:
+        # Shown to users on activation (conda.sh, conda.csh read it with a builtin) and by `module load`.
+        check_printable(message, "--message")
+        if len(message) > 500:
+            raise UsageError("--message must be one line of at most 500 characters")
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
         rec.retired = {"successor": successor, "message": message, "at": time.strftime(_TIME_FORMAT),
@@ -263,13 +268,15 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
 
 
 def retired_line(rec: EnvRecord) -> str:
+    """The line users see on activation and `module load`. The message was checked when it was given; a record
+    written before that check (or edited) still gets no control character through to a terminal."""
     r = rec.retired or {}
     text = f"cpkgs: {rec.name} is retired"
     if r.get("successor"):
         text += f"; use {r['successor']}"
     if r.get("message"):
         text += f" ({r['message']})"
-    return text
+    return printable(text)
 
 
 def removed_line(rec: EnvRecord) -> str:
@@ -487,31 +494,17 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
     """Staging dirs of builds that died, of any name: removed when their name's lock is free (no build running)."""
-    from cpkgs_admin.build import STAGING_PREFIX, STAGING_SEP, remove_leftover
-    from cpkgs_admin.errors import LockBusy
+    from cpkgs_admin.build import clean_stale_staging
 
     for subdir in site.config.platforms:
-        try:
-            entries = list(os.scandir(site.envs_dir(subdir)))
-        except OSError:
-            continue
-        for e in entries:
-            if not e.name.startswith(STAGING_PREFIX) or STAGING_SEP not in e.name:
-                continue
-            name = e.name[len(STAGING_PREFIX):].rpartition(STAGING_SEP)[0]
+        removed, failed = clean_stale_staging(site, subdir)
+        rep.staging_removed += removed
+        for path in failed:
             try:
-                with env_locked(site, name, subdir, timeout=0):
-                    remove_leftover(Path(e.path))
-            except LockBusy:
-                continue  # a build of that name is running right now
-            if os.path.lexists(e.path):
-                try:
-                    why = _only_owner_deletes(os.lstat(e.path).st_uid)
-                except OSError as exc:
-                    why = exc.strerror or str(exc)
-                rep.failed.append({"path": e.path, "reason": why})
-            else:
-                rep.staging_removed.append(e.path)
+                why = _only_owner_deletes(os.lstat(path).st_uid)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+            rep.failed.append({"path": path, "reason": why})
 
 
 def purge_trash(site: Site, older_than: str | None) -> PurgeReport:

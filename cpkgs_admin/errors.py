@@ -66,3 +66,16 @@ class CheckFailed(CpkgsError):
     """A check (verify, doctor) found problems; details are in the rendered report."""
 
     exit_code = 4
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an OSError: the path(s) it names, what the system said and the errno's name, e.g.
+    "/nfs/cpkgs/x: Read-only file system (EROFS)"."""
+    import errno
+
+    code = errno.errorcode.get(exc.errno or 0)
+    what = exc.strerror or str(exc)
+    if code:
+        what += f" ({code})"
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return ": ".join([" -> ".join(paths), what] if paths else [what])

@@ -47,16 +47,36 @@ class Activation:
     variables: tuple[tuple[str, str], ...] = ()
 
 
+# Who runs an env's activate.d scripts when cpkgs measures what they set (at publish, seal, refresh): they are a
+# channel's code, so never root. Run by root, the measuring shell runs as uid/gid 65534 (nobody/nogroup on Linux; on
+# macOS an id no account has: either way one that owns nothing, and needs no passwd entry to be switched to), with
+# no supplementary groups, a clean environment, no stdin and "/" (readable by anyone) as its working directory: a
+# script can then read what every user can read and write nothing of the site's or the admin's. An admin who is not
+# root builds with their own uid: switching to another user needs privileges, and an unprivileged user namespace
+# (unshare -U) only renames the admin inside it while the kernel still grants the scripts everything the admin may
+# write; so the scripts run as that admin, as they would when that admin activates the env themself.
+MEASURING_UID = 65534
+MEASURING_GID = 65534
+
+
 def _run_sh(script: str, env: dict[str, str], where: Path) -> bytes:
+    as_nobody = os.geteuid() == 0
+    drop: dict[str, Any] = (
+        {"user": MEASURING_UID, "group": MEASURING_GID, "extra_groups": []} if as_nobody else {}
+    )
     try:
         # Its own session: a Ctrl-C at the terminal is cpkgs' to handle, not the scripts' to die of.
-        proc = subprocess.run(
-            ["/bin/sh", "-c", script], env=env, cwd="/", capture_output=True, timeout=ACTIVATION_TIMEOUT, check=False,
-            start_new_session=True,
+        proc: subprocess.CompletedProcess[bytes] = subprocess.run(
+            ["/bin/sh", "-c", script], env=env, cwd="/", stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=ACTIVATION_TIMEOUT, check=False, start_new_session=True, **drop,
         )
     except subprocess.TimeoutExpired:
         raise CpkgsError(f"{where}: activate.d scripts did not finish within {ACTIVATION_TIMEOUT:.0f}s") from None
     return proc.stdout
+
+
+def _measuring_user() -> str:
+    return f"uid {MEASURING_UID}" if os.geteuid() == 0 else "this user"
 
 
 def _env0(dump: bytes) -> dict[str, str]:
@@ -81,7 +101,8 @@ def activation_of(prefix: Path, name: str) -> Activation:
 
 
 def activation_of_scripts(prefix: Path, name: str) -> Activation:
-    """Run PREFIX's activate.d/*.sh in a clean `sh` with CONDA_PREFIX set, and diff `env -0` before and after.
+    """Run PREFIX's activate.d/*.sh in a clean `sh` with CONDA_PREFIX set, as an unprivileged user (see _run_sh),
+    and diff `env -0` before and after.
 
     The one place this is computed; kernelspecs and modulefiles both use it. Values are fixed at publish: a script
     that reads the user's own environment (say $JAVA_HOME) gets the publisher's clean one.
@@ -100,8 +121,17 @@ def activation_of_scripts(prefix: Path, name: str) -> Activation:
     # like conda does (one after another in sorted order, a failing one does not stop the rest; their own output
     # goes to stderr, away from the dumps), then its environment again.
     sep = f"cpkgs-{uuid.uuid4().hex}"
+    # A script the measuring user cannot read would be skipped with a complaint on stderr (or end dash): an
+    # activation measured without it would look complete. Checked first, by that user.
+    unreadable = f"unreadable-{sep}:"
+    readable = "".join(f"[ -r {shlex.quote(str(s))} ] || {{ printf '{unreadable}%s' {shlex.quote(s.name)}; exit 1; }}\n"
+                       for s in scripts)
     sourcing = "".join(f". {shlex.quote(str(s))}\n" for s in scripts)
-    out = _run_sh(f"env -0; printf '\\0{sep}\\0'; {{\n{sourcing}}} >&2; env -0", env, act_dir)
+    out = _run_sh(f"{readable}env -0; printf '\\0{sep}\\0'; {{\n{sourcing}}} >&2; env -0", env, act_dir)
+    if out.startswith(unreadable.encode()):
+        script = out[len(unreadable):].decode("utf-8", "replace")
+        raise CpkgsError(f"{act_dir}: {_measuring_user()} cannot read {script}: activation is measured as an "
+                         "unprivileged user, so the env must be readable by all users")
     first, found, second = out.partition(f"\0{sep}\0".encode())
     if not found or not second:
         what = "an activate.d script ended the shell (exit?)" if found else "/bin/sh did not run them"

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem
+from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem, os_error_text
 
 # --------------------------------------------------------------------------------------------------- atomic writes
 
@@ -330,7 +330,11 @@ class SiteLock:
                 _owner_file(self.path).unlink()
         return True
 
-    def release(self) -> None:
+    def release(self, failing: bool = False) -> None:
+        """Let go. FAILING: the work under the lock is failing with its own error, which a lock that cannot be
+        removed (the filesystem gone read-only or failing) must not replace: the marker then stays, naming this
+        process, and the next acquirer takes it over once this process is gone (dead owner on this host) or its
+        lease ran out (another host)."""
         if self._nested:
             SiteLock._held[str(self.path)] -= 1
             self._nested = False
@@ -343,8 +347,15 @@ class SiteLock:
             with contextlib.suppress(OSError):
                 _owner_file(self.path).unlink()
         lost = getattr(self._lock, "compromise", None)
-        self._lock.release()
-        self._lock = None
+        try:
+            self._lock.release()
+        except OSError as exc:
+            if failing:
+                return
+            raise CpkgsError(f"cannot release {self.what}: {os_error_text(exc)}; it is taken over as stale once "
+                             "this process has exited") from None
+        finally:
+            self._lock = None
         if lost is not None:
             # The lease was broken or expired while we worked (`locks break`, or a host that stalled past its
             # lease): another process may have changed the same things. Say so rather than report success.
@@ -354,8 +365,8 @@ class SiteLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        self.release(failing=exc_type is not None)
 
 
 def read_owner(lock_path: Path) -> LockOwner | None:

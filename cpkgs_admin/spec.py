@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,72 @@ class Spec:
 
 VARIABLE_COMMENT = "# variable:"
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# Set by the activation itself, by cpkgs' profiles, the shell or the module system: a spec file must not set them.
-_RESERVED_VARS = ("CONDA_", "CPKGS_", "_cpkgs", "_CE_", "LMOD_")
-_RESERVED_NAMES = frozenset({"PATH", "PS1", "prompt", "_", "PWD", "OLDPWD", "SHLVL", "IFS", "MODULEPATH", "HOME"})
+
+# The variables a spec file, a lock file's `# variable:` comments or a record carried by --from may not set: the one
+# list, by why. (names, prefixes, what the refusal says).
+_REFUSED_VARIABLES: tuple[tuple[frozenset[str], tuple[str, ...], str], ...] = (
+    # Set by the activation itself, by cpkgs' profiles, the shell or the module system: a value here would be
+    # overwritten, or would break activation, deactivation or the module system for the env's users.
+    (frozenset({"PATH", "prompt", "_", "PWD", "OLDPWD", "SHLVL", "IFS", "MODULEPATH", "HOME"}),
+     ("CONDA_", "CPKGS_", "_cpkgs", "_CE_", "LMOD_"), "is set by the activation itself"),
+    # Make the users' shells run code without being asked: start-up files (BASH_ENV for every non-interactive bash,
+    # ENV for sh/dash/ksh, which ksh even expands; ZDOTDIR moves zsh's), hooks run at every prompt, prompts that
+    # bash (promptvars, on by default) and zsh (prompt_subst) expand with command substitution, PS4 at every traced
+    # line, options handed to every bash started below (SHELLOPTS/BASHOPTS: xtrace + PS4, noexec...), where bash
+    # writes its history (HISTFILE=~/.bashrc appends the user's commands to a file their shell runs), and what
+    # `cd` and globs resolve to in every script (CDPATH, GLOBIGNORE).
+    (frozenset({"PROMPT_COMMAND", "BASH_ENV", "ENV", "ZDOTDIR", "PS0", "PS1", "PS2", "PS3", "PS4", "PROMPT",
+                "PROMPT2", "PROMPT3", "PROMPT4", "RPROMPT", "RPROMPT2", "RPS1", "RPS2", "SPROMPT", "SHELLOPTS",
+                "BASHOPTS", "HISTFILE", "CDPATH", "GLOBIGNORE", "FPATH", "LESSOPEN", "LESSCLOSE"}),
+     (), "makes the users' shells run code"),
+    # Make the dynamic loader put code into every program the user runs, system ones included (ssh, git, the
+    # shell itself): LD_PRELOAD, LD_AUDIT, GLIBC_TUNABLES, macOS's DYLD_*. LD_LIBRARY_PATH too: conda's binaries
+    # find their libraries through RPATH ($ORIGIN) and never need it, while set in a shell it makes every system
+    # program load the env's libraries first (broken tools at best, the env's code inside them at worst).
+    (frozenset({"GLIBC_TUNABLES"}), ("LD_", "DYLD_"), "makes the dynamic loader load code into every program"),
+    # Make an interpreter run or import code at start-up, in every program of that language the user runs (their
+    # own interpreters too): PYTHONPATH as well, which puts modules ahead of every Python's own (an env's Python
+    # finds its packages without it; a site's extra modules belong in a package).
+    (frozenset({"PYTHONSTARTUP", "PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX",
+                "PYTHONBREAKPOINT", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "RUBYOPT", "RUBYLIB",
+                "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "R_PROFILE",
+                "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "TCLLIBPATH"}),
+     ("LUA_INIT",), "makes an interpreter run code at start-up"),
+)
+
+
+def refused_variable(name: str) -> str | None:
+    """Why a spec may not set the variable NAME, or None."""
+    for names, prefixes, why in _REFUSED_VARIABLES:
+        if name in names or name.startswith(prefixes):
+            return why
+    return None
+
+
+def control_character(text: str) -> str | None:
+    """The first character of TEXT that must not reach a terminal, as U+XXXX, or None. Control characters (C0 and
+    C1: ESC and CSI start terminal escape sequences), format characters (bidi overrides that reorder what is shown,
+    zero-width ones) and line separators."""
+    if text.isprintable():  # at C speed: these categories are all "not printable" to Python (the common case)
+        return None
+    for c in text:
+        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            return f"U+{ord(c):04X}"
+    return None
+
+
+def check_printable(text: str, what: str) -> str:
+    """TEXT, when it holds nothing that must not reach users' terminals; else a UsageError naming WHAT."""
+    bad = control_character(text)
+    if bad is not None:
+        raise UsageError(f"{what} holds a control character ({bad}); admin text reaches users' terminals")
+    return text
+
+
+def printable(text: str) -> str:
+    """TEXT with what must not reach a terminal shown as \\uXXXX instead: for text cpkgs did not check itself (what a
+    package's activate.d script sets, a record from before these checks)."""
+    return "".join(f"\\u{ord(c):04x}" if control_character(c) else c for c in text)
 
 
 def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
@@ -45,16 +109,17 @@ def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     for name, val in value.items():
         if not isinstance(name, str) or not _VAR_NAME.match(name):
             raise SpecError(f"{where}: variables: {name!r} is not a variable name")
-        if name in _RESERVED_NAMES or name.startswith(_RESERVED_VARS):
-            raise SpecError(f"{where}: variables: {name} is set by the activation itself and cannot be given here")
+        why = refused_variable(name)
+        if why is not None:
+            raise SpecError(f"{where}: variables: {name} {why} and cannot be given here")
         if isinstance(val, bool):
             val = "true" if val else "false"
         elif isinstance(val, (int, float)):
             val = str(val)
         if not isinstance(val, str):
             raise SpecError(f"{where}: variables: {name} must be a string or a number")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in val):
-            # newlines, tabs, CR: csh cannot carry them, Lmod's Tcl reading mangles them
+        if control_character(val):
+            # newlines, tabs, CR: csh cannot carry them, Lmod's Tcl reading mangles them; escapes reach terminals
             raise SpecError(f"{where}: variables: {name} must be one line of printable characters")
         out.append((name, val))
     return tuple(out)
@@ -87,6 +152,8 @@ def parse_match_spec(spec: str) -> Any:
 
     if not spec or not spec.strip():
         raise SpecError("empty match spec")
+    if control_character(spec):  # requested specs reach users in `module help` and `cpkgs info`
+        raise SpecError(f"match spec {spec!r} holds a control character ({control_character(spec)})")
     try:
         ms = MatchSpec(spec.strip())
     except Exception as exc:  # rattler raises its own InvalidMatchSpecError family
@@ -136,8 +203,8 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
     allowed = {"name", "channels", "dependencies", "extends", "prefix", "variables"}
     for key in data:
         if key not in allowed:
-            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends; "
-                            "name and prefix are ignored)")
+            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends, "
+                            "variables; name and prefix are ignored)")
     data["variables"] = check_variables(data.get("variables"), f"spec file {path}")  # checked, as (NAME, value)
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):

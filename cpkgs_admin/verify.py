@@ -39,7 +39,7 @@ _local = threading.local()
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing | modified | size | unexpected | writable | setuid | unsealed | executable
+    kind: str  # missing | modified | size | unexpected | writable | setuid | unsealed | executable | symlink
     path: str
     detail: str
 
@@ -640,6 +640,13 @@ def verify_prefix(
     problems, files, nbytes, tree = check_integrity(prefix, meta=meta, owners=owners)
     rep.files, rep.bytes = files, nbytes
     rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix), tree)
+    # A package's symlink has no content hash: where it points is checked here (published at PREFIX, which may
+    # also be reached through a symlinked site root).
+    from cpkgs_admin.content import escaping_symlinks
+
+    roots = tuple(dict.fromkeys([str(prefix), os.path.realpath(prefix)]))
+    rep.problems += [Problem("symlink", rel, f"points outside the environment ({target})")
+                     for rel, target in escaping_symlinks(prefix, tree, roots)]
     rep.unsealed = not expect_sealed
     return rep
 

@@ -264,6 +264,7 @@ def test_activation_reads_what_scripts_set_not_what_they_print(tmp_path: Path) -
     prefix = tmp_path / "env"
     act = prefix / "etc" / "conda" / "activate.d"
     act.mkdir(parents=True)
+    world_traversable(prefix)  # measured as uid 65534 when run by root, like a published env readable by all
     (act / "10-noisy.sh").write_text(
         "printf 'INJECTED=1\\0PATH=/evil\\0'\n"
         "echo hello\n"
@@ -284,6 +285,23 @@ def test_activate_d_script_that_exits_the_shell_is_an_error_not_an_empty_activat
 
     act = tmp_path / "env" / "etc" / "conda" / "activate.d"
     act.mkdir(parents=True)
+    world_traversable(act)
     (act / "bad.sh").write_text("export A=1\nexit 0\n")
     with pytest.raises(CpkgsError, match="ended the shell"):
         activation_of(tmp_path / "env", "bad-1.0")
+
+
+def test_activate_d_script_the_measuring_user_cannot_read_is_an_error(tmp_path: Path) -> None:
+    """Measured as uid 65534 (run by root): a script that user cannot read is named, not silently left out of the
+    activation kept for modulefiles and kernels."""
+    from cpkgs_admin.errors import CpkgsError
+    from cpkgs_admin.integrations import activation_of
+
+    act = tmp_path / "env" / "etc" / "conda" / "activate.d"
+    act.mkdir(parents=True)
+    world_traversable(act)
+    (act / "10-open.sh").write_text("export OPEN=1\n")
+    (act / "20-private.sh").write_text("export PRIVATE=1\n")
+    (act / "20-private.sh").chmod(0o600)
+    with pytest.raises(CpkgsError, match="uid 65534 cannot read 20-private.sh"):
+        activation_of(tmp_path / "env", "priv-1.0")

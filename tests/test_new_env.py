@@ -538,16 +538,23 @@ def test_init_and_builds_are_audited(built_site: Path) -> None:
 
 
 def test_a_build_never_touches_another_names_staging_dir(site: Path) -> None:
-    """`rr-1` must not take `.staging-rr-1-2@…` (another name's build, under another lock) for its own leftover."""
+    """`rr-1` must not take `.staging-rr-1-2@…` (another name's build, running under its own lock) for its own
+    leftover; once no build of rr-1-2 holds that lock, the dir is a dead build's and the next build removes it."""
+    from cpkgs_admin.locking import env_locked
+    from cpkgs_admin.site import open_site
+
     envs = site / ENVS
     other = envs / ".staging-rr-1-2@0123456789ab"
     other.mkdir(mode=0o700)
     (other / "in-progress").write_text("another build")
     mine = envs / ".staging-rr-1@ba9876543210"
     mine.mkdir(mode=0o700)
-    assert run_cpkgs("new-env", "rr-1", "cpkgs-test-app", root=site).returncode == 0
+    with env_locked(open_site(site), "rr-1-2", "linux-64"):  # as the build of rr-1-2 holds it
+        assert run_cpkgs("new-env", "rr-1", "cpkgs-test-app", root=site).returncode == 0
     assert (other / "in-progress").exists()
     assert not mine.exists()  # rr-1's own leftover (a killed run) is cleaned under rr-1's lock
+    assert run_cpkgs("new-env", "rr-2", "cpkgs-test-app", root=site).returncode == 0
+    assert not other.exists()
 
 
 def _memo_dir(root: Path) -> Path:
