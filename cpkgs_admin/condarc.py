@@ -538,8 +538,13 @@ def _diff(old: str | None, new: str, target: str) -> str:
     )
 
 
+# What parsing and splicing import when first used (edit_file may run them with a user's rights, see run_as).
+_YAML_MODULES = ("io", "ruamel.yaml", "ruamel.yaml.nodes", "ruamel.yaml.comments", "ruamel.yaml.error",
+                 "ruamel.yaml.mergevalue")
+
+
 def _edit(path: Path, compute: Callable[[str | None], str | None], dry_run: bool) -> Outcome:
-    return edit_file(path, compute, dry_run=dry_run, lease=LOCK_LEASE, timeout=LOCK_TIMEOUT)
+    return edit_file(path, compute, dry_run=dry_run, lease=LOCK_LEASE, timeout=LOCK_TIMEOUT, preload=_YAML_MODULES)
 
 
 def _where(path: Path, out: Outcome) -> str:

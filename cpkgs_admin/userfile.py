@@ -14,10 +14,14 @@ anyone could swap the file. Root acting as itself also refuses a directory a gro
 
 Lost updates. The user's editor (or a shell loop appending lines) may write while cpkgs edits. The new text goes to
 a temp file beside the target; just before the rename cpkgs checks that the name still holds the inode it read and
-that inode still holds the bytes it read, else it starts over from the new content. After the rename it looks at
-the old inode again (it holds it open): bytes appended there in between are appended to the new file; a rewrite in
-that window is kept beside the file as `NAME.cpkgs-rewritten-*` and reported. A writer that keeps the old file open
-and writes to it long after cannot be helped by any rename-based edit (editors saving a file do not).
+that this inode still starts with the bytes it read, else (an editor saved a new file, or changed what was read)
+it starts over from the new content. Bytes only appended since the read, before or during the rename, are then
+appended to the new file (cpkgs holds the old inode open and reads them there): the result is the edit made at the
+moment of the read followed by the appends, as `>>` would have left it. Starting over for appends instead would
+never finish against a steady appender (parsing takes longer than the gap between two lines). A rewrite of the
+old inode during the rename is kept beside the file as `NAME.cpkgs-rewritten-*` and reported. A writer that keeps
+the old file open and writes to it long after cannot be helped by any rename-based edit (editors saving a file do
+not).
 
 Backups: one per change, `NAME.cpkgs-backup-YYYYMMDDTHHMMSS[-N]` beside the target, with its mode and group; the
 newest KEEP_BACKUPS stay, older ones go.
@@ -29,8 +33,10 @@ import contextlib
 import datetime
 import errno
 import grp
+import importlib
 import json
 import os
+import pkgutil
 import pwd
 import re
 import stat
@@ -173,11 +179,29 @@ def editor_for(path: Path) -> Actor | None:
 # ----------------------------------------------------------------------------------------------- as another user
 
 
-def run_as(who: Actor | None, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+# The child may not be able to read our own installation (a venv under root's 0700 home): whatever it will import
+# is imported before it gives up our rights. filelock imports its parts when first used (a lazy package
+# __getattr__, imports inside functions), so all of them, listed from its own directory: a plain library, 65 ms.
+_LOCK_MODULES = ("psutil",)
+_LOCK_PACKAGES = ("filelock",)
+
+
+def _preload(modules: tuple[str, ...], packages: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)
+    for name in packages:
+        pkg = importlib.import_module(name)
+        for info in pkgutil.walk_packages(pkg.__path__, f"{name}."):
+            importlib.import_module(info.name)
+
+
+def run_as(who: Actor | None, fn: Callable[[], dict[str, Any]], preload: tuple[str, ...] = ()) -> dict[str, Any]:
     """fn(), with WHO's rights: in a forked child that has become WHO (None: here, with ours). A CpkgsError in the
-    child is raised again here, with its class and message."""
+    child is raised again here, with its class and message. PRELOAD: modules fn imports (besides the lock's),
+    imported here first."""
     if who is None:
         return fn()
+    _preload((*_LOCK_MODULES, *preload), _LOCK_PACKAGES)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     r, w = os.pipe()
@@ -264,16 +288,23 @@ def target_of(path: Path) -> Path:
 
 
 def edit_file(
-    path: Path, compute: Callable[[str | None], str | None], *, dry_run: bool, lease: float, timeout: float
+    path: Path,
+    compute: Callable[[str | None], str | None],
+    *,
+    dry_run: bool,
+    lease: float,
+    timeout: float,
+    preload: tuple[str, ...] = (),
 ) -> Outcome:
     """Read PATH (a symlink: its target), COMPUTE the new text from the old (None: no file; returns None: no change)
-    and write it, all with the rights of whoever controls PATH (editor_for), under a lock beside the target."""
+    and write it, all with the rights of whoever controls PATH (editor_for), under a lock beside the target.
+    PRELOAD: the modules COMPUTE imports (see run_as)."""
     who = editor_for(path)
 
     def work() -> dict[str, Any]:
         return asdict(_edit(path, compute, dry_run, lease, timeout))
 
-    out = Outcome.from_json(run_as(who, work))
+    out = Outcome.from_json(run_as(who, work, preload))
     out.editor = who.name if who is not None else None
     return out
 
@@ -357,17 +388,18 @@ def _write(path: Path, target: Path, fd: int | None, raw: bytes | None, data: by
 
 
 def _as_read(path: Path, target: Path, fd: int | None, raw: bytes | None) -> bool:
-    """TARGET still names the inode read (or still nothing) and that inode still holds the bytes read."""
+    """TARGET still names the inode read (or still nothing) and that inode still starts with the bytes read: what
+    was appended since comes after the edit (_carry_over), as if the edit had happened at the moment of the read."""
     try:
         now = os.lstat(target)
     except FileNotFoundError:
         return fd is None
-    if fd is None:
+    if fd is None or raw is None:
         return False
     held = os.fstat(fd)
     if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
         return False
-    return read_fd_bytes(fd, str(path), ConfigError) == raw
+    return read_fd_bytes(fd, str(path), ConfigError).startswith(raw)
 
 
 def _install(tmp: Path, target: Path, *, create: bool) -> bool:
@@ -388,8 +420,9 @@ def _install(tmp: Path, target: Path, *, create: bool) -> bool:
 
 
 def _carry_over(path: Path, target: Path, fd: int, raw: bytes, st: os.stat_result | None) -> int:
-    """Bytes written to the old inode between the last check and the rename, which readers of TARGET no longer
-    see: appended ones go to the end of the new file; anything else is kept beside it and reported."""
+    """Bytes written to the old inode since it was read, up to and after the rename, which readers of TARGET no
+    longer see: appended ones go to the end of the new file, where appending after the edit puts them; anything
+    else is kept beside it and reported."""
     seen, carried = raw, 0
     while True:
         now = read_fd_bytes(fd, str(path), ConfigError)
@@ -430,7 +463,11 @@ def _keep_copy(target: Path, data: bytes, st: os.stat_result | None, kind: str) 
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     base = f"{target.name}.cpkgs-{kind}-{stamp}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for n in range(1000):
+    # After the last N of this second: names sort in the order the copies were made, even when pruning freed one.
+    suffix = re.compile(re.escape(base) + r"(?:-(\d+))?\Z")
+    taken = [int(m[1] or 0) for m in map(suffix.match, os.listdir(target.parent)) if m]
+    first = max(taken) + 1 if taken else 0
+    for n in range(first, first + 1000):
         candidate = target.with_name(base if n == 0 else f"{base}-{n}")
         try:
             fd = os.open(candidate, flags, 0o600)
