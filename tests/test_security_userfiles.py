@@ -303,16 +303,16 @@ def test_lines_appended_while_link_user_edits_are_kept(usite: Path, _home: Path)
 def test_only_the_newest_three_backups_are_kept(usite: Path, _home: Path) -> None:
     rc = _home / ".condarc"
     rc.write_text("channels: [a]\n")
-    contents = []
+    contents, runs = [], []
     for n in range(6):
         contents.append(rc.read_bytes())
-        r = run_cpkgs("link-user" if n % 2 == 0 else "unlink-user", root=usite)
-        assert r.returncode == 0, r
-        assert "backup " in r.stdout and "(the newest 3 backups are kept)" in r.stdout, r
+        runs.append(run_cpkgs("link-user" if n % 2 == 0 else "unlink-user", root=usite))
+        assert runs[-1].returncode == 0, runs[-1]
     backups = sorted((p for p in _home.iterdir() if BACKUP.match(p.name)), key=lambda p: p.stat().st_mtime_ns)
     assert len(backups) == 3
     assert [p.read_bytes() for p in backups] == contents[3:]
-    assert str(backups[-1]) in r.stdout
+    # each run says where its backup is, and how many are kept
+    assert f"backup {backups[-1]} (the newest 3 backups are kept)" in runs[-1].stdout, runs[-1]
 
 
 # ------------------------------------------------------------------------------------------- not a regular file
