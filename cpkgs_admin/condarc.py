@@ -19,7 +19,9 @@ The user's file is theirs. ruamel.yaml's round-trip composer (the YAML library c
 with) locates the nodes; the change is spliced in at their marks so every byte outside the touched list stays as
 it was (a full round-trip dump re-indents and re-spaces); every result is parsed again and must equal the old
 settings plus (or minus) exactly that one item, else ruamel's round-trip dump is used and checked the same way.
-Writes happen under a lock beside the file, keep a timestamped backup, replace atomically and keep the mode; a
+userfile.edit_file does the writing: with the rights of the user who controls the file (root editing a user's
+condarc becomes that user in a child process), under a lock beside it, a timestamped backup (the newest 3 kept),
+an atomic replace that keeps owner, group and mode, and no lost lines when the user's editor writes meanwhile; a
 symlinked file (dotfile managers) is edited at its target and stays a symlink.
 
 unlink-user removes every item equal to that entry, nothing else. When link-user had to create the `envs_dirs` key

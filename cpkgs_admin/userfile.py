@@ -302,7 +302,7 @@ def edit_file(
     who = editor_for(path)
 
     def work() -> dict[str, Any]:
-        return asdict(_edit(path, compute, dry_run, lease, timeout))
+        return asdict(_edit(path, compute, dry_run, lease, timeout, recheck=who is None))
 
     out = Outcome.from_json(run_as(who, work, preload))
     out.editor = who.name if who is not None else None
@@ -310,8 +310,13 @@ def edit_file(
 
 
 def _edit(path: Path, compute: Callable[[str | None], str | None], dry_run: bool, lease: float,
-          timeout: float) -> Outcome:
+          timeout: float, *, recheck: bool) -> Outcome:
     target = target_of(path)
+    if recheck and editor_for(path) is not None:
+        # With our own rights, once the symlinks are resolved: a name created meanwhile in a sticky directory (a
+        # symlink of someone else's where nothing was when editor_for looked) is caught here; after this, only
+        # the last component can still appear, and every open, link and rename of it refuses to follow a link.
+        raise PermissionProblem(f"{path}: changed owner while cpkgs was checking it; run again")
     if dry_run:
         fd = _open(target, path)
         try:

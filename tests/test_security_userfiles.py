@@ -129,6 +129,20 @@ def test_root_keeps_owner_group_and_mode_of_the_users_file(usite: Path, tmp_path
     assert len([p for p in home.iterdir() if BACKUP.match(p.name)]) == 2
 
 
+def test_root_edits_a_file_only_ruamels_round_trip_can_change(usite: Path, tmp_path: Path) -> None:
+    """The splice cannot add a key to a one-line flow mapping: ruamel's dumper writes it, in the child that has
+    the user's rights (and cannot read this interpreter's installation under root's 0700 home here: whatever it
+    needs was imported before it dropped root)."""
+    home = user_dir(tmp_path / "uhome")
+    rc = user_file(home / ".condarc", "{channels: [conda-forge, 'bioconda'], ssl_verify: true}\n", mode=0o600)
+    for command in ("link-user", "unlink-user"):
+        r = run_cpkgs(command, "--condarc", str(rc), root=usite)
+        assert r.returncode == 0, r
+    assert "'bioconda'" in rc.read_text() and "envs_dirs: []" in rc.read_text()
+    st = rc.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (USER, USER, 0o600)
+
+
 def test_root_creates_a_missing_condarc_as_its_user(usite: Path, tmp_path: Path) -> None:
     home = user_dir(tmp_path / "uhome")
     r = run_cpkgs("link-user", "--condarc", str(home / ".condarc"), root=usite)
