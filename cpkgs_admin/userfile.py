@@ -265,7 +265,7 @@ class Outcome:
     new: str | None  # None: nothing to change
     backup: str | None = None
     written: bool = False
-    carried: int = 0  # bytes someone appended to the old file during the rename, appended to the new one
+    carried: int = 0  # bytes someone appended to the old file after it was read, appended to the new one
     editor: str | None = None  # the user whose rights the edit took, when not ours
 
     @classmethod
