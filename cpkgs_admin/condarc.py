@@ -19,7 +19,9 @@ The user's file is theirs. ruamel.yaml's round-trip composer (the YAML library c
 with) locates the nodes; the change is spliced in at their marks so every byte outside the touched list stays as
 it was (a full round-trip dump re-indents and re-spaces); every result is parsed again and must equal the old
 settings plus (or minus) exactly that one item, else ruamel's round-trip dump is used and checked the same way.
-Writes happen under a lock beside the file, keep a timestamped backup, replace atomically and keep the mode; a
+userfile.edit_file does the writing: with the rights of the user who controls the file (root editing a user's
+condarc becomes that user in a child process), under a lock beside it, a timestamped backup (the newest 3 kept),
+an atomic replace that keeps owner, group and mode, and no lost lines when the user's editor writes meanwhile; a
 symlinked file (dotfile managers) is edited at its target and stays a symlink.
 
 unlink-user removes every item equal to that entry, nothing else. When link-user had to create the `envs_dirs` key
@@ -30,7 +32,6 @@ is empty, and leaves `envs_dirs: []` when the key was the user's.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import difflib
 import json
 import os
@@ -40,15 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import ConfigError, CpkgsError, PermissionProblem, UsageError
-from cpkgs_admin.locking import SiteLock, atomic_write
+from cpkgs_admin.errors import ConfigError, CpkgsError, UsageError
 from cpkgs_admin.site import Site, SiteConfig, native_subdir, open_site
+from cpkgs_admin.userfile import KEEP_BACKUPS, Outcome, edit_file
+from cpkgs_admin.yamlio import read_text_file
 
 INSTALLATION_VAR = "CPKGS_INSTALLATION"
 MARKER = "added by cpkgs link-user"
 KEY = "envs_dirs"
 ALIAS_KEY = "envs_path"  # conda's alias of envs_dirs; a file holding both is rejected by conda itself
-NEW_FILE_MODE = 0o644
 LOCK_LEASE = 30.0
 LOCK_TIMEOUT = 120.0
 
@@ -288,19 +289,9 @@ def read_condarc(path: Path) -> dict[str, Any] | None:
 
 def _read_text(path: Path, name: Path) -> str | None:
     try:
-        raw = path.read_bytes()
+        return read_text_file(path, str(name), ConfigError)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ConfigError(f"{name}: is a directory, not a file") from None
-    except PermissionError:
-        raise ConfigError(f"{name}: cannot read: permission denied") from None
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start})") from None
 
 
 # ----------------------------------------------------------------------------------------------------- splicing
@@ -535,29 +526,7 @@ def _reads_as(text: str, expect: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------------------------------- writing
 
 
-def _target_of(path: Path) -> Path:
-    """The file a (chain of) symlink(s) points at: edited there so the link stays a link."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _backup(target: Path, data: bytes, mode: int) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    base = target.with_name(f"{target.name}.cpkgs-backup-{stamp}")
-    for n in range(1000):
-        candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
-        try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return candidate
-    raise CpkgsError(f"{target}: too many backups named {base.name}*")
-
-
-def _diff(old: str | None, new: str, target: Path) -> str:
+def _diff(old: str | None, new: str, target: str) -> str:
     def lines(text: str) -> list[str]:
         out = text.splitlines(keepends=True)
         if out and not out[-1].endswith("\n"):
@@ -566,51 +535,50 @@ def _diff(old: str | None, new: str, target: Path) -> str:
 
     return "".join(
         difflib.unified_diff(
-            lines(old or ""), lines(new), fromfile=str(target) if old is not None else "/dev/null", tofile=str(target)
+            lines(old or ""), lines(new), fromfile=target if old is not None else "/dev/null", tofile=target
         )
     )
 
 
-@dataclass
-class _Outcome:
-    old: str | None
-    new: str | None  # None: nothing to change
-    backup: Path | None = None
-    written: bool = False
+# What parsing and splicing import when first used (edit_file may run them with a user's rights, see run_as).
+_YAML_MODULES = ("io", "ruamel.yaml", "ruamel.yaml.nodes", "ruamel.yaml.comments", "ruamel.yaml.error",
+                 "ruamel.yaml.mergevalue")
 
 
-def _edit(path: Path, target: Path, compute: Callable[[str | None], str | None], dry_run: bool) -> _Outcome:
-    def once() -> _Outcome:
-        old = _read_text(target, path)
-        return _Outcome(old=old, new=compute(old))
+def _edit(path: Path, compute: Callable[[str | None], str | None], dry_run: bool) -> Outcome:
+    return edit_file(path, compute, dry_run=dry_run, lease=LOCK_LEASE, timeout=LOCK_TIMEOUT, preload=_YAML_MODULES)
 
-    if dry_run:
-        return once()
-    if not target.parent.is_dir():
-        raise ConfigError(f"{path}: directory {target.parent} does not exist")
-    lock = SiteLock(
-        target.with_name(target.name + ".cpkgs.lock"),
-        what=f"{target}",
-        lease_seconds=LOCK_LEASE,
-        timeout=LOCK_TIMEOUT,
+
+def _where(path: Path, out: Outcome) -> str:
+    return f"{path}" + (f" (symlink to {out.target})" if out.target != str(path) else "")
+
+
+def _written_notes(out: Outcome) -> str:
+    """What the message adds after a write: the backup, whose rights, what was carried over."""
+    notes = ""
+    if out.backup:
+        notes += f"; backup {out.backup} (the newest {KEEP_BACKUPS} backups are kept)"
+    if out.editor:
+        notes += f"; edited with the rights of its owner {out.editor}"
+    if out.carried:
+        notes += f"; {out.carried} bytes written to the file meanwhile were kept"
+    return notes
+
+
+def _change(path: Path, entry: str, out: Outcome, message: str, warnings: list[str] | None = None) -> CondarcChange:
+    changed = out.new is not None and out.new != out.old
+    return CondarcChange(
+        path=str(path),
+        target=out.target,
+        entry=entry,
+        changed=changed,
+        created=changed and out.old is None,
+        written=out.written,
+        backup=out.backup,
+        diff=_diff(out.old, out.new, out.target) if changed and out.new is not None else "",
+        message=message,
+        warnings=tuple(warnings or ()),
     )
-    with lock:
-        out = once()  # read again under the lock: another run may have just written
-        if out.new is None or out.new == out.old:
-            return out
-        try:
-            if out.old is not None:
-                mode = target.stat().st_mode & 0o7777
-                out.backup = _backup(target, out.old.encode("utf-8"), mode)
-            else:
-                mode = NEW_FILE_MODE
-            atomic_write(target, out.new, mode)
-        except PermissionError:
-            raise PermissionProblem(f"{path}: cannot write {target}: permission denied") from None
-        except OSError as exc:
-            raise CpkgsError(f"{path}: cannot write {target}: {exc.strerror}") from None
-        out.written = True
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------- commands
@@ -621,42 +589,26 @@ def link_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False)
     site = open_site(root)
     entry = shared_envs_entry(site)
     path = condarc if condarc is not None else default_condarc()
-    target = _target_of(path)
-    parsed: list[_Doc] = []
 
     def compute(old: str | None) -> str | None:
         doc = parse_condarc(old if old is not None else "", str(path))
-        parsed.append(doc)
         if entry in doc.values():
             return None
         return _appended(doc, entry)
 
-    out = _edit(path, target, compute, dry_run)
-    doc = parsed[-1]
+    out = _edit(path, compute, dry_run)
+    # Parsed again here: the edit may have run in a child process with the file owner's rights.
+    doc = parse_condarc(out.old if out.old is not None else "", str(path))
     changed = out.new is not None and out.new != out.old
     final = parse_condarc(out.new, str(path)) if changed and out.new is not None else doc
-    warnings = link_warnings(site, final, entry)
-    where = f"{path}" + (f" (symlink to {target})" if target != path else "")
+    where = _where(path, out)
     if not changed:
         message = f"already linked: {where} lists {entry}; nothing changed"
     elif dry_run:
         message = f"would add {entry} to {doc.key} in {where}"
     else:
-        message = f"{'created' if out.old is None else 'updated'} {where}: {doc.key} += {entry}" + (
-            f"; backup {out.backup}" if out.backup else ""
-        )
-    return CondarcChange(
-        path=str(path),
-        target=str(target),
-        entry=entry,
-        changed=changed,
-        created=changed and out.old is None,
-        written=out.written,
-        backup=str(out.backup) if out.backup else None,
-        diff=_diff(out.old, out.new, target) if changed and out.new is not None else "",
-        message=message,
-        warnings=tuple(warnings),
-    )
+        message = f"{'created' if out.old is None else 'updated'} {where}: {doc.key} += {entry}" + _written_notes(out)
+    return _change(path, entry, out, message, link_warnings(site, final, entry))
 
 
 def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False) -> CondarcChange:
@@ -664,40 +616,28 @@ def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = Fals
     site = open_site(root)
     entry = shared_envs_entry(site)
     path = condarc if condarc is not None else default_condarc()
-    target = _target_of(path)
-    keys: list[str] = []
 
     def compute(old: str | None) -> str | None:
         if old is None:
             return None
         doc = parse_condarc(old, str(path))
-        keys.append(doc.key)
         if entry not in doc.values():
             return None
         return _removed(doc, entry)
 
-    out = _edit(path, target, compute, dry_run)
+    out = _edit(path, compute, dry_run)
     changed = out.new is not None and out.new != out.old
-    where = f"{path}" + (f" (symlink to {target})" if target != path else "")
+    where = _where(path, out)
+    key = parse_condarc(out.old, str(path)).key if out.old is not None else KEY
     if out.old is None:
         message = f"not linked: {path} does not exist; nothing changed"
     elif not changed:
         message = f"not linked: {where} does not list {entry}; nothing changed"
     elif dry_run:
-        message = f"would remove {entry} from {keys[-1]} in {where}"
+        message = f"would remove {entry} from {key} in {where}"
     else:
-        message = f"updated {where}: removed {entry} from {keys[-1]}" + (f"; backup {out.backup}" if out.backup else "")
-    return CondarcChange(
-        path=str(path),
-        target=str(target),
-        entry=entry,
-        changed=changed,
-        created=False,
-        written=out.written,
-        backup=str(out.backup) if out.backup else None,
-        diff=_diff(out.old, out.new, target) if changed and out.new is not None else "",
-        message=message,
-    )
+        message = f"updated {where}: removed {entry} from {key}" + _written_notes(out)
+    return _change(path, entry, out, message)
 
 
 def link_warnings(

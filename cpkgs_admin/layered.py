@@ -37,6 +37,7 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
 from cpkgs_admin.localdb import db_config_files
 from cpkgs_admin.site import open_site
+from cpkgs_admin.userfile import chain, group_label, others_can_write, private_group, user_label
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
 LAYER_SCHEMA = 1
@@ -87,6 +88,50 @@ def _check_target(directory: Path, force: bool) -> None:
         raise UsageError(f"{directory} exists and is not empty; choose a new directory or pass --force")
 
 
+def _check_control(directory: Path) -> None:
+    """No other user can change what the layer runs (ssh's StrictModes, for a directory the shell later activates):
+    DIR, if it exists, is ours and writable by nobody else (a sticky bit does not help: others could still add
+    activate scripts); every directory above it, as named and as resolved, belongs to us or root and no one else
+    can swap its entries (a sticky directory like /tmp is fine: only we can rename what we own there); no symlink
+    on the way belongs to anyone else."""
+    me = os.geteuid()
+    real = Path(os.path.realpath(directory))
+    for c in chain(directory) + chain(real):
+        if c.path in (str(directory), str(real)) and stat.S_ISDIR(c.st.st_mode):
+            if c.st.st_uid != me:
+                raise PermissionProblem(f"{directory} belongs to {user_label(c.st.st_uid)}, not to you; "
+                                        "choose a directory of your own")
+            open_to = "everyone" if c.st.st_mode & stat.S_IWOTH else None
+            if c.st.st_mode & stat.S_IWGRP and not private_group(c.st.st_gid, me):
+                open_to = open_to or f"group {group_label(c.st.st_gid)}"
+            if open_to:
+                raise PermissionProblem(f"{directory} is writable by {open_to}: they could change what the layer "
+                                        f"runs; 'chmod go-w {directory}' or choose another directory")
+            continue
+        if c.st.st_uid not in (0, me):
+            raise PermissionProblem(f"{directory}: {c.path} belongs to {user_label(c.st.st_uid)}, who could change "
+                                    "what the layer runs; choose a directory of your own")
+        who = others_can_write(c.st)
+        if who:
+            raise PermissionProblem(f"{directory}: {c.path} is writable by {who}, who could swap the layer; choose "
+                                    "a directory of your own")
+
+
+def _mkdirs(directory: Path) -> None:
+    """DIR and missing parents, 0755 whatever the umask (never writable by others)."""
+    missing: list[Path] = []
+    p = directory
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # someone else made it meanwhile: _check_control, run again next, judges it
+        os.chmod(d, 0o755)
+
+
 def _symlink(target: str, link: Path) -> None:
     """Create or replace LINK -> TARGET atomically (a temp link renamed over, so --force never leaves a gap)."""
     tmp = link.with_name(f".{link.name}.cpkgs-tmp-{os.getpid()}")
@@ -96,12 +141,14 @@ def _symlink(target: str, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def _write(path: Path, text: str, mode: int | None = None) -> None:
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.cpkgs-tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-        if mode is not None:
-            os.fchmod(fh.fileno(), mode)
+        os.fchmod(fh.fileno(), mode)  # explicit, whatever the umask
     os.replace(tmp, path)
 
 
@@ -190,12 +237,14 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
     if directory == prefix or prefix in directory.parents:
         raise UsageError(f"{directory} is inside the shared environment {base}")
     _check_target(directory, force)
+    _check_control(directory)
 
     installation = site.installation_name(rec.platform)
     try:
-        (directory / "bin").mkdir(parents=True, exist_ok=True)
-        (directory / "lib" / f"python{xy}" / "site-packages").mkdir(parents=True, exist_ok=True)
-        (directory / "conda-meta" / "cpkgs").mkdir(parents=True, exist_ok=True)
+        _mkdirs(directory)
+        _check_control(directory)  # again, now that DIR exists: nobody slipped a directory of theirs in meanwhile
+        for sub in ("bin", f"lib/python{xy}/site-packages", "conda-meta/cpkgs"):
+            _mkdirs(directory / sub)
         # The names python/python3/pythonX.Y all point at BASE's real interpreter file: Python finds pyvenv.cfg
         # next to (or one above) the path it was started as, without resolving the link, so it runs as the layer.
         for name in ("python", "python3", f"python{xy}"):
@@ -211,7 +260,7 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
         # IPython history, notebook signatures, ...: on local disk, as in BASE (see the module doc). BASE's stdlib
         # dir is known from its python version: a few stats, no listing.
         for rel, text in db_config_files(prefix / "lib" / f"python{xy}").items():
-            (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+            _mkdirs((directory / rel).parent)
             _write(directory / rel, text)
         _write_wrappers(directory, prefix / "bin")
         # Written last: the shell treats DIR as a layer only once everything above is in place.

@@ -206,15 +206,13 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
 def load_config_file(path: Path) -> SiteConfig:
     import yaml
 
+    from cpkgs_admin.yamlio import load_yaml, read_text_file
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, str(path), SiteError)
     except FileNotFoundError:
         raise SiteError(f"{path} does not exist: not a cpkgs site (run 'cpkgs init')") from None
-    except OSError as exc:
-        raise SiteError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        from cpkgs_admin.yamlio import load_yaml
-
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -172,12 +172,12 @@ def validate_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def _read_text(path: Path, what: str) -> str:
+    from cpkgs_admin.yamlio import read_text_file
+
     try:
-        return path.read_text(encoding="utf-8")
+        return read_text_file(path, f"{what} {path}", SpecError)
     except FileNotFoundError:
         raise SpecError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{what} {path}: cannot read: {exc}") from None
 
 
 def _load_yaml(path: Path) -> Any:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import PermissionProblem, SiteError, UsageError
+from cpkgs_admin.errors import ConfigError, PermissionProblem, SiteError, UsageError
 from cpkgs_admin.locking import audit, site_locked, write_if_changed
 from cpkgs_admin.site import (
     CONFIG_NAME,
@@ -19,7 +19,7 @@ from cpkgs_admin.site import (
     load_config_file,
     normalize_channel,
 )
-from cpkgs_admin.yamlio import load_yaml
+from cpkgs_admin.yamlio import load_yaml, read_text_file
 
 CONFIG_HEADER = """\
 # cpkgs site configuration. Edit with care: every cpkgs command validates this file.
@@ -73,7 +73,7 @@ def updated_config_text(path: Path, config: SiteConfig, keys: list[str]) -> str:
     # null as cpkgs writes it (ruamel's round trip leaves the value empty)
     yaml.representer.add_representer(type(None), lambda r, _d: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(read_text_file(path, str(path), ConfigError))
     except Exception:  # load_config_file has just read it; on any surprise, write it whole
         doc = None
     if not hasattr(doc, "keys"):

@@ -6,7 +6,9 @@ import base64
 import hashlib
 import os
 import shlex
+import stat
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -258,3 +260,76 @@ def test_activated_layer_runs_bases_python_scripts_with_its_own_python(pip_site:
     # --force onto the same base keeps the layer's packages and rewrites the wrappers, nothing else
     assert run_cpkgs("extend", PIP_ENV, str(layer), "--force", root=pip_site, user=True).returncode == 0
     assert sorted(p.name for p in (layer / "bin").iterdir() if not p.name.startswith("python")) == wrapped
+
+
+# ------------------------------------------------------------------------------------------------------- who controls DIR
+
+OTHER = 65533  # "another user" (no passwd entry needed)
+
+
+def as_other(cmd: list[str]) -> None:
+    r = subprocess.run(["setpriv", "--reuid", str(OTHER), "--regid", str(OTHER), "--clear-groups", *cmd],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r
+
+
+def public_dir(path: Path) -> Path:
+    """A root-owned sticky world-writable directory, like /tmp."""
+    path.mkdir()
+    path.chmod(0o1777)
+    world_traversable(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["parent-of-other-user", "dir-of-other-user", "symlink-of-other-user",
+                                  "world-writable-parent"])
+def test_layer_dir_another_user_controls_is_refused(built_site: Path, tmp_path: Path, case: str) -> None:
+    """Another user (uid 65533) owns DIR, a directory above it or a symlink on the way, or everyone can write a
+    directory above it: they could add an activate script or swap bin/python, and the victim's shell would run
+    it on `conda activate`. Refused with one line; nothing written."""
+    pub = public_dir(tmp_path / "pub")
+    if case == "parent-of-other-user":
+        as_other(["mkdir", "-m", "0777", str(pub / "shared")])
+        layer, culprit = pub / "shared" / "layer", "belongs to uid 65533"
+    elif case == "dir-of-other-user":
+        as_other(["mkdir", "-m", "0777", str(pub / "layer")])  # empty and writable: the old check let it pass
+        layer, culprit = pub / "layer", "belongs to uid 65533, not to you"
+    elif case == "symlink-of-other-user":
+        as_other(["mkdir", "-m", "0777", str(pub / "theirs")])
+        as_other(["ln", "-s", str(pub / "theirs"), str(pub / "layer")])
+        layer, culprit = pub / "layer", "belongs to uid 65533"
+    else:
+        open_dir = tmp_path / "open"
+        open_dir.mkdir()
+        open_dir.chmod(0o777)
+        world_traversable(open_dir)
+        layer, culprit = open_dir / "layer", "is writable by everyone"
+    before = tree_hash(tmp_path)
+    r = run_cpkgs("extend", "demo-1.0", str(layer), root=built_site, user=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("cpkgs: "), r
+    assert culprit in r.stderr and "Traceback" not in r.stderr, r
+    assert tree_hash(tmp_path) == before
+
+
+def test_layer_in_a_sticky_public_dir_is_the_users_own(built_site: Path, tmp_path: Path) -> None:
+    """/tmp-like parents are fine: only the layer's owner can rename or remove it there."""
+    layer = public_dir(tmp_path / "pub") / "mine"
+    r = run_cpkgs("extend", "demo-1.0", str(layer), root=built_site, user=True)
+    assert r.returncode == 0, r
+    st = layer.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o755)
+
+
+def test_layer_modes_do_not_depend_on_the_umask(built_site: Path, tmp_path: Path) -> None:
+    """umask 000: still nothing in the layer that others can write (they could change what activation runs)."""
+    home = nobody_dir(tmp_path / "u")
+    layer = home / "layers" / "mine"
+    r = as_nobody([sys.executable, "-m", "cpkgs_admin", "--root", str(built_site), "extend", "demo-1.0", str(layer)],
+                  cwd=str(Path(__file__).parent.parent), preexec_fn=lambda: os.umask(0))  # fmt: skip
+    assert r.returncode == 0, r
+    for p in [layer.parent, layer, *layer.rglob("*")]:
+        st = p.lstat()
+        if not stat.S_ISLNK(st.st_mode):
+            assert not st.st_mode & 0o022, (p, oct(st.st_mode))
+    assert stat.S_IMODE((layer / "bin" / "pip").stat().st_mode) == 0o755
+    assert stat.S_IMODE((layer / "pyvenv.cfg").stat().st_mode) == 0o644

@@ -222,7 +222,7 @@ def test_personal_layer_keeps_ipython_history_off_the_site_and_home(nb_site: Pat
     writes the same config there. Run as an unprivileged user, as a user would."""
     home = tmp_path / "nobody-home"
     home.mkdir()
-    os.chmod(home, 0o777)
+    os.chown(home, 65534, 65534)  # the user's own (extend refuses a dir others can write)
     world_traversable(home)
     layer = home / "layer"
     r = run_cpkgs("extend", "nb-1.0", str(layer), root=nb_site, user=True)

@@ -298,7 +298,7 @@ def test_unreadable_file(usite: Path, tmp_path: Path) -> None:
     path.write_text("channels: [a]\n")
     path.chmod(0o600)
     world_traversable(home)
-    home.chmod(0o777)
+    os.chown(home, 65534, 65534)
     r = run_cpkgs("link-user", root=usite, user=True, env={"HOME": str(home)})
     assert r.returncode == 1, r
     assert r.stderr.strip() == f"cpkgs: {path}: cannot read: permission denied"
