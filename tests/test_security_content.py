@@ -98,13 +98,19 @@ def test_package_content_that_must_not_be_published_is_refused(adv_site: Path, w
 _FILL_CACHE = """
 import asyncio, sys
 from pathlib import Path
-from rattler import install
+from rattler import Platform, install
+from cpkgs_admin.build import rattler_config
 from cpkgs_admin.site import open_site
 from cpkgs_admin.solve import check_channels, solve, virtual_packages
 site = open_site(Path(sys.argv[1]))
 records = solve(check_channels(site.config.channels), (sys.argv[2],), "linux-64", virtual_packages("linux-64", {}), [],
                 None)
-asyncio.run(install(records, target_prefix=sys.argv[3], cache_dir=site.pkgs_cache_dir))
+asyncio.run(install(records, target_prefix=sys.argv[3], cache_dir=site.pkgs_cache_dir, installed_packages=[],
+                    platform=Platform("linux-64"), config=rattler_config(False)))
+# As cpkgs' own main does: py-rattler 0.28's threads can crash the interpreter while it finalizes (SIGSEGV,
+# "PyGILState_Release: thread state ... must be current"); the work is done, leave without finalizing.
+import os
+os._exit(0)
 """
 
 
