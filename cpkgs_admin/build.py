@@ -91,7 +91,8 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "packages": [
-                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256}
+                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256,
+                 "url": p.url}
                 for p in self.packages
             ],
         }

@@ -106,8 +106,8 @@ class ChannelMap:
         return None
 
     def map_url(self, url: str) -> str:
-        """URL (a channel base, or a package URL under one) on this site: a URL key's mirror, else the mirror of the
-        name it spells under an alias, else URL itself."""
+        """URL (a channel base, or a package URL under one) on this site: a URL key's mirror, else where the site
+        serves the name it spells under an alias, else URL itself."""
         url = url.rstrip("/")
         best: tuple[int, str] | None = None
         for key, urls in self.entries.items():
@@ -118,13 +118,17 @@ class ChannelMap:
         if best is not None:
             return best[1]
         name = self.url_name(url)
-        if name is not None:
-            # Only a name the site maps moves; the rest stays under its own alias (a lock's file:// URL, a mirror).
-            segs = _segments(name)
-            for n in range(len(segs), 0, -1):
-                hit = self._named("/".join(segs[:n]))
-                if hit and len(hit) == 1:
-                    return _join(hit[0], *segs[n:])
+        if name is None:
+            return url
+        # The name it spells, as this site serves that name: a map entry, else the site's own alias when it has
+        # moved away from conda's (a mirror of anaconda.org); names the site cannot serve keep their URL.
+        segs = _segments(name)
+        for n in range(len(segs), 0, -1):
+            hit = self._named("/".join(segs[:n]))
+            if hit and len(hit) == 1:
+                return _join(hit[0], *segs[n:])
+        if self.alias and self.alias != DEFAULT_CHANNEL_ALIAS:
+            return _join(self.alias, name)
         return url
 
     def urls(self, channel: str) -> tuple[tuple[str, ...], str]:

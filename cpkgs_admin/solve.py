@@ -150,11 +150,19 @@ def solve(
         if missing:
             more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
             chans = ", ".join(names or dict.fromkeys(s.name for s in sources))
-            raise SolveError(f"cannot solve for {subdir}: no channel has {', '.join(missing[:MAX_NAMED])}{more} "
+            shown_missing = ", ".join(_quoted(m) for m in missing[:MAX_NAMED])
+            raise SolveError(f"cannot solve for {subdir}: no channel has {shown_missing}{more} "
                              f"(channels: {chans})") from None
         detail = " ".join(line.strip(" │├└─") for line in text.splitlines() if line.strip(" │├└─"))
         detail = detail.removeprefix("Cannot solve the request because of: ")
         raise SolveError(f"cannot solve the {len(specs)} requested packages for {subdir}: {detail[:400]}") from None
+
+
+def _quoted(spec: str) -> str:
+    """SPEC in a comma-separated list: quoted when it holds a comma or a space itself (`eigen >=3, <4`)."""
+    if not (" " in spec or "," in spec):
+        return spec
+    return f"'{spec}'" if "'" not in spec else f'"{spec}"'
 
 
 def missing_specs(
