@@ -249,6 +249,8 @@ def _check_channel_map(data: dict[str, Any], bad: Callable[[str, str], ConfigErr
         urls = value if isinstance(value, list) else [value]
         if not urls:
             raise bad(where, "must name a URL or a list of URLs")
+        if "://" in key and len(urls) > 1:
+            raise bad(where, "maps a URL to one URL only (a list is for a channel name, as defaults)")
         for url in urls:
             problem = _url_problem(url)
             if problem:

@@ -199,6 +199,8 @@ BAD_MAPS = [
     ("channel_map: {'has space': file:///a}\n", "key 'channel_map.has space' 'has space' is neither a URL nor"),
     ("channel_map: {nodefaults: file:///a}\n", "key 'channel_map.nodefaults' 'nodefaults' is not a channel"),
     ("channel_map: {x: 'file://relative'}\n", "key 'channel_map.x' 'file://relative' is a file:// URL without"),
+    ("channel_map: {'https://a.org/x': [file:///a, file:///b]}\n", "key 'channel_map.https://a.org/x' maps a URL to "
+                                                                 "one URL only"),
     ("channel_alias: 5\n", "key 'channel_alias' must be str or null"),
     ("channel_alias: ftp://x\n", "key 'channel_alias' 'ftp://x' has unsupported scheme"),
     ("channels: [defaults]\n", "key 'channels[0]' channel 'defaults': this site maps no URL to it"),
