@@ -30,6 +30,7 @@ from cpkgs_admin.names import EnvName
 from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
 from cpkgs_admin.site import Site
 from cpkgs_admin.spec import (
+    ExplicitLock,
     Spec,
     apply_changes,
     check_sources,
@@ -91,7 +92,8 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "packages": [
-                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256}
+                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256,
+                 "url": p.url}
                 for p in self.packages
             ],
         }
@@ -112,10 +114,11 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
                             "the drive (rebuild from its lock: cpkgs export, then new-env --lock)")
         from cpkgs_admin.spec import spec_name
 
-        validate_specs(req.add)
+        warnings: list[str] = []
+        add = validate_specs(req.add, warnings)
         # An env built from a lock file requested no specs: every package it holds counts as requested.
         base = tuple(old.requested_specs) or tuple(p.name for p in old.packages)
-        specs = apply_changes(base, req.add, req.remove)
+        specs = apply_changes(base, add, req.remove)
         removed = {spec_name(r) for r in req.remove}
         missing = removed - {p.name for p in old.packages}
         if missing:
@@ -129,17 +132,76 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
         locked = [r for r in _prefix_records(Path(old.prefix)) if r.name.normalized not in removed]
         # The site's channels of today, not OLD's: mirrors move; OLD's exact builds are kept through `locked`.
         # A record may predate today's rules for variables (or have been edited): they go into every activation.
-        variables = check_variables(dict(old.variables), f"--from {old.name}")
-        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends), variables=variables)
+        variables = check_variables(dict(old.variables), f"--from {old.name}", warnings)
+        spec = Spec(specs=specs, source=f"--from {old.name}", extends=tuple(old.extends), variables=variables,
+                    warnings=tuple(warnings))
         return spec, locked
     if req.spec_file:
         spec = from_environment_file(req.spec_file)
         if req.specs:
-            spec = dataclasses.replace(spec, specs=spec.specs + validate_specs(req.specs))
+            extra: list[str] = []
+            more = validate_specs(req.specs, extra)
+            spec = dataclasses.replace(spec, specs=spec.specs + more, warnings=spec.warnings + tuple(extra))
         return spec, []
     if req.specs:
-        return Spec(specs=validate_specs(req.specs), source="command line"), []
+        warnings = []
+        specs = validate_specs(req.specs, warnings)
+        return Spec(specs=specs, source="command line", warnings=tuple(warnings)), []
     return from_family(site.specs_dir, req.name.family), []
+
+
+def refuse_pip(spec: Spec) -> None:
+    """A spec's `pip:` list (Spec.pip): not built yet; the PyPI step of DESIGN.md will take it from here."""
+    if spec.pip:
+        raise SpecError(
+            f"spec file {spec.source}: a 'pip:' section is not supported; build conda packages or use 'cpkgs extend'"
+        )
+
+
+@dataclass
+class Chosen:
+    """Step 2's outcome: the packages, what was asked for, and the channels by name with the URLs read."""
+
+    spec: Spec
+    records: list[Any]
+    requested: list[str]
+    channels: dict[str, list[str]]
+    channel_name: Callable[[Any], str]
+    warnings: list[str]
+
+
+def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, subdir: str,
+                    overrides: dict[str, str], cache_dir: Path | None, log: Log) -> Chosen:
+    """Solve the request (or find a lock file's packages) on the site's channels, names mapped to its URLs."""
+    from cpkgs_admin.channels import plan_channels
+    from cpkgs_admin.solve import check_channels, lock_sources, resolve_lock, solve, virtual_packages
+
+    cmap = site.config.channel_resolver
+    if lock is not None:
+        plan = plan_channels(cmap, cli=req.channels, site_channels=site.config.channels)
+        sources, names = lock_sources(lock, check_channels(plan.sources) if plan.sources else [], cmap)
+        if log:
+            log(f"resolving {len(lock.packages)} locked packages")
+        records = resolve_lock(lock, sources, subdir, cache_dir)
+        spec = Spec(specs=(), source=f"--lock {req.lock_file}", variables=lock.variables)
+        used: dict[str, list[str]] = {}
+        for src in sources:
+            used.setdefault(src.name, []).append(src.url)
+        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")), [])
+    spec, locked = resolve_spec(site, req, subdir)
+    refuse_pip(spec)
+    if not spec.specs:
+        raise SpecError(f"nothing to install: {spec.source} lists no dependencies")
+    where = f"spec file {spec.source}" if spec.sha256 else str(spec.source)
+    plan = plan_channels(cmap, cli=req.channels, spec_channels=spec.channels, site_channels=site.config.channels,
+                         specs=spec.specs, where=where)
+    check_channels(plan.sources)
+    if log:
+        log(f"solving {len(spec.specs)} specs for {subdir} on {', '.join(plan.names())}")
+    records = solve(plan.sources, plan.specs, subdir, virtual_packages(subdir, overrides), locked, cache_dir,
+                    shown=spec.specs, names=plan.names())
+    return Chosen(spec, records, list(spec.specs), plan.named, lambda r: plan.name_of(str(r.channel or "")),
+                  [*spec.warnings, *plan.warnings])
 
 
 def _prefix_records(prefix: Path) -> list[Any]:
@@ -152,7 +214,8 @@ def _prefix_records(prefix: Path) -> list[Any]:
     return out
 
 
-def package_entries(records: list[Any]) -> list[PackageEntry]:
+def package_entries(records: list[Any], channel_name: Callable[[Any], str]) -> list[PackageEntry]:
+    """The records' entries; CHANNEL_NAME(record): the name the request gave its channel (url: where it came from)."""
     out = []
     for r in sorted(records, key=lambda r: r.name.normalized):
         out.append(
@@ -160,7 +223,7 @@ def package_entries(records: list[Any]) -> list[PackageEntry]:
                 name=r.name.normalized,
                 version=str(r.version),
                 build=str(r.build),
-                channel=str(r.channel or ""),
+                channel=channel_name(r),
                 sha256=r.sha256.hex() if r.sha256 else "",
                 md5=r.md5.hex() if r.md5 else "",
                 url=str(r.url),
@@ -424,14 +487,21 @@ def _native() -> str:
 
 
 def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None) -> str:
-    """A conda explicit file; the env's spec-file variables ride along as comments (conda skips them, `cpkgs
-    new-env --lock` reads them back)."""
-    from cpkgs_admin.spec import VARIABLE_COMMENT
+    """A conda explicit file; the env's spec-file variables and the names of the channels its URLs stand for ride
+    along as comments (conda skips them, `cpkgs new-env --lock` reads them back)."""
+    from cpkgs_admin.channels import CHANNEL_NAME
+    from cpkgs_admin.spec import CHANNEL_COMMENT, VARIABLE_COMMENT
 
+    named = {}
+    for p in packages:
+        base = p.url.rsplit("/", 2)[0]
+        if CHANNEL_NAME.match(p.channel) and "://" in base:
+            named[base] = p.channel
     lines = [
         "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
         f"# platform: {subdir}",
         *(f"{VARIABLE_COMMENT} {k}={v}" for k, v in (variables or {}).items()),
+        *(f"{CHANNEL_COMMENT} {name} {base}" for base, name in named.items()),
         "@EXPLICIT",
     ]
     for p in packages:
@@ -564,7 +634,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             f"platform {subdir} is not served by this site (platforms: {', '.join(site.config.platforms)}); "
             f"add it with 'cpkgs init --platform {subdir}'"
         )
-    from cpkgs_admin.solve import check_channels, env_overrides, parse_overrides, resolve_lock, solve, virtual_packages
+    from cpkgs_admin.solve import env_overrides, parse_overrides
 
     overrides = {**site.config.virtual_packages, **env_overrides(), **parse_overrides(req.overrides)}
     if not req.dry_run:
@@ -576,31 +646,16 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
     repodata_cache = site.pkgs_cache_dir / "repodata" if os.access(site.state_dir, os.W_OK) else None
 
-    if lock is not None:
-        wanted = req.channels or site.config.channels
-        channels = check_channels(wanted) if wanted else []
-        if log:
-            log(f"resolving {len(lock.packages)} locked packages")
-        records = resolve_lock(lock, channels, subdir, repodata_cache)
-        spec = Spec(specs=(), channels=tuple(channels), source=f"--lock {req.lock_file}", variables=lock.variables)
-        requested: list[str] = []
-    else:
-        spec, locked = resolve_spec(site, req, subdir)
-        if not spec.specs:
-            raise SpecError(f"nothing to install: {spec.source} lists no dependencies")
-        channels = check_channels(req.channels or spec.channels or site.config.channels)
-        if log:
-            log(f"solving {' '.join(spec.specs)} for {subdir}")
-        records = solve(channels, spec.specs, subdir, virtual_packages(subdir, overrides), locked, repodata_cache)
-        requested = list(spec.specs)
+    chosen = choose_packages(site, req, lock, subdir, overrides, repodata_cache, log)
+    spec, records, requested = chosen.spec, chosen.records, chosen.requested
     timings["solve"] = time.monotonic() - t0
-    packages = package_entries(records)
+    packages = package_entries(records, chosen.channel_name)
     if req.remove:
         _check_removed(packages, req.remove)
     final = site.env_prefix(name, subdir)
     if req.dry_run:
         return BuildResult(name=name, platform=subdir, prefix=str(final), packages=packages, dry_run=True,
-                           seconds=time.monotonic() - t0, timings=timings)
+                           seconds=time.monotonic() - t0, timings=timings, warnings=chosen.warnings)
 
     existing_env_problem(site, name, subdir)  # fail fast, before waiting for a lock
     from cpkgs_admin.integrations import preflight
@@ -660,7 +715,8 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                 platform=subdir,
                 prefix=str(final),
                 requested_specs=requested,
-                channels=list(channels),
+                channels=list(chosen.channels),
+                channel_urls=chosen.channels,
                 packages=packages,
                 creator=current_user(),
                 host=socket.gethostname(),
@@ -758,7 +814,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                                    ] if act_error else []
                     save_record(site.record_path(name, subdir), record)
                     # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
-                    warnings = [*act_warning, *_finish_publish(site, record, "ok")]
+                    warnings = [*chosen.warnings, *act_warning, *_finish_publish(site, record, "ok")]
                 if interrupted:
                     warnings.append(f"interrupted after the publish point: {name} is published and recorded")
         except OSError as exc:

@@ -115,16 +115,23 @@ def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None
 @click.option("--admin-group", metavar="G", help="Group allowed to change the site.")
 @click.option("-c", "--channel", "channels", multiple=True, metavar="CHANNEL", help="Site channel (repeatable).")
 @click.option("--platform", "platforms", multiple=True, metavar="SUBDIR", help="Platform to serve (repeatable).")
+@click.option("--channel-map", "channel_map", multiple=True, metavar="NAME=URL",
+              help="Serve channel NAME (or a URL prefix) from URL, e.g. a mirror; repeat NAME for several URLs; "
+                   "NAME= drops it.")
+@click.option("--channel-alias", metavar="URL", help="Where other channel names live (default: "
+              "https://conda.anaconda.org); 'none' refuses them.")
 @click.option("--force", is_flag=True, help="Use a root that is not empty and not yet a cpkgs site.")
 @json_option
 @pass_ctx
 def init(
-    c: Ctx, admin_group: str | None, channels: tuple[str, ...], platforms: tuple[str, ...], force: bool, as_json: bool
+    c: Ctx, admin_group: str | None, channels: tuple[str, ...], platforms: tuple[str, ...],
+    channel_map: tuple[str, ...], channel_alias: str | None, force: bool, as_json: bool
 ) -> None:
     """Create or upgrade the site tree (idempotent)."""
     from cpkgs_admin.tree import init_site
 
-    report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force)
+    report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force,
+                       channel_map=channel_map, channel_alias=channel_alias)
     if as_json:
         emit_json(report.to_json())
         return
@@ -292,7 +299,7 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         ("size", f"{human_size(rec.size)} in {rec.file_count} files"),
         ("spec", f"{rec.spec_source or '-'}" + (f" (sha256 {rec.spec_sha256[:12]})" if rec.spec_sha256 else "")),
         ("requested", " ".join(rec.requested_specs) or "-"),
-        ("channels", " ".join(rec.channels)),
+        ("channels", " ".join(_channel_shown(n, rec.channel_urls.get(n, [])) for n in rec.channels)),
     ]
     if rec.retired:
         successor = rec.retired.get("successor") or "-"
@@ -315,6 +322,11 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         click.echo(f"{k:10} {printable(str(v))}")
     click.echo("")
     click.echo(package_table(rec.packages))
+
+
+def _channel_shown(name: str, urls: list[str]) -> str:
+    """A record's channel: its name, with the URLs it was read from where they differ (a mirror)."""
+    return name if urls in ([], [name]) else f"{name}={','.join(urls)}"
 
 
 @cli.command()

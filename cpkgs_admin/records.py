@@ -72,6 +72,10 @@ class EnvRecord:
     # environment.yml `variables:` (spec files and --from carry them): written into the env as activate.d and
     # deactivate.d scripts (etc/conda/*/cpkgs-variables.*) at publish.
     variables: dict[str, str] = field(default_factory=dict)
+    # `channels` names the channels as the request did (conda-forge, defaults, a URL); this gives the URLs each
+    # was read from on this site (cpkgs.yaml channel_map / channel_alias). Packages: `channel` the name, `url` the
+    # file's URL. Empty in records of cpkgs versions before channel maps (their `channels` are the URLs).
+    channel_urls: dict[str, list[str]] = field(default_factory=dict)
     schema: int = RECORD_SCHEMA
     # Keys a newer cpkgs wrote (same schema): kept as they are and written back, never dropped by an older cpkgs.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -159,7 +163,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "requested_specs": list, "channels": list, "packages": list, "extends": list, "history": list,
     "virtual_packages": dict, "retired": (dict, type(None)), "removed": (dict, type(None)),
     "unsealed": (dict, type(None)), "activation": (dict, type(None)), "size": int, "file_count": int,
-    "created": str, "variables": dict, "family": str, "version": str,
+    "created": str, "variables": dict, "family": str, "version": str, "channel_urls": dict,
 }
 
 

@@ -10,11 +10,13 @@ import math
 import os
 import platform as _platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import ConfigError, SiteError, UsageError
+from cpkgs_admin.channels import CHANNEL_NAME, DEFAULT_CHANNEL_ALIAS, NODEFAULTS, ChannelMap
+from cpkgs_admin.errors import ConfigError, SiteError, SpecError, UsageError
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "cpkgs.yaml"
@@ -32,7 +34,7 @@ RESERVED_TOP_LEVEL = frozenset({"etc", "specs", "modulefiles", "modulefiles-tcl"
 KNOWN_SUBDIRS = frozenset(
     {"linux-64", "linux-aarch64", "linux-ppc64le", "linux-s390x", "osx-64", "osx-arm64", "win-64", "win-arm64"}
 )
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?\Z")
+
 _DURATION = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>s|m|h|d|w)?\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -80,8 +82,10 @@ def channel_problem(value: Any) -> str | None:
         if scheme != "file" and (not rest or rest.startswith("/") or " " in rest):
             return "is not a valid URL"
         return None
-    if not _CHANNEL_NAME.match(value):
+    if not CHANNEL_NAME.match(value):
         return "is neither a URL nor a channel name"
+    if value == NODEFAULTS:
+        return "is not a channel: environment files use it to drop the site's channels"
     return None
 
 
@@ -96,6 +100,15 @@ class SiteConfig:
     lease_seconds: float = 60.0
     lock_timeout: float = 600.0
     virtual_packages: dict[str, str] = field(default_factory=dict)
+    # channel name (or URL prefix) -> the URL(s) this site serves it from: mirrors, air-gapped copies. A name maps
+    # to one URL, or to several (a multichannel, as conda's `defaults`).
+    channel_map: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Where names channel_map does not hold live (conda's channel_alias); None: such names are refused.
+    channel_alias: str | None = DEFAULT_CHANNEL_ALIAS
+
+    @property
+    def channel_resolver(self) -> ChannelMap:
+        return ChannelMap(entries=self.channel_map, alias=self.channel_alias)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +121,8 @@ class SiteConfig:
             "lease_seconds": self.lease_seconds,
             "lock_timeout": self.lock_timeout,
             "virtual_packages": dict(self.virtual_packages),
+            "channel_map": {k: v[0] if len(v) == 1 else list(v) for k, v in self.channel_map.items()},
+            "channel_alias": self.channel_alias,
         }
 
 
@@ -121,6 +136,8 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "lease_seconds": (int, float),
     "lock_timeout": (int, float),
     "virtual_packages": (dict,),
+    "channel_map": (dict,),
+    "channel_alias": (str, type(None)),
 }
 
 
@@ -190,6 +207,12 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
     for k, v in vps.items():
         if not isinstance(k, str) or not k.startswith("__") or not isinstance(v, (str, int, float)):
             raise bad(f"virtual_packages.{k}", "must map a virtual package (e.g. __cuda) to a version")
+    cmap = _check_channel_map(data, bad)
+    for i, ch in enumerate(channels):
+        try:
+            cmap.urls(ch)
+        except SpecError as exc:
+            raise bad(f"channels[{i}]", str(exc)) from None
     return SiteConfig(
         schema=SCHEMA_VERSION,
         admin_group=admin_group,
@@ -200,7 +223,40 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
         lease_seconds=lease,
         lock_timeout=lock_timeout,
         virtual_packages={k: str(v) for k, v in vps.items()},
+        channel_map=dict(cmap.entries),
+        channel_alias=cmap.alias,
     )
+
+
+def _url_problem(value: Any) -> str | None:
+    if isinstance(value, str) and "://" not in value:
+        return "must be a URL (file://, http:// or https://)"
+    return channel_problem(value)
+
+
+def _check_channel_map(data: dict[str, Any], bad: Callable[[str, str], ConfigError]) -> ChannelMap:
+    """channel_map: {name or URL prefix: URL or [URL, ...]} and channel_alias: URL or null."""
+    alias = data.get("channel_alias", DEFAULT_CHANNEL_ALIAS)
+    problem = None if alias is None else _url_problem(alias)
+    if problem:
+        raise bad("channel_alias", f"{alias!r} {problem}")
+    entries: dict[str, tuple[str, ...]] = {}
+    for key, value in data.get("channel_map", {}).items():
+        where = f"channel_map.{key}"
+        problem = channel_problem(key) if isinstance(key, str) else "must be a channel name or URL"
+        if problem:
+            raise bad(where, f"{key!r} {problem}" if isinstance(key, str) else problem)
+        urls = value if isinstance(value, list) else [value]
+        if not urls:
+            raise bad(where, "must name a URL or a list of URLs")
+        if "://" in key and len(urls) > 1:
+            raise bad(where, "maps a URL to one URL only (a list is for a channel name, as defaults)")
+        for url in urls:
+            problem = _url_problem(url)
+            if problem:
+                raise bad(where, f"{url!r} {problem}")
+        entries[key.rstrip("/")] = tuple(u.rstrip("/") for u in urls)
+    return ChannelMap(entries=entries, alias=alias.rstrip("/") if alias else None)
 
 
 def load_config_file(path: Path) -> SiteConfig:

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin.channels import ChannelMap, Source, lock_channel
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
-from cpkgs_admin.site import channel_problem, native_subdir, normalize_channel
+from cpkgs_admin.site import channel_problem, native_subdir
 from cpkgs_admin.spec import ExplicitLock, split_filename
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
@@ -72,25 +73,25 @@ def virtual_packages(subdir: str, overrides: dict[str, str]) -> list[Any]:
     return list(found.values())
 
 
-def check_channels(channels: Sequence[str]) -> list[str]:
-    out = []
-    for ch in channels:
-        ch = normalize_channel(ch)
-        problem = channel_problem(ch)
+def check_channels(sources: Sequence[Source]) -> list[Source]:
+    """SOURCES' URLs usable: a supported scheme, a file:// channel's directory there and readable."""
+    for src in sources:
+        shown = src.url if src.name == src.url else f"{src.name} ({src.url})"
+        problem = channel_problem(src.url)
         if problem:
-            raise UsageError(f"channel {ch!r} {problem}")
-        if ch.startswith("file://"):
-            path = Path(ch[len("file://"):])
+            raise UsageError(f"channel {shown} {problem}")
+        if src.url.startswith("file://"):
+            path = Path(src.url[len("file://"):])
             try:
                 exists = path.is_dir()
             except PermissionError:
-                raise SolveError(f"channel {ch} is not readable by this user") from None
+                raise SolveError(f"channel {shown} is not readable by this user") from None
             if not exists:
-                raise SolveError(f"channel {ch} does not exist (no directory {path})")
-        out.append(ch)
-    if not out:
+                hint = " (did you mean 'defaults'?)" if src.name == "default" else ""
+                raise SolveError(f"channel {shown} does not exist (no directory {path}){hint}")
+    if not sources:
         raise UsageError("no channels: configure some with 'cpkgs init -c CHANNEL' or pass -c CHANNEL")
-    return out
+    return list(sources)
 
 
 def make_gateway(cache_dir: Path | None) -> Any:
@@ -104,23 +105,32 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# How many missing packages an unsatisfiable solve names (conda names them all: PackagesNotFoundInChannelsError).
+MAX_NAMED = 20
+
+
 def solve(
-    channels: Sequence[str],
+    sources: Sequence[Source],
     specs: Sequence[str],
     subdir: str,
     virtuals: list[Any],
     locked: list[Any] | None = None,
     cache_dir: Path | None = None,
+    shown: Sequence[str] | None = None,
+    names: Sequence[str] = (),
 ) -> list[Any]:
-    """Solve SPECS for SUBDIR; one-line SolveError when unsatisfiable (the solver's first reason line)."""
+    """Solve SPECS for SUBDIR. Unsatisfiable: one SolveError line naming the requested packages no channel has (as
+    SHOWN, the request's own words for SPECS) and the channels by NAMES, else the solver's reason."""
     from rattler import Channel, MatchSpec, Platform
     from rattler import solve as rsolve
 
+    gateway = make_gateway(cache_dir)
+
     async def run() -> list[Any]:
         return await rsolve(
-            sources=[Channel(c) for c in channels],
+            sources=[Channel(s.url) for s in sources],
             specs=[MatchSpec(s) for s in specs],
-            gateway=make_gateway(cache_dir),
+            gateway=gateway,
             platforms=[Platform(subdir), Platform("noarch")],
             locked_packages=locked or None,
             virtual_packages=virtuals,
@@ -133,24 +143,77 @@ def solve(
     except Exception as exc:
         name = type(exc).__name__
         text = str(exc)
-        if "Solver" in name or "unsolvable" in text.lower() or "cannot be installed" in text or "No candidates" in text:
-            detail = " ".join(line.strip() for line in text.splitlines() if line.strip())
-            raise SolveError(f"cannot solve {' '.join(specs)} for {subdir}: {detail[:400]}") from None
-        raise SolveError(f"solve failed for {subdir}: {name}: {_first_line(exc)}") from None
+        if not ("Solver" in name or "unsolvable" in text.lower() or "cannot be installed" in text
+                or "No candidates" in text):
+            raise SolveError(f"solve failed for {subdir}: {name}: {_first_line(exc)}") from None
+        missing = missing_specs(gateway, sources, specs, subdir, shown or specs)
+        if missing:
+            more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
+            chans = ", ".join(names or dict.fromkeys(s.name for s in sources))
+            shown_missing = ", ".join(_quoted(m) for m in missing[:MAX_NAMED])
+            raise SolveError(f"cannot solve for {subdir}: no channel has {shown_missing}{more} "
+                             f"(channels: {chans})") from None
+        detail = " ".join(line.strip(" │├└─") for line in text.splitlines() if line.strip(" │├└─"))
+        detail = detail.removeprefix("Cannot solve the request because of: ")
+        raise SolveError(f"cannot solve the {len(specs)} requested packages for {subdir}: {detail[:400]}") from None
 
 
-def resolve_lock(lock: ExplicitLock, channels: Sequence[str], subdir: str, cache_dir: Path | None) -> list[Any]:
-    """Find each locked file in the channels (and its own URL's channel when reachable); check its hash."""
+def _quoted(spec: str) -> str:
+    """SPEC in a comma-separated list: quoted when it holds a comma or a space itself (`eigen >=3, <4`)."""
+    if not (" " in spec or "," in spec):
+        return spec
+    return f"'{spec}'" if "'" not in spec else f'"{spec}"'
+
+
+def missing_specs(
+    gateway: Any, sources: Sequence[Source], specs: Sequence[str], subdir: str, shown: Sequence[str]
+) -> list[str]:
+    """Those of SPECS (as SHOWN) that no record of SOURCES matches: what conda calls PackagesNotFoundInChannels
+    (conda/core/solve.py `_run_sat`). Virtual packages (`__cuda`) are the solver's to judge."""
     from rattler import Channel, MatchSpec
 
-    sources: list[str] = []
+    wanted = [(MatchSpec(s), label) for s, label in zip(specs, shown, strict=True) if not s.lstrip().startswith("__")]
+    if not wanted:
+        return []
+
+    async def run() -> Any:
+        return await gateway.query([Channel(s.url) for s in sources], [subdir, "noarch"], [m for m, _ in wanted],
+                                   recursive=False)
+
+    try:
+        per_source = asyncio.run(run())
+    except Exception:  # the solve's own reason is the better message then
+        return []
+    records = [r for recs in per_source for r in recs]
+    return [label for m, label in wanted if not any(m.matches(r) for r in records)]
+
+
+def lock_sources(
+    lock: ExplicitLock, sources: Sequence[Source], cmap: ChannelMap
+) -> tuple[list[Source], dict[str, str]]:
+    """(where to look for the locked files, file name -> channel name). SOURCES first, then the channel of each
+    package URL as this site serves it: where channel_map or channel_alias moves it (a mirror), or where it is a
+    file:// channel still there. Other remote URLs are left to SOURCES: an air-gapped site could not reach them."""
+    out = list(sources)
+    known = {s.url for s in out}
+    names: dict[str, str] = {}
     for p in lock.packages:
-        if p.url.startswith("file://"):
-            chan_dir = Path(p.url[len("file://"):]).parent.parent
-            if chan_dir.is_dir():
-                sources.append(chan_dir.as_uri())
-    sources = list(dict.fromkeys([*channels, *sources]))
-    if not sources:
+        name, base = lock_channel(cmap, p.url, lock.channels)
+        names[p.filename] = name
+        moved = base != p.url.rsplit("/", 2)[0].rstrip("/")
+        here = base.startswith("file://") and Path(base[len("file://"):]).is_dir()
+        if (moved or here) and base not in known:
+            out.append(Source(name, base))
+            known.add(base)
+    return out, names
+
+
+def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cache_dir: Path | None) -> list[Any]:
+    """Find each locked file in SOURCES (see lock_sources); check its hash."""
+    from rattler import Channel, MatchSpec
+
+    urls = list(dict.fromkeys(s.url for s in sources))
+    if not urls:
         raise SpecError(f"lock file {lock.path}: no reachable channel holds its packages; pass -c CHANNEL")
     specs = []
     for p in lock.packages:
@@ -159,7 +222,7 @@ def resolve_lock(lock: ExplicitLock, channels: Sequence[str], subdir: str, cache
 
     async def run() -> Any:
         gw = make_gateway(cache_dir)
-        return await gw.query([Channel(s) for s in sources], [subdir, "noarch"], specs, recursive=False)
+        return await gw.query([Channel(u) for u in urls], [subdir, "noarch"], specs, recursive=False)
 
     try:
         result = asyncio.run(run())
@@ -184,6 +247,6 @@ def resolve_lock(lock: ExplicitLock, channels: Sequence[str], subdir: str, cache
         if match is None:
             if candidates:
                 raise SpecError(f"lock file {lock.path}: {p.filename} found, but its hash differs from the lock")
-            raise SpecError(f"lock file {lock.path}: {p.filename} is in none of the channels {', '.join(sources)}")
+            raise SpecError(f"lock file {lock.path}: {p.filename} is in none of the channels {', '.join(urls)}")
         records.append(match)
     return records

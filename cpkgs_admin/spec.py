@@ -27,10 +27,20 @@ class Spec:
     # environment.yml `variables:` (NAME, value): set when the env is activated (conda.sh/conda.csh, modules,
     # kernels), unset when it is deactivated, as conda does with its env_vars.
     variables: tuple[tuple[str, str], ...] = ()
+    # The `pip:` list of the dependencies, its lines as written (requirements, `-r FILE`, pip options), and the
+    # directory of the spec file that gave them (a `-r FILE` is relative to it, as in conda's pip installer).
+    pip: tuple[str, ...] = ()
+    pip_dir: str | None = None
+    # What the spec file holds that conda env create would warn about and ignore (unknown keys, variables: PATH).
+    warnings: tuple[str, ...] = ()
 
 
 VARIABLE_COMMENT = "# variable:"
+CHANNEL_COMMENT = "# channel:"
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# conda's only reserved env var (conda/base/constants.py RESERVED_ENV_VARS): conda warns and ignores it
+# (conda/core/prefix_data.py `_ensure_no_reserved_env_vars`, conda/activate.py).
+CONDA_RESERVED_VAR = "PATH"
 
 # The variables a spec file, a lock file's `# variable:` comments or a record carried by --from may not set: the one
 # list, by why. (names, prefixes, what the refusal says).
@@ -99,8 +109,9 @@ def printable(text: str) -> str:
     return "".join(f"\\u{ord(c):04x}" if control_character(c) else c for c in text)
 
 
-def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
-    """environment.yml `variables:`: a mapping of names to scalars, as conda takes them (values become strings)."""
+def check_variables(value: Any, where: str, warnings: list[str] | None = None) -> tuple[tuple[str, str], ...]:
+    """environment.yml `variables:`: a mapping of names to scalars, as conda takes them (values become strings).
+    PATH is left out, as conda does, with a line in WARNINGS."""
     if value is None:
         return ()
     if not isinstance(value, dict):
@@ -109,6 +120,10 @@ def check_variables(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     for name, val in value.items():
         if not isinstance(name, str) or not _VAR_NAME.match(name):
             raise SpecError(f"{where}: variables: {name!r} is not a variable name")
+        if name == CONDA_RESERVED_VAR:
+            if warnings is not None:
+                warnings.append(f"{where}: variables: {name} is reserved; ignored, as conda does")
+            continue
         why = refused_variable(name)
         if why is not None:
             raise SpecError(f"{where}: variables: {name} {why} and cannot be given here")
@@ -140,6 +155,27 @@ class ExplicitLock:
     packages: tuple[LockedPackage, ...] = field(default_factory=tuple)
     # "# variable: NAME=VALUE" comment lines (cpkgs export writes them; conda reads them as comments)
     variables: tuple[tuple[str, str], ...] = ()
+    # "# channel: NAME URL" comment lines: the channel name each package URL's base stands for (base URL -> name),
+    # so that a site mirroring NAME elsewhere finds the packages there.
+    channels: dict[str, str] = field(default_factory=dict)
+
+
+# conda's MatchSpec drops a bracket section that holds no key=value pair: `dask[complete]` is `dask`
+# (conda/models/match_spec.py `_parse_spec_str`, step 3); rattler refuses such a spec.
+_BARE_BRACKETS = re.compile(r"\[(?P<inner>[^\[\]=]*)\]\s*\Z")
+# A conda build string holds none of these (match_spec.py `_VERSION_BUILD_RE`): where rattler reads `<=3.0` of
+# `r-tidyverse>=2.0<=3.0` as a build string, conda takes `>=2.0<=3.0` as the version and refuses it.
+_NOT_IN_BUILD = re.compile(r"[<>=!~,|]")
+
+
+def conda_spec_text(spec: str) -> tuple[str, str | None]:
+    """SPEC as conda's MatchSpec reads it, and a warning when that is less than it says (`dask[complete]`)."""
+    text = spec.strip()
+    m = _BARE_BRACKETS.search(text)
+    if m is None:
+        return text, None
+    bare = text[: m.start()].rstrip()
+    return bare, f"{text}: conda ignores [{m.group('inner')}] (no key=value in it); requested as {bare}"
 
 
 def spec_name(spec: str) -> str:
@@ -148,26 +184,45 @@ def spec_name(spec: str) -> str:
 
 
 def parse_match_spec(spec: str) -> Any:
+    """SPEC read as rattler's MatchSpec, refused where conda's MatchSpec refuses it or rattler would misread it."""
     from rattler import MatchSpec
+
+    from cpkgs_admin.channels import split_channel_spec
 
     if not spec or not spec.strip():
         raise SpecError("empty match spec")
+<<<<<<< HEAD
     if control_character(spec):  # requested specs reach users in `module help` and `cpkgs info`
         raise SpecError(f"match spec {spec!r} holds a control character ({control_character(spec)})")
+=======
+    text = conda_spec_text(spec)[0]
+>>>>>>> spec-semantics
     try:
-        ms = MatchSpec(spec.strip())
+        ms = MatchSpec(text)
     except Exception as exc:  # rattler raises its own InvalidMatchSpecError family
-        raise SpecError(f"invalid match spec {spec!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = " (a channel? list it under 'channels:')" if "/" in text and "::" not in text else ""
+        raise SpecError(f"invalid match spec {spec!r}: {reason}{hint}") from None
     if ms.name is None:
         raise SpecError(f"match spec {spec!r} names no package")
+    if ms.build is not None and _NOT_IN_BUILD.search(str(ms.build)):
+        raise SpecError(f"invalid match spec {spec!r}: {str(ms.build)!r} is neither a version nor a build string "
+                        "(conda refuses it; join version constraints with ',', e.g. >=2.0,<=3.0)")
+    if ms.channel is not None and split_channel_spec(text)[0] is None:
+        raise SpecError(f"match spec {spec!r}: give its channel as CHANNEL::{ms.name.normalized} (cpkgs maps channel "
+                        "names to the site's URLs in that form only)")
     return ms
 
 
-def validate_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def validate_specs(specs: tuple[str, ...] | list[str], warnings: list[str] | None = None) -> tuple[str, ...]:
+    """SPECS checked, as conda reads them (see conda_spec_text); what conda ignores goes to WARNINGS."""
     out = []
     for s in specs:
         parse_match_spec(s)
-        out.append(s.strip())
+        text, warning = conda_spec_text(s)
+        if warning and warnings is not None:
+            warnings.append(warning)
+        out.append(text)
     return tuple(out)
 
 
@@ -195,10 +250,20 @@ def _load_yaml(path: Path) -> Any:
         raise SpecError(f"spec file {path}:{where} invalid YAML: {problem}") from None
 
 
+# conda/env/env.py VALID_KEYS; `extends` is cpkgs' own, for the site's specs/<family>.yml.
+ENV_FILE_KEYS = ("name", "channels", "dependencies", "variables", "prefix", "extends")
+# conda-lock's platform selectors (`- cx_oracle  # [linux64]`): a comment to conda env create.
+_SELECTOR = re.compile(r"^[ \t]*-[ \t]*[^#\s][^#\n]*(?P<sel>#[ \t]*\[[ \t]*[A-Za-z0-9_ !]+\])[ \t]*\r?$", re.MULTILINE)
+
+
 def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
-    """Parse and check an environment.yml; the file's `name` is ignored."""
+    """Parse and check an environment.yml as `conda env create` reads it (conda/env/env.py `from_yaml`); the file's
+    `name` and `prefix` are ignored. Sets data["dependencies"] (conda specs as conda reads them), data["pip"] (the
+    `pip:` lines), data["variables"] ((NAME, value) pairs) and data["warnings"] (what conda warns about)."""
     data, text = _load_yaml(path)
+    where = f"spec file {path}"
     if not isinstance(data, dict):
+<<<<<<< HEAD
         raise SpecError(f"spec file {path}: expected a mapping with 'dependencies', got {type(data).__name__}")
     allowed = {"name", "channels", "dependencies", "extends", "prefix", "variables"}
     for key in data:
@@ -206,30 +271,62 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
             raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends, "
                             "variables; name and prefix are ignored)")
     data["variables"] = check_variables(data.get("variables"), f"spec file {path}")  # checked, as (NAME, value)
+=======
+        raise SpecError(f"{where}: expected a mapping with 'dependencies', got {type(data).__name__}")
+    warnings: list[str] = []
+    for key in list(data):
+        if key not in ENV_FILE_KEYS:
+            # conda/env/env.py `validate_keys`: unknown sections (conda-lock's category, platforms) are ignored.
+            warnings.append(f"{where}: key {key!r} is not an environment.yml key; ignored, as conda does "
+                            f"(keys: {', '.join(ENV_FILE_KEYS[:-1])}; extends in specs/<family>.yml)")
+            del data[key]
+    data["variables"] = check_variables(data.get("variables"), where, warnings)
+>>>>>>> spec-semantics
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
-        raise SpecError(f"spec file {path}: 'dependencies' must be a list")
-    for i, d in enumerate(deps):
-        if isinstance(d, dict):
-            if "pip" in d:
-                raise SpecError(
-                    f"spec file {path}: a 'pip:' section is not supported; build conda packages or use 'cpkgs extend'"
-                )
-            raise SpecError(f"spec file {path}: dependencies[{i}] must be a match spec string")
-        if not isinstance(d, str):
-            raise SpecError(f"spec file {path}: dependencies[{i}] must be a match spec string")
-        try:
-            parse_match_spec(d)
-        except SpecError as exc:
-            raise SpecError(f"spec file {path}: dependencies[{i}]: {exc}") from None
+        raise SpecError(f"{where}: 'dependencies' must be a list")
+    data["dependencies"], data["pip"] = _split_dependencies(deps, where, warnings)
+    selector = _SELECTOR.search(text)
+    if selector:
+        line = text.count("\n", 0, selector.start()) + 1
+        warnings.append(f"{where} line {line}: {selector.group('sel')!r} is a conda-lock platform selector, a comment "
+                        "to conda env create and to cpkgs: every dependency is requested on every platform")
     channels = data.get("channels") or []
     if not isinstance(channels, list) or not all(isinstance(c, str) and c.strip() for c in channels):
-        raise SpecError(f"spec file {path}: 'channels' must be a list of channel names or URLs")
+        raise SpecError(f"{where}: 'channels' must be a list of channel names or URLs")
+    data["channels"] = [c.strip() for c in channels]
     ext = data.get("extends")
     names = [ext] if isinstance(ext, str) else ext
     if ext is not None and not (isinstance(names, list) and all(isinstance(e, str) for e in names)):
-        raise SpecError(f"spec file {path}: 'extends' must be a family name or a list of them")
+        raise SpecError(f"{where}: 'extends' must be a family name or a list of them")
+    data["warnings"] = warnings
     return data, text
+
+
+def _split_dependencies(deps: list[Any], where: str, warnings: list[str]) -> tuple[list[str], list[str]]:
+    """(conda specs, pip lines) of a `dependencies:` list, in any order (conda/env/env.py `Dependencies.parse`)."""
+    specs: list[str] = []
+    pip: list[str] = []
+    for i, d in enumerate(deps):
+        if isinstance(d, dict):
+            for key, value in d.items():
+                if key != "pip":
+                    warnings.append(f"{where}: dependencies[{i}]: a {key!r} section is not installed by conda; "
+                                    "ignored")
+                    continue
+                if value is not None and not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+                    raise SpecError(f"{where}: dependencies[{i}]: 'pip' must be a list of requirement lines")
+                pip += [x.strip() for x in value or [] if x.strip()]
+            continue
+        if not isinstance(d, str):
+            raise SpecError(f"{where}: dependencies[{i}] must be a match spec string")
+        said: list[str] = []
+        try:
+            specs += validate_specs([d], said)
+        except SpecError as exc:
+            raise SpecError(f"{where}: dependencies[{i}]: {exc}") from None
+        warnings += [f"{where}: dependencies[{i}]: {w}" for w in said]
+    return specs, pip
 
 
 def from_environment_file(path: Path) -> Spec:
@@ -237,11 +334,14 @@ def from_environment_file(path: Path) -> Spec:
     if data.get("extends"):
         raise SpecError(f"spec file {path}: 'extends' is only for the site's specs/<family>.yml files")
     return Spec(
-        specs=tuple(d.strip() for d in data.get("dependencies") or []),
-        channels=tuple(data.get("channels") or []),
+        specs=tuple(data["dependencies"]),
+        channels=tuple(data["channels"]),
         source=str(path),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         variables=data["variables"],
+        pip=tuple(data["pip"]),
+        pip_dir=str(path.resolve().parent) if data["pip"] else None,
+        warnings=tuple(data["warnings"]),
     )
 
 
@@ -252,6 +352,8 @@ def from_family(specs_dir: Path, family: str) -> Spec:
     chain: list[str] = []
 
     variables: dict[str, str] = {}
+    pip: list[str] = []  # parents' lines first; every file is in specs_dir, where `-r FILE` starts
+    warnings: list[str] = []
 
     def load(fam: str, seen: tuple[str, ...]) -> tuple[list[str], list[str]]:
         check_family(fam)
@@ -278,10 +380,12 @@ def from_family(specs_dir: Path, family: str) -> Spec:
             chain.append(parent)
         # Own dependencies (and variables) override a parent's for the same name.
         variables.update(data["variables"])
-        own = [d.strip() for d in data.get("dependencies") or []]
+        pip.extend(data["pip"])
+        warnings.extend(data["warnings"])
+        own = list(data["dependencies"])
         own_names = {spec_name(d) for d in own}
         deps = [d for d in deps if spec_name(d) not in own_names] + own
-        chans = list(dict.fromkeys([*chans, *(data.get("channels") or [])]))
+        chans = list(dict.fromkeys([*chans, *data["channels"]]))
         return deps, chans
 
     deps, chans = load(family, ())
@@ -292,13 +396,16 @@ def from_family(specs_dir: Path, family: str) -> Spec:
         sha256=digest.hexdigest(),
         extends=tuple(dict.fromkeys(chain)),
         variables=tuple(variables.items()),
+        pip=tuple(pip),
+        pip_dir=str(specs_dir.resolve()) if pip else None,
+        warnings=tuple(warnings),
     )
 
 
 def apply_changes(base: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...]) -> tuple[str, ...]:
     """--from OLD --add/--remove: drop removed names, replace specs of added names, append new ones."""
     removed = {spec_name(r) if r.strip() else "" for r in remove}
-    added = {spec_name(a): a.strip() for a in add}
+    added = {spec_name(a): conda_spec_text(a)[0] for a in add}
     out = [s for s in base if spec_name(s) not in removed and spec_name(s) not in added]
     return tuple(out) + tuple(added.values())
 
@@ -320,6 +427,7 @@ def read_explicit(path: Path) -> ExplicitLock:
     pkgs: list[LockedPackage] = []
     first_line: dict[str, tuple[int, str]] = {}  # package name -> (line, file name)
     variables: dict[str, str] = {}
+    channels: dict[str, str] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line:
@@ -332,6 +440,11 @@ def read_explicit(path: Path) -> ExplicitLock:
                 if not eq:
                     raise SpecError(f"lock file {path} line {n}: expected '{VARIABLE_COMMENT} NAME=VALUE'")
                 variables[name] = value.rstrip("\r")
+            elif line.startswith(CHANNEL_COMMENT):
+                parts = line[len(CHANNEL_COMMENT):].split()
+                if len(parts) != 2 or "://" not in parts[1]:
+                    raise SpecError(f"lock file {path} line {n}: expected '{CHANNEL_COMMENT} NAME URL'")
+                channels[parts[1].rstrip("/")] = parts[0]
             continue
         if line == "@EXPLICIT":
             seen_explicit = True
@@ -371,7 +484,7 @@ def read_explicit(path: Path) -> ExplicitLock:
     if not pkgs:
         raise SpecError(f"lock file {path}: lists no packages")
     return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs),
-                        variables=check_variables(variables, f"lock file {path}"))
+                        variables=check_variables(variables, f"lock file {path}"), channels=channels)
 
 
 def check_sources(

@@ -25,12 +25,15 @@ CONFIG_HEADER = """\
 # cpkgs site configuration. Edit with care: every cpkgs command validates this file.
 # schema: format version of this file (cpkgs migrates older ones)
 # admin_group: group that may change the site (files are group-writable for it), or null
-# channels: conda channels environments are solved against (file:// mirrors work offline)
+# channels: conda channels environments are solved against, by URL or by name (file:// mirrors work offline)
 # platforms: platforms with an installation here; installations: platform -> directory under the root
 # trash_grace: how long a removed env stays at its path for running jobs before 'cpkgs purge' deletes it
 # lease_seconds: lock lease; a lock held by a host that stopped refreshing it is taken over after this
 # lock_timeout: how long commands wait for a busy lock before giving up (exit 3)
 # virtual_packages: overrides for the solver, e.g. {__cuda: "12.4"} to build GPU envs on a host without a GPU
+# channel_map: channel name (conda-forge, defaults, nvidia/label/...) or URL prefix -> the URL (or list of URLs)
+#   this site reads it from; applied to these channels, spec files' channels and channel::pkg, -c and lock files
+# channel_alias: where channel names channel_map does not hold live (as conda's channel_alias); null: refused
 """
 
 
@@ -126,16 +129,44 @@ def _is_site_or_empty(root: Path) -> bool:
     return not any(e for e in os.listdir(root) if not e.startswith(".nfs"))
 
 
+def merge_channel_map(current: dict[str, tuple[str, ...]], items: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """--channel-map NAME=URL: NAME's entry becomes the URLs given for it (several: a multichannel, as
+    `defaults`); NAME= drops the entry. Other entries stay."""
+    given: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        name = name.strip().rstrip("/")
+        if not sep or not name:
+            raise UsageError(f"--channel-map {item!r}: expected NAME=URL, e.g. conda-forge=file:///mirror/conda-forge")
+        urls = given.setdefault(name, [])
+        if url.strip():
+            urls.append(normalize_channel(url))
+    out = dict(current)
+    for name, urls in given.items():
+        if urls:
+            out[name] = tuple(urls)
+        else:
+            out.pop(name, None)
+    return out
+
+
 def _merge_config(
     old: SiteConfig | None,
     admin_group: str | None,
     channels: tuple[str, ...],
     platforms: tuple[str, ...],
+    channel_map: tuple[str, ...] = (),
+    channel_alias: str | None = None,
 ) -> tuple[SiteConfig, list[str]]:
     base = old or SiteConfig()
     new = base
     if admin_group is not None:
         new = replace(new, admin_group=admin_group or None)
+    if channel_map:
+        new = replace(new, channel_map=merge_channel_map(new.channel_map, channel_map))
+    if channel_alias is not None:
+        alias = None if channel_alias.strip().lower() == "none" else normalize_channel(channel_alias)
+        new = replace(new, channel_alias=alias)
     if channels:
         normalized = tuple(normalize_channel(c) for c in channels)
         for c in normalized:
@@ -169,6 +200,8 @@ def init_site(
     channels: tuple[str, ...] = (),
     platforms: tuple[str, ...] = (),
     force: bool = False,
+    channel_map: tuple[str, ...] = (),
+    channel_alias: str | None = None,
 ) -> InitReport:
     from cpkgs_admin.profiles import render_profiles
 
@@ -179,7 +212,7 @@ def init_site(
     old: SiteConfig | None = None
     if (root / CONFIG_NAME).exists():
         old = load_config_file(root / CONFIG_NAME)
-    config, changes = _merge_config(old, admin_group, channels, platforms)
+    config, changes = _merge_config(old, admin_group, channels, platforms, channel_map, channel_alias)
     site = Site(root=root, config=config)
     gid = site.admin_gid()  # validates the group exists before anything is written
     render_profiles(site)  # and that the root can be rendered into the profiles (quoting), before any mkdir

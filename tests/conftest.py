@@ -108,6 +108,19 @@ def make_site(root: Path, channel_url: str | None, *extra: str, lease: float | N
     return root
 
 
+def make_channel(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of channel SRC at DST (package files hard-linked: they are only read) without the packages named in
+    DROP: its own repodata.json files, written anew (never through a link to SRC's)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    for rd in dst.glob("*/repodata.json"):
+        data = json.loads(rd.read_text())
+        for key in ("packages", "packages.conda"):
+            data[key] = {f: r for f, r in data.get(key, {}).items() if r["name"] not in drop}
+        rd.unlink()
+        rd.write_text(json.dumps(data))
+    return dst
+
+
 @pytest.fixture
 def site(tmp_path: Path, channel_url: str) -> Path:
     return make_site(tmp_path / "site", channel_url)
