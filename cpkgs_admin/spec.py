@@ -191,12 +191,9 @@ def parse_match_spec(spec: str) -> Any:
 
     if not spec or not spec.strip():
         raise SpecError("empty match spec")
-<<<<<<< HEAD
     if control_character(spec):  # requested specs reach users in `module help` and `cpkgs info`
         raise SpecError(f"match spec {spec!r} holds a control character ({control_character(spec)})")
-=======
     text = conda_spec_text(spec)[0]
->>>>>>> spec-semantics
     try:
         ms = MatchSpec(text)
     except Exception as exc:  # rattler raises its own InvalidMatchSpecError family
@@ -263,15 +260,6 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
     data, text = _load_yaml(path)
     where = f"spec file {path}"
     if not isinstance(data, dict):
-<<<<<<< HEAD
-        raise SpecError(f"spec file {path}: expected a mapping with 'dependencies', got {type(data).__name__}")
-    allowed = {"name", "channels", "dependencies", "extends", "prefix", "variables"}
-    for key in data:
-        if key not in allowed:
-            raise SpecError(f"spec file {path}: unknown key {key!r} (allowed: channels, dependencies, extends, "
-                            "variables; name and prefix are ignored)")
-    data["variables"] = check_variables(data.get("variables"), f"spec file {path}")  # checked, as (NAME, value)
-=======
         raise SpecError(f"{where}: expected a mapping with 'dependencies', got {type(data).__name__}")
     warnings: list[str] = []
     for key in list(data):
@@ -281,7 +269,6 @@ def load_environment_yml(path: Path) -> tuple[dict[str, Any], str]:
                             f"(keys: {', '.join(ENV_FILE_KEYS[:-1])}; extends in specs/<family>.yml)")
             del data[key]
     data["variables"] = check_variables(data.get("variables"), where, warnings)
->>>>>>> spec-semantics
     deps = data.get("dependencies") or []
     if not isinstance(deps, list):
         raise SpecError(f"{where}: 'dependencies' must be a list")

@@ -216,7 +216,7 @@ BAD_YAML = [
     ("dependencies: [python]\ndependencies: [cpkgs-test-app]\n", "line 2 invalid YAML: duplicate key 'dependencies'"),
     ("dependencies: [python]\nvariables: [A]\n", "'variables' must be a mapping of NAME: value"),
     ("dependencies: [python]\nvariables: {'A-B': x}\n", "variables: 'A-B' is not a variable name"),
-    ("dependencies: [python]\nvariables: {PS1: x}\n", "variables: PS1 is set by the activation itself"),
+    ("dependencies: [python]\nvariables: {PS1: x}\n", "variables: PS1 makes the users' shells run code"),
     ("dependencies: [python]\nvariables: {CONDA_PREFIX: /x}\n", "CONDA_PREFIX is set by the activation itself"),
     ("dependencies: [python]\nvariables: {A: [1]}\n", "variables: A must be a string or a number"),
     ("dependencies: [python]\nvariables: {A: \"x\\ny\"}\n", "variables: A must be one line of printable"),
