@@ -99,21 +99,21 @@ from pathlib import Path
 from cpkgs_admin.site import open_site
 from cpkgs_admin.catalog import render_catalog, update_catalog
 site = open_site(Path(sys.argv[1]))
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 if sys.argv[2] == "full":
     rep = render_catalog(site, [sys.argv[3]])
 else:
     rep = update_catalog(site, sys.argv[3], sys.argv[4:])
-t2 = time.perf_counter()
-print(t2 - t1, t2 - t0, len(rep.written), len(rep.removed))
+t2, c2 = time.perf_counter(), time.process_time()
+print(t2 - t1, c2 - c1, len(rep.written), len(rep.removed))
 """
 
 
 def run_timed(*args: str) -> tuple[float, float, float, int]:
-    """(wall of the whole process, the call alone, imports + call, files written)."""
+    """(wall of the whole process, the call alone, its CPU time, files written)."""
     wall, proc = C.timed([C.PYTHON, "-c", TIMED, *args])
-    call, inproc, written, _removed = proc.stdout.decode().split()
-    return wall, float(call), float(inproc), int(written)
+    call, cpu, written, _removed = proc.stdout.decode().split()
+    return wall, float(call), float(cpu), int(written)
 
 
 def new_version(root: Path, template: str, name: str) -> None:
@@ -187,17 +187,19 @@ def main() -> None:
 
 def report(args, names, res, files, size, index_kb, search_kb, timings, searches, shown, why, machine) -> None:  # type: ignore[no-untyped-def]
     med = {k: C.median([r[1] for r in v]) for k, v in res.items()}
+    cpu = {k: C.median([r[2] for r in v]) for k, v in res.items()}
     wall = {k: C.median([r[0] for r in v]) for k, v in res.items()}
     print(f"catalog: {len(names)} envs x {args.packages} packages, {args.runs} runs each; load average "
           f"{machine['loadavg_1m']}; {files} files, {size / 2**20:.1f} MiB (index.html {index_kb:.0f} KiB, "
           f"search.js {search_kb:.0f} KiB)")
     labels = {"full": "full render, empty dir", "again": "full render, up to date", "update": "one publish's update"}
     for k, label in labels.items():
-        print(f"  {label:28} {med[k]:.3f} s  (whole process {wall[k]:.3f} s)  calls {C.fmt_runs([r[1] for r in res[k]])}"
-              f"  files written {[r[3] for r in res[k]]}")
+        print(f"  {label:28} {med[k]:.3f} s (CPU {cpu[k]:.3f} s; whole process {wall[k]:.3f} s)  runs "
+              f"{C.fmt_runs([r[1] for r in res[k]])}  files written {[r[3] for r in res[k]]}")
     out: dict[str, object] = {"envs": len(names), "packages": args.packages, "runs": args.runs,
                               "full_s": round(med["full"], 4), "full_again_s": round(med["again"], 4),
                               "update_s": round(med["update"], 4),
+                              "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
                               "process_s": {k: round(v, 4) for k, v in wall.items()},
                               "runs_s": {k: [round(r[1], 4) for r in v] for k, v in res.items()}}
     if why:

@@ -141,7 +141,7 @@ class Families:
         by_family: dict[str, list[EnvSummary]] = {}
         for s in summaries:
             by_family.setdefault(s.family, []).append(s)
-        return cls({f: by_version(envs) for f, envs in sorted(by_family.items())})
+        return cls({f: by_version(by_family[f]) for f in sorted(by_family, key=lambda f: (f.casefold(), f))})
 
     def neighbours(self, env: EnvSummary) -> tuple[EnvSummary | None, EnvSummary | None]:
         """(previous, next) usable version of ENV's family around ENV's version: removed versions are skipped, so

@@ -66,7 +66,7 @@ class Catalog:
     load: Callable[[str], EnvRecord]
     providers: Sequence[SectionProvider] = ()
     families: Families = field(init=False)
-    _specs: dict[str, tuple[str | None, list[tuple[str, str]]]] = field(default_factory=dict, init=False)
+    specs: dict[str, tuple[str | None, list[tuple[str, str]]]] = field(default_factory=dict, init=False)
     rows: dict[tuple[Any, ...], str] = field(default_factory=dict, init=False)  # package_rows' memo
 
     def __post_init__(self) -> None:
@@ -112,9 +112,9 @@ def spec_view(cat: Catalog, rec: EnvRecord) -> tuple[str | None, list[tuple[str,
     family_file = str(cat.site.spec_file(rec.family))
     if rec.spec_source != family_file or not rec.spec_sha256:
         return None, []
-    if rec.family not in cat._specs:
-        cat._specs[rec.family] = _read_family_spec(cat.site, rec.family)
-    sha, files = cat._specs[rec.family]
+    if rec.family not in cat.specs:
+        cat.specs[rec.family] = _read_family_spec(cat.site, rec.family)
+    sha, files = cat.specs[rec.family]
     if sha != rec.spec_sha256:
         return "changed since this version was built", []
     return None, files
@@ -123,10 +123,17 @@ def spec_view(cat: Catalog, rec: EnvRecord) -> tuple[str | None, list[tuple[str,
 def _read_family_spec(site: Site, family: str) -> tuple[str | None, list[tuple[str, str]]]:
     from cpkgs_admin.spec import from_family
 
+    def texts(paths: list[Path]) -> list[tuple[str, str]]:
+        return [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in paths]
+
     try:
         spec = from_family(site.specs_dir, family)
         paths = [site.spec_file(family), *(site.spec_file(p) for p in spec.extends)]
-        return spec.sha256, [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in paths]
+        shown = texts(paths)
+        # Edited between the digest and the read: the digest may not be of the text shown.
+        if from_family(site.specs_dir, family).sha256 != spec.sha256 or texts(paths) != shown:
+            return None, []
+        return spec.sha256, shown
     except (CpkgsError, OSError):
         return None, []
 
