@@ -868,9 +868,9 @@ def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:
     that users can already activate."""
     from cpkgs_admin.integrations import publish_outside
 
-    warnings = []
+    warnings: list[str] = []
     try:
-        publish_outside(site, record)
+        publish_outside(site, record, warnings)
     except (CpkgsError, OSError) as exc:
         warnings.append(f"{record.name} is published, but its modulefile/kernels were not written: {exc}; "
                         "run 'cpkgs refresh'")

@@ -427,9 +427,10 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
     from cpkgs_admin.envs import retire_env, successor_warnings
 
     site = c.site()
-    rec = retire_env(site, name, successor, message, platform)
+    warnings: list[str] = []
+    rec = retire_env(site, name, successor, message, platform, warnings)
     c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
-    _warn(successor_warnings(site, rec))
+    _warn([*warnings, *successor_warnings(site, rec)])
 
 
 @cli.command()
@@ -441,10 +442,11 @@ def remove(c: Ctx, name: str, platform: str | None) -> None:
     from cpkgs_admin.envs import remove_env, successor_warnings
 
     site = c.site()
-    rec = remove_env(site, name, platform)
+    warnings: list[str] = []
+    rec = remove_env(site, name, platform, warnings)
     c.say(f"removed {rec.name} ({rec.platform}): hidden, and refused on activation; running jobs keep it at "
           f"{rec.prefix} until 'cpkgs purge' after {(rec.removed or {}).get('purge_after')}")
-    _warn(successor_warnings(site, rec))
+    _warn([*warnings, *successor_warnings(site, rec)])
 
 
 @cli.command()
@@ -555,6 +557,36 @@ def refresh(c: Ctx, as_json: bool) -> None:
         c.say(line)
     if not rep.changed:
         c.say("everything is up to date")
+
+
+@cli.command()
+@click.option("--path", "path_only", is_flag=True, help="Only print where the page is (any user; writes nothing).")
+@json_option
+@pass_ctx
+def catalog(c: Ctx, path_only: bool, as_json: bool) -> None:
+    """Render the catalog web page (every env, its packages, how to use it); print this host's index.html."""
+    from cpkgs_admin.catalog import CatalogReport, catalog_platforms, index_file, render_catalog
+
+    site = c.site()
+    if path_only:
+        rep = CatalogReport(indexes={p: str(index_file(site, p)) for p in catalog_platforms(site)})
+    else:
+        rep = render_catalog(site)
+    here = rep.indexes.get(site.native_subdir)
+    if as_json:
+        emit_json({"index": here, **rep.to_json()})
+        if rep.damaged:
+            raise click.exceptions.Exit(1)
+        return
+    if not path_only and not c.quiet:
+        click.echo(f"cpkgs: catalog of {rep.envs} environments: {len(rep.written)} files written, "
+                   f"{len(rep.removed)} removed", err=True)
+    # stdout is the path alone (`xdg-open "$(cpkgs catalog --path)"`); on a host of a platform the site does not
+    # serve, every platform's.
+    for line in [here] if here else [f"{path} ({plat})" for plat, path in rep.indexes.items()]:
+        click.echo(line)
+    # Records it could not read: their pages are left as they were; reported after the rest, as `list` does.
+    _report_damaged(rep.damaged)
 
 
 @cli.command()

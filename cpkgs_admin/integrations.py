@@ -401,15 +401,23 @@ def _sync_name(site: Site, rec: EnvRecord) -> tuple[list[str], list[str]]:
     return written, remove_outputs(stale, stops(site, [plat]))
 
 
-def publish_outside(site: Site, record: Any) -> list[str]:
-    """Generated files outside the env for a newly published or changed env; returns paths written."""
+def publish_outside(site: Site, record: Any, warnings: list[str] | None = None) -> list[str]:
+    """Generated files outside the env for a newly published or changed env; returns paths written. The catalog
+    page comes last and is best effort: its failure is a line in WARNINGS."""
+    from cpkgs_admin.catalog import after_change
+
     with site_locked(site):
         written, removed = _sync_name(site, record)
-    return written + removed
+        catalog = after_change(site, record, warnings)
+    return written + removed + catalog
 
 
-def withdraw_outside(site: Site, record: Any) -> list[str]:
-    """Remove generated files of a removed env (its platform's trees only); returns paths removed."""
+def withdraw_outside(site: Site, record: Any, warnings: list[str] | None = None) -> list[str]:
+    """Remove generated files of a removed env (its platform's trees only); returns paths removed. Its catalog page
+    stays, saying it was removed (best effort, as in publish_outside)."""
+    from cpkgs_admin.catalog import after_change
+
     with site_locked(site):
         _written, removed = _sync_name(site, record)
+        after_change(site, record, warnings)
     return removed

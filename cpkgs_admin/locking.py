@@ -93,10 +93,10 @@ def _give_group(fd: int, gid: int, path: Path) -> None:
         raise PermissionProblem(f"cannot give {path} the site's admin group (gid {gid}): are you a member?") from None
 
 
-def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None = None) -> bool:
+def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None = None, *, durable: bool = True) -> bool:
     """Atomically write `data` unless the file already holds exactly it (and has `mode`, and group GID when given).
     True when changed. A group-writable MODE goes with the admin group's GID: never group-writable for whatever
-    group the file happened to have."""
+    group the file happened to have. DURABLE as in atomic_write."""
     try:
         if path.read_text(encoding="utf-8") == data:
             st = path.stat()
@@ -117,7 +117,7 @@ def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None =
             return True
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    atomic_write(path, data, mode, gid=gid)
+    atomic_write(path, data, mode, gid=gid, durable=durable)
     return True
 
 

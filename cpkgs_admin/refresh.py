@@ -2,8 +2,8 @@
 
 Profiles (etc/profile.d), kernelspecs and modulefiles (Lua and Tcl) for every published env, each in its platform's
 trees (`Site.outputs_root`); files cpkgs generated that no env of that tree's platform wants any more (a removed
-env, or one now published elsewhere) are removed, files cpkgs did not generate are never touched. Idempotent: a
-second run changes nothing and says so.
+env, or one now published elsewhere) are removed, files cpkgs did not generate are never touched. Then every page of
+the catalogs (catalog/). Idempotent: a second run changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin.catalog import CatalogReport, catalog_platforms, render_catalog
+from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.integrations import (
     env_outputs,
     family_outputs,
@@ -87,5 +89,18 @@ def refresh_site(site: Site) -> RefreshReport:
         platforms = site.output_platforms(tuple(sorted({r.platform for r in records})))
         existing = [f for p in platforms for f in generated_kernel_files(site, p) + generated_module_files(site, p)]
         removed = remove_outputs([p for p in existing if p not in desired], stops(site, platforms))
-    return RefreshReport(profiles=profiles, written=written, removed=removed, skipped=skipped, envs=len(kept),
-                         warnings=warnings)
+        catalog = _catalog(site, warnings)
+    return RefreshReport(profiles=profiles, written=written + catalog.written, removed=removed + catalog.removed,
+                         skipped=skipped, envs=len(kept), warnings=warnings)
+
+
+def _catalog(site: Site, warnings: list[str]) -> CatalogReport:
+    """Every page of the catalogs that exist or have envs, rewriting those whose text changed; best effort, as
+    after a publish."""
+    try:
+        rep = render_catalog(site, catalog_platforms(site, existing=True))
+    except (CpkgsError, OSError) as exc:
+        warnings.append(f"the catalog was not rendered: {exc}; run 'cpkgs catalog'")
+        return CatalogReport()
+    warnings += [f"catalog: {msg}" for _path, msg in rep.damaged]
+    return rep

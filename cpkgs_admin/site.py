@@ -323,6 +323,10 @@ class Site:
     def kernels_dir(self, platform: str) -> Path:
         return self.jupyter_dir(platform) / "kernels"
 
+    def catalog_dir(self, platform: str) -> Path:
+        """PLATFORM's static catalog web page (`cpkgs catalog`): index.html and a page per env, beside its kernels."""
+        return self.outputs_root(platform) / "share" / "cpkgs-catalog"
+
     def output_platforms(self, extra: tuple[str, ...] = ()) -> list[str]:
         """The site's platforms, then EXTRA ones (e.g. from records of a platform no longer served), each once."""
         out: list[str] = []
