@@ -132,12 +132,12 @@ def make_env(tmp_path: Path, channel_url: str) -> Callable[..., Env]:
 
     from cpkgs_admin.solve import solve, virtual_packages
 
-    def make(*specs: str, name: str = "demo-1.0") -> Env:
+    def make(*specs: str, name: str = "demo-1.0", envs: Path | None = None) -> Env:
         key = tuple(specs)
         if key not in _RECORDS:
             _RECORDS[key] = solve([channel_url], list(specs), "linux-64", virtual_packages("linux-64", {}))
-        envs = tmp_path / "envs"
-        envs.mkdir(exist_ok=True)
+        envs = envs or tmp_path / "envs"
+        envs.mkdir(parents=True, exist_ok=True)
         staging = envs / f".staging-{name}@{uuid.uuid4().hex[:12]}"
         final = envs / name
         config = Config.from_toml("allow-hard-links = false\n")

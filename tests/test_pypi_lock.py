@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import tree_hash
 from pypi_helpers import *  # noqa: F403
 from pypi_helpers import Env, Pip
 
+from conftest import tree_hash
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.pypi.config import PypiConfig
 from cpkgs_admin.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text

@@ -24,14 +24,7 @@ from cpkgs_admin.pypi.record import PypiPackage
 from cpkgs_admin.pypi.resolve import PipLock
 from cpkgs_admin.pypi.target import TargetPython
 from cpkgs_admin.pypi.uvtool import run_uv
-from cpkgs_admin.pypi.wheelfile import (
-    WheelInfo,
-    format_record,
-    install_paths,
-    read_record,
-    read_wheel,
-    record_hash,
-)
+from cpkgs_admin.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
 
 # The kernel reads at most this many bytes of a '#!' line (BINPRM_BUF_SIZE on Linux since 5.1: 256; 127 before).
 SHEBANG_MAX = 127
@@ -44,49 +37,37 @@ def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_di
     if not lock.packages:
         return []
     inv = inventory or EnvInventory(target.staging)
-    infos = check_clobber(lock, target, inv)
+    contents = check_clobber(lock, target, inv)
     work_dir.mkdir(parents=True, exist_ok=True)
-    links = work_dir / "locked-wheels"
-    links.mkdir(exist_ok=True)
-    pinned = []
-    for p in lock.packages:
-        link = links / lock.wheels[p.name].name
-        if not os.path.lexists(link):
-            os.symlink(lock.wheels[p.name], link)
-        pinned.append(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n")
-    (work_dir / "locked.txt").write_text("".join(pinned))
+    pinned = "".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n" for p in lock.packages)
+    (work_dir / "locked.txt").write_text(pinned)
+    # The store keeps each wheel in a directory of its own (<sha256>/): each is a find-links location, so uv sees
+    # exactly the locked files (and records no direct URL, as for a wheel from an index).
+    links = [a for d in dict.fromkeys(str(lock.wheels[p.name].parent) for p in lock.packages)
+             for a in ("--find-links", d)]
     run_uv(["pip", "install", "--no-config", "--python", str(target.executable), "--no-deps", "--require-hashes",
-            "--no-index", "--find-links", str(links), "--no-build", "--break-system-packages", "--cache-dir",
-            str(cache_dir), "--link-mode", "hardlink" if hard_links else "copy", "-r", str(work_dir / "locked.txt")],
+            "--no-index", *links, "--no-build", "--break-system-packages", "--cache-dir", str(cache_dir),
+            "--link-mode", "hardlink" if hard_links else "copy", "-r", str(work_dir / "locked.txt")],
            what="installing the pip part")
     out = []
     for p in lock.packages:
-        info = infos[p.name]
-        site = target.purelib if info.purelib else target.platlib
-        dist_info = f"{site}/{info.dist_info}"
+        dist_info = contents[p.name].dist_info
         finish_dist(target, dist_info, p)
         out.append(replace(p, dist_info=dist_info))
     return out
 
 
-def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dict[str, WheelInfo]:
+def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dict[str, WheelContents]:
     """Every file each wheel would write, against the conda packages' files and each other: the first clash is a
     PipError naming the pip package, the file and the conda package with both versions."""
-    scheme = {"purelib": target.purelib, "platlib": target.platlib, "scripts": target.scripts, "data": target.data,
-              "include": target.include}
-    claimed: dict[str, PypiPackage] = {}
-    infos: dict[str, WheelInfo] = {}
-    for p in lock.packages:
-        info = read_wheel(lock.wheels[p.name])
-        from packaging.version import Version
+    from cpkgs_admin.pypi.resolve import scheme_of
 
-        if canonical_name(info.name) != p.name or Version(info.version) != Version(p.version):
-            raise PipError(f"pip: {lock.wheels[p.name].name} holds {info.name} {info.version}, not {p.name} "
-                           f"{p.version}")
-        infos[p.name] = info
-        for rel in install_paths(info, scheme):
-            if rel.startswith(("../", "conda-meta/")) or rel in ("", ".."):
-                raise PipError(f"pip: {_who(p)} would write {rel!r}, outside the env's package files")
+    claimed: dict[str, PypiPackage] = {}
+    contents: dict[str, WheelContents] = {}
+    for p in lock.packages:
+        c = lock.contents.get(p.name) or wheel_contents(lock.wheels[p.name], scheme_of(target), p.name, p.version)
+        contents[p.name] = c
+        for rel in c.paths:
             owner = inv.owners.get(rel)
             if owner is not None:
                 raise PipError(f"pip: {_who(p)} would overwrite {rel} of the conda package {owner[0]} {owner[1]}; "
@@ -95,16 +76,13 @@ def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dic
             other = claimed.get(rel)
             if other is not None:
                 raise PipError(f"pip: {_who(p)} and {_who(other)} both install {rel}")
-            if os.path.lexists(target.staging / rel):
-                raise PipError(f"pip: {_who(p)} would overwrite {rel}, which is already in the env")
             claimed[rel] = p
-    return infos
-
-
-def canonical_name(name: str) -> str:
-    from cpkgs_admin.pypi.requirements import canonical
-
-    return canonical(name)
+    # Files of no conda package (a link script's output, a leftover) are not replaced either.
+    top = str(target.staging)
+    on_disk = sorted(rel for rel in claimed if os.path.lexists(f"{top}/{rel}"))
+    if on_disk:
+        raise PipError(f"pip: {_who(claimed[on_disk[0]])} would overwrite {on_disk[0]}, which is already in the env")
+    return contents
 
 
 def _who(p: PypiPackage) -> str:
@@ -163,37 +141,43 @@ def finish_dist(target: TargetPython, dist_info: str, pkg: PypiPackage) -> None:
     rows = read_record(d / "RECORD")
     site = posixpath.dirname(dist_info)
     old, new = str(target.executable), str(target.final_executable)
-    by_rel = {posixpath.normpath(posixpath.join(site, r[0])): r for r in rows}
-    for rel, row in by_rel.items():
-        if not rel.startswith(target.scripts + "/"):
+    scripts = posixpath.relpath(target.scripts, site) + "/"
+    changed = False
+    for row in rows:
+        if not row[0].startswith(scripts):
             continue
-        path = target.staging / rel
+        path = os.path.join(target.staging, site, row[0])
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             continue
-        data = path.read_bytes()
-        changed = retarget_script(data, old, new)
-        if changed is not None:
-            _replace_file(path, changed, stat.S_IMODE(st.st_mode))
-            row[1:] = [record_hash(changed), str(len(changed))]
-    record_rel = posixpath.relpath(f"{dist_info}/RECORD", site)
-    rows = [r for r in rows if r[0] != record_rel]
+        with open(path, "rb") as fh:
+            data = fh.read()
+        new_data = retarget_script(data, old, new)
+        if new_data is not None:
+            _replace_file(Path(path), new_data, stat.S_IMODE(st.st_mode))
+            row[1:] = [record_hash(new_data), str(len(new_data))]
+            changed = True
+    extra = {}
     direct = direct_url(pkg)
     if direct is not None:
         data = (json.dumps(direct, sort_keys=True) + "\n").encode()
         _replace_file(d / "direct_url.json", data, 0o644)
-        name = posixpath.relpath(f"{dist_info}/direct_url.json", site)
-        rows = [r for r in rows if r[0] != name] + [[name, record_hash(data), str(len(data))]]
-    if not pkg.requested:
-        with contextlib.suppress(FileNotFoundError):
-            (d / "REQUESTED").unlink()
-        rows = [r for r in rows if r[0] != posixpath.relpath(f"{dist_info}/REQUESTED", site)]
-    rows.append([record_rel, "", ""])
-    _replace_file(d / "RECORD", format_record(rows).encode(), 0o644)
-    for name in ("RECORD", "direct_url.json", "INSTALLER"):
-        p = d / name
-        if p.is_file() and old.encode() in p.read_bytes():
-            raise PipError(f"pip: {dist_info}/{name} names the staging dir {target.staging}")
+        extra[posixpath.relpath(f"{dist_info}/direct_url.json", site)] = [record_hash(data), str(len(data))]
+    requested = posixpath.relpath(f"{dist_info}/REQUESTED", site)
+    if not pkg.requested and any(r[0] == requested for r in rows):
+        (d / "REQUESTED").unlink()
+        rows = [r for r in rows if r[0] != requested]
+        changed = True
+    if extra:
+        record_rel = posixpath.relpath(f"{dist_info}/RECORD", site)
+        rows = [r for r in rows if r[0] not in extra and r[0] != record_rel]
+        rows += [[k, *v] for k, v in extra.items()] + [[record_rel, "", ""]]
+        changed = True
+    if changed:
+        text = format_record(rows)
+        if old in text:
+            raise PipError(f"pip: {dist_info}/RECORD names the staging dir {target.staging}")
+        _replace_file(d / "RECORD", text.encode(), 0o644)
 
 
 def direct_url(pkg: PypiPackage) -> dict[str, object] | None:

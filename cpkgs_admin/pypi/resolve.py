@@ -28,17 +28,32 @@ from cpkgs_admin.pypi.requirements import IndexOptions, PipRequest, PipRequireme
 from cpkgs_admin.pypi.store import WheelStore
 from cpkgs_admin.pypi.target import TargetPython
 from cpkgs_admin.pypi.uvtool import UvFailed, run_uv
+from cpkgs_admin.pypi.wheelfile import WheelContents, wheel_contents
 
 REQUIREMENTS_IN = "requirements.in"
 
 
 @dataclass(frozen=True)
 class PipLock:
-    """The pip part, locked: one wheel per package, each in the store (wheels: name -> path)."""
+    """The pip part, locked: one wheel per package, each in the store (wheels: name -> path), and what each will
+    write (contents: name -> WheelContents, read from the wheel when it was locked)."""
 
     packages: tuple[PypiPackage, ...]
     wheels: dict[str, Path] = field(default_factory=dict)
     options: IndexOptions = field(default_factory=IndexOptions)
+    contents: dict[str, WheelContents] = field(default_factory=dict)
+
+
+def scheme_of(target: TargetPython) -> dict[str, str]:
+    return {"purelib": target.purelib, "platlib": target.platlib, "scripts": target.scripts, "data": target.data,
+            "include": target.include}
+
+
+def _locked(packages: list[PypiPackage], wheels: dict[str, Path], opts: IndexOptions,
+            target: TargetPython) -> PipLock:
+    scheme = scheme_of(target)
+    contents = {p.name: wheel_contents(wheels[p.name], scheme, p.name, p.version) for p in packages}
+    return PipLock(packages=tuple(packages), wheels=wheels, options=opts, contents=contents)
 
 
 @dataclass(frozen=True)
@@ -312,7 +327,7 @@ def _fetch(pins: list[_Pin], request: PipRequest, target: TargetPython, opts: In
             _check_hashes(req, pkg, source)
         packages.append(pkg)
         wheels[pin.name] = path
-    return PipLock(packages=tuple(packages), wheels=wheels, options=opts)
+    return _locked(packages, wheels, opts, target)
 
 
 def _requested_revision(req: PipRequirement | None) -> str | None:
@@ -379,7 +394,7 @@ def lock_from_file(locked: LockedRequirements, target: TargetPython, config: Pyp
     for e, path, pkg in _locked_wheels(entries, target, opts, store, cache_dir, work_dir, config.build_from_source):
         packages.append(pkg)
         wheels[e.name] = path
-    return PipLock(packages=tuple(packages), wheels=wheels, options=opts)
+    return _locked(packages, wheels, opts, target)
 
 
 def _locked_wheels(entries: list[LockEntry], target: TargetPython, opts: IndexOptions, store: WheelStore,

@@ -10,7 +10,6 @@ import io
 import posixpath
 import zipfile
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from pathlib import Path
 
 from cpkgs_admin.errors import PipError
@@ -35,8 +34,8 @@ def read_wheel(path: Path) -> WheelInfo:
             if len(infos) != 1:
                 raise PipError(f"{path.name}: a wheel has one .dist-info directory, this one has {len(infos)}")
             di = infos[0]
-            meta = HeaderParser().parsestr(zf.read(f"{di}/METADATA").decode("utf-8", "replace"))
-            wheel = HeaderParser().parsestr(zf.read(f"{di}/WHEEL").decode("utf-8", "replace"))
+            meta = headers(zf.read(f"{di}/METADATA"))
+            wheel = headers(zf.read(f"{di}/WHEEL"))
             scripts: list[str] = []
             if f"{di}/entry_points.txt" in names:
                 scripts = entry_point_scripts(zf.read(f"{di}/entry_points.txt").decode("utf-8", "replace"))
@@ -48,6 +47,21 @@ def read_wheel(path: Path) -> WheelInfo:
     return WheelInfo(name=str(meta.get("Name", "")), version=str(meta.get("Version", "")), dist_info=di,
                      purelib=str(wheel.get("Root-Is-Purelib", "true")).strip().lower() == "true",
                      members=names, scripts=tuple(scripts))
+
+
+def headers(data: bytes) -> dict[str, str]:
+    """The header block of a METADATA/WHEEL file (RFC 822 style, up to the first empty line; the description after
+    it can be long and is not needed): first value of each field."""
+    out: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            break
+        if line[:1] in (" ", "\t"):
+            continue  # a folded continuation line
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
 
 
 def entry_point_scripts(text: str) -> list[str]:
@@ -83,6 +97,35 @@ def install_paths(info: WheelInfo, scheme: dict[str, str]) -> dict[str, str]:
     for s in info.scripts:
         out[_norm(posixpath.join(scheme["scripts"], s))] = ""
     return out
+
+
+@dataclass(frozen=True)
+class WheelContents:
+    """What installing a wheel writes, worked out once when it is locked: its dist-info directory and every file,
+    prefix-relative (entry-point scripts included)."""
+
+    dist_info: str
+    paths: tuple[str, ...]
+
+
+def wheel_contents(path: Path, scheme: dict[str, str], name: str, version: str) -> WheelContents:
+    """PATH's contents for SCHEME; a PipError when the wheel does not hold NAME VERSION or writes outside the env."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    info = read_wheel(path)
+    try:
+        same = canonicalize_name(info.name) == canonicalize_name(name) and Version(info.version) == Version(version)
+    except InvalidVersion:
+        same = False
+    if not same:
+        raise PipError(f"pip: {path.name} holds {info.name} {info.version}, not {name} {version}")
+    paths = tuple(install_paths(info, scheme))
+    for rel in paths:
+        if rel.startswith(("../", "conda-meta/")) or rel in ("", ".."):
+            raise PipError(f"pip: {path.name} would write {rel!r}, outside the env's package files")
+    site = scheme["purelib"] if info.purelib else scheme["platlib"]
+    return WheelContents(dist_info=f"{site}/{info.dist_info}", paths=paths)
 
 
 def _norm(p: str) -> str:
