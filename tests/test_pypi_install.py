@@ -87,6 +87,22 @@ def test_pip_files_verify_against_their_record(make_env, pip: Pip, offline_confi
     assert records_digest(prefix) != digest
 
 
+def test_hard_links_only_when_asked_and_never_written_through(make_env, pip: Pip, offline_config: PypiConfig,
+                                                             uv_cache: Path) -> None:
+    env = make_env("python")
+    spec = env.staging.parent.parent / "spec.yml"
+    spec.write_text("dependencies: [python]\n")
+    lock = pip.lock(parse_pip_section(["markdown-it-py"], spec), env, offline_config)
+    from cpkgs_admin.pypi.install import install_pip
+
+    install_pip(lock, env.target, cache_dir=uv_cache, work_dir=pip.work / "hl", hard_links=True)
+    site = env.staging / "lib/python3.11/site-packages"
+    assert (site / "markdown_it" / "main.py").stat().st_nlink > 1  # shared with uv's cache
+    script = env.staging / "bin" / "markdown-it"
+    assert script.stat().st_nlink == 1 and script.read_bytes().startswith(f"#!{env.final}/bin/python".encode())
+    assert check_pip_integrity(env.staging) == []
+
+
 def test_a_wheel_replacing_a_conda_file_is_refused(make_env, pip: Pip, offline_config: PypiConfig) -> None:
     env = make_env("python", "pip")
     spec = env.staging.parent.parent / "spec.yml"

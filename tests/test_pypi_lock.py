@@ -102,6 +102,41 @@ def test_http_index_records_index_url_and_hash(make_env, pip: Pip, http_index: s
         assert entry["kind"] == "pypi" and PypiPackage.from_json(entry) == p
 
 
+def test_extras_markers_and_constraint_files(make_env, pip: Pip, offline_config: PypiConfig) -> None:
+    env = make_env("python")
+    (env.staging.parent.parent / "constraints.txt").write_text("packaging<26\n")
+    lock = pip.lock(request(env, "cpkgs-extras-demo[fast]", 'tqdm ; python_version < "3"', "packaging",
+                            "-c constraints.txt"), env, offline_config)
+    assert names(lock) == {"cpkgs-extras-demo": "1.0", "toolz": "1.2.0", "packaging": "25.0"}
+    assert names(pip.lock(request(env, "cpkgs-extras-demo"), env, offline_config)) == {"cpkgs-extras-demo": "1.0"}
+
+
+def test_a_spec_names_its_own_index_or_find_links(make_env, pip: Pip, http_index: str, wheel_dir: Path) -> None:
+    env = make_env("python")
+    bare = PypiConfig(index_url=None)  # the site itself offers nothing
+    lock = pip.lock(request(env, f"--index-url {http_index}", "six"), env, bare)
+    assert [(p.name, p.index) for p in lock.packages] == [("six", http_index)]
+    assert lock.options.index_url == http_index
+    lock = pip.lock(request(env, "--no-index", f"--find-links {wheel_dir}", "six"), env, PypiConfig())
+    assert lock.options.no_index and lock.packages[0].index == wheel_dir.as_uri()
+    lock = pip.lock(request(env, f"--extra-index-url {http_index}", "toolz"), env, bare)
+    assert [(p.name, p.index) for p in lock.packages] == [("toolz", http_index)]
+
+
+def test_a_wheel_by_http_url_is_hash_checked(make_env, pip: Pip, offline_config: PypiConfig, http_index: str,
+                                             wheel_dir: Path) -> None:
+    env = make_env("python")
+    name = "toolz-1.2.0-py3-none-any.whl"
+    url = f"{http_index.removesuffix('/simple')}/wheels/{name}"
+    sha = hashlib.sha256((wheel_dir / name).read_bytes()).hexdigest()
+    lock = pip.lock(request(env, f"{url}#sha256={sha}"), env, offline_config)
+    (toolz,) = lock.packages
+    assert (toolz.url, toolz.sha256, toolz.source.kind if toolz.source else None) == (url, sha, "url")
+    assert "toolz @ " + url in lock_text(lock.packages, lock.options)
+    msg = refused(pip, env, offline_config, f"toolz @ {url} --hash=sha256:{'1' * 64}")
+    assert "hash mismatch" in msg and "toolz" in msg
+
+
 def test_environment_and_user_config_do_not_steer_uv(make_env, pip: Pip, offline_config: PypiConfig,
                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = make_env("python")
@@ -213,6 +248,22 @@ def test_lock_file_and_mirror_rebuild_exactly(make_env, pip: Pip, offline_config
         proc = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
         assert proc.returncode == 0, proc.stderr
         assert (fresh.staging / "bin" / "tinytool").exists()
+
+
+def test_a_lock_file_whose_wheel_the_index_no_longer_serves(make_env, pip: Pip, offline_config: PypiConfig,
+                                                            tmp_path: Path) -> None:
+    env = make_env("python")
+    lock = pip.lock(request(env, "six"), env, offline_config)
+    text = lock_text(lock.packages, lock.options)
+    path = tmp_path / "lock.txt"
+    path.write_text(text.replace(lock.packages[0].sha256, "e" * 64))
+    before = tree_hash(env.staging)
+    with pytest.raises(PipError) as exc:
+        Pip(tmp_path / "elsewhere", pip.cache).lock_file(path, env, offline_config)
+    assert str(exc.value) == (f"pip lock file {path} line 5: the index serves six 1.17.0 as "
+                              f"six-1.17.0-py2.py3-none-any.whl with sha256 {lock.packages[0].sha256}, which the lock "
+                              "does not pin")
+    assert tree_hash(env.staging) == before
 
 
 def test_lock_file_problems(tmp_path: Path) -> None:

@@ -34,15 +34,14 @@ def index_args(opts: IndexOptions) -> list[str]:
     """uv's index flags for OPTS. Extra indexes come first: uv's first-index strategy then takes a name from the
     first index that has it (pip would merge all, which lets a public index shadow a private name)."""
     args: list[str] = []
-    if opts.no_index:
+    indexes = [] if opts.no_index else [*opts.extra_index_urls, *([opts.index_url] if opts.index_url else [])]
+    if not indexes:
         args.append("--no-index")
     else:
-        for url in opts.extra_index_urls:
+        # The last one is uv's default index: without one given, uv would fall back to PyPI.
+        for url in indexes[:-1]:
             args += ["--index", url]
-        if opts.index_url:
-            args += ["--default-index", opts.index_url]
-        else:
-            args.append("--no-index")
+        args += ["--default-index", indexes[-1]]
     for loc in opts.find_links:
         args += ["--find-links", loc]
     return args

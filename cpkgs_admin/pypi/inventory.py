@@ -11,11 +11,11 @@ import glob
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.pypi.requirements import canonical
+from cpkgs_admin.pypi.wheelfile import headers, read_record
 
 _SITE_GLOBS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/site-packages")
 
@@ -75,7 +75,7 @@ class EnvInventory:
         if path.is_dir():
             meta_file = path / ("METADATA" if rel.endswith(".dist-info") else "PKG-INFO")
         try:
-            head = HeaderParser().parsestr(meta_file.read_text(encoding="utf-8", errors="replace"), headersonly=True)
+            head = headers(meta_file.read_bytes())
         except OSError:
             return None
         name, version = head.get("Name"), head.get("Version")
@@ -122,8 +122,6 @@ class EnvInventory:
         return None
 
     def _lists(self, dist: Distribution, where: str) -> bool:
-        from cpkgs_admin.pypi.wheelfile import read_record
-
         try:
             rows = read_record(self.prefix / dist.metadata_dir / "RECORD")
         except (OSError, UnicodeDecodeError):

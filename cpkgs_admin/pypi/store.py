@@ -34,8 +34,18 @@ def sha256_path(path: Path) -> str:
 
 
 class WheelStore:
-    def __init__(self, root: Path) -> None:
+    """ROOT: an admin-only directory. DIR_MODE/FILE_MODE are set explicitly whatever the umask (0o775/0o664 where a
+    site's admins share a group)."""
+
+    def __init__(self, root: Path, dir_mode: int = 0o755, file_mode: int = 0o644) -> None:
         self.root = root
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+
+    def _mkdir(self, d: Path) -> None:
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, self.dir_mode)
 
     def get(self, sha256: str) -> Path | None:
         if not _SHA.match(sha256):
@@ -51,7 +61,7 @@ class WheelStore:
         """Copy SRC in (hashing it on the way); (stored path, sha256). SHA256: what it must hash to."""
         filename = filename or src.name
         _check_filename(filename)
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._mkdir(self.root)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".add-", suffix=".tmp")
         try:
             h = hashlib.sha256()
@@ -76,7 +86,7 @@ class WheelStore:
         if parts.scheme not in ("http", "https"):
             raise PipError(f"pip: {url}: cannot download from a {parts.scheme!r} URL")
         _check_filename(filename)
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._mkdir(self.root)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".download-", suffix=".tmp")
         try:
             h = hashlib.sha256()
@@ -99,8 +109,8 @@ class WheelStore:
         final = d / filename
         if final.is_file():
             return final, got
-        d.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(tmp, 0o644)
+        self._mkdir(d)
+        os.chmod(tmp, self.file_mode)
         os.replace(tmp, final)
         return final, got
 
@@ -111,7 +121,7 @@ class WheelStore:
         dest.mkdir(parents=True, exist_ok=True)
         out = dest / src.name
         shutil.copyfile(src, out)
-        os.chmod(out, 0o644)
+        os.chmod(out, self.file_mode)
         return out
 
 

@@ -132,12 +132,12 @@ def _run(cmd: list[str]) -> None:
 
 
 def make_wheel(dest: Path, name: str, version: str, files: dict[str, str], *, requires: tuple[str, ...] = (),
-               scripts: dict[str, str] | None = None) -> Path:
+               scripts: dict[str, str] | None = None, extras: tuple[str, ...] = ()) -> Path:
     """A pure-Python wheel holding FILES (archive path -> text), with console SCRIPTS (name -> module:function)."""
     norm = re.sub(r"[-_.]+", "_", name)
     di = f"{norm}-{version}.dist-info"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
-        f"Requires-Dist: {r}\n" for r in requires)
+        f"Provides-Extra: {e}\n" for e in extras) + "".join(f"Requires-Dist: {r}\n" for r in requires)
     content = dict(files)
     content[f"{di}/METADATA"] = meta
     content[f"{di}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: cpkgs-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
@@ -167,6 +167,9 @@ def _local_wheels(dest: Path) -> None:
     # Only a pre-release satisfies >=2 (the --pre case).
     make_wheel(dest, "cpkgs-pre-demo", "1.0", {"cpkgs_pre_demo.py": "V = '1.0'\n"})
     make_wheel(dest, "cpkgs-pre-demo", "2.0b1", {"cpkgs_pre_demo.py": "V = '2.0b1'\n"})
+    # An extra that pulls in toolz only when asked for.
+    make_wheel(dest, "cpkgs-extras-demo", "1.0", {"cpkgs_extras_demo.py": "X = 1\n"},
+               requires=('toolz ; extra == "fast"',), extras=("fast",))
     # A script in .data/scripts with '#!python': the installer writes the interpreter into it.
     make_wheel(dest, "cpkgs-datascript", "1.0", {
         "cpkgs_datascript.py": "X = 1\n",
