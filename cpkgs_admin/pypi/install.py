@@ -26,7 +26,7 @@ from cpkgs_admin.pypi.target import TargetPython
 from cpkgs_admin.pypi.uvtool import run_uv
 from cpkgs_admin.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
 
-# The kernel reads at most this many bytes of a '#!' line (BINPRM_BUF_SIZE on Linux since 5.1: 256; 127 before).
+# Longest '#!' line pip and uv write as is: Linux before 5.1 (BINPRM_BUF_SIZE 128) and other systems cut longer ones.
 SHEBANG_MAX = 127
 
 

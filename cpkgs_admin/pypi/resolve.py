@@ -199,7 +199,7 @@ def _diagnose(request: PipRequest, target: TargetPython, opts: IndexOptions, pro
         run_uv([*_compile_args(target, opts, cache_dir, free, "resolved.txt", allow_build), *extra],
                what="resolving the pip requirements")
     except UvFailed as alone:
-        raise PipError(f"pip: cannot resolve the pip requirements: {alone.args[0].split(': ', 2)[-1]}") from None
+        raise PipError(f"pip: cannot resolve the pip requirements: {alone.reason}") from None
     pins = {p.name: p for p in _read_resolved((free / "resolved.txt").read_text())}
     from packaging.version import Version
 

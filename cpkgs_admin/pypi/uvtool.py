@@ -62,7 +62,8 @@ class UvFailed(PipError):
 
     def __init__(self, what: str, stderr: str) -> None:
         self.stderr = stderr
-        super().__init__(f"pip: {what}: {uv_reason(stderr)}")
+        self.reason = uv_reason(stderr)
+        super().__init__(f"pip: {what}: {self.reason}")
 
 
 def uv_reason(stderr: str) -> str:
