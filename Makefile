@@ -42,6 +42,7 @@ lint: venv
 test: venv sysdeps lint
 	$(VPY) tests/channel/build_channel.py >/dev/null
 	$(VPY) tests/conda_client/build_conda.py >/dev/null
+	$(VPY) tests/wheelhouse/build_wheelhouse.py >/dev/null
 	$(VPY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: venv

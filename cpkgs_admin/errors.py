@@ -36,6 +36,10 @@ class SpecError(CpkgsError):
     """A spec file, match spec or lock file is unusable."""
 
 
+class PipError(SpecError):
+    """The pip part of a spec (its `pip:` lines, their resolution, wheels or install) is unusable."""
+
+
 class SolveError(CpkgsError):
     """The solver found no set of packages satisfying the request."""
 
