@@ -433,17 +433,24 @@ def _lease_class() -> Any:
             directory, name = os.path.split(path)
             fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.new-")
             try:
+                taken: FileExistsError | None = None
                 try:
                     os.fchmod(fd, 0o644)  # whatever the umask: readable for `cpkgs locks`, writable by its holder
                     super()._write_lock_info(fd)  # filelock's own record: pid, host, start, lease token
                     os.link(tmp, path, follow_symlinks=False)
+                except FileExistsError as exc:
+                    taken = exc  # held; or an NFS reply to a retransmitted LINK whose first try made it: see below
                 finally:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
-                mine, there = os.fstat(fd), os.lstat(path)
-                if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
-                    # The temp name was swapped before link(): what holds the lock name is not ours.
-                    raise FileExistsError(errno.EEXIST, "lock taken by another file", path)
+                mine = os.fstat(fd)
+                try:
+                    there = os.lstat(path)
+                except FileNotFoundError:  # released by its holder meanwhile: try again
+                    there = None
+                if there is None or (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+                    # Held by another; or the temp name was swapped before link(): the lock name is not ours.
+                    raise taken or FileExistsError(errno.EEXIST, "lock taken by another file", path)
             except BaseException:
                 os.close(fd)
                 raise

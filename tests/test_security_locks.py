@@ -150,18 +150,22 @@ def test_umask_000_admin_leaves_no_cache_users_can_write(tmp_path: Path, channel
     root = tmp_path / "site"
     assert _umask_000(["init", "-c", channel_url], root).returncode == 0
     world_traversable(root)
-    r = _umask_000(["new-env", "u-1.0", "cpkgs-test-app", "python"], root)
-    assert r.returncode == 0, r.stderr
+    # Two builds: the second extracts a package of its own (with the umask's modes as they come).
+    for name, specs in (("u-1.0", ("cpkgs-test-app", "python")), ("u-2.0", ("cpkgs-test-app", "cpkgs-test-lib"))):
+        r = _umask_000(["new-env", name, *specs], root)
+        assert r.returncode == 0, r.stderr
     cache = root / ".cpkgs" / "pkgs"
-    entry = next(p for p in cache.glob("cpkgs-test-app-*") if p.is_dir())
-    app = entry / "bin" / "cpkgs-test-app"
-    for attempt in (["touch", str(entry / "bin" / "mine")],
-                    ["sh", "-c", f"echo evil > {app}"],
-                    ["sh", "-c", f"cp {app} {cache}/x && mv -f {cache}/x {app}"],
+    entry = next(p for p in cache.glob("cpkgs-test-lib-*") if p.is_dir())
+    victim = next(p for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
+    for attempt in (["sh", "-c", f"echo evil > {entry}.lock"],
+                    ["sh", "-c", f"echo evil > {cache}/.cache.lock"],
+                    ["touch", str(victim.parent / "mine")],
+                    ["sh", "-c", f"echo evil > {victim}"],
+                    ["sh", "-c", f"cp {victim} {cache}/x && mv -f {cache}/x {victim}"],
                     ["ls", str(cache)]):
         assert as_nobody(attempt).returncode != 0, attempt
     assert as_nobody([str(root / "anaconda3_linux" / "envs" / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
-    for path in (root / ".cpkgs" / "locks", root / ".cpkgs" / "audit.log", *entry.rglob("*")):
+    for path in (root / ".cpkgs" / "locks", root / ".cpkgs" / "audit.log", *cache.rglob("*")):
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, path
 
