@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
-from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked, make_private_dir
+from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked, make_dir_exact
 from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
@@ -273,7 +273,7 @@ def remove_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         prefix = Path(rec.prefix)
         stamp = int(time.time())
         trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
-        make_private_dir(site.trash_dir, site.private_modes()[0], site.admin_gid())
+        make_dir_exact(site.trash_dir, site.private_modes()[0], site.admin_gid())
         if prefix.exists():
             _move_to_trash(prefix, trash)
         with contextlib.suppress(FileNotFoundError):

@@ -73,7 +73,7 @@ def atomic_write(
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # never more open than that, whatever the umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -181,9 +181,10 @@ def _set_mode_and_group(fd: int, st: os.stat_result, mode: int, gid: int | None,
                                 "(run this as that user or root)") from None
 
 
-def make_private_dir(path: Path, mode: int, gid: int | None) -> None:
+def make_dir_exact(path: Path, mode: int, gid: int | None) -> None:
     """Create directory PATH (if missing) with exactly MODE and group GID, whatever the umask: created 0700, so it
-    is never open to anyone before its mode is set."""
+    is never open to anyone before its mode is set, and changed through a descriptor opened without following a
+    symlink (in a parent others can write, the new name could be swapped for one meanwhile)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -787,7 +788,7 @@ def audit(audit_log: Path, entry: dict[str, Any]) -> None:
         "command": current_command(),
         **entry,
     }
-    audit_log.parent.mkdir(parents=True, exist_ok=True)
+    audit_log.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     # Readable and writable by the admins only: 0660 for the admin group where the site has one (its dirs are
     # setgid), so every admin can append; 0600 otherwise. Users have no business reading it.
     parent = os.stat(audit_log.parent)

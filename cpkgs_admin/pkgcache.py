@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PermissionProblem, SiteError
-from cpkgs_admin.locking import make_private_dir
+from cpkgs_admin.locking import make_dir_exact
 
 # py-rattler's own files in its cache dir: the cache-wide flock file, and one `<entry>.lock` beside each extracted
 # package (its revision and the archive's sha256).
@@ -80,8 +80,13 @@ def secure_cache(site: Any) -> CacheFix:
     cache = site.pkgs_cache_dir
     gid = site.admin_gid()
     mode, _ = site.private_modes()
-    make_private_dir(cache, mode, gid)
-    fd = _open_cache_dir(cache)
+    try:
+        make_dir_exact(cache, mode, gid)
+        fd = _open_cache_dir(cache)
+    except PermissionError:
+        raise PermissionProblem(f"cannot create or open the package cache {cache}: permission denied") from None
+    except OSError as exc:
+        raise SiteError(f"cannot create or open the package cache {cache}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if stat.S_IMODE(st.st_mode) == mode and (gid is None or st.st_gid == gid):
@@ -92,10 +97,14 @@ def secure_cache(site: Any) -> CacheFix:
                 raise PermissionProblem(f"the package cache {cache} is open to others (mode {was:04o}); its owner "
                                         f"(uid {st.st_uid}) or root must run 'cpkgs init' to close it")
             return CacheFix()
-        if gid is not None and st.st_gid != gid:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)  # closed while the group is still the wrong one
-            os.fchown(fd, -1, gid)
-        os.fchmod(fd, mode)
+        try:
+            if gid is not None and st.st_gid != gid:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)  # closed while the group is still the wrong one
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, mode)
+        except PermissionError:
+            raise PermissionProblem(f"cannot close the package cache {cache} (mode {was:04o}) to others: permission "
+                                    "denied") from None
     finally:
         os.close(fd)
     dropped = _drop_exposed(cache, gid, st.st_uid)

@@ -275,11 +275,7 @@ def _secure_cache(site: Site, report: InitReport) -> None:
     from cpkgs_admin.pkgcache import secure_cache
 
     existed = site.pkgs_cache_dir.exists()
-    try:
-        fix = secure_cache(site)
-    except PermissionError:
-        raise PermissionProblem(f"cannot create or change {site.pkgs_cache_dir}: permission denied (only its owner "
-                                "or root can)") from None
+    fix = secure_cache(site)
     rel = str(site.pkgs_cache_dir.relative_to(site.root)) + "/"
     if not existed:
         report.created.append(rel)
