@@ -632,11 +632,12 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
     try:
         t = time.monotonic()
         from cpkgs_admin.locking import cache_locked, wait_for_flock
-        from cpkgs_admin.pkgcache import RATTLER_CACHE_LOCK, check_entries
+        from cpkgs_admin.pkgcache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
         from cpkgs_admin.verify import HashMemo
 
         with cache_locked(site):
-            job.warnings += check_entries(site, [_dist_of(p) for p in record.packages])
+            dropped, fresh = check_entries(site, [_dist_of(p) for p in record.packages])
+            job.warnings += dropped
             hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
             # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
             # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
@@ -647,6 +648,7 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
             install_into(job.records, staging, final, subdir, site.pkgs_cache_dir, job.requested, job.progress,
                          hard_links)
             installing = False
+            close_entry_locks(site, fresh)
             if memo is not None:  # nobody else may put their own file there for a later build to link
                 for pkg in record.packages:
                     memo.harden(_dist_of(pkg))

@@ -1,14 +1,16 @@
 """The site package cache (`.cpkgs/pkgs`, py-rattler's): who may reach it, which entries a build may use, healing.
 
-Only the site's admins may reach the cache (Site.private_modes: 0700, or 2770 for the admin group): an ordinary
-user who could open it could hold a flock on py-rattler's `.cache.lock` and hang every build, or, where anything in
-it was writable (an admin's umask 000), replace a package's file for every later build. Env files hard-linked from
-it keep working for users: a hard link's data is reached through the env's own path.
+Others may only pass through the cache (Site.cache_dir_mode: 0711, or 2771 for the admin group) to the extracted
+files of a package they already know by name (conda-pack reads a package's `info/` there; env files hard-linked from
+it are the same inodes anyway); they can neither list it nor open py-rattler's lock files (`.cache.lock`,
+`<entry>.lock`), its repodata cache or cpkgs' hash memo (Site.private_modes): an ordinary user holding a flock on
+`.cache.lock` hung every build. Nothing in it is writable by anyone but its admins, whatever their umask (000 let
+a user replace a package's file for every later build).
 
-A cache found open (a site from before, an admin's umask) is closed, and every entry someone else could have
-written is dropped, to be extracted again: rattler keeps no archives here (it streams them), so "again" means
-fetched again from the channel and checked against the package's sha256. The same happens to an entry a build
-finds damaged (a file whose sha256 is wrong: bit rot, a stray edit through an env's hard link).
+A cache found with other modes (a site from before, an admin's umask) is closed, and every entry someone else could
+have written is dropped, to be extracted again: rattler keeps no archives here (it streams them), so "again" means
+fetched again from the channel and checked against the package's sha256. The same happens to an entry a build finds
+damaged (a file whose sha256 is wrong: bit rot, a stray edit through an env's hard link).
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ def _open_cache_dir(cache: Path) -> int:
 
 
 def secure_cache(site: Any) -> CacheFix:
-    """Make the package cache exist with exactly the site's private mode and the admin group. A cache that had any
-    other mode is closed, and what anyone but root and the admins could have written in it is dropped (once: it
-    stays closed). Another admin's cache that is open to others is refused: only its owner or root can close it."""
+    """Make the package cache exist with exactly its mode and the admin group, and its private parts (rattler's
+    cache lock, the repodata cache, the hash memo) closed. A cache that had another mode is fixed, and what anyone
+    but root and the admins could have written in it is dropped (once: it stays closed). Another admin's cache that
+    others can reach further than they should is refused: only its owner or root can close it."""
     cache = site.pkgs_cache_dir
     gid = site.admin_gid()
-    mode, _ = site.private_modes()
+    mode = site.cache_dir_mode()
     try:
         make_dir_exact(cache, mode, gid)
         fd = _open_cache_dir(cache)
@@ -89,14 +92,14 @@ def secure_cache(site: Any) -> CacheFix:
         raise SiteError(f"cannot create or open the package cache {cache}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if stat.S_IMODE(st.st_mode) == mode and (gid is None or st.st_gid == gid):
-            return CacheFix()
         was = stat.S_IMODE(st.st_mode)
+        if was == mode and (gid is None or st.st_gid == gid):
+            return CacheFix(warnings=_close_private_parts(site))
         if st.st_uid != os.geteuid() and os.geteuid() != 0:
-            if st.st_mode & 0o007 or (st.st_mode & 0o070 and st.st_gid != gid):
+            if _open_further(st, mode, gid):
                 raise PermissionProblem(f"the package cache {cache} is open to others (mode {was:04o}); its owner "
                                         f"(uid {st.st_uid}) or root must run 'cpkgs init' to close it")
-            return CacheFix()
+            return CacheFix(warnings=_close_private_parts(site))
         try:
             if gid is not None and st.st_gid != gid:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)  # closed while the group is still the wrong one
@@ -108,12 +111,63 @@ def secure_cache(site: Any) -> CacheFix:
     finally:
         os.close(fd)
     dropped = _drop_exposed(cache, gid, st.st_uid)
-    warnings = []
+    close_entry_locks(site, [e.name.removesuffix(ENTRY_LOCK_SUFFIX) for e in os.scandir(cache)
+                             if e.name.endswith(ENTRY_LOCK_SUFFIX) and not e.name.startswith(".")])
+    warnings = _close_private_parts(site)
     if dropped:
         shown = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
         warnings.append(f"the package cache {cache} was open to others (mode {was:04o}); closed it and dropped what "
                         f"others could have written ({shown}): extracted again when needed")
     return CacheFix(changed=True, warnings=warnings)
+
+
+def _open_further(st: os.stat_result, mode: int, gid: int | None) -> bool:
+    """Whether a cache dir with stat ST lets others (or a group other than the admin group) do more than MODE."""
+    others = stat.S_IMODE(st.st_mode) & 0o007 & ~mode
+    group = st.st_mode & 0o070 and st.st_gid != gid and st.st_gid != 0
+    return bool(others or group)
+
+
+def _close_private_parts(site: Any) -> list[str]:
+    """rattler's cache lock (created here if missing, so never with rattler's umask modes), the repodata cache and
+    the hash memo: exactly the site's private modes. Nothing to say unless one of them could not be closed."""
+    cache = site.pkgs_cache_dir
+    gid = site.admin_gid()
+    dmode, fmode = site.private_modes()
+    problems = []
+    for name in (REPODATA_DIR, HASH_MEMO_DIR):
+        try:
+            make_dir_exact(cache / name, dmode, gid)
+            set_exact(cache / name, dmode, gid)
+        except OSError as exc:
+            problems.append(f"{cache / name}: {exc.strerror}")
+    lock = cache / RATTLER_CACHE_LOCK
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        set_exact(lock, fmode, gid)
+    except OSError as exc:
+        problems.append(f"{lock}: {exc.strerror}")
+    return [f"cannot close {p} to others" for p in problems]
+
+
+def set_exact(path: Path, mode: int, gid: int | None) -> bool:
+    """Give PATH (never followed if a symlink: ELOOP) exactly MODE and GID through a descriptor, if it is ours to
+    change; True when something changed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) == mode and (gid is None or st.st_gid == gid):
+            return False
+        if st.st_uid != os.geteuid() and os.geteuid() != 0:
+            return False  # another admin's: theirs to fix (init as root fixes all)
+        if gid is not None and st.st_gid != gid:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _drop_exposed(cache: Path, admin_gid: int | None, owner: int) -> list[str]:
@@ -164,17 +218,20 @@ def _first_exposed(top: Path, admin_gid: int | None, owner: int) -> str | None:
     return None
 
 
-def check_entries(site: Any, dists: list[str]) -> list[str]:
+def check_entries(site: Any, dists: list[str]) -> tuple[list[str], list[str]]:
     """Before an install: drop the cache entries of DISTS that others can write (their top directory or rattler's
-    lock file writable by anyone but the owner and the admin group: cheap, and what is below is out of reach while
-    the cache is closed; who made an entry needs no check either: only admins can create one in a closed cache,
-    and secure_cache cleaned what others made while it was open). One warning per entry dropped; rattler extracts
-    it again."""
+    lock file writable by anyone but the owner and the admin group: cheap, and what is below was checked when the
+    cache was last closed; who made an entry needs no check either: only admins can create one in a closed cache).
+    (One warning per entry dropped, rattler extracts it again; the entries whose lock file rattler is about to
+    create, for close_entry_locks after the install.)"""
     cache = site.pkgs_cache_dir
     gid = site.admin_gid()
-    warnings = []
+    fmode = site.private_modes()[1]
+    warnings: list[str] = []
+    fresh: list[str] = []
     for dist in dists:
-        for path in (cache / dist, cache / f"{dist}{ENTRY_LOCK_SUFFIX}"):
+        lock = cache / f"{dist}{ENTRY_LOCK_SUFFIX}"
+        for path in (cache / dist, lock):
             try:
                 st = os.lstat(path)
             except OSError:
@@ -184,7 +241,23 @@ def check_entries(site: Any, dists: list[str]) -> list[str]:
                 warnings.append(f"package cache entry {dist} was writable by others (mode "
                                 f"{stat.S_IMODE(st.st_mode):04o}): dropped it, extracted again")
                 break
-    return warnings
+        try:
+            if stat.S_IMODE(os.lstat(lock).st_mode) != fmode:
+                fresh.append(dist)
+        except OSError:
+            fresh.append(dist)
+    return warnings, fresh
+
+
+def close_entry_locks(site: Any, dists: list[str]) -> None:
+    """After an install: rattler's `<entry>.lock` files of DISTS (created with the umask's 0644 or 0664) closed to
+    others: a user holding a flock on one could stall the next build needing that entry."""
+    cache = site.pkgs_cache_dir
+    gid = site.admin_gid()
+    fmode = site.private_modes()[1]
+    for dist in dists:
+        with contextlib.suppress(OSError):
+            set_exact(cache / f"{dist}{ENTRY_LOCK_SUFFIX}", fmode, gid)
 
 
 def drop_entry(cache: Path, dist: str) -> None:

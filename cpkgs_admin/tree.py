@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field, replace
@@ -292,7 +293,12 @@ def _fix_perms(path: Path, mode: int, gid: int | None, report: InitReport, root:
     if stat.S_ISLNK(lst.st_mode) and lst.st_uid not in (0, os.geteuid()):
         raise SiteError(f"{path} is a symlink made by uid {lst.st_uid}: cpkgs does not follow it (remove it, or make "
                         "it as root)")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if stat.S_ISLNK(lst.st_mode) else os.O_NOFOLLOW))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if stat.S_ISLNK(lst.st_mode) else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise SiteError(f"{path} became a symlink while cpkgs looked at it: cpkgs does not follow it") from None
     try:
         st = os.fstat(fd)
         changed = False

@@ -658,7 +658,7 @@ def test_a_file_someone_else_put_into_the_cache_is_never_published(tmp_path: Pat
     assert "was open to others" in r.stderr and "cpkgs-test-app-" in r.stderr, r.stderr
     published = root / ENVS / "o-2.0" / "bin" / "cpkgs-test-app"
     assert published.stat().st_uid != 65534
-    assert stat.S_IMODE((root / ".cpkgs" / "pkgs").stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / ".cpkgs" / "pkgs").stat().st_mode) == 0o711
     assert run_cpkgs("verify", "o-1.0", "o-2.0", root=root).returncode == 0
 
 

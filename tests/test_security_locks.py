@@ -89,6 +89,44 @@ def test_takeover_clock_never_written_through_a_members_symlink(group_site: Path
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
 
+_LOCK_IN = """
+import sys, time
+from pathlib import Path
+from cpkgs_admin.locking import SiteLock
+with SiteLock(Path(sys.argv[1]), what="x", lease_seconds=2.0, timeout=float(sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_lock_in_a_users_directory_never_follows_the_users_symlinks(tmp_path: Path, secret: Path) -> None:
+    """A lock beside a user's file (link-user's, in their home): root, waiting on an expired lease there, must not
+    write through the symlinks the user planted at the names it used to write (`.clock-<host>-<pid>`) or writes
+    (the owner record)."""
+    home = tmp_path / "home65534"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    world_traversable(home)
+    lock = home / ".condarc.cpkgs.lock"
+    holder = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname otherhost && exec "$@"', "sh",
+                               sys.executable, "-c", _LOCK_IN, str(lock), "5", "3600"], stdout=subprocess.PIPE,
+                              text=True, cwd=str(REPO))
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    owner_record = lock.with_name(lock.name + ".owner.json")
+    assert as_nobody(["ln", "-sfn", str(secret), str(owner_record)]).returncode == 0
+    root = subprocess.Popen([sys.executable, "-c", _LOCK_IN, str(lock), "20", "0"], stdout=subprocess.PIPE,
+                            text=True, cwd=str(REPO))
+    planted = lock.with_name(f".clock-{socket.gethostname()}-{root.pid}")
+    assert as_nobody(["ln", "-s", str(secret), str(planted)]).returncode == 0
+    out, _ = root.communicate(timeout=60)
+    assert root.returncode == 0 and out.strip() == "held", out
+    assert secret.read_text() == SECRET and stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
 def test_audit_log_symlink_of_a_member_is_not_written_through(group_site: Path, secret: Path) -> None:
     audit_log = group_site / ".cpkgs" / "audit.log"
     assert as_member(["ln", "-sfn", str(secret), str(audit_log)]).returncode == 0
@@ -162,7 +200,9 @@ def test_umask_000_admin_leaves_no_cache_users_can_write(tmp_path: Path, channel
                     ["touch", str(victim.parent / "mine")],
                     ["sh", "-c", f"echo evil > {victim}"],
                     ["sh", "-c", f"cp {victim} {cache}/x && mv -f {cache}/x {victim}"],
-                    ["ls", str(cache)]):
+                    ["ls", str(cache)],
+                    ["flock", "-s", f"{entry}.lock", "true"],
+                    ["flock", "-s", f"{cache}/.cache.lock", "true"]):
         assert as_nobody(attempt).returncode != 0, attempt
     assert as_nobody([str(root / "anaconda3_linux" / "envs" / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
     for path in (root / ".cpkgs" / "locks", root / ".cpkgs" / "audit.log", *cache.rglob("*")):
@@ -238,18 +278,26 @@ def test_init_closes_the_admin_only_state_of_an_existing_site(site: Path) -> Non
     """A site made before: .cpkgs/pkgs, locks, trash 0755 and the audit log 0644, as `cpkgs init` made them. init
     closes them to users (idempotent); users still list the envs."""
     state = site / ".cpkgs"
-    for d in ("pkgs", "locks", "trash"):
+    assert run_cpkgs("new-env", "i-1.0", "cpkgs-test-app", root=site).returncode == 0
+    for d in ("pkgs", "locks", "trash", "pkgs/.cpkgs-verified", "pkgs/repodata"):
         os.chmod(state / d, 0o755)
-    os.chmod(state / "audit.log", 0o644)
+    for f in (state / "audit.log", *(state / "pkgs").glob("*.lock"), state / "pkgs" / ".cache.lock"):
+        os.chmod(f, 0o644)
     r = run_cpkgs("init", root=site)
     assert r.returncode == 0, r
-    for d in ("pkgs", "locks", "trash"):
+    for d, mode in (("pkgs", 0o711), ("locks", 0o700), ("trash", 0o700)):
         assert f"updated .cpkgs/{d}/ (permissions)" in r.stdout
-        assert stat.S_IMODE((state / d).stat().st_mode) == 0o700
+        assert stat.S_IMODE((state / d).stat().st_mode) == mode
+    for private in (".cache.lock", ".cpkgs-verified", "repodata", *(p.name for p in (state / "pkgs").glob("*.lock"))):
+        assert not (state / "pkgs" / private).stat().st_mode & 0o077, private
     assert stat.S_IMODE((state / "audit.log").stat().st_mode) == 0o600
     assert "nothing changed" in run_cpkgs("init", root=site).stdout
     assert as_nobody(["ls", str(state / "pkgs")]).returncode != 0
     assert as_nobody(["cat", str(state / "audit.log")]).returncode != 0
+    assert as_nobody(["cat", str(state / "pkgs" / ".cache.lock")]).returncode != 0
+    # What conda-pack (`cpkgs pack`, any user) reads: a package's own info, by the name the env records.
+    entry = next(p for p in (state / "pkgs").glob("cpkgs-test-app-*") if p.is_dir())
+    assert as_nobody(["cat", str(entry / "info" / "paths.json")]).returncode == 0
     r = run_cpkgs("list", root=site, user=True)
     assert r.returncode == 0, r
 
