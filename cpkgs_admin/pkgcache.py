@@ -134,20 +134,27 @@ def _close_private_parts(site: Any) -> list[str]:
     cache = site.pkgs_cache_dir
     gid = site.admin_gid()
     dmode, fmode = site.private_modes()
+    owner = os.stat(cache).st_uid
     problems = []
-    for name in (REPODATA_DIR, HASH_MEMO_DIR):
+    for name, mode in ((REPODATA_DIR, dmode), (HASH_MEMO_DIR, dmode), (RATTLER_CACHE_LOCK, fmode)):
+        path = cache / name
         try:
-            make_dir_exact(cache / name, dmode, gid)
-            set_exact(cache / name, dmode, gid)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(path)
+                # Found open: whatever is in it may be someone's (a forged memo entry would vouch for a replaced
+                # file, forged repodata name another package): dropped, made again. Checked only then: a closed
+                # one stays closed.
+                if (stat.S_IMODE(st.st_mode) != mode or stat.S_ISLNK(st.st_mode)) and _first_exposed(
+                        path, gid, owner) is not None:
+                    _remove(path)
+            if name == RATTLER_CACHE_LOCK:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            else:
+                make_dir_exact(path, mode, gid)
+            set_exact(path, mode, gid)
         except OSError as exc:
-            problems.append(f"{cache / name}: {exc.strerror}")
-    lock = cache / RATTLER_CACHE_LOCK
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        set_exact(lock, fmode, gid)
-    except OSError as exc:
-        problems.append(f"{lock}: {exc.strerror}")
+            problems.append(f"{path}: {exc.strerror}")
     return [f"cannot close {p} to others" for p in problems]
 
 
