@@ -422,7 +422,7 @@ def _lease_class() -> Any:
     tox-dev/filelock#532). Here the record goes into a private temp file (mkstemp: O_EXCL|O_NOFOLLOW, random name)
     that link() gives the marker's name, failing with EEXIST when the lock is taken: NFS makes link atomic on the
     server, and the name never exists without its record. Relies on filelock 4.3's _create_marker and
-    _write_lock_info hooks (pyproject pins filelock < 5); a test kills holders at random moments."""
+    _write_lock_info hooks (pyproject: filelock >= 4.3, < 5); a test kills holders at random moments."""
     from filelock import SoftFileLease
 
     for hook in ("_create_marker", "_write_lock_info", "_mark_descriptor_pending"):
