@@ -25,8 +25,9 @@ from typing import Any
 
 from cpkgs_admin import __version__
 from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError, os_error_text
-from cpkgs_admin.locking import SiteLock, audited, current_user, env_locked, site_locked, write_staged
+from cpkgs_admin.locking import audited, current_user, env_locked, site_locked, write_staged
 from cpkgs_admin.names import EnvName
+from cpkgs_admin.pkgcache import HASH_MEMO_DIR
 from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
 from cpkgs_admin.site import Site
 from cpkgs_admin.spec import (
@@ -47,8 +48,6 @@ STAGING_PREFIX = ".staging-"
 STAGING_SEP = "@"
 EMBEDDED_RECORD = "conda-meta/cpkgs/record.json"
 PKG_LIST = "list-of-pkgs-inside.txt"
-# Inside the site package cache: digests of cache inodes new-env has already hashed (verify.HashMemo).
-HASH_MEMO_DIR = ".cpkgs-verified"
 EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
 
 
@@ -606,15 +605,15 @@ def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None
 
 
 def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
-    # With an admin group, what this build and rattler create in the shared cache and state (lock files, cache
-    # entries, the hash memo) must stay usable by the other admins, whatever this admin's umask: group-writable
-    # (the site's setgid dirs give it the admin group). Envs are sealed whatever the umask.
-    old_umask = os.umask(0o002) if site.config.admin_group else None
+    # What rattler creates (cache entries, its lock files) gets its modes from the umask, so the umask is set, not
+    # inherited: with an admin group, group-writable for the other admins (the site's setgid dirs give it the
+    # group); never writable by anyone else, whatever this admin's umask (000 let a user replace cached files).
+    # Envs are sealed with explicit modes anyway.
+    old_umask = os.umask(0o002 if site.config.admin_group else 0o022)
     try:
         return _new_env(site, req, progress=progress, log=log)
     finally:
-        if old_umask is not None:
-            os.umask(old_umask)
+        os.umask(old_umask)
 
 
 def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
@@ -644,6 +643,14 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         if not os.access(envs_dir, os.W_OK) or not os.access(site.locks_dir, os.W_OK):
             raise BuildError(f"cannot write to {envs_dir}: permission denied (are you a site admin?)")
         existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
+        # Before the solver reads the repodata cache in it: a cache found open to others is closed and cleaned.
+        from cpkgs_admin.locking import cache_locked
+        from cpkgs_admin.pkgcache import secure_cache
+
+        with cache_locked(site):
+            cache_warnings = secure_cache(site).warnings
+    else:
+        cache_warnings = []
     repodata_cache = site.pkgs_cache_dir / "repodata" if os.access(site.state_dir, os.W_OK) else None
 
     chosen = choose_packages(site, req, lock, subdir, overrides, repodata_cache, log)
@@ -674,109 +681,31 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                                file_count=files, size=size, seconds=time.monotonic() - t0, restored=True,
                                warnings=warnings)
         clean_stale_staging(site, subdir, name, log)
-        staging = envs_dir / f"{STAGING_PREFIX}{name}{STAGING_SEP}{uuid.uuid4().hex[:12]}"
-        installing = False
+        record = EnvRecord(
+            name=name,
+            family=req.name.family,
+            version=req.name.version,
+            platform=subdir,
+            prefix=str(final),
+            requested_specs=requested,
+            channels=list(chosen.channels),
+            channel_urls=chosen.channels,
+            packages=packages,
+            creator=current_user(),
+            host=socket.gethostname(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            cpkgs_version=__version__,
+            size=0,
+            file_count=0,
+            spec_source=spec.source,
+            spec_sha256=spec.sha256,
+            extends=list(spec.extends),
+            variables=dict(spec.variables),
+            virtual_packages=overrides,
+        )
+        job = _Job(site, record, records, requested, progress, timings, cache_warnings)
+        staging, tree = _stage_healing(job)
         try:
-            os.mkdir(staging, 0o700)
-        except PermissionError:
-            raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
-        try:
-            t = time.monotonic()
-            hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
-            # py-rattler guards its package cache with flock, which NFS does not honour across hosts: builds on
-            # two hosts could extract into one cache entry at once. The NFS-safe lock serializes them.
-            from cpkgs_admin.verify import HashMemo
-
-            # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
-            # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
-            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
-            stage = Stage(staging=staging, final=final, subdir=subdir, cache_dir=site.pkgs_cache_dir,
-                          envs_dir=envs_dir, specs=requested, progress=progress, hard_links=hard_links)
-            with SiteLock(site.locks_dir / "pkgs-cache.lock", what="the site package cache",
-                          lease_seconds=site.config.lease_seconds, timeout=site.config.lock_timeout):
-                plan = plan_install(records, stage)
-                installing = True
-                install_planned(records, stage, plan)
-                installing = False
-                if memo is not None:  # nobody else may put their own file there for a later build to link
-                    for pkg in packages:
-                        memo.harden(_dist_of(pkg))
-            os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
-            # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
-            with contextlib.suppress(FileNotFoundError):
-                (staging / "CACHEDIR.TAG").unlink()
-            timings["install"] = time.monotonic() - t
-
-            t = time.monotonic()
-            record = EnvRecord(
-                name=name,
-                family=req.name.family,
-                version=req.name.version,
-                platform=subdir,
-                prefix=str(final),
-                requested_specs=requested,
-                channels=list(chosen.channels),
-                channel_urls=chosen.channels,
-                packages=packages,
-                creator=current_user(),
-                host=socket.gethostname(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                cpkgs_version=__version__,
-                size=0,
-                file_count=0,
-                spec_source=spec.source,
-                spec_sha256=spec.sha256,
-                extends=list(spec.extends),
-                variables=dict(spec.variables),
-                virtual_packages=overrides,
-            )
-            site_files = post_process(staging, final, record)
-            from cpkgs_admin.verify import (
-                EXECUTABLES_LIST,
-                SITE_MANIFEST,
-                census_at_publish,
-                meta_digest,
-                read_conda_meta,
-                site_manifest,
-                unhashed_patched_files,
-            )
-
-            meta = read_conda_meta(staging)  # read and parsed once for the manifest, the digest and verify
-            manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
-            # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
-            # else can write the 0700 staging dir, so the scan stays true until the rename.
-            from cpkgs_admin.seal import scan_tree
-
-            tree = scan_tree(staging)
-            from cpkgs_admin.content import check_installed
-
-            check_installed(staging, final, meta, tree)
-            record.file_count, record.size, executables = census_at_publish(tree)
-            record.file_count += 3  # the manifest, the executables list and the embedded record below
-            _write_staged_json(staging / SITE_MANIFEST, manifest)
-            _write_staged_json(staging / EXECUTABLES_LIST, executables)
-            record.meta_sha256 = meta_digest(staging, meta)
-            _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
-            for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
-                tree[rel] = os.lstat(staging / rel)
-            timings["post"] = time.monotonic() - t
-
-            t = time.monotonic()
-            from cpkgs_admin.verify import Owners, check_integrity
-
-            # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
-            owners = Owners(staging.lstat().st_uid, site.pkgs_cache_dir if hard_links else None, site.admin_gid())
-            problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta, owners=owners)
-            if problems:
-                p = problems[0]
-                raise BuildError(
-                    f"verify failed before publishing {name}: {p.kind} {p.path} ({p.detail})"
-                    + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
-                )
-            if memo is not None:
-                memo.save()
-            timings["verify"] = time.monotonic() - t
-
             t = time.monotonic()
             from cpkgs_admin.seal import seal_tree
 
@@ -784,47 +713,14 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             timings["seal"] = time.monotonic() - t
 
             t = time.monotonic()
-            from cpkgs_admin.integrations import preflight
-
-            with site_locked(site):
-                # Again, under the site lock: two families racing for one module or kernel name cannot both pass.
-                preflight(site, req.name, subdir, packages)
-                # From the publish point on, an interrupt waits for the record, the generated files and the audit
-                # line: an env half registered (published, no record) is worse than finishing in a moment.
-                with _interrupts_deferred() as interrupted:
-                    # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed
-                    # one. The top dir opens to users only after the rename: a kill in between leaves nothing they
-                    # can enter.
-                    try:
-                        os.rename(staging, final)
-                    except OSError as exc:
-                        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                            # NFS clients cache "no such file" for a while: another host published this name
-                            # after our existence checks looked.
-                            msg = f"environment {name} ({subdir}) already exists: another run published it meanwhile"
-                            raise EnvExists(msg) from None
-                        raise
-                    os.chmod(final, 0o555)
-                    # The activate.d scripts run at their final prefix, once, here: the record keeps what they set,
-                    # so modulefiles and kernels written later on any host (refresh on a Mac) carry it.
-                    from cpkgs_admin.integrations import keep_activation
-
-                    act_error = keep_activation(site, record)
-                    act_warning = [f"{name}: {act_error}; its modulefile and kernels get conda's own variables only"
-                                   ] if act_error else []
-                    save_record(site.record_path(name, subdir), record)
-                    # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
-                    warnings = [*chosen.warnings, *act_warning, *_finish_publish(site, record, "ok")]
-                if interrupted:
-                    warnings.append(f"interrupted after the publish point: {name} is published and recorded")
+            warnings = [*cache_warnings, *chosen.warnings, *_publish(site, req, staging, record)]
         except OSError as exc:
             # The filesystem failing under the build (EIO, EROFS, ENOSPC outside rattler): one line, what is staged
             # removed where it still can be (else by the next build).
-            discard_staging(staging, fenced=installing)
+            discard_staging(staging, fenced=False)
             raise BuildError(f"building {name} failed: {os_error_text(exc)}") from exc
         except BaseException:
-            # An install that failed or was interrupted can leave rattler's threads linking the other packages.
-            discard_staging(staging, fenced=installing)
+            discard_staging(staging, fenced=False)
             raise
         timings["publish"] = time.monotonic() - t
     return BuildResult(
@@ -838,6 +734,212 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         timings=timings,
         warnings=warnings,
     )
+
+
+@dataclass
+class _Job:
+    """What staging an env needs, for a second try after a damaged cache entry was dropped."""
+
+    site: Site
+    record: EnvRecord
+    records: list[Any]  # rattler's records to install
+    requested: list[str]
+    progress: bool
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+class _DamagedCache(Exception):
+    """Verify found files of packages whose cache entries are wrong (the build failed on the cache, not the spec)."""
+
+    def __init__(self, message: str, dists: list[str], first: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.dists = dists
+        self.first = first
+
+
+def _stage_healing(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
+    """_stage; when verify finds package files wrong in a way their cache entries explain (bit rot, an edit through
+    another env's hard link), those entries are dropped and the env staged once more from freshly fetched and
+    extracted packages, with a warning naming them. A second failure is the build's error."""
+    try:
+        return _stage(job)
+    except _DamagedCache as damaged:
+        from cpkgs_admin.locking import cache_locked
+        from cpkgs_admin.pkgcache import drop_entry
+
+        with cache_locked(job.site):
+            for dist in damaged.dists:
+                drop_entry(job.site.pkgs_cache_dir, dist)
+        job.warnings.append(f"package cache entr{'y' if len(damaged.dists) == 1 else 'ies'} "
+                            f"{', '.join(damaged.dists)} damaged ({damaged.first}): dropped, fetched and extracted "
+                            "again")
+    try:
+        return _stage(job)
+    except _DamagedCache as again:
+        raise BuildError(f"{again.message}, also after extracting {', '.join(again.dists)} again") from None
+
+
+def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
+    """Install into a new hidden staging dir, post-process, verify: (the staging dir, its scan). Any failure
+    removes the staging dir; verify failing on package files their cache entries explain raises _DamagedCache."""
+    site, record, timings = job.site, job.record, job.timings
+    final, subdir = Path(record.prefix), record.platform
+    staging = final.with_name(f"{STAGING_PREFIX}{record.name}{STAGING_SEP}{uuid.uuid4().hex[:12]}")
+    installing = False
+    try:
+        os.mkdir(staging, 0o700)
+    except PermissionError:
+        raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
+    try:
+        t = time.monotonic()
+        from cpkgs_admin.locking import cache_locked, wait_for_flock
+        from cpkgs_admin.pkgcache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
+        from cpkgs_admin.verify import HashMemo
+
+        with cache_locked(site):
+            dropped, fresh = check_entries(site, [_dist_of(p) for p in record.packages])
+            job.warnings += dropped
+            hard_links = cache_is_admin_only(site.pkgs_cache_dir, site.admin_gid())
+            # Files hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are
+            # not read again (HashMemo); everything else is. `cpkgs verify` always reads every byte.
+            memo = HashMemo(site.pkgs_cache_dir / HASH_MEMO_DIR, site.pkgs_cache_dir) if hard_links else None
+            wait_for_flock(site.pkgs_cache_dir / RATTLER_CACHE_LOCK, "the site package cache",
+                           site.config.lock_timeout)
+            stage = Stage(staging=staging, final=final, subdir=subdir, cache_dir=site.pkgs_cache_dir,
+                          envs_dir=final.parent, specs=job.requested, progress=job.progress, hard_links=hard_links)
+            plan = plan_install(job.records, stage)
+            installing = True
+            install_planned(job.records, stage, plan)
+            installing = False
+            close_entry_locks(site, fresh)
+            if memo is not None:  # nobody else may put their own file there for a later build to link
+                for pkg in record.packages:
+                    memo.harden(_dist_of(pkg))
+        os.chmod(staging, 0o700)  # install may have reset it; keep it hidden until sealed
+        # py-rattler 0.28 drops a cache marker into the prefix it installs into; it belongs to no package.
+        with contextlib.suppress(FileNotFoundError):
+            (staging / "CACHEDIR.TAG").unlink()
+        timings["install"] = time.monotonic() - t
+
+        t = time.monotonic()
+        tree, meta = _post_process_staged(staging, record)
+        timings["post"] = time.monotonic() - t
+
+        t = time.monotonic()
+        from cpkgs_admin.verify import Owners, check_integrity
+
+        # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
+        owners = Owners(staging.lstat().st_uid, site.pkgs_cache_dir if hard_links else None, site.admin_gid())
+        problems, _n, _b, _tree = check_integrity(staging, memo=memo, tree=tree, meta=meta, owners=owners)
+        if problems:
+            _raise_verify_failed(site, staging, meta, problems, record.name)
+        if memo is not None:
+            memo.save()
+        timings["verify"] = time.monotonic() - t
+    except OSError as exc:
+        # The filesystem failing under the build (EIO, EROFS, ENOSPC outside rattler): one line, what is staged
+        # removed where it still can be (else by the next build).
+        discard_staging(staging, fenced=installing)
+        raise BuildError(f"building {record.name} failed: {os_error_text(exc)}") from exc
+    except BaseException:
+        # An install that failed or was interrupted can leave rattler's threads linking the other packages.
+        discard_staging(staging, fenced=installing)
+        raise
+    return staging, tree
+
+
+def _post_process_staged(staging: Path, record: EnvRecord) -> tuple[dict[str, os.stat_result], Any]:
+    """post_process, then cpkgs' own manifests and the embedded record: (the staged tree's scan, its conda-meta)."""
+    final = Path(record.prefix)
+    site_files = post_process(staging, final, record)
+    from cpkgs_admin.verify import (
+        EXECUTABLES_LIST,
+        SITE_MANIFEST,
+        census_at_publish,
+        meta_digest,
+        read_conda_meta,
+        site_manifest,
+        unhashed_patched_files,
+    )
+
+    meta = read_conda_meta(staging)  # read and parsed once for the manifest, the digest and verify
+    manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
+    # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
+    # else can write the 0700 staging dir, so the scan stays true until the rename.
+    from cpkgs_admin.seal import scan_tree
+
+    tree = scan_tree(staging)
+    from cpkgs_admin.content import check_installed
+
+    check_installed(staging, final, meta, tree)
+    record.file_count, record.size, executables = census_at_publish(tree)
+    record.file_count += 3  # the manifest, the executables list and the embedded record below
+    _write_staged_json(staging / SITE_MANIFEST, manifest)
+    _write_staged_json(staging / EXECUTABLES_LIST, executables)
+    record.meta_sha256 = meta_digest(staging, meta)
+    _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
+    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
+        tree[rel] = os.lstat(staging / rel)
+    return tree, meta
+
+
+# Problems a damaged cache entry explains: a package file with other bytes, gone, of another type, or owned by
+# someone else (the cache inode itself, hard-linked, or the copy made of it).
+_CACHE_KINDS = frozenset({"modified", "missing", "replaced", "owner"})
+
+
+def _raise_verify_failed(site: Site, staging: Path, meta: Any, problems: list[Any], name: str) -> None:
+    from cpkgs_admin.verify import expected_files
+
+    p = problems[0]
+    message = (f"verify failed before publishing {name}: {p.kind} {p.path} ({p.detail})"
+               + (f" and {len(problems) - 1} more" if len(problems) > 1 else ""))
+    dist_of = {rel: e.dist for rel, e in expected_files(staging, meta).items()}
+    dists = sorted({dist_of.get(q.path, "") for q in problems})
+    if all(q.kind in _CACHE_KINDS for q in problems) and all(d and (site.pkgs_cache_dir / d).is_dir() for d in dists):
+        raise _DamagedCache(message, dists, f"{p.kind} {p.path}: {p.detail}")
+    raise BuildError(message)
+
+
+def _publish(site: Site, req: BuildRequest, staging: Path, record: EnvRecord) -> list[str]:
+    """Rename the sealed staging dir into place, then the record, generated files and audit line; the warnings."""
+    from cpkgs_admin.integrations import preflight
+
+    name, subdir, final = record.name, record.platform, Path(record.prefix)
+    with site_locked(site):
+        # Again, under the site lock: two families racing for one module or kernel name cannot both pass.
+        preflight(site, req.name, subdir, record.packages)
+        # From the publish point on, an interrupt waits for the record, the generated files and the audit
+        # line: an env half registered (published, no record) is worse than finishing in a moment.
+        with _interrupts_deferred() as interrupted:
+            # The publish point: rename is atomic on one filesystem, so users see no env or a whole sealed
+            # one. The top dir opens to users only after the rename: a kill in between leaves nothing they
+            # can enter.
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    # NFS clients cache "no such file" for a while: another host published this name
+                    # after our existence checks looked.
+                    msg = f"environment {name} ({subdir}) already exists: another run published it meanwhile"
+                    raise EnvExists(msg) from None
+                raise
+            os.chmod(final, 0o555)
+            # The activate.d scripts run at their final prefix, once, here: the record keeps what they set,
+            # so modulefiles and kernels written later on any host (refresh on a Mac) carry it.
+            from cpkgs_admin.integrations import keep_activation
+
+            act_error = keep_activation(site, record)
+            act_warning = [f"{name}: {act_error}; its modulefile and kernels get conda's own variables only"
+                           ] if act_error else []
+            save_record(site.record_path(name, subdir), record)
+            # Still under the site lock (publish_outside takes it again, nested): one acquisition, not two.
+            warnings = [*act_warning, *_finish_publish(site, record, "ok")]
+        if interrupted:
+            warnings.append(f"interrupted after the publish point: {name} is published and recorded")
+    return warnings
 
 
 @contextlib.contextmanager

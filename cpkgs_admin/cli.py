@@ -106,6 +106,14 @@ def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None
     _state["verbose"] = verbose
     _state["quiet"] = quiet
     ctx.obj = Ctx(root, verbose, quiet)
+    from cpkgs_admin.locking import set_notice
+
+    # What core code says while it works (a lock waited for, a dead lock recovered): on stderr, unless -q.
+    set_notice(None if quiet else _log_notice)
+
+
+def _log_notice(msg: str) -> None:
+    click.echo(f"cpkgs: {msg}", err=True)
 
 
 # ------------------------------------------------------------------------------------------------------------- admin
@@ -132,6 +140,7 @@ def init(
 
     report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force,
                        channel_map=channel_map, channel_alias=channel_alias)
+    _warn(report.warnings)
     if as_json:
         emit_json(report.to_json())
         return
@@ -487,10 +496,14 @@ def locks(ctx: click.Context, as_json: bool) -> None:
     """List held locks with owner and age."""
     if ctx.invoked_subcommand is not None:
         return
-    from cpkgs_admin.locking import list_locks
+    from cpkgs_admin.locking import list_locks, notice, sweep_dead_locks
 
     c: Ctx = ctx.obj
     site = c.site()
+    # Locks of processes of this host that died (kill -9) go first: listed, they would stay until the same name is
+    # taken again, forever for a name never rebuilt. Another host's are listed: only their lease or `break` ends them.
+    for msg in sweep_dead_locks(site.locks_dir, site.config.lease_seconds):
+        notice(msg)
     infos = list_locks(site.locks_dir, site.config.lease_seconds)
     if as_json:
         emit_json([i.to_json() for i in infos])

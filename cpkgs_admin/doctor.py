@@ -420,12 +420,17 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
 
     lease = site.config.lease_seconds
     infos = list_locks(site.locks_dir, lease)
-    late = [i for i in infos if i.state in ("expired", "stale")]
+    why = {
+        "stale": "its process is gone",
+        "expired": f"its lease ({lease:g}s) ran out",
+        "empty": "its lock file is empty (left by a process killed while taking it)",
+        "unreadable": "its lock file holds no lock record",
+    }
+    late = [i for i in infos if i.state in why]
     for i in late:
         o = i.owner
         who = f"{o.user}@{o.host} pid {o.pid}" if o else "an unknown owner"
-        why = "its process is gone" if i.state == "stale" else f"its lease ({lease:g}s) ran out"
-        rep.add(WARN, "locks", f"{i.name} held by {who}: {why}", f"cpkgs locks break {i.name}")
+        rep.add(WARN, "locks", f"{i.name} held by {who}: {why[i.state]}", f"cpkgs locks break {i.name}")
     if not late:
         rep.add(OK, "locks", f"no lock past its lease ({len(infos)} held)")
 

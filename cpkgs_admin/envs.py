@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
-from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked
+from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked, make_dir_exact
 from cpkgs_admin.names import parse_name
 from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
 from cpkgs_admin.site import Site, parse_duration
@@ -591,7 +591,7 @@ def _move_removed_env(site: Site, rec: EnvRecord, prefix: Path, trash: Path) -> 
     with env_locked(site, rec.name, rec.platform):
         rec = load_record_file(site.record_path(rec.name, rec.platform))
         try:
-            site.trash_dir.mkdir(parents=True, exist_ok=True)
+            make_dir_exact(site.trash_dir, site.private_modes()[0], site.admin_gid())
         except OSError as exc:
             raise CpkgsError(f"cannot create {site.trash_dir}: {exc.strerror}") from None
         _move_to_trash(prefix, trash)

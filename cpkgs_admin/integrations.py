@@ -25,7 +25,7 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, UsageError
 from cpkgs_admin.kernels import generated_kernel_files, kernel_files, kernel_names, kernel_owner, wants_kernel
 from cpkgs_admin.localdb import db_config_files, stdlib_dir
-from cpkgs_admin.locking import site_locked, write_if_changed
+from cpkgs_admin.locking import make_dir_exact, site_locked, write_if_changed
 from cpkgs_admin.modules import family_files, is_generated, module_files
 from cpkgs_admin.records import EnvRecord, PackageEntry, load_all
 from cpkgs_admin.site import Site
@@ -332,11 +332,7 @@ def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-            if gid is not None and d.stat().st_gid != gid:
-                os.chown(d, -1, gid)
-            os.chmod(d, mode)  # explicit: an admin's umask 077 must not hide modules from users
+        make_dir_exact(d, mode, gid)  # explicit: an admin's umask 077 must not hide modules from users
 
 
 def remove_outputs(paths: list[Path], stop: tuple[Path, ...]) -> list[str]:

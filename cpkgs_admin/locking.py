@@ -5,11 +5,18 @@ Why not flock/fcntl: NFS clients implement them through NLM or NFSv4 state that 
 rename, which NFS does atomically on the server. `SoftFileLease` adds a heartbeat so that a holder that died on
 *another* host can be taken over once its lease ran out, while a same-host holder that died is recovered at once
 (filelock proves death by pid + process start time, never by pid alone).
+
+Lock directories may be writable by others (the admin group's `.cpkgs/locks`, a user's home for link-user's lock):
+every file this module creates there is created exclusively without following symlinks (a private temp name,
+O_EXCL|O_NOFOLLOW) and changed only through its descriptor, so nobody can redirect a write, truncate or chmod of
+root's to a file of their choosing. A lock marker appears under its name with its owner record already in it
+(written to a private temp file, then link()ed into place): a kill can never leave an empty marker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import getpass
 import json
@@ -20,14 +27,34 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem, os_error_text
 
+# --------------------------------------------------------------------------------------------------- notices
+
+# What a core function has to say while it works (a lock it waits for, a lock it recovered): the CLI registers
+# one callback that writes it to stderr; without one (library use, tests) nothing is said. Core code never prints.
+Notice = Callable[[str], None]
+_notices: list[Notice] = []
+
+
+def set_notice(callback: Notice | None) -> None:
+    _notices[:] = [callback] if callback is not None else []
+
+
+def notice(message: str) -> None:
+    for callback in _notices:
+        callback(message)
+
+
 # --------------------------------------------------------------------------------------------------- atomic writes
+
+# Opening a name that may be someone's planted symlink or FIFO: never follow the link, never block on the FIFO.
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def atomic_write(
@@ -40,20 +67,23 @@ def atomic_write(
     no fsyncs, for files whose loss in a crash of this host does not matter (a lock's owner record dies with the
     lock's holder), still never seen half-written. GID: the group the file must have (the site's admin group, for
     a file made group-writable), set before it replaces the old one.
+    The temp file is mkstemp's (O_EXCL|O_NOFOLLOW, random name) and its mode and group are set through its
+    descriptor: in a directory others can write, a name swapped for a symlink meanwhile cannot redirect them, and
+    rename() replaces a symlink at PATH itself, never its target.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # never more open than that, whatever the umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if gid is not None and os.fstat(fh.fileno()).st_gid != gid:
                 _give_group(fh.fileno(), gid, path)
+            os.fchmod(fh.fileno(), mode)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -93,32 +123,80 @@ def _give_group(fd: int, gid: int, path: Path) -> None:
         raise PermissionProblem(f"cannot give {path} the site's admin group (gid {gid}): are you a member?") from None
 
 
+def read_no_follow(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """The bytes of the regular file at PATH (at most LIMIT), or None when PATH is missing, a symlink, not a regular
+    file or unreadable: a name in a directory others can write is never followed to a file of their choosing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+    except OSError:
+        return None
+    try:
+        return _read_up_to(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks = []
+    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 16))):
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
+
+
 def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None = None, *, durable: bool = True) -> bool:
     """Atomically write `data` unless the file already holds exactly it (and has `mode`, and group GID when given).
     True when changed. A group-writable MODE goes with the admin group's GID: never group-writable for whatever
-    group the file happened to have. DURABLE as in atomic_write."""
+    group the file happened to have. The existing file is read and its mode changed through a descriptor opened
+    without following a symlink: a symlink at PATH is replaced by the file, its target never touched. DURABLE as in
+    atomic_write."""
+    want = data.encode("utf-8")
     try:
-        if path.read_text(encoding="utf-8") == data:
-            st = path.stat()
-            if (gid is None or st.st_gid == gid) and (st.st_mode & 0o7777) == mode:
-                return False
-            try:
-                if gid is not None and st.st_gid != gid:
-                    os.chmod(path, mode & ~0o020)  # not group-writable while the group is still the wrong one
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                    try:
-                        _give_group(fd, gid, path)
-                    finally:
-                        os.close(fd)
-                os.chmod(path, mode)
-            except PermissionError:
-                raise PermissionProblem(f"cannot set the mode or group of {path}: it belongs to uid {st.st_uid} "
-                                        "(run this as that user or root)") from None
-            return True
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+    except OSError:  # missing, a symlink (ELOOP), unreadable: written anew
+        fd = -1
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size == len(want) and _read_up_to(fd, len(want) + 1) == want:
+                if (gid is None or st.st_gid == gid) and (st.st_mode & 0o7777) == mode:
+                    return False
+                _set_mode_and_group(fd, st, mode, gid, path)
+                return True
+        finally:
+            os.close(fd)
     atomic_write(path, data, mode, gid=gid, durable=durable)
     return True
+
+
+def _set_mode_and_group(fd: int, st: os.stat_result, mode: int, gid: int | None, path: Path) -> None:
+    try:
+        if gid is not None and st.st_gid != gid:
+            os.fchmod(fd, mode & ~0o020)  # not group-writable while the group is still the wrong one
+            _give_group(fd, gid, path)
+        os.fchmod(fd, mode)
+    except PermissionError:
+        raise PermissionProblem(f"cannot set the mode or group of {path}: it belongs to uid {st.st_uid} "
+                                "(run this as that user or root)") from None
+
+
+def make_dir_exact(path: Path, mode: int, gid: int | None) -> None:
+    """Create directory PATH (if missing) with exactly MODE and group GID, whatever the umask: created 0700, so it
+    is never open to anyone before its mode is set, and changed through a descriptor opened without following a
+    symlink (in a parent others can write, the new name could be swapped for one meanwhile)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if gid is not None:
+            _give_group(fd, gid, path)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------- owner records
@@ -161,7 +239,9 @@ class LockInfo:
     path: str
     owner: LockOwner | None
     age_seconds: float | None
-    state: str  # held | stale (same-host owner dead) | expired (lease not refreshed) | unknown
+    # held | stale (same-host owner dead) | expired (lease not refreshed) | empty (0 bytes: its creator was killed
+    # before writing it, by a cpkgs before markers were linked into place) | unreadable (not a lock record)
+    state: str
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -172,13 +252,231 @@ def _owner_file(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + ".owner.json")
 
 
+# --------------------------------------------------------------------------------------------------- dead markers
+
+# An empty or unreadable marker this much older than the server's now has no writer left. cpkgs' markers appear
+# with their record in them (linked into place), so such a marker is an older cpkgs's, killed between its create
+# and its write (filelock's own gap is nanoseconds: MALFORMED_LOCK_AGE_THRESHOLD, tox-dev/filelock#532), or junk.
+UNREADABLE_GRACE = 2.0
+# Leftovers of a process killed inside a takeover or a clock probe (hidden names): removed after this long.
+LEFTOVER_GRACE = 3600.0
+# How long a wait goes unsaid.
+WAIT_NOTICE_SECONDS = 2.0
+
+
+def server_now(directory: Path) -> float | None:
+    """The file server's clock: the mtime of a file just created in DIRECTORY (mkstemp: a random name, O_EXCL and
+    O_NOFOLLOW, so no planted symlink is ever written through). Ages of markers are judged on it, never on this
+    host's clock (NFS clients' clocks drift)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".clock-")
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_mtime
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    why: str  # the holder is gone: a sentence for the notice
+    seen: tuple[int, int, int]  # the marker judged: (inode, mtime in ns, size)
+
+
+def _marker(path: Path) -> tuple[Any, os.stat_result] | None:
+    """(filelock's owner record or None when the marker holds none, its lstat); None when there is no marker."""
+    from filelock._soft import parse_marker, read_lock_file
+
+    try:
+        content, st = read_lock_file(str(path))  # lstat + an O_NOFOLLOW|O_NONBLOCK read: never a symlink's target
+    except OSError:
+        return None
+    return parse_marker(content), st
+
+
+def _dead_verdict(path: Path, lease_seconds: float, *, expired_too: bool) -> _Verdict | None:
+    """Why the marker at PATH has no live holder, or None while it may have one. Same-host owners are proven dead
+    by pid + start time (filelock's rule); another host's only by a lease unrefreshed for two periods (EXPIRED_TOO);
+    an empty or unreadable marker once it is UNREADABLE_GRACE old. Ages on the server's clock."""
+    from filelock._identity import owner_is_stale
+
+    got = _marker(path)
+    if got is None:
+        return None
+    rec, st = got
+    seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if rec is None:
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        now = server_now(path.parent)
+        if now is None or now - st.st_mtime < UNREADABLE_GRACE:
+            return None
+        what = "empty" if stat.S_ISREG(st.st_mode) and st.st_size == 0 else "not a lock record"
+        return _Verdict(f"it was {what} for {now - st.st_mtime:.0f}s (left by a process killed while taking it)",
+                        seen)
+    if rec.mode != "lease":
+        return None  # another tool's lock: not ours to judge
+    if owner_is_stale(rec.pid, rec.hostname, rec.start):
+        return _Verdict(f"its holder, pid {rec.pid} on this host, is gone", seen)
+    if not expired_too:
+        return None
+    now = server_now(path.parent)
+    # Two lease periods without a refresh (the holder refreshes every third of one): the holder is gone or cut off.
+    if now is not None and now - st.st_mtime > 2 * (rec.lease_duration or lease_seconds):
+        return _Verdict(f"its holder on {rec.hostname} stopped renewing its lease {now - st.st_mtime:.0f}s ago", seen)
+    return None
+
+
+def _remove_if_unchanged(path: Path, seen: tuple[int, int, int]) -> bool:
+    """Remove the marker at PATH if it is still the one judged (same inode, mtime, size): renamed aside first, so
+    of several processes recovering it at once one wins, and a marker renewed or replaced meanwhile goes back."""
+    taken = path.with_name(f".{path.name}.expired-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, taken)
+    except OSError:
+        return False  # someone else moved it first
+    try:
+        st = os.lstat(taken)
+        same = (st.st_ino, st.st_mtime_ns, st.st_size) == seen
+    except OSError:
+        same = False
+    if not same:
+        with contextlib.suppress(OSError):
+            os.link(taken, path, follow_symlinks=False)  # give it back, unless a new holder took the name
+    with contextlib.suppress(OSError):
+        os.unlink(taken)
+    return same
+
+
+def _recover(path: Path, lease_seconds: float, *, expired_too: bool) -> str | None:
+    """Remove a marker whose holder is provably gone; a sentence saying what was recovered, else None."""
+    verdict = _dead_verdict(path, lease_seconds, expired_too=expired_too)
+    if verdict is None or not _remove_if_unchanged(path, verdict.seen):
+        return None
+    owner = read_owner(path)
+    if owner is not None and not _owner_alive(owner):
+        with contextlib.suppress(OSError):
+            _owner_file(path).unlink()
+    return f"recovered {path.name}: {verdict.why}"
+
+
+def _owner_alive(owner: LockOwner) -> bool:
+    """Whether the owner record may name a live process (another host's always may)."""
+    if owner.host != socket.gethostname():
+        return True
+    start = _process_start(owner.pid)
+    return start is not None and (owner.start is None or abs(start - owner.start) < 1.0)
+
+
+def sweep_dead_locks(locks_dir: Path, lease_seconds: float) -> list[str]:
+    """Remove the locks in LOCKS_DIR whose holder is provably gone: same-host owners dead by pid + start time,
+    empty or unreadable markers past the grace (never another host's by pid: its lease decides, or `locks break`).
+    Also old leftovers of killed takeovers and clock probes. One sentence per lock removed."""
+    said: list[str] = []
+    try:
+        entries = list(os.scandir(locks_dir))
+    except OSError:
+        return said
+    now: float | None = None
+    for entry in entries:
+        if entry.name.endswith(".lock") and not entry.name.startswith("."):
+            with contextlib.suppress(OSError):
+                if (msg := _recover(Path(entry.path), lease_seconds, expired_too=False)) is not None:
+                    said.append(msg)
+        elif entry.name.startswith(".clock-") or ".lock.expired-" in entry.name or ".lock.new-" in entry.name:
+            now = now if now is not None else server_now(locks_dir)
+            with contextlib.suppress(OSError):
+                if now is not None and now - entry.stat(follow_symlinks=False).st_mtime > LEFTOVER_GRACE:
+                    os.unlink(entry.path)
+    return said
+
+
+_swept: set[str] = set()
+
+
+def sweep_once(locks_dir: Path, lease_seconds: float) -> None:
+    """sweep_dead_locks, once per process and directory (at the first lock a command takes there), saying what
+    it removed."""
+    key = str(locks_dir)
+    if key in _swept:
+        return
+    _swept.add(key)
+    for msg in sweep_dead_locks(locks_dir, lease_seconds):
+        notice(msg)
+
+
 # --------------------------------------------------------------------------------------------------- the lock
+
+
+@functools.cache
+def _lease_class() -> Any:
+    """filelock's SoftFileLease, with its marker linked into place whole.
+
+    filelock creates the marker (O_CREAT|O_EXCL|O_NOFOLLOW, which cannot follow a planted symlink) and only then
+    writes its owner record into it: a kill -9 in between leaves an empty marker, which filelock keeps as held
+    forever (an empty marker is a filelock < 3.22 holder to it: _soft/_exclusive/_recovery.py RECORDLESS_MARKER;
+    tox-dev/filelock#532). Here the record goes into a private temp file (mkstemp: O_EXCL|O_NOFOLLOW, random name)
+    that link() gives the marker's name, failing with EEXIST when the lock is taken: NFS makes link atomic on the
+    server, and the name never exists without its record. Relies on filelock 4.3's _create_marker and
+    _write_lock_info hooks (pyproject: filelock >= 4.3, < 5); a test kills holders at random moments."""
+    from filelock import SoftFileLease
+
+    for hook in ("_create_marker", "_write_lock_info", "_mark_descriptor_pending"):
+        if not hasattr(SoftFileLease, hook):
+            raise CpkgsError(f"filelock {_filelock_version()} lacks {hook}: cpkgs needs filelock 4.3 or newer (< 5)")
+
+    class LinkedLease(SoftFileLease):  # type: ignore[misc, valid-type]
+        def _create_marker(self, path: str, flags: int, opened: list[int]) -> int:
+            directory, name = os.path.split(path)
+            fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.new-")
+            try:
+                taken: FileExistsError | None = None
+                try:
+                    os.fchmod(fd, 0o644)  # whatever the umask: readable for `cpkgs locks`, writable by its holder
+                    super()._write_lock_info(fd)  # filelock's own record: pid, host, start, lease token
+                    os.link(tmp, path, follow_symlinks=False)
+                except FileExistsError as exc:
+                    taken = exc  # held; or an NFS reply to a retransmitted LINK whose first try made it: see below
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                mine = os.fstat(fd)
+                try:
+                    there = os.lstat(path)
+                except FileNotFoundError:  # released by its holder meanwhile: try again
+                    there = None
+                if there is None or (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+                    # Held by another; or the temp name was swapped before link(): the lock name is not ours.
+                    raise taken or FileExistsError(errno.EEXIST, "lock taken by another file", path)
+            except BaseException:
+                os.close(fd)
+                raise
+            opened.append(fd)
+            self._mark_descriptor_pending(fd)
+            return fd
+
+        def _write_lock_info(self, fd: int) -> None:  # type: ignore[override]
+            pass  # written by _create_marker, before the marker got its name
+
+    return LinkedLease
+
+
+def _filelock_version() -> str:
+    from importlib.metadata import version
+
+    return version("filelock")
 
 
 class SiteLock:
     """An NFS-safe lease lock with a human-readable owner record beside it.
 
-    `timeout` < 0 waits forever, 0 tries once. On timeout raises LockBusy naming the owner.
+    `timeout` < 0 waits forever, 0 tries once. On timeout raises LockBusy naming the owner. A wait longer than
+    WAIT_NOTICE_SECONDS says what it waits for and who holds it (notice), as does a recovered dead marker.
     """
 
     # Locks this process holds, by path, with their depth: taking one again inside itself (publish → refresh of
@@ -195,9 +493,7 @@ class SiteLock:
         self._owner: LockOwner | None = None
 
     def _make(self) -> Any:
-        from filelock import SoftFileLease
-
-        return SoftFileLease(
+        return _lease_class()(
             str(self.path),
             lease_duration=self.lease_seconds,
             timeout=self.timeout,
@@ -209,12 +505,13 @@ class SiteLock:
     def acquire(self) -> None:
         from filelock import Timeout
 
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except PermissionError:
-            raise PermissionProblem(f"cannot create lock directory {self.path.parent}: permission denied") from None
-        except OSError as exc:
-            raise CpkgsError(f"cannot create lock directory {self.path.parent}: {exc.strerror}") from None
+        if not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except PermissionError:
+                raise PermissionProblem(f"cannot create lock directory {self.path.parent}: permission denied") from None
+            except OSError as exc:
+                raise CpkgsError(f"cannot create lock directory {self.path.parent}: {exc.strerror}") from None
         key = str(self.path)
         if SiteLock._held.get(key):
             SiteLock._held[key] += 1
@@ -232,15 +529,21 @@ class SiteLock:
                 f"finish, or run 'cpkgs locks break {self.path.name}'"
             ) from None
         except Timeout:
-            owner = read_owner(self.path)
-            who = f" by {owner.user}@{owner.host} pid {owner.pid} ({owner.command})" if owner else ""
+            self._lock = None
             raise LockBusy(
-                f"{self.what} is locked{who}; wait, or if that process is gone run 'cpkgs locks break {self.path.name}'"
+                f"{self.what} is locked{holder_text(self.path, ' by ')}; wait, or if that process is gone run "
+                f"'cpkgs locks break {self.path.name}'"
             ) from None
         except PermissionError:
+            self._lock = None
             raise PermissionProblem(f"cannot create lock {self.path}: permission denied") from None
         except OSError as exc:
+            self._lock = None
             raise CpkgsError(f"cannot create lock {self.path}: {exc.strerror}") from None
+        self._record_owner()
+        SiteLock._held[key] = 1
+
+    def _record_owner(self) -> None:
         try:
             owner = LockOwner(
                 host=socket.gethostname(),
@@ -265,70 +568,36 @@ class SiteLock:
             self._lock = None
             raise
         self._owner = owner
-        SiteLock._held[key] = 1
 
     def _acquire_with_expiry(self) -> None:
-        """filelock's own acquire, in slices; between slices, take over a lease that has run out.
+        """filelock's own acquire, in slices of at most a second; between slices, take over a marker whose holder is
+        provably gone, and once the wait is longer than WAIT_NOTICE_SECONDS say what it waits for.
 
         filelock takes over an expired lease with renameat2(RENAME_EXCHANGE), which the Linux NFS client refuses
-        (filelock's _util.py says so), so on NFS a dead host's lock would stay until `locks break`. Here expiry is
-        judged on the server's clock (the mtime of a file we just wrote next to the marker), never on ours."""
+        (filelock's _util.py says so), so on NFS a dead host's lock would stay until `locks break`; and it never
+        takes over an empty marker. Here expiry is judged on the server's clock (server_now), never on ours."""
         from filelock import Timeout
 
-        deadline = None if self.timeout < 0 else time.monotonic() + self.timeout
-        step = max(0.2, self.lease_seconds / 2)
+        started = time.monotonic()
+        deadline = None if self.timeout < 0 else started + self.timeout
+        told = False
+        step = 0.0  # the first try does not wait: a free lock costs no slice, a dead one is recovered at once
         while True:
-            left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
             try:
-                self._lock.acquire(timeout=left)
+                self._lock.acquire(timeout=step)
                 return
             except Timeout:
-                if self._take_over_expired():
+                recovered = _recover(self.path, self.lease_seconds, expired_too=True)
+                if recovered is not None:
+                    notice(recovered)
                     continue
-                if deadline is not None and time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     raise
-
-    def _take_over_expired(self) -> bool:
-        from filelock import SoftFileLease
-        from filelock._identity import owner_is_stale
-
-        probe = SoftFileLease(str(self.path), lease_duration=self.lease_seconds, is_singleton=False)
-        rec = probe.owner
-        if rec is None or rec.mode != "lease":
-            return False
-        try:
-            marker_mtime = self.path.stat().st_mtime
-            clock = self.path.with_name(f".clock-{socket.gethostname()}-{os.getpid()}")
-            clock.write_bytes(b"")
-            server_now = clock.stat().st_mtime
-            clock.unlink()
-        except OSError:
-            return False
-        # Two lease periods without a refresh (the holder refreshes every third of one): the holder is gone or
-        # cut off; same-host owners proven dead (pid + start time) need no wait.
-        expired = server_now - marker_mtime > 2 * (rec.lease_duration or self.lease_seconds)
-        if not expired and not owner_is_stale(rec.pid, rec.hostname, rec.start):
-            return False
-        taken = self.path.with_name(f".{self.path.name}.expired-{uuid.uuid4().hex}")
-        try:
-            os.rename(self.path, taken)
-        except OSError:
-            return False  # someone else moved it first
-        claimed = SoftFileLease(str(taken), lease_duration=self.lease_seconds, is_singleton=False).owner
-        if claimed is None or claimed.token != rec.token:
-            # Between our look and the rename a new holder took the lock: give it back if nobody replaced it.
-            with contextlib.suppress(OSError):
-                os.link(taken, self.path)
-            with contextlib.suppress(OSError):
-                os.unlink(taken)
-            return False
-        with contextlib.suppress(OSError):
-            os.unlink(taken)
-        stale_owner = read_owner(self.path)
-        if stale_owner is not None and stale_owner.pid == rec.pid and stale_owner.host == rec.hostname:
-            with contextlib.suppress(OSError):
-                _owner_file(self.path).unlink()
-        return True
+                if not told and now - started >= WAIT_NOTICE_SECONDS:
+                    told = True
+                    notice(f"waiting for {self.what}{holder_text(self.path, ': held by ')}")
+                step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - now))
 
     def release(self, failing: bool = False) -> None:
         """Let go. FAILING: the work under the lock is failing with its own error, which a lock that cannot be
@@ -370,28 +639,45 @@ class SiteLock:
 
 
 def read_owner(lock_path: Path) -> LockOwner | None:
+    raw = read_no_follow(_owner_file(lock_path), 1 << 16)
+    if raw is None:
+        return None
     try:
-        data = json.loads(_owner_file(lock_path).read_text(encoding="utf-8"))
+        data = json.loads(raw)
         return LockOwner(**data)
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError):
         return None
 
 
+def holder_text(lock_path: Path, lead: str) -> str:
+    """LEAD + who holds the lock at LOCK_PATH, for a wait notice or a busy error; "" when nothing says."""
+    owner = read_owner(lock_path)
+    if owner is not None:
+        since = f", for {time.time() - owner.acquired_at:.0f}s" if owner.acquired_at else ""
+        return f"{lead}{owner.user}@{owner.host} pid {owner.pid} ({owner.command}{since})"
+    got = _marker(lock_path)
+    if got is None:
+        return ""
+    rec, st = got
+    if rec is not None:
+        return f"{lead}pid {rec.pid} on {rec.hostname}"
+    what = "an empty lock file" if st.st_size == 0 else "a lock file with no owner record"
+    return f"{lead}{what} (recovered {UNREADABLE_GRACE:g}s after its creation if nobody writes it)"
+
+
 def _marker_state(lock_path: Path, lease_seconds: float) -> tuple[str, Any]:
-    """What filelock's marker says: held / stale / expired, plus its owner record."""
-    from filelock import SoftFileLease
+    """What filelock's marker says: held / stale / expired / empty / unreadable, plus its owner record."""
     from filelock._identity import owner_is_stale  # the same proof of death filelock itself applies
 
-    probe = SoftFileLease(str(lock_path), lease_duration=lease_seconds, is_singleton=False)
-    rec = probe.owner
+    got = _marker(lock_path)
+    if got is None:
+        return "gone", None  # released between the listing and the look
+    rec, st = got
     if rec is None:
-        return "unknown", None
+        return ("empty" if stat.S_ISREG(st.st_mode) and st.st_size == 0 else "unreadable"), None
     if owner_is_stale(rec.pid, rec.hostname, rec.start):
         return "stale", rec
-    try:
-        age = time.time() - lock_path.stat().st_mtime
-    except OSError:
-        return "unknown", rec
+    age = time.time() - st.st_mtime
     if rec.lease_duration is not None and age > rec.lease_duration:
         return "expired", rec
     return "held", rec
@@ -401,10 +687,16 @@ def list_locks(locks_dir: Path, lease_seconds: float) -> list[LockInfo]:
     out: list[LockInfo] = []
     if not locks_dir.is_dir():
         return out
-    for path in sorted(locks_dir.glob("*.lock")):
-        if not path.is_file():
-            continue
+    try:
+        names = sorted(e.name for e in os.scandir(locks_dir) if e.name.endswith(".lock")
+                       and not e.name.startswith(".") and not e.is_dir(follow_symlinks=False))
+    except PermissionError:
+        raise PermissionProblem(f"cannot read {locks_dir}: only the site's admins can see its locks") from None
+    for name in names:
+        path = locks_dir / name
         state, rec = _marker_state(path, lease_seconds)
+        if state == "gone":
+            continue
         owner = read_owner(path)
         if owner is None and rec is not None:
             owner = LockOwner(host=rec.hostname, pid=rec.pid, start=None, user="?", command="?", acquired_at=0.0)
@@ -420,7 +712,7 @@ def break_lock(locks_dir: Path, name: str, lease_seconds: float) -> LockInfo:
     if "/" in name or name.startswith("."):
         raise CpkgsError(f"{name!r} is not a lock name (see 'cpkgs locks')")
     path = locks_dir / (name if name.endswith(".lock") else name + ".lock")
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CpkgsError(f"no lock named {path.name} in {locks_dir}")
     info = next((i for i in list_locks(locks_dir, lease_seconds) if i.name == path.name), None)
     try:
@@ -429,7 +721,70 @@ def break_lock(locks_dir: Path, name: str, lease_seconds: float) -> LockInfo:
             _owner_file(path).unlink()
     except PermissionError:
         raise PermissionProblem(f"cannot remove lock {path}: permission denied") from None
-    return info or LockInfo(name=path.name, path=str(path), owner=None, age_seconds=None, state="unknown")
+    return info or LockInfo(name=path.name, path=str(path), owner=None, age_seconds=None, state="unreadable")
+
+
+# --------------------------------------------------------------------------------------------------- py-rattler's flock
+
+
+def wait_for_flock(path: Path, what: str, timeout: float) -> None:
+    """Wait until nobody holds a flock on PATH, saying so after WAIT_NOTICE_SECONDS, and LockBusy after TIMEOUT
+    (< 0: forever) naming the holder.
+
+    py-rattler takes an exclusive flock on its package cache's .cache.lock and waits for it without a word or an
+    end. This probe takes and drops the same lock first (dropped at once: rattler opens the file again, and a
+    flock held here would block it), so a holder is named instead of a silent hang. Opened read-write without
+    following a symlink: the Linux NFS client emulates flock with byte-range locks, which need a writable fd."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | _NO_FOLLOW)
+    except OSError:
+        return  # absent (rattler creates it) or not ours to probe
+    started = time.monotonic()
+    told = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # no flock here (ENOLCK on a mount without locking): rattler meets the same
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            waited = time.monotonic() - started
+            if 0 <= timeout <= waited:
+                raise LockBusy(f"{what} is locked: {path} is flock'ed by {_flock_holders(fd)}; wait for it, or end "
+                               "that process")
+            if not told and waited >= WAIT_NOTICE_SECONDS:
+                told = True
+                notice(f"waiting for {what}: {path} is flock'ed by {_flock_holders(fd)}")
+            time.sleep(0.1)
+    finally:
+        os.close(fd)
+
+
+def _flock_holders(fd: int) -> str:
+    """Who holds a flock on FD's file, from /proc/locks (this host's processes only)."""
+    import psutil
+
+    ino = os.fstat(fd).st_ino
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(ino):
+                pids.append(int(fields[4]))
+    who = []
+    for pid in sorted(set(pids)):
+        try:
+            proc = psutil.Process(pid)
+            who.append(f"pid {pid} ({proc.username()}: {' '.join(proc.cmdline())[:80]})")
+        except (psutil.Error, OSError):
+            who.append(f"pid {pid}")
+    return ", ".join(who) or "a process on another host (or one this user cannot see)"
 
 
 # --------------------------------------------------------------------------------------------------- audit log
@@ -445,20 +800,32 @@ def audit(audit_log: Path, entry: dict[str, Any]) -> None:
         "command": current_command(),
         **entry,
     }
-    audit_log.parent.mkdir(parents=True, exist_ok=True)
-    # Group-writable where the site has an admin group (its dirs are setgid), so every admin can append.
+    audit_log.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # Readable and writable by the admins only: 0660 for the admin group where the site has one (its dirs are
+    # setgid), so every admin can append; 0600 otherwise. Users have no business reading it.
     parent = os.stat(audit_log.parent)
     shared = parent.st_mode & 0o2000
-    fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664 if shared else 0o644)
+    mode = 0o660 if shared else 0o600
+    # The directory may be the admin group's to write: a symlink or a hard link planted at the name must not make
+    # root append to a file of someone's choosing.
+    try:
+        fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NO_FOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CpkgsError(f"{audit_log} is a symlink: cpkgs does not write through it (remove it)") from None
+        raise
     try:
         st = os.fstat(fd)
-        if shared and st.st_uid == os.geteuid():
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise CpkgsError(f"{audit_log} is not a plain file (a hard link or a special file): cpkgs does not write "
+                             "to it (move it away)")
+        if st.st_uid == os.geteuid():
             # Neither the umask of whoever created it nor a group from before the site had an admin group may lock
             # the other admins out.
-            if st.st_gid != parent.st_gid:
+            if shared and st.st_gid != parent.st_gid:
                 os.fchown(fd, -1, parent.st_gid)
-            if stat.S_IMODE(st.st_mode) != 0o664:
-                os.fchmod(fd, 0o664)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
         os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:
@@ -467,6 +834,7 @@ def audit(audit_log: Path, entry: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def site_locked(site: Any, timeout: float | None = None) -> Iterator[SiteLock]:
+    sweep_once(site.locks_dir, site.config.lease_seconds)
     lock = SiteLock(
         site.site_lock,
         what=f"site {site.root}",
@@ -479,11 +847,27 @@ def site_locked(site: Any, timeout: float | None = None) -> Iterator[SiteLock]:
 
 @contextlib.contextmanager
 def env_locked(site: Any, name: str, subdir: str, timeout: float | None = None) -> Iterator[SiteLock]:
+    sweep_once(site.locks_dir, site.config.lease_seconds)
     lock = SiteLock(
         site.env_lock(name, subdir),
         what=f"environment {name} ({subdir})",
         lease_seconds=site.config.lease_seconds,
         timeout=site.config.lock_timeout if timeout is None else timeout,
+    )
+    with lock:
+        yield lock
+
+
+@contextlib.contextmanager
+def cache_locked(site: Any) -> Iterator[SiteLock]:
+    """The site package cache: py-rattler guards it with flock, which NFS does not honour across hosts (builds on
+    two hosts could extract into one entry at once); this NFS-safe lock serializes them."""
+    sweep_once(site.locks_dir, site.config.lease_seconds)
+    lock = SiteLock(
+        site.locks_dir / "pkgs-cache.lock",
+        what="the site package cache",
+        lease_seconds=site.config.lease_seconds,
+        timeout=site.config.lock_timeout,
     )
     with lock:
         yield lock

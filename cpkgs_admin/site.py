@@ -431,6 +431,19 @@ class Site:
             group = self.config.admin_group
             raise ConfigError(f"{self.config_file}: admin_group {group!r} is not a group on this host") from None
 
+    def private_modes(self) -> tuple[int, int]:
+        """(dir mode, file mode) of the state only admins use: the locks, the trash, the audit log, and in the package
+        cache py-rattler's lock files, its repodata cache and cpkgs' hash memo. Closed to everyone else (an ordinary
+        user holding a flock there could hang every build); the admin group's where the site has one. What users
+        read (records, retired markers) keeps the site's usual modes."""
+        return (0o2770, 0o660) if self.config.admin_group else (0o700, 0o600)
+
+    def cache_dir_mode(self) -> int:
+        """The package cache itself: others may only pass through it to a path they already know, never list it.
+        `cpkgs pack` (conda-pack, run by any user) reads each package's own `info/paths.json` there, under the name
+        the env's conda-meta gives; rattler's lock files in it are closed (private_modes)."""
+        return 0o2771 if self.config.admin_group else 0o711
+
     def with_config(self, config: SiteConfig) -> Site:
         return replace(self, config=config)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class InitReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     config_changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -55,6 +58,7 @@ class InitReport:
             "created": self.created,
             "updated": self.updated,
             "config_changes": self.config_changes,
+            "warnings": self.warnings,
         }
 
 
@@ -219,29 +223,39 @@ def init_site(
     dmode, fmode = modes(config)
     report = InitReport(root=str(root))
 
-    def ensure_dir(path: Path) -> None:
+    private_dmode, private_fmode = site.private_modes()
+
+    def ensure_dir(path: Path, mode: int = dmode) -> None:
         try:
-            if not path.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
+            if not os.path.lexists(path):
+                # Created closed (0700 at most, whatever the umask), opened to its mode by _fix_perms.
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
                 report.created.append(str(path.relative_to(root)) + "/" if path != root else str(root))
         except PermissionError:
             raise PermissionProblem(f"cannot create {path}: permission denied") from None
         try:
-            _fix_perms(path, dmode, gid, report, root)
+            _fix_perms(path, mode, gid, report, root)
         except PermissionError:
             raise PermissionProblem(f"cannot change the group or mode of {path}: permission denied (only its owner "
                                     "or root can)") from None
 
     ensure_dir(root)
     ensure_dir(site.state_dir)
-    # The lock directory and the config must exist before the site lock can be taken.
-    for d in (site.locks_dir,):
-        ensure_dir(d)
+    # The lock directory and the config must exist before the site lock can be taken. Only admins use the locks,
+    # the trash and the package cache: closed to everyone else (an ordinary user's flock in the cache could hang
+    # every build).
+    ensure_dir(site.locks_dir, private_dmode)
     with site_locked(site):
+        ensure_dir(site.trash_dir, private_dmode)
+        _secure_cache(site, report)
+        if site.audit_log.exists():
+            try:
+                _fix_perms(site.audit_log, private_fmode, gid, report, root)
+            except PermissionError:
+                raise PermissionProblem(f"cannot change the group or mode of {site.audit_log}: permission denied "
+                                        "(only its owner or root can)") from None
         for d in (
             site.records_dir,
-            site.trash_dir,
-            site.pkgs_cache_dir,
             site.retired_dir,
             site.profile_dir.parent,
             site.profile_dir,
@@ -289,15 +303,46 @@ def init_site(
     return report
 
 
+def _secure_cache(site: Site, report: InitReport) -> None:
+    """The package cache closed to everyone but the admins, and cleaned of what others could write while it was open
+    (pkgcache.secure_cache)."""
+    from cpkgs_admin.pkgcache import secure_cache
+
+    existed = site.pkgs_cache_dir.exists()
+    fix = secure_cache(site)
+    rel = str(site.pkgs_cache_dir.relative_to(site.root)) + "/"
+    if not existed:
+        report.created.append(rel)
+    elif fix.changed:
+        report.updated.append(rel + " (permissions)")
+    report.warnings += fix.warnings
+
+
 def _fix_perms(path: Path, mode: int, gid: int | None, report: InitReport, root: Path) -> None:
-    st = path.stat()
-    changed = False
-    if gid is not None and st.st_gid != gid:
-        os.chown(path, -1, gid)
-        changed = True
-    if (st.st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
-        changed = True
+    """Give PATH exactly MODE and GID, through a descriptor. A symlink is followed only when root or this admin made
+    it (an installation dir kept on another volume): the site's dirs are the admin group's to write, and a member's
+    symlink must not turn root's chmod and chown on a directory of their choosing."""
+    lst = os.lstat(path)
+    if stat.S_ISLNK(lst.st_mode) and lst.st_uid not in (0, os.geteuid()):
+        raise SiteError(f"{path} is a symlink made by uid {lst.st_uid}: cpkgs does not follow it (remove it, or make "
+                        "it as root)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if stat.S_ISLNK(lst.st_mode) else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise SiteError(f"{path} became a symlink while cpkgs looked at it: cpkgs does not follow it") from None
+    try:
+        st = os.fstat(fd)
+        changed = False
+        if gid is not None and st.st_gid != gid:
+            os.fchown(fd, -1, gid)
+            changed = True
+        if (st.st_mode & 0o7777) != mode:
+            os.fchmod(fd, mode)
+            changed = True
+    finally:
+        os.close(fd)
     if changed:
         rel = (str(path.relative_to(root)) + ("/" if path.is_dir() else "")) if path != root else str(root)
         if rel not in report.created:

@@ -677,7 +677,9 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
             rep = VerifyReport(name=path.stem, platform=path.parent.name, prefix=where)
             rep.problems.append(Problem("record", str(path), f"{msg.removeprefix(f'{path}: ')}; {DAMAGED_RECORD_HINT}"))
             reports.append(rep)
-    return reports + [_verify_record(site, rec) for rec in records]
+    reports += [_verify_record(site, rec) for rec in records]
+    _name_sharing_envs(site, reports)
+    return reports
 
 
 def _verify_record(site: Any, rec: Any) -> VerifyReport:
@@ -722,6 +724,40 @@ def _removed_meanwhile(site: Any, rec: Any) -> str | None:
     if now.status != "removed":
         return None
     return "removed, and moved away by 'cpkgs purge' (before or during this check): nothing to verify"
+
+
+def _name_sharing_envs(site: Any, reports: list[VerifyReport]) -> None:
+    """A modified file that is a hard link (into the package cache, shared with other envs built from it) is damaged
+    in every env linking the inode: its problem names them ("also in: A, B"). Found by inode at the same path in
+    the other recorded envs of the platform: one lstat per env and damaged linked file."""
+    from cpkgs_admin.records import load_all
+
+    others: list[Any] | None = None
+    for rep in reports:
+        for i, problem in enumerate(rep.problems):
+            if problem.kind != "modified" or not rep.prefix:
+                continue
+            try:
+                st = os.lstat(os.path.join(rep.prefix, problem.path))
+            except OSError:
+                continue
+            if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
+                continue
+            if others is None:
+                others = load_all(site.records_dir)  # removed envs too: still at their path until purged
+            sharing = [r.name for r in others
+                       if r.platform == rep.platform and r.prefix != rep.prefix and _same_inode(r.prefix, problem, st)]
+            if sharing:
+                detail = f"{problem.detail}; also in: {', '.join(sharing)}"
+                rep.problems[i] = Problem(problem.kind, problem.path, detail)
+
+
+def _same_inode(prefix: str, problem: Problem, st: os.stat_result) -> bool:
+    try:
+        other = os.lstat(os.path.join(prefix, problem.path))
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
 
 
 def unhashed_patched_files(prefix: Path, meta: CondaMeta | None = None) -> list[str]:

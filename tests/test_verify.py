@@ -269,3 +269,30 @@ def test_env_removed_and_purged_during_verify_is_not_a_problem(tmp_path: Path, c
     r = run_cpkgs("verify", names[0], root=root)
     assert r.returncode == 0 and r.stdout == (f"{names[0]}: removed, and moved away by 'cpkgs purge' (before or "
                                               "during this check): nothing to verify\n"), r
+
+
+def test_corrupted_cache_file_names_the_envs_sharing_it_and_is_healed(tmp_path: Path, channel_url: str) -> None:
+    """A byte flipped in a package-cache file (bit rot, a stray root edit through an env's hard link) damages every
+    env linking that inode: verify names the others ("also in: ..."); the next build of the package drops the cache
+    entry, extracts it again and succeeds, with a warning naming the package."""
+    root = make_site(tmp_path / "site", channel_url)
+    for name in ("a-1.0", "b-1.0", "c-1.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=root).returncode == 0
+    app = root / ENVS / "a-1.0" / "bin" / "cpkgs-test-app"
+    good = app.read_bytes()
+    assert os.lstat(app).st_nlink >= 4  # the cache's inode, in three envs
+    with open(app, "r+b") as fh:  # in place, through a's hard link: the same inode everywhere
+        fh.write(b"X")
+    r = run_cpkgs("verify", "a-1.0", root=root)
+    assert r.returncode == 4, r
+    (line,) = [x for x in r.stdout.splitlines() if "bin/cpkgs-test-app" in x]
+    assert line.startswith("a-1.0: modified: bin/cpkgs-test-app: ") and line.endswith("; also in: b-1.0, c-1.0")
+    reports = run_cpkgs("verify", "--json", root=root).json()
+    details = {rep["name"]: [p["detail"] for p in rep["problems"]] for rep in reports}
+    assert details["b-1.0"][0].endswith("also in: a-1.0, c-1.0"), details
+    r = run_cpkgs("new-env", "d-1.0", "cpkgs-test-app", root=root)
+    assert r.returncode == 0, r
+    (warning,) = r.stderr.splitlines()
+    assert warning.startswith("cpkgs: warning: package cache entry cpkgs-test-app-1.0-") and "damaged" in warning
+    assert (root / ENVS / "d-1.0" / "bin" / "cpkgs-test-app").read_bytes() == good
+    assert run_cpkgs("verify", "d-1.0", root=root).returncode == 0

@@ -121,9 +121,13 @@ def brief(p: subprocess.CompletedProcess[str]) -> str:
     return f"exit {p.returncode}" + (f", stderr: {err[-1][:200]!r}" if err else "")
 
 
+# What cpkgs says while it works, before any error: a lock it waits for (after 2 s), a dead lock it recovered.
+NOTICES = ("cpkgs: waiting for ", "cpkgs: recovered ")
+
+
 def clean_error(p: subprocess.CompletedProcess[str]) -> bool:
-    """A failed command's stderr is one clear line, no traceback."""
-    err = [ln for ln in (p.stderr or "").strip().splitlines() if ln.strip()]
+    """A failed command's stderr is one clear line (after any notices), no traceback."""
+    err = [ln for ln in (p.stderr or "").strip().splitlines() if ln.strip() and not ln.startswith(NOTICES)]
     return p.returncode != 0 and len(err) == 1 and "Traceback" not in p.stderr
 
 
