@@ -7,7 +7,6 @@ that the next run for that name removes; the lock is a lease that a dead owner d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin import __version__
+from cpkgs_admin import __version__, aio
 from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError, os_error_text
 from cpkgs_admin.locking import audited, current_user, env_locked, site_locked, write_staged
 from cpkgs_admin.names import EnvName
@@ -453,7 +452,7 @@ def install_planned(records: list[Any], st: Stage, plan: InstallPlan) -> None:
         )
 
     try:
-        asyncio.run(run())
+        aio.run(run())
     except Exception as exc:
         text = str(exc)
         if "(os error 28)" in text:  # ENOSPC: the estimate passed and the disk filled all the same

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
+from cpkgs_admin import aio
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.spec import control_character, printable
 
@@ -210,7 +211,7 @@ def read_package_files(records: list[Any], cache_dir: Path, client: Any) -> list
         sem = asyncio.Semaphore(_CONCURRENT_READS)
         return list(await asyncio.gather(*(one(r, sem) for r in records)))
 
-    return asyncio.run(all_of())
+    return aio.run(all_of())
 
 
 def _blocks(size: int) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin import aio
 from cpkgs_admin.channels import ChannelMap, Source, lock_channel
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
 from cpkgs_admin.site import channel_problem, native_subdir
@@ -139,7 +139,7 @@ def solve(
         )
 
     try:
-        return asyncio.run(run())
+        return aio.run(run())
     except Exception as exc:
         name = type(exc).__name__
         text = str(exc)
@@ -181,7 +181,7 @@ def missing_specs(
                                    recursive=False)
 
     try:
-        per_source = asyncio.run(run())
+        per_source = aio.run(run())
     except Exception:  # the solve's own reason is the better message then
         return []
     records = [r for recs in per_source for r in recs]
@@ -225,7 +225,7 @@ def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cac
         return await gw.query([Channel(u) for u in urls], [subdir, "noarch"], specs, recursive=False)
 
     try:
-        result = asyncio.run(run())
+        result = aio.run(run())
     except Exception as exc:
         raise SolveError(f"cannot read channels for lock file {lock.path}: {_first_line(exc)}") from None
     by_file: dict[str, list[Any]] = {}

@@ -130,12 +130,13 @@ def make_env(tmp_path: Path, channel_url: str) -> Callable[..., Env]:
     patched in), under tmp_path/envs."""
     from rattler import Config, install
 
+    from cpkgs_admin.channels import Source
     from cpkgs_admin.solve import solve, virtual_packages
 
     def make(*specs: str, name: str = "demo-1.0", envs: Path | None = None) -> Env:
         key = tuple(specs)
         if key not in _RECORDS:
-            _RECORDS[key] = solve([channel_url], list(specs), "linux-64", virtual_packages("linux-64", {}))
+            _RECORDS[key] = solve([Source(channel_url, channel_url)], list(specs), "linux-64", virtual_packages("linux-64", {}))
         envs = envs or tmp_path / "envs"
         envs.mkdir(parents=True, exist_ok=True)
         staging = envs / f".staging-{name}@{uuid.uuid4().hex[:12]}"
