@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import ConfigError, SiteError, UsageError
+from cpkgs_admin.usage.config import UsageConfig, usage_from_mapping
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "cpkgs.yaml"
@@ -96,6 +97,7 @@ class SiteConfig:
     lease_seconds: float = 60.0
     lock_timeout: float = 600.0
     virtual_packages: dict[str, str] = field(default_factory=dict)
+    usage: UsageConfig = field(default_factory=UsageConfig)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class SiteConfig:
             "lease_seconds": self.lease_seconds,
             "lock_timeout": self.lock_timeout,
             "virtual_packages": dict(self.virtual_packages),
+            "usage": self.usage.to_yaml_dict(),
         }
 
 
@@ -121,6 +124,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "lease_seconds": (int, float),
     "lock_timeout": (int, float),
     "virtual_packages": (dict,),
+    "usage": (dict,),
 }
 
 
@@ -190,6 +194,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
     for k, v in vps.items():
         if not isinstance(k, str) or not k.startswith("__") or not isinstance(v, (str, int, float)):
             raise bad(f"virtual_packages.{k}", "must map a virtual package (e.g. __cuda) to a version")
+    usage = usage_from_mapping(data.get("usage"), bad)
     return SiteConfig(
         schema=SCHEMA_VERSION,
         admin_group=admin_group,
@@ -200,6 +205,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
         lease_seconds=lease,
         lock_timeout=lock_timeout,
         virtual_packages={k: str(v) for k, v in vps.items()},
+        usage=usage,
     )
 
 
