@@ -377,9 +377,11 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     }
 
 
-def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
-    """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written."""
+def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None) -> list[str]:
+    """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
+    META: conda-meta as verify.read_conda_meta parsed it (read here when not given)."""
     from cpkgs_admin.integrations import env_integration_files
+    from cpkgs_admin.usage.hook import write_usage_files
 
     ours = {
         PKG_LIST: pkg_list_text(record.packages),
@@ -393,7 +395,13 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
             raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
     for rel, text in {**ours, **added}.items():
         write_staged(staging / rel, text, 0o644)
-    return [*ours, *added]
+    if meta is None:
+        from cpkgs_admin.verify import read_conda_meta
+
+        meta = read_conda_meta(staging)
+    # The usage hook and module index (usage/hook.py): in every env with python, whether records are on or not.
+    usage = write_usage_files(staging, final, record, meta, native=record.platform == _native())
+    return [*ours, *added, *usage]
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -569,7 +577,6 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                 variables=dict(spec.variables),
                 virtual_packages=overrides,
             )
-            site_files = post_process(staging, final, record)
             from cpkgs_admin.verify import (
                 EXECUTABLES_LIST,
                 SITE_MANIFEST,
@@ -580,7 +587,9 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                 unhashed_patched_files,
             )
 
-            meta = read_conda_meta(staging)  # read and parsed once for the manifest, the digest and verify
+            # Read and parsed once for the post-process (the usage module index), the manifest, the digest and verify.
+            meta = read_conda_meta(staging)
+            site_files = post_process(staging, final, record, meta)
             manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
             # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
             # else can write the 0700 staging dir, so the scan stays true until the rename.
