@@ -118,28 +118,38 @@ def _chain():
         raise
 
 
+def _file(module):
+    """A module's __file__ from its __dict__ (a module's __getattr__, PEP 562, must not run here); None if none."""
+    d = getattr(module, "__dict__", None)
+    f = d.get("__file__") if type(d) is dict else None
+    return f if type(f) is str else None
+
+
 def _modules(state):
     """(modules from the env's site-packages, modules from other site-packages dirs), top-level names; for a
-    namespace package (no __init__, several distributions) its imported subpackages, 'google.protobuf'."""
+    namespace package (no __init__, several distributions: google, mpl_toolkits) its imported subpackages,
+    'google.protobuf'. Only modules imported after the start count."""
     own, other = set(), set()
     sp = state["site_packages"]
-    before = state["before"]
+    marker = os.sep + "site-packages" + os.sep
     mods = sys.modules
-    for name in list(mods):
-        if name in before or name.count(".") > 1:
+    namespace = {}
+    for name in mods.keys() - state["before"]:
+        top, dot, rest = name.partition(".")
+        if dot:
+            if "." in rest:
+                continue
+            if top not in namespace:
+                d = getattr(mods.get(top), "__dict__", None)
+                namespace[top] = type(d) is dict and d.get("__file__") is None and d.get("__path__") is not None
+            if not namespace[top]:
+                continue  # a submodule of a regular package: its top-level name is what counts
+        f = _file(mods.get(name))
+        if f is None:
             continue
-        d = getattr(mods.get(name), "__dict__", None)
-        # __dict__, not getattr(module, "__file__"): a module's __getattr__ (PEP 562) must not run here.
-        f = d.get("__file__") if type(d) is dict else None
-        if not isinstance(f, str):
-            continue
-        if "." in name:
-            top = getattr(mods.get(name.partition(".")[0]), "__dict__", None)
-            if type(top) is not dict or top.get("__file__") is not None:
-                continue  # a submodule of a regular package: its top-level name is recorded
         if f.startswith(sp):
             own.add(name)
-        elif os.sep + "site-packages" + os.sep in f:
+        elif marker in f:
             other.add(name)
     return sorted(own), sorted(other)
 

@@ -251,8 +251,12 @@ class _Tally:
                 continue
             i = line.find(MARK)
             if i < 0:
-                self.foreign += 1
-                continue
+                # A record whose keys another hook version or a relay reordered still names its schema.
+                j = line.find(b'"cpkgs_usage":')
+                if j < 0:
+                    self.foreign += 1
+                    continue
+                i = max(line.rfind(b"{", 0, j), 0)
             m = match(line, i)
             if m is not None and (line.endswith(b"}\n") or line.rstrip().endswith(b"}")):
                 add(*m.groups())
