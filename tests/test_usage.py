@@ -417,7 +417,10 @@ def test_collector_down_changes_nothing(usage_site: Path, tmp_path: Path) -> Non
     script.write_text("import sys, pip\nprint('out'); print('err', file=sys.stderr)\nsys.exit(3)\n")
     off = run_as(ALICE, [py(usage_site), str(script)], user_env("alice"))
     assert off.returncode == 3 and off.stdout == "out\n" and off.stderr == "err\n"
-    for send in (send_value(f"udp://127.0.0.1:{port}"), "to=syslog sample=1 users=hashed salt=00"):
+    # A port nobody listens on; a syslog socket that does not exist; a broadcast address, where sendto itself fails
+    # (EACCES without SO_BROADCAST): the hook's error stays its own.
+    for send in (send_value(f"udp://127.0.0.1:{port}"), "to=syslog sample=1 users=hashed salt=00",
+                 send_value("udp://255.255.255.255:9")):
         on = run_as(ALICE, [py(usage_site), str(script)], user_env("alice", send))
         assert (on.returncode, on.stdout, on.stderr) == (off.returncode, off.stdout, off.stderr), send
 
