@@ -278,6 +278,9 @@ def test_hook_files_byte_code_fallbacks_and_conflicts(tmp_path: Path) -> None:
     files = hook_files(other, Path("/x"), SimpleNamespace(name="b-1.0", platform="osx-arm64",
                                                          python_version="3.12.1"), native=False)
     assert set(files) == {HOOK_SOURCE, "lib/python3.12/sitecustomize.py"}
+    # A release candidate of this X.Y may have another magic number: not compiled here.
+    rc = SimpleNamespace(name="a-1.0", platform="osx-arm64", python_version="3.11.0rc1")
+    assert set(hook_files(prefix, Path("/x"), rc, native=False)) == {HOOK_SOURCE, "lib/python3.11/sitecustomize.py"}
     # A package's sitecustomize in site-packages: the hook looks there too.
     (prefix / "lib/python3.11/site-packages/sitecustomize.py").write_text("")
     assert b"_CHAIN_OWN = True" in hook_files(prefix, Path("/x"), rec, native=False)[HOOK_SOURCE]

@@ -105,6 +105,14 @@ def _pyc_by(python: Path, source: str, dfile: str) -> bytes:
     return proc.stdout
 
 
+def _same_byte_code(stdlib: Path, version: str) -> bool:
+    """Whether this interpreter's byte code is the env's python's: same CPython X.Y (stdlib dir name), both final
+    releases (the magic number moves between alphas, betas and release candidates; a pyc made here for an env's
+    3.13.0rc1 could be refused at every start)."""
+    return (stdlib.name == f"python{sys.version_info[0]}.{sys.version_info[1]}" and sys.implementation.name == "cpython"
+            and sys.version_info.releaselevel == "final" and re.fullmatch(r"\d+\.\d+\.\d+", version) is not None)
+
+
 def hook_files(staging: Path, final: Path, record: Any, native: bool) -> dict[str, bytes]:
     """{relative path: content} of the hook for an env with python >= 3.7 (else nothing); NATIVE: the env runs
     on this host. An env whose stdlib dir already holds a package's sitecustomize gets none: that one is Python's."""
@@ -120,7 +128,7 @@ def hook_files(staging: Path, final: Path, record: Any, native: bool) -> dict[st
     files = {HOOK_SOURCE: source.encode("utf-8")}
     # Tracebacks and inspect name the readable copy.
     dfile = str(final / HOOK_SOURCE)
-    if stdlib.name == f"python{sys.version_info[0]}.{sys.version_info[1]}" and sys.implementation.name == "cpython":
+    if _same_byte_code(stdlib, record.python_version):
         files[f"{rel}/sitecustomize.pyc"] = _pyc_here(source, dfile)
     elif native and (staging / "bin" / stdlib.name).is_file():
         files[f"{rel}/sitecustomize.pyc"] = _pyc_by(staging / "bin" / stdlib.name, source, dfile)
