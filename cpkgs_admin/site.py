@@ -124,7 +124,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "lease_seconds": (int, float),
     "lock_timeout": (int, float),
     "virtual_packages": (dict,),
-    "usage": (dict,),
+    "usage": (dict, type(None)),
 }
 
 
