@@ -10,10 +10,10 @@ Modules become packages at report time, through the module index each env carrie
 JSON per env that appears in the logs): a module the index does not know (an env without one, or removed) is
 reported as kind `module`; modules from a personal layer or the user site (`user_modules`) as kind `user`.
 
-Speed (bench/bench_usage.py: 1,000,000 records in well under 5 s): lines are read as bytes, the payloads of a
-batch are parsed by one json.loads of a JSON array (one malformed payload sends that batch through one-by-one
-parsing), and per record only counters and one set update per (env, user) run; the module -> package mapping
-happens once per (env, user) at the end.
+Speed (bench/bench_usage.py: 1,000,000 records in under 5 s for the whole command): lines are read as bytes; a
+record as the hook writes it is taken apart by one regular expression over its leading keys (anything else goes
+through json.loads and a check); per record only counters change and one set of module names per (env, user) grows;
+names are decoded and mapped to packages once per (env, user) at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,14 +48,14 @@ DEFAULT_UNUSED = "90d"
 
 @dataclass(slots=True)
 class _Env:
-    """Counters of one (env, platform) while the logs are read. Users and module lists stay the raw bytes of the
-    log until the end: one user running one script a thousand times adds one module list, not a thousand."""
+    """Counters of one (env, platform) while the logs are read. Users and module names stay the bytes of the log
+    until the end (decoded once per user, not once per record)."""
 
     runs: int = 0
     layer_runs: int = 0
     last: float = -math.inf
     first: float = math.inf
-    users: dict[bytes, set[bytes]] = field(default_factory=dict)  # user -> raw module lists ("a","b") from the env
+    users: dict[bytes, set[bytes]] = field(default_factory=dict)  # user -> modules imported from the env
     user_modules: dict[bytes, set[bytes]] = field(default_factory=dict)  # ... from other site-packages dirs
     weeks: dict[int, int] = field(default_factory=dict)
 
@@ -196,7 +196,7 @@ _FAST = re.compile(
     rb'\{"cpkgs_usage":1,"env":"([^"\\]+)","platform":"([^"\\]+)","user":"([^"\\]*)",(?:"uid":(\d+),)?'
     rb'"start":(\d+(?:\.\d*)?),"layer":(true|false),"modules":\[([^\]\\]*)\],"user_modules":\[([^\]\\]*)\],'
 )
-_Fields = tuple[bytes, bytes, bytes, "bytes | None", bytes, bytes, bytes, bytes]
+_Fields = tuple[bytes, bytes, bytes, "bytes | None", bytes, bytes, "Sequence[bytes]", "Sequence[bytes]"]
 
 
 def _slow_fields(payload: bytes) -> _Fields | None:
@@ -215,11 +215,9 @@ def _slow_fields(payload: bytes) -> _Fields | None:
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
 
-    def raw(names: list[str]) -> bytes:
-        return b",".join(json.dumps(m).encode() for m in names)
-
     return (name.encode(), plat.encode(), user.encode(), None if uid is None else str(uid).encode(),
-            repr(start).encode(), b"true" if r.get("layer") is True else b"false", raw(modules), raw(others))
+            repr(start).encode(), b"true" if r.get("layer") is True else b"false", [m.encode() for m in modules],
+            [m.encode() for m in others])
 
 
 class _Tally:
@@ -259,7 +257,10 @@ class _Tally:
                 i = max(line.rfind(b"{", 0, j), 0)
             m = match(line, i)
             if m is not None and (line.endswith(b"}\n") or line.rstrip().endswith(b"}")):
-                add(*m.groups())
+                name, plat, user, uid, start, layer, mods, others = m.groups()
+                # '"a","b"' -> a, b: the expression admits no backslash, so no name holds an escaped quote.
+                add(name, plat, user, uid, start, layer, mods[1:-1].split(b'","') if mods else (),
+                    others[1:-1].split(b'","') if others else ())
                 continue
             fields = _slow_fields(line[i:])
             if fields is None:
@@ -268,7 +269,7 @@ class _Tally:
                 add(*fields)
 
     def add(self, name: bytes, plat: bytes, user: bytes, uid: bytes | None, start_b: bytes, layer: bytes,
-            mods: bytes, others: bytes) -> None:
+            mods: Sequence[bytes], others: Sequence[bytes]) -> None:
         start = float(start_b)
         if start < self.since or (self.env is not None and name != self.env):
             return
@@ -284,12 +285,12 @@ class _Tally:
         e.weeks[week] = e.weeks.get(week, 0) + 1
         # Plain records count users by uid (exact; $USER is informative only), hashed ones by their hash.
         key = b"uid:" + uid if uid is not None else b"user:" + user
-        lists = e.users.get(key)
-        if lists is None:
-            lists = e.users[key] = set()
-        lists.add(mods)
+        seen = e.users.get(key)
+        if seen is None:
+            seen = e.users[key] = set()
+        seen.update(mods)
         if others:
-            e.user_modules.setdefault(key, set()).add(others)
+            e.user_modules.setdefault(key, set()).update(others)
 
 
 def _lines(path: str) -> Iterator[bytes]:
@@ -309,21 +310,6 @@ def read_logs(paths: list[str], since: float | None = None, env: str | None = No
     for path in paths:
         tally.scan(_lines(path), needle)
     return tally
-
-
-_decoded: dict[bytes, list[str]] = {}
-
-
-def _names(raw: bytes) -> list[str]:
-    """A raw module list from the log ('"a","b"') as names; [] for one that does not parse."""
-    hit = _decoded.get(raw)
-    if hit is None:
-        try:
-            hit = [m for m in json.loads(b"[" + raw + b"]") if isinstance(m, str)]
-        except ValueError:
-            hit = []
-        _decoded[raw] = hit
-    return hit
 
 
 # ----------------------------------------------------------------------------------------------------- the report
@@ -348,12 +334,8 @@ def _by_name(tally: _Tally) -> dict[tuple[str, str], _Env]:
     return {(n.decode("utf-8", "replace"), p.decode("utf-8", "replace")): e for (n, p), e in tally.envs.items()}
 
 
-def _modules_of(lists: set[bytes]) -> set[str]:
-    out: set[str] = set()
-    for raw in lists:
-        if raw:
-            out.update(_names(raw))
-    return out
+def _modules_of(names: set[bytes]) -> set[str]:
+    return {n.decode("utf-8", "replace") for n in names}
 
 
 def _packages(site: Site, envs: dict[tuple[str, str], _Env], records: dict[tuple[str, str], EnvRecord]
@@ -366,8 +348,8 @@ def _packages(site: Site, envs: dict[tuple[str, str], _Env], records: dict[tuple
         index = read_index(_prefix(site, key, records.get(key))) or {}
         mine: dict[tuple[str, str], set[bytes]] = {}
         for sources, kind in ((e.users, None), (e.user_modules, "user")):
-            for user, lists in sources.items():
-                for m in _modules_of(lists):
+            for user, names in sources.items():
+                for m in _modules_of(names):
                     pkg = (m, kind) if kind else index.get(m, (m, "module"))
                     users.setdefault(pkg, set()).add(user)
                     where.setdefault(pkg, set()).add(key)
