@@ -102,6 +102,8 @@ def test_formats_foreign_and_broken_lines(site_root: Path, tmp_path: Path) -> No
     assert env is not None
     assert (env.runs, env.users, env.layer_runs, env.status) == (4, 3, 1, "active")
     assert env.last_used == pytest.approx(NOW - DAY)
+    assert sum(n for _w, n in env.weekly) == 4
+    assert all(time.gmtime(w).tm_wday == 0 and w % 86400 == 0 for w, _n in env.weekly)  # weeks start on Mondays
     pkgs = {(p.name, p.kind): (p.users, p.envs) for p in rep.packages}
     assert pkgs == {("numpy", "conda"): (3, 1), ("protobuf", "conda"): (1, 1), ("requests", "pypi"): (1, 1),
                     ("mystery", "module"): (1, 1), ("mytool", "user"): (1, 1)}

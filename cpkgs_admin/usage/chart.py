@@ -23,7 +23,7 @@ from html import escape
 
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.site import Site
-from cpkgs_admin.usage.report import WEEK, EnvUsage, PackageCount, UsageReport, iso, usage_report
+from cpkgs_admin.usage.report import EnvUsage, PackageCount, UsageReport, iso, usage_report, week_of, week_start
 
 TOP = 30
 WEEKS = 26
@@ -74,8 +74,8 @@ def package_chart_svg(packages: tuple[PackageCount, ...] | list[PackageCount], t
 
 def weekly_svg(weekly: tuple[tuple[int, int], ...], now: float, weeks: int = WEEKS) -> str:
     """Runs per week over the last WEEKS weeks, one bar each (oldest left)."""
-    this_week = int(now // WEEK)
-    counts = {w // WEEK: n for w, n in weekly}
+    this_week = week_of(now)
+    counts = {week_of(w): n for w, n in weekly}
     series = [counts.get(this_week - weeks + 1 + i, 0) for i in range(weeks)]
     most = max(series) or 1
     bar, gap, h = 8, 2, 40
@@ -84,7 +84,7 @@ def weekly_svg(weekly: tuple[tuple[int, int], ...], now: float, weeks: int = WEE
            f'viewBox="0 0 {width} {h + 2}" role="img" aria-label="runs per week, last {weeks} weeks">']
     for i, n in enumerate(series):
         bh = round(h * n / most) if n else 0
-        start = (this_week - weeks + 1 + i) * WEEK
+        start = week_start(this_week - weeks + 1 + i)
         out.append(f'<rect x="{i * (bar + gap)}" y="{h - bh}" width="{bar}" height="{max(bh, 1)}" '
                    f'fill="{KIND_COLOURS["conda"] if n else "#dddddd"}"><title>week of {_day(start)}: {n} runs'
                    "</title></rect>")

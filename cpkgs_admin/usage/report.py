@@ -38,6 +38,15 @@ from cpkgs_admin.usage.hook import read_index
 
 MARK = b'{"cpkgs_usage":'
 WEEK = 7 * 86400
+MONDAY = 3 * 86400  # weeks start on Mondays (UTC): the epoch began on a Thursday
+
+
+def week_of(t: float) -> int:
+    return int((t + MONDAY) // WEEK)
+
+
+def week_start(week: int) -> int:
+    return week * WEEK - MONDAY
 BATCH = 4096
 TOP_PER_ENV = 10
 DEFAULT_UNUSED = "90d"
@@ -281,7 +290,7 @@ class _Tally:
             e.layer_runs += 1
         e.last = max(e.last, start)
         e.first = min(e.first, start)
-        week = int(start // WEEK)
+        week = week_of(start)
         e.weeks[week] = e.weeks.get(week, 0) + 1
         # Plain records count users by uid (exact; $USER is informative only), hashed ones by their hash.
         key = b"uid:" + uid if uid is not None else b"user:" + user
@@ -379,7 +388,8 @@ def usage_report(site: Site, *, since: str | None = None, env: str | None = None
         rows.append(EnvUsage(
             name=key[0], platform=key[1], status=rec.status if rec else "unknown", runs=e.runs,
             users=len(e.users), layer_runs=e.layer_runs, last_used=e.last if e.runs else None,
-            weekly=tuple(sorted((w * WEEK, n) for w, n in e.weeks.items())), top_packages=tuple(per_env.get(key, ())),
+            weekly=tuple(sorted((week_start(w), n) for w, n in e.weeks.items())),
+            top_packages=tuple(per_env.get(key, ())),
         ))
     first = tally.first if tally.records else None
     # The logs vouch for "unused since" only as far back as they reach (and --since cuts them shorter).
