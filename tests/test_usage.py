@@ -229,6 +229,11 @@ def test_profiles_modules_kernels_carry_the_switch_and_refresh_removes_it(tmp_pa
                         capture_output=True, text=True, env=env)
     value = sh.stdout
     assert re.fullmatch(r"to=udp://127\.0\.0\.1:5514 sample=0\.5 users=hashed salt=[0-9a-f]{16}", value), sh
+    for shell in ("zsh", "dash", "ksh"):  # exported, under set -eu, in every shell the profile supports
+        if shutil.which(shell):
+            r = subprocess.run([shell, "-c", f"set -eu; . '{root}/etc/profile.d/conda.sh'; /usr/bin/env"],
+                               capture_output=True, text=True, env=env)
+            assert f"CPKGS_USAGE_SEND={value}" in r.stdout.splitlines(), (shell, r)
     csh = subprocess.run(["tcsh", "-f", "-c", f"source '{root}/etc/profile.d/conda.csh'; printenv CPKGS_USAGE_SEND"],
                          capture_output=True, text=True, env=env)
     assert csh.stdout.strip() == value, csh
