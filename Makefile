@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bash zsh ksh dash tcsh lmod strace util-linux chromium chromium-driver
+APT_PACKAGES := bash zsh ksh dash tcsh lmod strace util-linux chromium chromium-driver rsyslog
 DEMO_ROOT := $(CURDIR)/demo-site
 
 .PHONY: venv sysdeps lint test test-fast demo bench clean channel conda-client
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages for the real shells, Lmod, strace and the catalog's browser test; only when root and missing.
+# Debian packages for the real shells, Lmod, strace, the catalog's browser test and rsyslog (the usage tests' collector); only when root and missing.
 sysdeps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -548,9 +548,11 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     }
 
 
-def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
-    """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written."""
+def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None) -> list[str]:
+    """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
+    META: conda-meta as verify.read_conda_meta parsed it (read here when not given)."""
     from cpkgs_admin.integrations import env_integration_files
+    from cpkgs_admin.usage.hook import write_usage_files
 
     ours = {
         PKG_LIST: pkg_list_text(record.packages),
@@ -564,7 +566,13 @@ def post_process(staging: Path, final: Path, record: EnvRecord) -> list[str]:
             raise BuildError(f"{record.name}: a package already ships {rel}; cpkgs cannot add its own there")
     for rel, text in {**ours, **added}.items():
         write_staged(staging / rel, text, 0o644)
-    return [*ours, *added]
+    if meta is None:
+        from cpkgs_admin.verify import read_conda_meta
+
+        meta = read_conda_meta(staging)
+    # The usage hook and module index (usage/hook.py): in every env with python, whether records are on or not.
+    usage = write_usage_files(staging, final, record, meta, native=record.platform == _native())
+    return [*ours, *added, *usage]
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -852,7 +860,6 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
 def _post_process_staged(staging: Path, record: EnvRecord) -> tuple[dict[str, os.stat_result], Any]:
     """post_process, then cpkgs' own manifests and the embedded record: (the staged tree's scan, its conda-meta)."""
     final = Path(record.prefix)
-    site_files = post_process(staging, final, record)
     from cpkgs_admin.verify import (
         EXECUTABLES_LIST,
         SITE_MANIFEST,
@@ -863,7 +870,9 @@ def _post_process_staged(staging: Path, record: EnvRecord) -> tuple[dict[str, os
         unhashed_patched_files,
     )
 
-    meta = read_conda_meta(staging)  # read and parsed once for the manifest, the digest and verify
+    # Read and parsed once for the post-process (the usage module index), the manifest, the digest and verify.
+    meta = read_conda_meta(staging)
+    site_files = post_process(staging, final, record, meta)
     manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
     # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
     # else can write the 0700 staging dir, so the scan stays true until the rename.

@@ -440,6 +440,11 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
     rec = retire_env(site, name, successor, message, platform, warnings)
     c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
     _warn([*warnings, *successor_warnings(site, rec)])
+    from cpkgs_admin.usage.report import last_use_line
+
+    last = last_use_line(site, rec.name, rec.platform)  # only when the site keeps usage logs this host can read
+    if last:
+        c.say(last)
 
 
 @cli.command()
@@ -632,6 +637,38 @@ def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
         f"mirrored {rep.count} packages of {name} into {rep.directory} ({rep.from_cache} from the package cache, "
         f"{rep.fetched} from their recorded URLs, sha256 checked); channel {rep.directory.as_uri()}"
     )
+
+
+@cli.command()
+@click.option("--since", metavar="D", help="Only runs since D: a duration back from now (30d) or a date (2024-05-01).")
+@click.option("--env", "env", metavar="NAME", help="Only this environment.")
+@click.option("--unused", metavar="D", default="90d", show_default=True,
+              help="List envs nobody used for D as retirement candidates.")
+@click.option("--top", default=30, show_default=True, metavar="N", help="Packages shown (the JSON has all).")
+@json_option
+@pass_ctx
+def usage(c: Ctx, since: str | None, env: str | None, unused: str, top: int, as_json: bool) -> None:
+    """Runs, users and last use per env and users per package, from the usage logs (cpkgs.yaml usage.logs)."""
+    from cpkgs_admin.usage.report import iso, usage_report
+
+    rep = usage_report(c.site(), since=since, env=env, unused=unused)
+    if as_json:
+        emit_json(rep.to_json())
+        return
+    click.echo(table([(e.name, e.platform, e.status, e.runs, e.users, iso(e.last_used) or "never")
+                      for e in rep.envs], ["env", "platform", "status", "runs", "users", "last used"]))
+    click.echo("")
+    click.echo(table([(p.name, p.kind, p.users, p.envs) for p in rep.packages[:top]],
+                     ["package", "kind", "users", "envs"]))
+    click.echo("")
+    days = f"{rep.unused_days / 86400:g} days"
+    if not rep.covered:
+        click.echo(f"retirement candidates: unknown (the logs do not reach back {days})")
+    else:
+        names = ", ".join(f"{x.name} ({x.platform})" for x in rep.candidates) or "none"
+        click.echo(f"unused for {days} (retirement candidates): {names}")
+    c.say(f"{rep.records} records in {len(rep.logs)} file(s); {rep.skipped_lines} lines skipped "
+          f"({rep.foreign_lines} not usage records, {rep.malformed_lines} malformed)")
 
 
 # -------------------------------------------------------------------------------------------------------------- user

@@ -306,6 +306,12 @@ def _with_spec_variables(act: Activation, rec: EnvRecord) -> Activation:
 def env_outputs(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -> dict[Path, str]:
     """Kernelspecs and modulefiles of one env, in its platform's trees."""
     act = record_activation(site, rec, warnings)
+    if rec.python_version is not None:
+        # Usage records (usage/config.py): the env's hook reads CPKGS_USAGE_SEND, which a module load or a kernel
+        # must set as conda.sh does; a refresh adds or drops it when cpkgs.yaml's usage.enabled changes.
+        from cpkgs_admin.usage.config import usage_variables
+
+        act = Activation(act.path_prepend, act.variables + usage_variables(site.config.usage, str(site.root)))
     return {**kernel_files(site, rec, act), **module_files(site, rec, act)}
 
 

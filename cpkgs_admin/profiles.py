@@ -13,6 +13,7 @@ from pathlib import Path
 from cpkgs_admin.errors import UsageError
 from cpkgs_admin.locking import write_if_changed
 from cpkgs_admin.site import Site
+from cpkgs_admin.usage.config import csh_line, sh_line
 
 # output name in <root>/etc/profile.d -> template in profiles/.  cpkgs-conda.csh is the csh `conda` alias's body.
 PROFILE_TEMPLATES = {"conda.sh": "conda.sh", "conda.csh": "conda.csh", "cpkgs-conda.csh": "cpkgs-conda.csh"}
@@ -46,6 +47,9 @@ def substitutions(site: Site) -> dict[str, str]:
         # The primary platform's installation: its hosts find modulefiles and kernels at the root, every other
         # host under its own installation (Site.outputs_root). A plain word: installation names are [A-Za-z0-9._+-].
         "PRIMARY_INSTALLATION": site.installation_name(site.primary_platform),
+        # One statement each: export CPKGS_USAGE_SEND while cpkgs.yaml has usage records on, else unset it.
+        "USAGE_SH": sh_line(site.config.usage, root),
+        "USAGE_CSH": csh_line(site.config.usage, root),
     }
 
 

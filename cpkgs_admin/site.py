@@ -17,6 +17,7 @@ from typing import Any
 
 from cpkgs_admin.channels import CHANNEL_NAME, DEFAULT_CHANNEL_ALIAS, NODEFAULTS, ChannelMap
 from cpkgs_admin.errors import ConfigError, SiteError, SpecError, UsageError
+from cpkgs_admin.usage.config import UsageConfig, usage_from_mapping
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "cpkgs.yaml"
@@ -109,6 +110,7 @@ class SiteConfig:
     @property
     def channel_resolver(self) -> ChannelMap:
         return ChannelMap(entries=self.channel_map, alias=self.channel_alias)
+    usage: UsageConfig = field(default_factory=UsageConfig)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,7 @@ class SiteConfig:
             "virtual_packages": dict(self.virtual_packages),
             "channel_map": {k: v[0] if len(v) == 1 else list(v) for k, v in self.channel_map.items()},
             "channel_alias": self.channel_alias,
+            "usage": self.usage.to_yaml_dict(),
         }
 
 
@@ -138,6 +141,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "virtual_packages": (dict,),
     "channel_map": (dict,),
     "channel_alias": (str, type(None)),
+    "usage": (dict, type(None)),
 }
 
 
@@ -213,6 +217,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
             cmap.urls(ch)
         except SpecError as exc:
             raise bad(f"channels[{i}]", str(exc)) from None
+    usage = usage_from_mapping(data.get("usage"), bad)
     return SiteConfig(
         schema=SCHEMA_VERSION,
         admin_group=admin_group,
@@ -225,6 +230,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
         virtual_packages={k: str(v) for k, v in vps.items()},
         channel_map=dict(cmap.entries),
         channel_alias=cmap.alias,
+        usage=usage,
     )
 
 

@@ -9,6 +9,8 @@
 #   CPKGS_ROOT          the site root, @ROOT@
 #   CPKGS_INSTALLATION  this host's installation dir under the root (e.g. anaconda3_linux); a ~/.condarc may
 #                       say  envs_dirs: [@ROOT@/${CPKGS_INSTALLATION}/envs]  and conda expands it per host.
+#   CPKGS_USAGE_SEND    only while the site collects usage records (cpkgs.yaml `usage:`): where the envs' pythons
+#                       send one record at exit.  Set CPKGS_USAGE=0 in your environment to send none.
 # Also set: CONDA_PKGS_DIRS (a private 0700 dir on local disk, unless you set your own), MODULEPATH (when a
 # module system is loaded) and JUPYTER_PATH: this host's platform's modulefiles and kernels only (@ROOT@/modulefiles
 # and @ROOT@/share/jupyter on @PRIMARY_INSTALLATION@ hosts, @ROOT@/<installation>/modulefiles and
@@ -93,6 +95,8 @@ else
     CPKGS_ROOT=$_cpkgs_root
     CPKGS_INSTALLATION=$_cpkgs_inst
     export CPKGS_ROOT CPKGS_INSTALLATION
+    # Usage records, rendered from cpkgs.yaml: the hook in every env reads this variable, never a file.
+    @USAGE_SH@
 
     # --- package cache: use it only if it is a real dir (not a symlink) owned by us and private.
     if [ -n "$_cpkgs_pkgs" ]; then
