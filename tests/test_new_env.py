@@ -342,9 +342,16 @@ def _time_one_build(root: Path) -> float:
     return time.monotonic() - t
 
 
+def _interactive_sigint() -> None:
+    """In the child before exec: SIGINT handled as in a user's terminal. A test run started in the background by a
+    non-interactive shell (CI scripts, `cmd &`) ignores SIGINT, and an ignored disposition survives exec: Python
+    would then never raise KeyboardInterrupt and these tests would see a Ctrl-C that did nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn_build(root: Path, name: str, **kw):  # type: ignore[no-untyped-def]
     return subprocess.Popen([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "new-env", name, *FULL_SPECS],
-                            **kw)
+                            preexec_fn=_interactive_sigint, **kw)
 
 
 @pytest.mark.slow
@@ -458,7 +465,8 @@ main(sys.argv[1:])
 
 def test_interrupt_while_asyncio_builds_its_loop_is_one_line(site: Path) -> None:
     cmd = [sys.executable, "-c", _INTERRUPT_IN_LOOP_SETUP, "--root", str(site), "new-env", "l-1.0", "cpkgs-test-app"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).parent.parent))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).parent.parent),
+                       preexec_fn=_interactive_sigint)
     assert (r.returncode, r.stderr) == (130, "cpkgs: interrupted\n")
     assert not (site / ENVS / "l-1.0").exists()
 
