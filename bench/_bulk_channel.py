@@ -5,6 +5,11 @@ and cached per machine under ~/.cache/cpkgs-bench-bulk/<key> (the key hashes the
   jupyter, compilers: a few hundred packages) hold tens of thousands of files; the test channel's biggest env has
   about 9,200. PACKAGES noarch packages (`cpkgs-bench-bulk-NN`), each FILES files of text of 1-12 KiB (a .py-like
   size spread) in nested directories: about 20 s to build 20 x 2,000 on a 2-core VM.
+- `bench_new_env.py --small N`: the same question for the files real Python envs are mostly made of. SMALL_PACKAGES
+  noarch packages (`cpkgs-bench-small-NNN`) of SMALL_FILES files each, laid out like Python packages (a package dir
+  with sub-packages of 16 modules and an empty `__init__.py` each) with sizes spread log-uniformly over 64 B-8 KiB
+  (median ~720 B; a Python install's .py files: median ~4.5 KiB, a quarter under 1.1 KiB). 110 x 400 = 44,000 files,
+  about a minute to build on a 2-core VM.
 - `bench_extend.py`: one small and one big package of tiny files (`build_channel` with its own recipes).
 """
 
@@ -35,6 +40,32 @@ _SCRIPT = textwrap.dedent("""\
         line = ("# bulk %s file %d: the quick brown fox jumps over the lazy dog\\n" % (idx, i)).encode()
         with open(os.path.join(d, "m%05d.py" % i), "wb") as fh:
             fh.write((line * (size // len(line) + 1))[:size])
+""")
+
+
+SMALL_PACKAGES = 110
+SMALL_FILES = 400
+
+# One package of SMALL_FILES small "modules": $PREFIX/share/cpkgs-bench-small/pNNN/sSS/mJJ.py, 16 per sub-package
+# plus its empty __init__.py; sizes log-uniform over 64 B-8 KiB, each file's text different.
+_SMALL_SCRIPT = textwrap.dedent("""\
+    import os, sys
+    n, idx, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    base = os.path.join(prefix, "share", "cpkgs-bench-small", "p" + idx)
+    i = 0
+    while i < n:
+        d = os.path.join(base, "s%02d" % (i // 17))
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "__init__.py"), "wb").close()
+        i += 1
+        for j in range(16):
+            if i >= n:
+                break
+            size = int(64 * 2 ** (7 * ((i * 0.6180339887) % 1.0)))
+            line = ("# small %s module %d: the quick brown fox jumps over the lazy dog\\n" % (idx, i)).encode()
+            with open(os.path.join(d, "m%02d.py" % j), "wb") as fh:
+                fh.write((line * (size // len(line) + 1))[:size])
+            i += 1
 """)
 
 
@@ -120,3 +151,29 @@ def bulk_channel(packages: int = PACKAGES, files: int = FILES) -> Path:
 
 def bulk_specs(packages: int = PACKAGES) -> list[str]:
     return [f"cpkgs-bench-bulk-{k:02d}" for k in range(packages)]
+
+
+def small_channel(packages: int = SMALL_PACKAGES, files: int = SMALL_FILES) -> Path:
+    """The `--small` channel: PACKAGES packages of FILES small Python-like files each."""
+    recipes = {}
+    for k in range(packages):
+        idx = f"{k:03d}"
+        recipes[f"cpkgs-bench-small-{idx}"] = textwrap.dedent(f"""\
+            schema_version: 1
+            package:
+              name: cpkgs-bench-small-{idx}
+              version: "1.0"
+            build:
+              number: 0
+              noarch: generic
+              script:
+                - {sys.executable} @DIR@/make_small.py {files} {idx} "$PREFIX"
+            about:
+              summary: cpkgs benchmark - {files} small files
+              license: MIT
+            """)
+    return build_channel(recipes, {"make_small.py": _SMALL_SCRIPT})
+
+
+def small_specs(packages: int = SMALL_PACKAGES) -> list[str]:
+    return [f"cpkgs-bench-small-{k:03d}" for k in range(packages)]

@@ -28,7 +28,7 @@ _BIN = Path(sys.executable).parent
 CPKGS = str(_BIN / "cpkgs") if (_BIN / "cpkgs").exists() else str(REPO / ".venv" / "bin" / "cpkgs")
 PYTHON = sys.executable
 
-CRASHES: list[str] = []  # runs that died of a signal and were rerun (see timed)
+CRASHES: list[str] = []  # runs that died of a signal and were rerun (see timed), with when and how
 
 SPECS = ["python", "cpkgs-test-app", "cpkgs-test-textprefix", "cpkgs-test-binprefix", "cpkgs-test-activate"]
 
@@ -96,12 +96,13 @@ def make_site(root: Path, channel: Path) -> Path:
 
 
 def timed(
-    cmd: Sequence[str], retry_crash: int = 0, cleanup: Callable[[], None] | None = None, **kw: Any
+    cmd: Sequence[str], retry_crash: int = 0, cleanup: Callable[[], None] | None = None, tag: str = "", **kw: Any
 ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Wall time of one whole command (interpreter start included), output captured.
 
-    RETRY_CRASH: rerun a run that died of a signal up to that many times (logged), e.g. the bare py-rattler script,
-    which we do not want to debug here, after calling CLEANUP; a nonzero exit is always fatal.
+    RETRY_CRASH: rerun a run that died of a signal up to that many times (logged, in CRASHES with TAG), e.g. the bare
+    py-rattler script (py-rattler 0.28's runtime may crash at interpreter exit: bench/probe_install_crash.py), after
+    calling CLEANUP; a nonzero exit is always fatal.
     """
     while True:
         t = time.perf_counter()
@@ -109,8 +110,8 @@ def timed(
         dt = time.perf_counter() - t
         if proc.returncode < 0 and retry_crash > 0:
             retry_crash -= 1
-            CRASHES.append(f"{Path(cmd[0]).name}: signal {-proc.returncode}")
-            log(f"warning: {_show(cmd)} died of signal {-proc.returncode}; rerunning it")
+            CRASHES.append(f"{tag or Path(cmd[0]).name}: {crash_text(proc)}")
+            log(f"warning: {_show(cmd)} died: {crash_text(proc)}; rerunning it")
             if cleanup:
                 cleanup()
             continue
@@ -119,8 +120,31 @@ def timed(
         return dt, proc
 
 
+def crash_text(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """How a process that died of a signal died: the signal, whether it had printed its result (then it died at
+    interpreter exit, its work done), and the first line of a fatal error message."""
+    import signal
+
+    try:
+        name = signal.Signals(-proc.returncode).name
+    except ValueError:
+        name = f"signal {-proc.returncode}"
+    when = "after printing its result (at exit)" if proc.stdout.strip() else "before printing its result"
+    fatal = [ln for ln in proc.stderr.decode(errors="replace").splitlines()
+             if ln.startswith(("Fatal Python error", "thread '")) or "panicked" in ln]
+    import re
+
+    # Without the addresses in it (a thread state's), so that equal crashes count as one kind.
+    return f"{name} {when}" + (f": {re.sub(r'0x[0-9a-f]+', '0x...', fatal[0])[:160]}" if fatal else "")
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
 def _show(cmd: Sequence[str]) -> str:
-    return " ".join(a if len(a) < 80 else a[:40].strip().replace("\n", " ") + " ..." for a in cmd)
+    shown = " ".join(a if len(a) < 80 else a[:40].strip().replace("\n", " ") + " ..." for a in cmd[:8])
+    return shown + (f" ... ({len(cmd) - 8} more arguments)" if len(cmd) > 8 else "")
 
 
 def median(xs: Sequence[float]) -> float:
