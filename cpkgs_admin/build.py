@@ -24,17 +24,21 @@ from typing import Any
 
 from cpkgs_admin import __version__, aio
 from cpkgs_admin.errors import BuildError, CpkgsError, EnvExists, SpecError, UsageError, os_error_text
-from cpkgs_admin.locking import audited, current_user, env_locked, site_locked, write_staged
-from cpkgs_admin.names import EnvName
 from cpkgs_admin.pkgcache import HASH_MEMO_DIR
-from cpkgs_admin.records import EnvRecord, PackageEntry, save_record
-from cpkgs_admin.site import Site
-from cpkgs_admin.spec import (
+from cpkgs_admin.site.audit import audited
+from cpkgs_admin.site.files import write_staged
+from cpkgs_admin.site.locks import env_locked, site_locked
+from cpkgs_admin.site.names import EnvName
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.process import current_user
+from cpkgs_admin.site.records import EnvRecord, PackageEntry, save_record
+from cpkgs_admin.site.specs import (
     ExplicitLock,
     Spec,
     apply_changes,
     check_sources,
     check_variables,
+    explicit_text,
     from_environment_file,
     from_family,
     read_explicit,
@@ -104,13 +108,13 @@ def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list
     """(spec, locked records for --from). --lock is handled separately."""
     check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
     if req.from_env:
-        from cpkgs_admin.envs import get_record
+        from cpkgs_admin.site.records import get_record
 
         old = get_record(site, req.from_env, subdir)
         if old.status == "removed":
             raise SpecError(f"--from {old.name}: that environment was removed; its exact packages are no longer on "
                             "the drive (rebuild from its lock: cpkgs export, then new-env --lock)")
-        from cpkgs_admin.spec import spec_name
+        from cpkgs_admin.site.specs import spec_name
 
         warnings: list[str] = []
         add = validate_specs(req.add, warnings)
@@ -171,7 +175,7 @@ class Chosen:
 def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, subdir: str,
                     overrides: dict[str, str], cache_dir: Path | None, log: Log) -> Chosen:
     """Solve the request (or find a lock file's packages) on the site's channels, names mapped to its URLs."""
-    from cpkgs_admin.channels import plan_channels
+    from cpkgs_admin.site.channels import plan_channels
     from cpkgs_admin.solve import check_channels, lock_sources, resolve_lock, solve, virtual_packages
 
     cmap = site.config.channel_resolver
@@ -257,7 +261,7 @@ def clean_stale_staging(site: Site, subdir: str, name: str | None = None, log: L
     name's whose lock is free (taken at once, or over from a dead owner): a build killed where nothing could clean up
     (rattler aborting the process on a panic, kill -9, a host crash) leaves a 0700 dir that may never be built
     again under its name. Every build sweeps them, and so does `purge`."""
-    from cpkgs_admin.names import parse_name
+    from cpkgs_admin.site.names import parse_name
 
     removed: list[str] = []
     failed: list[str] = []
@@ -476,35 +480,12 @@ def _rattler_error(exc: Exception) -> str:
 
 
 def _native() -> str:
-    from cpkgs_admin.site import native_subdir
+    from cpkgs_admin.site.paths import native_subdir
 
     return native_subdir()
 
 
 # ----------------------------------------------------------------------------------------------------- 4. post-process
-
-
-def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None) -> str:
-    """A conda explicit file; the env's spec-file variables and the names of the channels its URLs stand for ride
-    along as comments (conda skips them, `cpkgs new-env --lock` reads them back)."""
-    from cpkgs_admin.channels import CHANNEL_NAME
-    from cpkgs_admin.spec import CHANNEL_COMMENT, VARIABLE_COMMENT
-
-    named = {}
-    for p in packages:
-        base = p.url.rsplit("/", 2)[0]
-        if CHANNEL_NAME.match(p.channel) and "://" in base:
-            named[base] = p.channel
-    lines = [
-        "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
-        f"# platform: {subdir}",
-        *(f"{VARIABLE_COMMENT} {k}={v}" for k, v in (variables or {}).items()),
-        *(f"{CHANNEL_COMMENT} {name} {base}" for base, name in named.items()),
-        "@EXPLICIT",
-    ]
-    for p in packages:
-        lines.append(f"{p.url}#{p.sha256}" if p.sha256 else (f"{p.url}#{p.md5}" if p.md5 else p.url))
-    return "\n".join(lines) + "\n"
 
 
 def pkg_list_text(packages: list[PackageEntry]) -> str:
@@ -532,7 +513,7 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     conda.csh, a user's own conda; modulefiles and kernels get them with the activation (the record keeps them)."""
     if not variables:
         return {}
-    from cpkgs_admin.spec import check_variables
+    from cpkgs_admin.site.specs import check_variables
 
     check_variables(variables, "variables")  # also those carried from a record (--from): names go into scripts
     head = "# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env.\n"
@@ -580,7 +561,7 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
 
 def _check_removed(packages: list[PackageEntry], remove: tuple[str, ...]) -> None:
     """--remove PKG that the solver put back (another package needs it): refused, naming who needs it."""
-    from cpkgs_admin.spec import spec_name
+    from cpkgs_admin.site.specs import spec_name
 
     back = sorted({spec_name(r) for r in remove} & {p.name for p in packages})
     if back:
@@ -592,7 +573,7 @@ def _check_removed(packages: list[PackageEntry], remove: tuple[str, ...]) -> Non
 
 def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None:
     """Raise EnvExists when NAME is taken; return an embedded record to restore when a run died after publishing."""
-    from cpkgs_admin.records import load_record_file, record_from_json
+    from cpkgs_admin.site.records import load_record_file, record_from_json
 
     rec_path = site.record_path(name, subdir)
     if rec_path.exists():
@@ -612,11 +593,8 @@ def existing_env_problem(site: Site, name: str, subdir: str) -> EnvRecord | None
 
 
 def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log = None) -> BuildResult:
-    # What rattler creates (cache entries, its lock files) gets its modes from the umask, so the umask is set, not
-    # inherited: with an admin group, group-writable for the other admins (the site's setgid dirs give it the
-    # group); never writable by anyone else, whatever this admin's umask (000 let a user replace cached files).
-    # Envs are sealed with explicit modes anyway.
-    old_umask = os.umask(0o002 if site.config.admin_group else 0o022)
+    # Site.build_umask: what rattler creates gets its modes from the umask. Envs are sealed with explicit modes anyway.
+    old_umask = os.umask(site.build_umask())
     try:
         return _new_env(site, req, progress=progress, log=log)
     finally:
@@ -651,8 +629,8 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
             raise BuildError(f"cannot write to {envs_dir}: permission denied (are you a site admin?)")
         existing_env_problem(site, name, subdir)  # before solving: a taken name needs no solve to be refused
         # Before the solver reads the repodata cache in it: a cache found open to others is closed and cleaned.
-        from cpkgs_admin.locking import cache_locked
         from cpkgs_admin.pkgcache import secure_cache
+        from cpkgs_admin.site.locks import cache_locked
 
         with cache_locked(site):
             cache_warnings = secure_cache(site).warnings
@@ -773,8 +751,8 @@ def _stage_healing(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
     try:
         return _stage(job)
     except _DamagedCache as damaged:
-        from cpkgs_admin.locking import cache_locked
         from cpkgs_admin.pkgcache import drop_entry
+        from cpkgs_admin.site.locks import cache_locked
 
         with cache_locked(job.site):
             for dist in damaged.dists:
@@ -801,8 +779,8 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
         raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
     try:
         t = time.monotonic()
-        from cpkgs_admin.locking import cache_locked, wait_for_flock
         from cpkgs_admin.pkgcache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
+        from cpkgs_admin.site.locks import cache_locked, wait_for_flock
         from cpkgs_admin.verify import HashMemo
 
         with cache_locked(site):

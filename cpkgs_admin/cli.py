@@ -26,14 +26,14 @@ _state: dict[str, Any] = {"verbose": 0, "quiet": False}
 
 class Ctx:
     def __init__(self, root: str | None, verbose: int, quiet: bool) -> None:
-        from cpkgs_admin.site import resolve_root
+        from cpkgs_admin.site.paths import resolve_root
 
         self.root = resolve_root(root)
         self.verbose = verbose
         self.quiet = quiet
 
     def site(self) -> Any:
-        from cpkgs_admin.site import open_site
+        from cpkgs_admin.site.paths import open_site
 
         return open_site(self.root)
 
@@ -106,7 +106,7 @@ def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None
     _state["verbose"] = verbose
     _state["quiet"] = quiet
     ctx.obj = Ctx(root, verbose, quiet)
-    from cpkgs_admin.locking import set_notice
+    from cpkgs_admin.site.locks import set_notice
 
     # What core code says while it works (a lock waited for, a dead lock recovered): on stderr, unless -q.
     set_notice(None if quiet else _log_notice)
@@ -191,7 +191,7 @@ def new_env(
         c.quiet = True
     from cpkgs_admin.build import BuildRequest
     from cpkgs_admin.build import new_env as build_new_env
-    from cpkgs_admin.names import parse_name
+    from cpkgs_admin.site.names import parse_name
 
     env_name = parse_name(name)  # before anything else, even before the site is opened
     site = c.site()
@@ -272,7 +272,7 @@ def _report_damaged(damaged: list[tuple[Path, str]]) -> None:
     """The records that could not be read, one line each, after what could; then exit 1."""
     if not damaged:
         return
-    from cpkgs_admin.records import DAMAGED_RECORD_HINT
+    from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
 
     for _path, msg in damaged:
         click.echo(f"cpkgs: {msg}; {DAMAGED_RECORD_HINT}", err=True)
@@ -291,7 +291,7 @@ def _warn(warnings: Iterable[str]) -> None:
 @pass_ctx
 def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
     """Show an environment's record and packages."""
-    from cpkgs_admin.envs import get_record
+    from cpkgs_admin.site.records import get_record
 
     rec = get_record(c.site(), name, platform)
     if as_json:
@@ -325,7 +325,7 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
     activation = (rec.activation or {}).get("variables")
     if isinstance(activation, dict):  # cpkgs' own activate.d script sets the spec's: shown once, above
         fields += [("activation", f"{k}={v}") for k, v in activation.items() if rec.variables.get(k) != v]
-    from cpkgs_admin.spec import printable
+    from cpkgs_admin.site.text import printable
 
     for k, v in fields:
         click.echo(f"{k:10} {printable(str(v))}")
@@ -386,7 +386,7 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json([r.to_json() for r in reports])
     else:
-        from cpkgs_admin.spec import printable
+        from cpkgs_admin.site.text import printable
 
         for r in reports:
             if r.skipped:
@@ -501,7 +501,7 @@ def locks(ctx: click.Context, as_json: bool) -> None:
     """List held locks with owner and age."""
     if ctx.invoked_subcommand is not None:
         return
-    from cpkgs_admin.locking import list_locks, notice, sweep_dead_locks
+    from cpkgs_admin.site.locks import list_locks, notice, sweep_dead_locks
 
     c: Ctx = ctx.obj
     site = c.site()
@@ -537,7 +537,8 @@ def locks(ctx: click.Context, as_json: bool) -> None:
 @pass_ctx
 def locks_break(c: Ctx, lock: str) -> None:
     """Break LOCK now, whoever holds it (the holder must be gone)."""
-    from cpkgs_admin.locking import audited, break_lock
+    from cpkgs_admin.site.audit import audited
+    from cpkgs_admin.site.locks import break_lock
 
     site = c.site()
     info = break_lock(site.locks_dir, lock, site.config.lease_seconds)
@@ -783,7 +784,7 @@ def _run(argv: list[str] | None) -> int:
             import traceback
 
             traceback.print_exc()
-        from cpkgs_admin.spec import printable
+        from cpkgs_admin.site.text import printable
 
         # One line whatever it quotes (a path, a package's file name, a spec): control characters escaped.
         click.echo(f"cpkgs: {printable(str(exc))}", err=True)
@@ -816,7 +817,7 @@ def _run(argv: list[str] | None) -> int:
 
             traceback.print_exc()
         from cpkgs_admin.errors import os_error_text
-        from cpkgs_admin.spec import printable
+        from cpkgs_admin.site.text import printable
 
         click.echo(f"cpkgs: {printable(os_error_text(exc))}", err=True)
         return 1

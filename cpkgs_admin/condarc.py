@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import ConfigError, CpkgsError, UsageError
-from cpkgs_admin.site import Site, SiteConfig, native_subdir, open_site
+from cpkgs_admin.site.config import SiteConfig
+from cpkgs_admin.site.files import read_text_file
+from cpkgs_admin.site.paths import Site, open_site
 from cpkgs_admin.userfile import KEEP_BACKUPS, Outcome, edit_file
-from cpkgs_admin.yamlio import read_text_file
 
 INSTALLATION_VAR = "CPKGS_INSTALLATION"
 MARKER = "added by cpkgs link-user"
@@ -678,15 +679,3 @@ def link_warnings(
                     f"remove pkgs_dirs (the site's conda.sh points CONDA_PKGS_DIRS to local disk)"
                 )
     return out
-
-
-def host_platform(site: Site) -> str | None:
-    """The platform whose installation this host uses (conda.sh exports its name as CPKGS_INSTALLATION).
-
-    None when the site serves no installation this host can run."""
-    sub = native_subdir()
-    if sub in site.config.platforms:
-        return sub
-    if sub == "osx-arm64" and "osx-64" in site.config.platforms:
-        return "osx-64"  # Rosetta 2 runs the x86_64 installation
-    return None

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from cpkgs_admin import aio
 from cpkgs_admin.errors import BuildError
-from cpkgs_admin.spec import control_character, printable
+from cpkgs_admin.site.text import control_character, printable
 
 # Filesystems allocate whole blocks: a file costs its size rounded up to this.
 _BLOCK = 4096

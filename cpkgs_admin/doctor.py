@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.site import Site
-from cpkgs_admin.spec import printable
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.text import printable
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -134,7 +134,7 @@ def run_doctor(
     mounts: Iterable[Any] | None = None,
 ) -> DoctorReport:
     """Every check, in the order a user would fix them. `environ` and `mounts` default to this process's."""
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.paths import open_site
 
     env = dict(os.environ if environ is None else environ)
     table = list(current_mounts() if mounts is None else mounts)
@@ -174,11 +174,10 @@ def _check_filesystem(rep: DoctorReport, site: Any, mounts: list[Any]) -> None:
 
 
 def _check_installation(rep: DoctorReport, site: Any) -> None:
-    from cpkgs_admin.condarc import host_platform
-    from cpkgs_admin.site import native_subdir
+    from cpkgs_admin.site.paths import native_subdir
 
     sub = native_subdir()
-    use = host_platform(site)
+    use = site.host_platform()
     served = ", ".join(site.config.platforms)
     if use is None:
         rep.add(
@@ -192,7 +191,7 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
     if not path.is_dir():
         rep.add(FAIL, "installation", f"{sub} maps to {inst}, but {path} does not exist", "run 'cpkgs init' (admins)")
         return
-    note = "" if sub in site.config.platforms else f" (no {sub} installation: falls back to osx-64 under Rosetta)"
+    note = "" if sub in site.config.platforms else f" (no {sub} installation: falls back to {use} under Rosetta)"
     try:
         count = sum(1 for e in os.scandir(site.envs_dir(use)) if not e.name.startswith("."))
     except OSError:
@@ -201,7 +200,7 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
 
 
 def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
-    from cpkgs_admin.condarc import INSTALLATION_VAR, host_platform
+    from cpkgs_admin.condarc import INSTALLATION_VAR
 
     profile = site.profile_dir / "conda.sh"
     fix = f"add 'source {profile}' to ~/.bashrc or ~/.zshrc (csh/tcsh: source {site.profile_dir / 'conda.csh'})"
@@ -212,7 +211,7 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
     problems = []
     if not have_root or os.path.realpath(have_root) != os.path.realpath(site.root):
         problems.append(f"CPKGS_ROOT={have_root or '(unset)'}, not {site.root}")
-    use = host_platform(site)
+    use = site.host_platform()
     expect = site.installation_name(use) if use else None
     if expect is not None and have_inst != expect:
         problems.append(f"{INSTALLATION_VAR}={have_inst or '(unset)'}, not {expect} for this host")
@@ -230,11 +229,9 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
 def _check_active_env(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
     """A shell still using a removed env (activated before the remove; a layer on one): it works until the purge
     after the grace moves the env away. Says nothing otherwise."""
-    from cpkgs_admin.condarc import host_platform
-    from cpkgs_admin.envs import removed_line
-    from cpkgs_admin.records import load_record_file
+    from cpkgs_admin.site.records import load_record_file, removed_line
 
-    prefix, use = env.get("CONDA_PREFIX"), host_platform(site)
+    prefix, use = env.get("CONDA_PREFIX"), site.host_platform()
     if not prefix or use is None:
         return
     base = Path(prefix)
@@ -305,7 +302,7 @@ def _is_under(path: str, root: Path) -> bool:
 
 
 def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
-    from cpkgs_admin.condarc import conda_expand, default_condarc, host_platform, read_condarc, shared_envs_entry
+    from cpkgs_admin.condarc import conda_expand, default_condarc, read_condarc, shared_envs_entry
 
     path = default_condarc(env)
     try:
@@ -320,7 +317,7 @@ def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts:
     items = [v for v in (data.get(key) or []) if isinstance(v, str)]
     if site is not None:
         entry = shared_envs_entry(site)
-        use = host_platform(site)
+        use = site.host_platform()
         mine = str(site.envs_dir(use)) if use else None
         others = {str(site.envs_dir(s)): s for s in site.config.installations if str(site.envs_dir(s)) != mine}
         problems, notes = [], []
@@ -414,9 +411,9 @@ def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) 
 
 def _check_admin(rep: DoctorReport, site: Any) -> None:
     from cpkgs_admin.envs import _TRASH_NAME  # purge's own naming rule, so doctor and purge agree
-    from cpkgs_admin.locking import list_locks
-    from cpkgs_admin.records import load_all
-    from cpkgs_admin.site import parse_duration
+    from cpkgs_admin.site.config import parse_duration
+    from cpkgs_admin.site.locks import list_locks
+    from cpkgs_admin.site.records import load_all
 
     lease = site.config.lease_seconds
     infos = list_locks(site.locks_dir, lease)
@@ -434,7 +431,7 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
     if not late:
         rep.add(OK, "locks", f"no lock past its lease ({len(infos)} held)")
 
-    from cpkgs_admin.records import DAMAGED_RECORD_HINT
+    from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
 
     damaged: list[tuple[Path, str]] = []
     records = load_all(site.records_dir, damaged=damaged)

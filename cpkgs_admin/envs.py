@@ -13,15 +13,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
-from cpkgs_admin.locking import SiteLock, atomic_write, audited, current_user, env_locked, make_dir_exact
-from cpkgs_admin.names import parse_name
-from cpkgs_admin.records import EnvRecord, PackageEntry, find_records, iter_record_files, record_problem, save_record
-from cpkgs_admin.site import Site, parse_duration
-from cpkgs_admin.spec import check_printable, printable
-
-# Every time stamp in a record: local time with its UTC offset, as `date +%Y-%m-%dT%H:%M:%S%z` prints it.
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+from cpkgs_admin.errors import CpkgsError, PermissionProblem, UsageError
+from cpkgs_admin.site.audit import audited
+from cpkgs_admin.site.config import parse_duration
+from cpkgs_admin.site.files import atomic_write, make_dir_exact
+from cpkgs_admin.site.locks import SiteLock, env_locked
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.process import current_user
+from cpkgs_admin.site.records import (
+    EnvRecord,
+    PackageEntry,
+    epoch_of,
+    get_record,
+    iter_record_files,
+    record_problem,
+    removed_line,
+    retired_line,
+    save_record,
+    timestamp,
+)
+from cpkgs_admin.site.text import check_printable
 
 
 @dataclass(frozen=True)
@@ -94,26 +105,6 @@ def _list_row(path: Path) -> ListRow | None:
     )
 
 
-def get_record(site: Site, name: str, platform: str | None) -> EnvRecord:
-    parse_name(name)
-    if platform:
-        from cpkgs_admin.records import load_record_file
-
-        path = site.record_path(name, platform)
-        if not path.exists():
-            raise EnvNotFound(f"no environment named {name} for {platform} in {site.root} (see 'cpkgs list --all')")
-        return load_record_file(path)
-    recs = find_records(site.records_dir, name)
-    if not recs:
-        raise EnvNotFound(f"no environment named {name} in {site.root} (see 'cpkgs list --all')")
-    if len(recs) == 1:
-        return recs[0]
-    native = [r for r in recs if r.platform == site.native_subdir]
-    if native:
-        return native[0]
-    raise UsageError(f"{name} exists for {', '.join(r.platform for r in recs)}: pass --platform")
-
-
 # ----------------------------------------------------------------------------------------------------- diff/export
 
 
@@ -170,7 +161,7 @@ def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
 
 def export_record(rec: EnvRecord, fmt: str) -> str:
     """REC as an explicit lock (FMT "explicit") or environment.yml (`cpkgs export`, the catalog's downloads)."""
-    from cpkgs_admin.build import explicit_text
+    from cpkgs_admin.site.specs import explicit_text
 
     if fmt == "explicit":
         return explicit_text(rec.packages, rec.platform, rec.variables)
@@ -192,7 +183,7 @@ def export_record(rec: EnvRecord, fmt: str) -> str:
 
 
 def _update(site: Site, rec: EnvRecord, action: str, **audit_fields: Any) -> None:
-    when = time.strftime(_TIME_FORMAT)
+    when = timestamp()
     rec.history.append({"action": action, "at": when, "by": current_user(), **audit_fields})
     save_record(site.record_path(rec.name, rec.platform), rec)
     audited(site, action, env=rec.name, platform=rec.platform, **audit_fields)
@@ -239,7 +230,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
         unseal_tree(Path(rec.prefix))
-        rec.unsealed = {"at": time.strftime(_TIME_FORMAT), "by": current_user(), "reason": reason}
+        rec.unsealed = {"at": timestamp(), "by": current_user(), "reason": reason}
         rec.status = "unsealed"
         _update(site, rec, "unseal", reason=reason)
     return rec
@@ -269,7 +260,7 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
             raise UsageError("--message must be one line of at most 500 characters")
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
-        rec.retired = {"successor": successor, "message": message, "at": time.strftime(_TIME_FORMAT),
+        rec.retired = {"successor": successor, "message": message, "at": timestamp(),
                        "by": current_user()}
         if rec.status != "unsealed":
             rec.status = "retired"
@@ -278,39 +269,6 @@ def retire_env(site: Site, name: str, successor: str | None, message: str | None
         _update(site, rec, "retire", successor=successor, message=message)
         publish_outside(site, rec, warnings)
     return rec
-
-
-def retired_line(rec: EnvRecord) -> str:
-    """The line users see on activation and `module load`. The message was checked when it was given; a record
-    written before that check (or edited) still gets no control character through to a terminal."""
-    r = rec.retired or {}
-    text = f"cpkgs: {rec.name} is retired"
-    if r.get("successor"):
-        text += f"; use {r['successor']}"
-    if r.get("message"):
-        text += f" ({r['message']})"
-    return printable(text)
-
-
-def removed_line(rec: EnvRecord) -> str:
-    """The one line a removed env's marker holds: the shell refuses the activation with it. conda.sh recognises it
-    by its start, "cpkgs: NAME was removed" (a retired env's line starts "cpkgs: NAME is retired")."""
-    successor = (rec.retired or {}).get("successor")
-    return f"cpkgs: {rec.name} was removed" + (f"; use {successor}" if successor else "")
-
-
-def _when(epoch: float) -> str:
-    return time.strftime(_TIME_FORMAT, time.localtime(epoch))
-
-
-def _epoch(when: Any) -> float | None:
-    """A record's time stamp (see _when) as seconds, or None when it is not one."""
-    from datetime import datetime
-
-    try:
-        return datetime.strptime(str(when), _TIME_FORMAT).timestamp()
-    except ValueError:
-        return None
 
 
 def remove_env(site: Site, name: str, platform: str | None, warnings: list[str] | None = None) -> EnvRecord:
@@ -327,7 +285,7 @@ def remove_env(site: Site, name: str, platform: str | None, warnings: list[str] 
         _check_mover(site.env_prefix(rec.name, rec.platform))
         now = time.time()
         rec.status = "removed"
-        rec.removed = {"at": _when(now), "by": current_user(), "purge_after": _when(now + grace)}
+        rec.removed = {"at": timestamp(now), "by": current_user(), "purge_after": timestamp(now + grace)}
         marker = site.retired_marker(rec.name, rec.platform)
         try:
             before: str | None = marker.read_text(encoding="utf-8")
@@ -365,7 +323,7 @@ def _check_mover(prefix: Path) -> None:
 
 def successor_warnings(site: Site, rec: EnvRecord) -> list[str]:
     """Retired envs that send their users to REC, which is now removed or retired itself."""
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import load_all
 
     what = "a removed environment" if rec.status == "removed" else "an environment retired too"
     return [
@@ -547,15 +505,15 @@ def purge_due(rec: EnvRecord, grace: float | None = None) -> float | None:
     GRACE that long after its removal; None when the record says neither (then it is not moved)."""
     removed = rec.removed or {}
     if grace is not None:
-        at = _epoch(removed.get("at"))
+        at = epoch_of(removed.get("at"))
         return None if at is None else at + grace
-    return _epoch(removed.get("purge_after"))
+    return epoch_of(removed.get("purge_after"))
 
 
 def _move_removed_envs(site: Site, grace: float | None, now: float, rep: PurgeReport) -> set[str]:
     """Move every removed env past its grace from its path into the trash. Returns the trash entries purge has
     moved there, now or by an earlier run (what .nfs files kept): their grace was spent at their path."""
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import load_all
 
     moved: set[str] = set()
     for rec in load_all(site.records_dir, damaged=[]):  # a damaged record: list and verify report it
@@ -571,7 +529,7 @@ def _move_removed_envs(site: Site, grace: float | None, now: float, rep: PurgeRe
             rep.waiting.append({"name": rec.name, "platform": rec.platform, "prefix": str(prefix),
                                 "purge_after": (rec.removed or {}).get("purge_after")})
             continue
-        stamp = int(_epoch((rec.removed or {}).get("at")) or now)
+        stamp = int(epoch_of((rec.removed or {}).get("at")) or now)
         trash = site.trash_dir / f"{rec.name}@{rec.platform}@{stamp}"
         try:
             _move_removed_env(site, rec, prefix, trash)
@@ -586,7 +544,7 @@ def _move_removed_envs(site: Site, grace: float | None, now: float, rep: PurgeRe
 def _move_removed_env(site: Site, rec: EnvRecord, prefix: Path, trash: Path) -> None:
     """Rename REC's tree at PREFIX to TRASH (jobs still running from it lose it now), drop its marker (the shells
     find no env of that name any more) and say so in its record."""
-    from cpkgs_admin.records import load_record_file
+    from cpkgs_admin.site.records import load_record_file
 
     with env_locked(site, rec.name, rec.platform):
         rec = load_record_file(site.record_path(rec.name, rec.platform))
@@ -597,7 +555,7 @@ def _move_removed_env(site: Site, rec: EnvRecord, prefix: Path, trash: Path) -> 
         _move_to_trash(prefix, trash)
         with contextlib.suppress(OSError):  # (a marker left behind refuses a name that no longer exists anyway)
             site.retired_marker(rec.name, rec.platform).unlink()
-        when = _when(time.time())
+        when = timestamp(time.time())
         rec.removed = {**(rec.removed or {}), "trash": str(trash), "moved": when}
         rec.history.append({"action": "purge", "at": when, "by": current_user(), "trash": str(trash)})
         try:

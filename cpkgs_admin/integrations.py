@@ -25,10 +25,11 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, UsageError
 from cpkgs_admin.kernels import generated_kernel_files, kernel_files, kernel_names, kernel_owner, wants_kernel
 from cpkgs_admin.localdb import db_config_files, stdlib_dir
-from cpkgs_admin.locking import make_dir_exact, site_locked, write_if_changed
 from cpkgs_admin.modules import family_files, is_generated, module_files
-from cpkgs_admin.records import EnvRecord, PackageEntry, load_all
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.files import make_dirs_exact, write_if_changed
+from cpkgs_admin.site.locks import site_locked
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import EnvRecord, PackageEntry, load_all
 
 MARKER = "EXTERNALLY-MANAGED"
 # Shell bookkeeping and what the module/kernel set themselves: not "variables the activate.d scripts set".
@@ -189,7 +190,7 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
     """Before anything is installed: refuse an env whose module or kernel names would collide with another env's
     of the same platform (each platform has its own module and kernel trees). A damaged record still names its env
     (the file's name): its names stay taken, and it does not stop other builds."""
-    from cpkgs_admin.names import parse_name
+    from cpkgs_admin.site.names import parse_name
 
     damaged: list[tuple[Path, str]] = []
     # (name, family, version, may have kernels) of the platform's other envs
@@ -235,9 +236,7 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
 def file_mode(site: Site) -> tuple[int, int, int | None]:
     """(dir mode, file mode, group) of generated files: the same rule as `cpkgs init`. Group-writable only with the
     admin group, which must exist on this host (a ConfigError otherwise: never group-writable for another group)."""
-    from cpkgs_admin.tree import modes
-
-    dmode, fmode = modes(site.config)
+    dmode, fmode = site.shared_modes()
     return dmode, fmode, site.admin_gid()
 
 
@@ -309,7 +308,7 @@ def env_outputs(site: Site, rec: EnvRecord, warnings: list[str] | None = None) -
     if rec.python_version is not None:
         # Usage records (usage/config.py): the env's hook reads CPKGS_USAGE_SEND, which a module load or a kernel
         # must set as conda.sh does; a refresh adds or drops it when cpkgs.yaml's usage.enabled changes.
-        from cpkgs_admin.usage.config import usage_variables
+        from cpkgs_admin.site.usage_config import usage_variables
 
         act = Activation(act.path_prepend, act.variables + usage_variables(site.config.usage, str(site.root)))
     return {**kernel_files(site, rec, act), **module_files(site, rec, act)}
@@ -325,20 +324,10 @@ def write_outputs(site: Site, files: dict[Path, str]) -> list[str]:
     dmode, fmode, gid = file_mode(site)
     changed = []
     for path, text in sorted(files.items()):
-        _ensure_dir(path.parent, dmode, gid)
+        make_dirs_exact(path.parent, dmode, gid)  # explicit: an admin's umask 077 must not hide modules from users
         if write_if_changed(path, text, fmode, gid):
             changed.append(str(path))
     return changed
-
-
-def _ensure_dir(path: Path, mode: int, gid: int | None = None) -> None:
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        make_dir_exact(d, mode, gid)  # explicit: an admin's umask 077 must not hide modules from users
 
 
 def remove_outputs(paths: list[Path], stop: tuple[Path, ...]) -> list[str]:
@@ -370,7 +359,7 @@ def stops(site: Site, platforms: list[str]) -> tuple[Path, ...]:
 
 
 def _family_of(name: str) -> str | None:
-    from cpkgs_admin.names import parse_name
+    from cpkgs_admin.site.names import parse_name
 
     try:
         return parse_name(name).family

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpkgs_admin.profiles import template_text
-from cpkgs_admin.records import EnvRecord, PackageEntry
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import EnvRecord, PackageEntry
 
 if TYPE_CHECKING:
     from cpkgs_admin.integrations import Activation

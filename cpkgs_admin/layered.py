@@ -36,7 +36,7 @@ from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
 from cpkgs_admin.localdb import db_config_files
-from cpkgs_admin.site import open_site
+from cpkgs_admin.site.paths import open_site
 from cpkgs_admin.userfile import chain, group_label, others_can_write, private_group, user_label
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
@@ -214,7 +214,7 @@ def _is_wrapper(path: Path) -> bool:
 
 def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -> Layer:
     """Create (or with force, re-point) the layer DIR on shared env BASE. Nothing is written before every check."""
-    from cpkgs_admin.envs import get_record, retired_line
+    from cpkgs_admin.site.records import get_record, retired_line
 
     site = open_site(root)
     directory = Path(os.path.abspath(os.path.expanduser(str(directory))))

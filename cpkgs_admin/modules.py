@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpkgs_admin.profiles import render, template_text
-from cpkgs_admin.records import EnvRecord
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import EnvRecord
 
 if TYPE_CHECKING:
     from cpkgs_admin.integrations import Activation
@@ -81,7 +81,7 @@ def help_text(rec: EnvRecord) -> str:
 def retired_message(rec: EnvRecord) -> str | None:
     if rec.status != "retired" and not rec.retired:
         return None
-    from cpkgs_admin.envs import retired_line
+    from cpkgs_admin.site.records import retired_line
 
     return retired_line(rec)
 

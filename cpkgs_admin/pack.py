@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, PermissionProblem, UsageError
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.paths import Site
 
 # conda-pack infers the format from the suffix; only tar formats (zip would lose symlinks and modes).
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar")
@@ -77,7 +77,7 @@ def _check_output(output: Path) -> Path:
 
 def pack_env(site: Site, name: str, output: Path, platform: str | None) -> Path:
     """conda-pack archive of NAME at OUTPUT; unpack anywhere, then run DIR/bin/conda-unpack."""
-    from cpkgs_admin.envs import get_record
+    from cpkgs_admin.site.records import get_record
 
     rec = get_record(site, name, platform)
     if rec.status == "removed":
@@ -232,7 +232,7 @@ def mirror_env(site: Site, name: str, directory: Path, platform: str | None) -> 
     """A channel in DIRECTORY with exactly NAME's packages (subdirs as recorded), each sha256-checked, indexed.
 
     Built in a hidden sibling directory and renamed into place: a failure leaves no half channel."""
-    from cpkgs_admin.envs import get_record
+    from cpkgs_admin.site.records import get_record
 
     rec = get_record(site, name, platform)
     directory = Path(os.path.abspath(os.path.expanduser(str(directory))))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PermissionProblem, SiteError
-from cpkgs_admin.locking import make_dir_exact
+from cpkgs_admin.site.files import make_dir_exact
 
 # py-rattler's own files in its cache dir: the cache-wide flock file, and one `<entry>.lock` beside each extracted
 # package (its revision and the archive's sha256).

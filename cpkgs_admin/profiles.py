@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 
 from cpkgs_admin.errors import UsageError
-from cpkgs_admin.locking import write_if_changed
-from cpkgs_admin.site import Site
-from cpkgs_admin.usage.config import csh_line, sh_line
+from cpkgs_admin.site.files import write_if_changed
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.usage_config import csh_line, sh_line
 
 # output name in <root>/etc/profile.d -> template in profiles/.  cpkgs-conda.csh is the csh `conda` alias's body.
 PROFILE_TEMPLATES = {"conda.sh": "conda.sh", "conda.csh": "conda.csh", "cpkgs-conda.csh": "cpkgs-conda.csh"}
@@ -69,7 +69,8 @@ def write_profiles(site: Site) -> list[str]:
     """Write the rendered profiles; return the paths that changed."""
     changed = []
     gid = site.admin_gid()  # group-writable only for the admin group, which must exist here
+    fmode = site.shared_modes()[1]
     for path, text in render_profiles(site).items():
-        if write_if_changed(path, text, 0o664 if gid is not None else 0o644, gid):
+        if write_if_changed(path, text, fmode, gid):
             changed.append(str(path))
     return changed

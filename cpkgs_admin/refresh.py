@@ -23,11 +23,11 @@ from cpkgs_admin.integrations import (
     write_outputs,
 )
 from cpkgs_admin.kernels import generated_kernel_files
-from cpkgs_admin.locking import site_locked
 from cpkgs_admin.modules import generated_module_files
 from cpkgs_admin.profiles import write_profiles
-from cpkgs_admin.records import load_all
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.locks import site_locked
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import load_all
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin import aio
-from cpkgs_admin.channels import ChannelMap, Source, lock_channel
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
-from cpkgs_admin.site import channel_problem, native_subdir
-from cpkgs_admin.spec import ExplicitLock, split_filename
+from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel
+from cpkgs_admin.site.config import channel_problem
+from cpkgs_admin.site.paths import native_subdir
+from cpkgs_admin.site.specs import ExplicitLock, split_filename
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {

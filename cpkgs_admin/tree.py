@@ -10,18 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import ConfigError, PermissionProblem, SiteError, UsageError
-from cpkgs_admin.locking import audit, site_locked, write_if_changed
-from cpkgs_admin.site import (
+from cpkgs_admin.site.audit import audit
+from cpkgs_admin.site.config import (
     CONFIG_NAME,
     KNOWN_SUBDIRS,
-    Site,
     SiteConfig,
     channel_problem,
     config_from_mapping,
     load_config_file,
     normalize_channel,
 )
-from cpkgs_admin.yamlio import load_yaml, read_text_file
+from cpkgs_admin.site.files import read_text_file, write_if_changed
+from cpkgs_admin.site.locks import site_locked
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.yamlio import load_yaml
 
 CONFIG_HEADER = """\
 # cpkgs site configuration. Edit with care: every cpkgs command validates this file.
@@ -116,13 +118,6 @@ def _quoted_for_yaml11(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _quoted_for_yaml11(v) for k, v in value.items()}
     return value
-
-
-def modes(config: SiteConfig) -> tuple[int, int]:
-    """(dir mode, file mode): readable by all, writable by the owner and, when there is one, the admin group."""
-    if config.admin_group:
-        return 0o2775, 0o664  # setgid dirs: files created later inherit the admin group
-    return 0o755, 0o644
 
 
 def _is_site_or_empty(root: Path) -> bool:
@@ -220,7 +215,7 @@ def init_site(
     site = Site(root=root, config=config)
     gid = site.admin_gid()  # validates the group exists before anything is written
     render_profiles(site)  # and that the root can be rendered into the profiles (quoting), before any mkdir
-    dmode, fmode = modes(config)
+    dmode, fmode = site.shared_modes()
     report = InitReport(root=str(root))
 
     private_dmode, private_fmode = site.private_modes()
@@ -298,7 +293,7 @@ def init_site(
             if changes and "cpkgs.yaml" in report.updated:
                 report.updated.remove("cpkgs.yaml")
         if report.changed:
-            audit(site.audit_log, {"action": "init", "created": len(report.created), "updated": len(report.updated),
+            audit(site, {"action": "init", "created": len(report.created), "updated": len(report.updated),
                                    "config_changes": report.config_changes})
     return report
 

@@ -49,8 +49,8 @@ from typing import Any, NoReturn
 
 from cpkgs_admin import errors
 from cpkgs_admin.errors import ConfigError, CpkgsError, PermissionProblem
-from cpkgs_admin.locking import SiteLock
-from cpkgs_admin.yamlio import decode_text, open_regular, read_fd_bytes
+from cpkgs_admin.site.files import decode_text, open_regular, read_fd_bytes
+from cpkgs_admin.site.locks import SiteLock
 
 KEEP_BACKUPS = 3
 ATTEMPTS = 20  # fresh reads when the file keeps changing under the edit

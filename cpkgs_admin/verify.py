@@ -410,7 +410,7 @@ class HashMemo:
         into place, so nobody reads half a file or writes into it."""
         if not self._dirty:
             return
-        from cpkgs_admin.locking import atomic_write
+        from cpkgs_admin.site.files import atomic_write
 
         try:
             self.dir.mkdir(mode=0o775, exist_ok=True)  # the umask decides: 002 where admins share a group
@@ -654,8 +654,7 @@ def verify_prefix(
 def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     """Every env named, or every recorded env still at its path (removed ones too: running jobs use them until
     `purge` moves them away). A removed env that is gone, or goes during its walk, is skipped with a note."""
-    from cpkgs_admin.envs import get_record
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import get_record, load_all
 
     names = list(names)
     reports = []
@@ -665,7 +664,7 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
         damaged: list[tuple[Path, str]] = []
         records = load_all(site.records_dir, damaged=damaged)
         records = [r for r in records if r.status != "removed" or os.path.lexists(r.prefix)]
-        from cpkgs_admin.records import DAMAGED_RECORD_HINT
+        from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
 
         # Its env cannot be checked without the record (the expected hashes' digest is in it): a problem to report,
         # not a reason to leave the other envs unchecked.
@@ -713,7 +712,7 @@ def _verify_record(site: Any, rec: Any) -> VerifyReport:
 
 def _removed_meanwhile(site: Any, rec: Any) -> str | None:
     """The note for REC's env when its record now says removed and its tree is no longer at its path."""
-    from cpkgs_admin.records import load_record_file
+    from cpkgs_admin.site.records import load_record_file
 
     if os.path.lexists(rec.prefix):
         return None
@@ -730,7 +729,7 @@ def _name_sharing_envs(site: Any, reports: list[VerifyReport]) -> None:
     """A modified file that is a hard link (into the package cache, shared with other envs built from it) is damaged
     in every env linking the inode: its problem names them ("also in: A, B"). Found by inode at the same path in
     the other recorded envs of the platform: one lstat per env and damaged linked file."""
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import load_all
 
     others: list[Any] | None = None
     for rep in reports:

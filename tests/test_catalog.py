@@ -52,7 +52,7 @@ def record(root: Path, name: str, packages: list[dict[str, Any]], *, status: str
 
 
 def site_of(root: Path) -> Any:
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.paths import open_site
 
     return open_site(root)
 
@@ -142,7 +142,7 @@ def test_spec_file_is_shown_only_while_it_is_what_built_the_env(bare: Path) -> N
     """The family's spec file (admin text: its comments) is shown, escaped, while it hashes to the record's
     spec_sha256 (spec.from_family's digest); once edited the page says so instead of showing other text."""
     from cpkgs_admin.catalog import render_catalog
-    from cpkgs_admin.spec import from_family
+    from cpkgs_admin.site.specs import from_family
 
     spec = bare / "specs" / "app.yml"
     spec.write_text(f"# the app family {XSS} & co\ndependencies: [python]\n")
@@ -345,7 +345,7 @@ def test_damaged_record_keeps_its_pages_and_is_reported(bare: Path) -> None:
     `cpkgs catalog` reports it after rendering the rest, as `list` does (exit 1); a publish of another env does not
     mention it (list and verify do)."""
     from cpkgs_admin.catalog import after_change, update_catalog
-    from cpkgs_admin.records import load_record_file
+    from cpkgs_admin.site.records import load_record_file
 
     record(bare, "a-1.0", [pkg("lib", "1.0")])
     record(bare, "a-2.0", [pkg("lib", "2.0")])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
-from cpkgs_admin.site import load_config_file
+from cpkgs_admin.site.config import load_config_file
 
 
 def test_init_builds_the_tree(tmp_path: Path) -> None:

@@ -190,8 +190,8 @@ def test_purge_removes_staging_dirs_of_dead_builds_only(tmp_path: Path, channel_
     live.mkdir(mode=0o700)
     # A running build of live-1.0 holds its name's lock.
     code = (
-        "import sys; from pathlib import Path; from cpkgs_admin.locking import env_locked; "
-        "from cpkgs_admin.site import open_site\n"
+        "import sys; from pathlib import Path; from cpkgs_admin.site.locks import env_locked; "
+        "from cpkgs_admin.site.paths import open_site\n"
         "with env_locked(open_site(Path(sys.argv[1])), 'live-1.0', 'linux-64'):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"
     )
@@ -255,7 +255,7 @@ def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url:
 def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, channel_url: str) -> None:
     """A long-lived process that looked at the records (as new-env does three times) sees another process's
     retire at its next look, not the record it parsed before."""
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import load_all
 
     root = make_site(tmp_path / "site", channel_url)
     build(root, "s-1.0")

@@ -100,8 +100,8 @@ import asyncio, sys
 from pathlib import Path
 from rattler import Platform, install
 from cpkgs_admin.build import rattler_config
-from cpkgs_admin.site import open_site
-from cpkgs_admin.channels import Source
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.site.channels import Source
 from cpkgs_admin.solve import check_channels, solve, virtual_packages
 site = open_site(Path(sys.argv[1]))
 sources = check_channels([Source(c, c) for c in site.config.channels])

@@ -92,7 +92,7 @@ def test_takeover_clock_never_written_through_a_members_symlink(group_site: Path
 _LOCK_IN = """
 import sys, time
 from pathlib import Path
-from cpkgs_admin.locking import SiteLock
+from cpkgs_admin.site.locks import SiteLock
 with SiteLock(Path(sys.argv[1]), what="x", lease_seconds=2.0, timeout=float(sys.argv[2])):
     print("held", flush=True)
     time.sleep(float(sys.argv[3]))
@@ -327,8 +327,8 @@ def test_doctor_reports_an_empty_lock(site: Path) -> None:
 _HOLD_ENV_LOCK = """
 import sys, time
 from pathlib import Path
-from cpkgs_admin.locking import env_locked
-from cpkgs_admin.site import open_site
+from cpkgs_admin.site.locks import env_locked
+from cpkgs_admin.site.paths import open_site
 with env_locked(open_site(Path(sys.argv[1])), "gone-1.0", "linux-64"):
     print("held", flush=True)
     time.sleep(3600)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_channel, make_site, run_cpkgs, tree_hash
-from cpkgs_admin.spec import from_environment_file
+from cpkgs_admin.site.specs import from_environment_file
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_family_spec_carries_pip_lines_through_extends(tmp_path: Path) -> None:
     specs.mkdir()
     (specs / "base.yml").write_text("dependencies: [python, {pip: [numpy]}]\n")
     (specs / "ml.yml").write_text("extends: base\ndependencies: [cpkgs-test-app, {pip: [-r reqs.txt]}]\n")
-    from cpkgs_admin.spec import from_family
+    from cpkgs_admin.site.specs import from_family
 
     spec = from_family(specs, "ml")
     assert spec.pip == ("numpy", "-r reqs.txt") and spec.pip_dir == str(specs.resolve())

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import make_site, run_cpkgs
-from cpkgs_admin.records import EnvRecord, save_record
-from cpkgs_admin.site import open_site
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.site.records import EnvRecord, save_record
+from cpkgs_admin.site.usage_config import UsageConfig, csh_line, send_value, sh_line
 from cpkgs_admin.usage.chart import package_chart_svg, usage_panels
-from cpkgs_admin.usage.config import UsageConfig, csh_line, send_value, sh_line
 from cpkgs_admin.usage.report import usage_report
 
 DAY = 86400.0

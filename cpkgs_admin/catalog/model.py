@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cpkgs_admin.records import EnvRecord, PackageEntry
+from cpkgs_admin.site.records import EnvRecord, PackageEntry
 
 REMOVED = "removed"
 

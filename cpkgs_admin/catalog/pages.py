@@ -28,8 +28,8 @@ from cpkgs_admin.catalog.model import EnvSummary, Families, package_kind, packag
 from cpkgs_admin.catalog.render import js_data, render, text, url_part
 from cpkgs_admin.catalog.sections import Section, SectionProvider
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.records import EnvRecord, PackageEntry
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import EnvRecord, PackageEntry
 
 if TYPE_CHECKING:
     from cpkgs_admin.envs import EnvDiff
@@ -121,7 +121,7 @@ def spec_view(cat: Catalog, rec: EnvRecord) -> tuple[str | None, list[tuple[str,
 
 
 def _read_family_spec(site: Site, family: str) -> tuple[str | None, list[tuple[str, str]]]:
-    from cpkgs_admin.spec import from_family
+    from cpkgs_admin.site.specs import from_family
 
     def texts(paths: list[Path]) -> list[tuple[str, str]]:
         return [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in paths]

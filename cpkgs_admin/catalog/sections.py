@@ -20,8 +20,8 @@ from markupsafe import Markup
 
 if TYPE_CHECKING:
     from cpkgs_admin.catalog.model import EnvSummary
-    from cpkgs_admin.records import EnvRecord
-    from cpkgs_admin.site import Site
+    from cpkgs_admin.site.paths import Site
+    from cpkgs_admin.site.records import EnvRecord
 
 
 @dataclass(frozen=True)

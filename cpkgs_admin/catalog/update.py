@@ -23,9 +23,10 @@ from cpkgs_admin.catalog.render import fingerprint
 from cpkgs_admin.catalog.sections import PROVIDERS, SectionProvider
 from cpkgs_admin.catalog.state import STATE, Key, State, load_state, stat_key
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.locking import atomic_write, site_locked, write_if_changed
-from cpkgs_admin.records import EnvRecord, iter_record_files, load_record_file
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.files import atomic_write, make_dirs_exact, write_if_changed
+from cpkgs_admin.site.locks import site_locked
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.records import EnvRecord, iter_record_files, load_record_file
 
 
 @dataclass
@@ -228,25 +229,9 @@ def _orphans(cdir: Path, names: set[str]) -> list[str]:
 
 
 def _modes(site: Site) -> tuple[int, int, int | None]:
-    """(dir mode, file mode, group): those of every generated file (integrations.file_mode, `cpkgs init`)."""
-    from cpkgs_admin.tree import modes
-
-    dmode, fmode = modes(site.config)
+    """(dir mode, file mode, group): those of everything the site shows users (Site.shared_modes)."""
+    dmode, fmode = site.shared_modes()
     return dmode, fmode, site.admin_gid()
-
-
-def _make_dirs(path: Path, mode: int, gid: int | None) -> None:
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
-            if gid is not None and d.stat().st_gid != gid:
-                os.chown(d, -1, gid)
-            os.chmod(d, mode)  # explicit: an admin's umask 077 must not hide the catalog from users
 
 
 def write_files(site: Site, cdir: Path, files: dict[str, str]) -> list[str]:
@@ -257,7 +242,7 @@ def write_files(site: Site, cdir: Path, files: dict[str, str]) -> list[str]:
     for rel, text in sorted(files.items()):
         path = cdir / rel
         if path.parent not in made:
-            _make_dirs(path.parent, dmode, gid)
+            make_dirs_exact(path.parent, dmode, gid)  # an admin's umask 077 must not hide the catalog from users
             made.add(path.parent)
         # Not durable: 2000 fsyncs would cost seconds, and a page a crash of this host loses or empties is
         # rewritten by the next `cpkgs refresh` or `cpkgs catalog` (the catalog is derived from the records).

@@ -22,7 +22,7 @@ import time
 from html import escape
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.site import Site
+from cpkgs_admin.site.paths import Site
 from cpkgs_admin.usage.report import EnvUsage, PackageCount, UsageReport, iso, usage_report, week_of, week_start
 
 TOP = 30

@@ -217,8 +217,8 @@ def lock_count() -> None:
 @scenario
 def lease() -> None:
     from cpkgs_admin.errors import LockBusy
-    from cpkgs_admin.locking import site_locked
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.locks import site_locked
+    from cpkgs_admin.site.paths import open_site
 
     if ROLE == "A":
         holder = subprocess.Popen([PY, LOCK_WORKER, str(RL), "hold"], stdout=subprocess.PIPE, text=True, cwd="/tmp")

@@ -1,16 +1,22 @@
-"""Step 1 of new-env: what to build. Spec files (environment.yml format), match specs, --from, --lock."""
+"""What to build, as admins write it: spec files (environment.yml as conda reads it, `specs/<family>.yml` with
+`extends:`), match specs, and explicit lock files (read by `new-env --lock`, written by `cpkgs export`: the format's
+one home)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import SpecError, UsageError
-from cpkgs_admin.names import check_family
+from cpkgs_admin.site.channels import CHANNEL_NAME, split_channel_spec
+from cpkgs_admin.site.files import read_text_file
+from cpkgs_admin.site.names import check_family
+from cpkgs_admin.site.records import PackageEntry
+from cpkgs_admin.site.text import control_character
+from cpkgs_admin.site.yamlio import parse_yaml
 
 _EXPLICIT_LINE = re.compile(r"(?P<url>\S+?)(?:#(?P<hash>[0-9a-fA-F]{32}|[0-9a-fA-F]{64}|sha256:[0-9a-fA-F]{64}))?\Z")
 
@@ -81,32 +87,6 @@ def refused_variable(name: str) -> str | None:
         if name in names or name.startswith(prefixes):
             return why
     return None
-
-
-def control_character(text: str) -> str | None:
-    """The first character of TEXT that must not reach a terminal, as U+XXXX, or None. Control characters (C0 and
-    C1: ESC and CSI start terminal escape sequences), format characters (bidi overrides that reorder what is shown,
-    zero-width ones) and line separators."""
-    if text.isprintable():  # at C speed: these categories are all "not printable" to Python (the common case)
-        return None
-    for c in text:
-        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
-            return f"U+{ord(c):04X}"
-    return None
-
-
-def check_printable(text: str, what: str) -> str:
-    """TEXT, when it holds nothing that must not reach users' terminals; else a UsageError naming WHAT."""
-    bad = control_character(text)
-    if bad is not None:
-        raise UsageError(f"{what} holds a control character ({bad}); admin text reaches users' terminals")
-    return text
-
-
-def printable(text: str) -> str:
-    """TEXT with what must not reach a terminal shown as \\uXXXX instead: for text cpkgs did not check itself (what a
-    package's activate.d script sets, a record from before these checks)."""
-    return "".join(f"\\u{ord(c):04x}" if control_character(c) else c for c in text)
 
 
 def check_variables(value: Any, where: str, warnings: list[str] | None = None) -> tuple[tuple[str, str], ...]:
@@ -185,9 +165,8 @@ def spec_name(spec: str) -> str:
 
 def parse_match_spec(spec: str) -> Any:
     """SPEC read as rattler's MatchSpec, refused where conda's MatchSpec refuses it or rattler would misread it."""
-    from rattler import MatchSpec
-
-    from cpkgs_admin.channels import split_channel_spec
+    # rattler costs 33 ms to import: only once a spec is parsed (not by `list`, `info`, the catalog's spec view...).
+    from rattler import MatchSpec  # noqa: PLC0415
 
     if not spec or not spec.strip():
         raise SpecError("empty match spec")
@@ -224,8 +203,6 @@ def validate_specs(specs: tuple[str, ...] | list[str], warnings: list[str] | Non
 
 
 def _read_text(path: Path, what: str) -> str:
-    from cpkgs_admin.yamlio import read_text_file
-
     try:
         return read_text_file(path, f"{what} {path}", SpecError)
     except FileNotFoundError:
@@ -233,18 +210,8 @@ def _read_text(path: Path, what: str) -> str:
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    from cpkgs_admin.yamlio import load_yaml
-
     text = _read_text(path, "spec file")
-    try:
-        return load_yaml(text), text
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(f"spec file {path}:{where} invalid YAML: {problem}") from None
+    return parse_yaml(text, f"spec file {path}", SpecError), text
 
 
 # conda/env/env.py VALID_KEYS; `extends` is cpkgs' own, for the site's specs/<family>.yml.
@@ -486,3 +453,23 @@ def check_sources(
         raise UsageError("use either --from OLD or -f FILE, not both")
     if from_env and specs:
         raise UsageError(f"--from OLD starts from OLD's specs; give more with --add, not as arguments ({specs[0]})")
+
+
+def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None) -> str:
+    """A conda explicit file; the env's spec-file variables and the names of the channels its URLs stand for ride
+    along as comments (conda skips them, read_explicit reads them back)."""
+    named = {}
+    for p in packages:
+        base = p.url.rsplit("/", 2)[0]
+        if CHANNEL_NAME.match(p.channel) and "://" in base:
+            named[base] = p.channel
+    lines = [
+        "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
+        f"# platform: {subdir}",
+        *(f"{VARIABLE_COMMENT} {k}={v}" for k, v in (variables or {}).items()),
+        *(f"{CHANNEL_COMMENT} {name} {base}" for base, name in named.items()),
+        "@EXPLICIT",
+    ]
+    for p in packages:
+        lines.append(f"{p.url}#{p.sha256}" if p.sha256 else (f"{p.url}#{p.md5}" if p.md5 else p.url))
+    return "\n".join(lines) + "\n"

@@ -8,17 +8,38 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.errors import CpkgsError, EnvNotFound
-from cpkgs_admin.locking import atomic_write_json
+from cpkgs_admin.errors import CpkgsError, EnvNotFound, UsageError
+from cpkgs_admin.site.files import atomic_write_json
+from cpkgs_admin.site.names import parse_name
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.text import printable
 
 # 2: `activation` (what activate.d scripts set, kept at publish). A cpkgs that knows only schema 1 stops with
 # "upgrade cpkgs" instead of misreading; from 2 on, keys a newer cpkgs adds are kept (EnvRecord.extra).
 RECORD_SCHEMA = 2
 STATUSES = ("active", "retired", "unsealed", "removed")
+# Every time stamp in a record (and the audit log): local time with its UTC offset, as `date +%Y-%m-%dT%H:%M:%S%z`
+# prints it.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+def timestamp(epoch: float | None = None) -> str:
+    """EPOCH (default: now) as a record writes it (TIME_FORMAT)."""
+    return time.strftime(TIME_FORMAT, time.localtime(epoch))
+
+
+def epoch_of(when: Any) -> float | None:
+    """A record's time stamp (see timestamp) as seconds, or None when it is not one."""
+    try:
+        return datetime.strptime(str(when), TIME_FORMAT).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -255,3 +276,41 @@ def find_records(records_dir: Path, name: str) -> list[EnvRecord]:
         if p.stem == name:
             out.append(load_record_file(p))
     return out
+
+
+def get_record(site: Site, name: str, platform: str | None) -> EnvRecord:
+    """NAME's record for PLATFORM; without one, the only platform NAME has, else this host's."""
+    parse_name(name)
+    if platform:
+        path = site.record_path(name, platform)
+        if not path.exists():
+            raise EnvNotFound(f"no environment named {name} for {platform} in {site.root} (see 'cpkgs list --all')")
+        return load_record_file(path)
+    recs = find_records(site.records_dir, name)
+    if not recs:
+        raise EnvNotFound(f"no environment named {name} in {site.root} (see 'cpkgs list --all')")
+    if len(recs) == 1:
+        return recs[0]
+    native = [r for r in recs if r.platform == site.native_subdir]
+    if native:
+        return native[0]
+    raise UsageError(f"{name} exists for {', '.join(r.platform for r in recs)}: pass --platform")
+
+
+def retired_line(rec: EnvRecord) -> str:
+    """The line users see on activation and `module load`. The message was checked when it was given; a record
+    written before that check (or edited) still gets no control character through to a terminal."""
+    r = rec.retired or {}
+    text = f"cpkgs: {rec.name} is retired"
+    if r.get("successor"):
+        text += f"; use {r['successor']}"
+    if r.get("message"):
+        text += f" ({r['message']})"
+    return printable(text)
+
+
+def removed_line(rec: EnvRecord) -> str:
+    """The one line a removed env's marker holds: the shell refuses the activation with it. conda.sh recognises it
+    by its start, "cpkgs: NAME was removed" (a retired env's line starts "cpkgs: NAME is retired")."""
+    successor = (rec.retired or {}).get("successor")
+    return f"cpkgs: {rec.name} was removed" + (f"; use {successor}" if successor else "")

@@ -1,4 +1,4 @@
-"""NFS-safe mutual exclusion, atomic state writes and the audit log.
+"""NFS-safe mutual exclusion: lease locks with owner records, their recovery, listing and breaking, and notices.
 
 Why not flock/fcntl: NFS clients implement them through NLM or NFSv4 state that many servers and client mounts
 (``nolock``, ``local_lock=all``) get wrong across hosts. filelock's soft locks only need an exclusive create and a
@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import getpass
 import json
 import os
 import socket
 import stat
-import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +31,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem, os_error_text
+from cpkgs_admin.site.files import NO_FOLLOW, atomic_write, read_no_follow
+from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.process import current_command, current_user, process_start
 
 # --------------------------------------------------------------------------------------------------- notices
 
@@ -50,177 +51,6 @@ def notice(message: str) -> None:
     for callback in _notices:
         callback(message)
 
-
-# --------------------------------------------------------------------------------------------------- atomic writes
-
-# Opening a name that may be someone's planted symlink or FIFO: never follow the link, never block on the FIFO.
-_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK
-
-
-def atomic_write(
-    path: Path, data: bytes | str, mode: int = 0o644, *, durable: bool = True, gid: int | None = None
-) -> None:
-    """Temp file in the same directory, fsync, os.replace: readers see the old or the new file, never half of one.
-
-    The temp name starts with '.' and ends with '.tmp' so listings skip it; the directory is fsynced so the rename
-    survives a crash of the writer's host (NFS commits on close, local filesystems need the dir fsync). Not DURABLE:
-    no fsyncs, for files whose loss in a crash of this host does not matter (a lock's owner record dies with the
-    lock's holder), still never seen half-written. GID: the group the file must have (the site's admin group, for
-    a file made group-writable), set before it replaces the old one.
-    The temp file is mkstemp's (O_EXCL|O_NOFOLLOW, random name) and its mode and group are set through its
-    descriptor: in a directory others can write, a name swapped for a symlink meanwhile cannot redirect them, and
-    rename() replaces a symlink at PATH itself, never its target.
-    """
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # never more open than that, whatever the umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if gid is not None and os.fstat(fh.fileno()).st_gid != gid:
-                _give_group(fh.fileno(), gid, path)
-            os.fchmod(fh.fileno(), mode)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if not durable:
-        return
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def write_staged(path: Path, data: str, mode: int = 0o644) -> None:
-    """Write a file inside a build's private staging dir: what atomic_write would write, without its temp file and
-    fsyncs. Nobody sees a staging dir before the rename publishes it whole, and a failed run discards it, so a temp
-    file and rename add nothing; the package files rattler wrote next to it are not fsynced either, so per-file
-    fsyncs bought no durability but cost ~2-4 ms each on ext4."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a new inode, as os.replace would give
-    with open(path, "wb") as fh:
-        fh.write(data.encode("utf-8"))
-    os.chmod(path, mode)
-
-
-def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode)
-
-
-def _give_group(fd: int, gid: int, path: Path) -> None:
-    try:
-        os.fchown(fd, -1, gid)
-    except PermissionError:
-        raise PermissionProblem(f"cannot give {path} the site's admin group (gid {gid}): are you a member?") from None
-
-
-def read_no_follow(path: Path, limit: int = 1 << 20) -> bytes | None:
-    """The bytes of the regular file at PATH (at most LIMIT), or None when PATH is missing, a symlink, not a regular
-    file or unreadable: a name in a directory others can write is never followed to a file of their choosing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
-    except OSError:
-        return None
-    try:
-        return _read_up_to(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    chunks = []
-    while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 16))):
-        chunks.append(chunk)
-        limit -= len(chunk)
-    return b"".join(chunks)
-
-
-def write_if_changed(path: Path, data: str, mode: int = 0o644, gid: int | None = None, *, durable: bool = True) -> bool:
-    """Atomically write `data` unless the file already holds exactly it (and has `mode`, and group GID when given).
-    True when changed. A group-writable MODE goes with the admin group's GID: never group-writable for whatever
-    group the file happened to have. The existing file is read and its mode changed through a descriptor opened
-    without following a symlink: a symlink at PATH is replaced by the file, its target never touched. DURABLE as in
-    atomic_write."""
-    want = data.encode("utf-8")
-    try:
-        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
-    except OSError:  # missing, a symlink (ELOOP), unreadable: written anew
-        fd = -1
-    if fd >= 0:
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size == len(want) and _read_up_to(fd, len(want) + 1) == want:
-                if (gid is None or st.st_gid == gid) and (st.st_mode & 0o7777) == mode:
-                    return False
-                _set_mode_and_group(fd, st, mode, gid, path)
-                return True
-        finally:
-            os.close(fd)
-    atomic_write(path, data, mode, gid=gid, durable=durable)
-    return True
-
-
-def _set_mode_and_group(fd: int, st: os.stat_result, mode: int, gid: int | None, path: Path) -> None:
-    try:
-        if gid is not None and st.st_gid != gid:
-            os.fchmod(fd, mode & ~0o020)  # not group-writable while the group is still the wrong one
-            _give_group(fd, gid, path)
-        os.fchmod(fd, mode)
-    except PermissionError:
-        raise PermissionProblem(f"cannot set the mode or group of {path}: it belongs to uid {st.st_uid} "
-                                "(run this as that user or root)") from None
-
-
-def make_dir_exact(path: Path, mode: int, gid: int | None) -> None:
-    """Create directory PATH (if missing) with exactly MODE and group GID, whatever the umask: created 0700, so it
-    is never open to anyone before its mode is set, and changed through a descriptor opened without following a
-    symlink (in a parent others can write, the new name could be swapped for one meanwhile)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        if gid is not None:
-            _give_group(fd, gid, path)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------------------------------- owner records
-
-
-@functools.cache
-def _process_start(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, OSError):
-        return None
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def current_command() -> str:
-    return " ".join(["cpkgs", *sys.argv[1:]])[:300]
 
 
 @dataclass(frozen=True)
@@ -369,7 +199,7 @@ def _owner_alive(owner: LockOwner) -> bool:
     """Whether the owner record may name a live process (another host's always may)."""
     if owner.host != socket.gethostname():
         return True
-    start = _process_start(owner.pid)
+    start = process_start(owner.pid)
     return start is not None and (owner.start is None or abs(start - owner.start) < 1.0)
 
 
@@ -548,7 +378,7 @@ class SiteLock:
             owner = LockOwner(
                 host=socket.gethostname(),
                 pid=os.getpid(),
-                start=_process_start(os.getpid()),
+                start=process_start(os.getpid()),
                 user=current_user(),
                 command=current_command(),
                 acquired_at=time.time(),
@@ -738,7 +568,7 @@ def wait_for_flock(path: Path, what: str, timeout: float) -> None:
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDWR | _NO_FOLLOW)
+        fd = os.open(path, os.O_RDWR | NO_FOLLOW)
     except OSError:
         return  # absent (rattler creates it) or not ours to probe
     started = time.monotonic()
@@ -787,53 +617,8 @@ def _flock_holders(fd: int) -> str:
     return ", ".join(who) or "a process on another host (or one this user cannot see)"
 
 
-# --------------------------------------------------------------------------------------------------- audit log
-
-
-def audit(audit_log: Path, entry: dict[str, Any]) -> None:
-    """Append one JSON line. Callers hold the site lock: O_APPEND is not atomic across NFS clients."""
-    line = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "user": current_user(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "command": current_command(),
-        **entry,
-    }
-    audit_log.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # Readable and writable by the admins only: 0660 for the admin group where the site has one (its dirs are
-    # setgid), so every admin can append; 0600 otherwise. Users have no business reading it.
-    parent = os.stat(audit_log.parent)
-    shared = parent.st_mode & 0o2000
-    mode = 0o660 if shared else 0o600
-    # The directory may be the admin group's to write: a symlink or a hard link planted at the name must not make
-    # root append to a file of someone's choosing.
-    try:
-        fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NO_FOLLOW, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CpkgsError(f"{audit_log} is a symlink: cpkgs does not write through it (remove it)") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise CpkgsError(f"{audit_log} is not a plain file (a hard link or a special file): cpkgs does not write "
-                             "to it (move it away)")
-        if st.st_uid == os.geteuid():
-            # Neither the umask of whoever created it nor a group from before the site had an admin group may lock
-            # the other admins out.
-            if shared and st.st_gid != parent.st_gid:
-                os.fchown(fd, -1, parent.st_gid)
-            if stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
-def site_locked(site: Any, timeout: float | None = None) -> Iterator[SiteLock]:
+def site_locked(site: Site, timeout: float | None = None) -> Iterator[SiteLock]:
     sweep_once(site.locks_dir, site.config.lease_seconds)
     lock = SiteLock(
         site.site_lock,
@@ -846,7 +631,7 @@ def site_locked(site: Any, timeout: float | None = None) -> Iterator[SiteLock]:
 
 
 @contextlib.contextmanager
-def env_locked(site: Any, name: str, subdir: str, timeout: float | None = None) -> Iterator[SiteLock]:
+def env_locked(site: Site, name: str, subdir: str, timeout: float | None = None) -> Iterator[SiteLock]:
     sweep_once(site.locks_dir, site.config.lease_seconds)
     lock = SiteLock(
         site.env_lock(name, subdir),
@@ -859,7 +644,7 @@ def env_locked(site: Any, name: str, subdir: str, timeout: float | None = None) 
 
 
 @contextlib.contextmanager
-def cache_locked(site: Any) -> Iterator[SiteLock]:
+def cache_locked(site: Site) -> Iterator[SiteLock]:
     """The site package cache: py-rattler guards it with flock, which NFS does not honour across hosts (builds on
     two hosts could extract into one entry at once); this NFS-safe lock serializes them."""
     sweep_once(site.locks_dir, site.config.lease_seconds)
@@ -873,7 +658,3 @@ def cache_locked(site: Any) -> Iterator[SiteLock]:
         yield lock
 
 
-def audited(site: Any, action: str, **fields: Any) -> None:
-    """Append an audit line under the site lock."""
-    with site_locked(site):
-        audit(site.audit_log, {"action": action, **fields})

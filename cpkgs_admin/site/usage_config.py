@@ -17,7 +17,7 @@ site root and is no secret (whatever the hook uses runs in users' processes and 
 names out of the collector's files and anything they are forwarded to, it does not stop a reader who can list the
 site's uids.
 
-Kept free of other cpkgs imports but errors.py: site.py validates the section with it.
+Kept free of other cpkgs imports but errors.py: config.py validates the section with it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ need not be named after the channel), and also takes URL prefixes as keys, so th
 own alias while the site has another one is read as the channel name it spells, as conda does for its
 `migrated_channel_aliases` (channel.py `_read_channel_configuration`, step 3).
 
-Pure functions over the config's values: this module imports nothing of the site, so site.py can validate with it.
+Pure functions over the config's values: this module imports nothing else of the site, so config.py can validate
+with it.
 """
 
 from __future__ import annotations
