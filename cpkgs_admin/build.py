@@ -242,7 +242,7 @@ def package_entries(records: list[Any], channel_name: Callable[[Any], str]) -> l
 
 def remove_leftover(path: Path) -> None:
     """A staging dir of a run that died, or the empty file an interrupted run left in its place (discard_staging)."""
-    from cpkgs_admin.seal import make_removable
+    from cpkgs_admin.integrity.tree import make_removable
 
     if path.is_dir() and not path.is_symlink():
         with contextlib.suppress(OSError):
@@ -423,7 +423,8 @@ def plan_install(records: list[Any], st: Stage) -> InstallPlan:
     are the ones rattler then links."""
     from rattler.networking import Client
 
-    from cpkgs_admin.content import check_paths, read_package_files, space_needed
+    from cpkgs_admin.content import read_package_files, space_needed
+    from cpkgs_admin.integrity.content import check_paths
 
     config = rattler_config(st.hard_links)
     client = Client.from_config(config)
@@ -548,7 +549,7 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
     for rel, text in {**ours, **added}.items():
         write_staged(staging / rel, text, 0o644)
     if meta is None:
-        from cpkgs_admin.verify import read_conda_meta
+        from cpkgs_admin.integrity.manifest import read_conda_meta
 
         meta = read_conda_meta(staging)
     # The usage hook and module index (usage/hook.py): in every env with python, whether records are on or not.
@@ -692,7 +693,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
         staging, tree = _stage_healing(job)
         try:
             t = time.monotonic()
-            from cpkgs_admin.seal import seal_tree
+            from cpkgs_admin.integrity.tree import seal_tree
 
             seal_tree(staging, site.admin_gid(), top_mode=0o700, tree=tree)
             timings["seal"] = time.monotonic() - t
@@ -779,9 +780,9 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
         raise BuildError(f"cannot create {staging}: permission denied (are you a site admin?)") from None
     try:
         t = time.monotonic()
+        from cpkgs_admin.integrity.memo import HashMemo
         from cpkgs_admin.pkgcache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
         from cpkgs_admin.site.locks import cache_locked, wait_for_flock
-        from cpkgs_admin.verify import HashMemo
 
         with cache_locked(site):
             dropped, fresh = check_entries(site, [_dist_of(p) for p in record.packages])
@@ -813,7 +814,8 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
         timings["post"] = time.monotonic() - t
 
         t = time.monotonic()
-        from cpkgs_admin.verify import Owners, check_integrity
+        from cpkgs_admin.integrity.checks import check_integrity
+        from cpkgs_admin.integrity.owners import Owners
 
         # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
         owners = Owners(staging.lstat().st_uid, site.pkgs_cache_dir if hard_links else None, site.admin_gid())
@@ -838,7 +840,7 @@ def _stage(job: _Job) -> tuple[Path, dict[str, os.stat_result]]:
 def _post_process_staged(staging: Path, record: EnvRecord) -> tuple[dict[str, os.stat_result], Any]:
     """post_process, then cpkgs' own manifests and the embedded record: (the staged tree's scan, its conda-meta)."""
     final = Path(record.prefix)
-    from cpkgs_admin.verify import (
+    from cpkgs_admin.integrity.manifest import (
         EXECUTABLES_LIST,
         SITE_MANIFEST,
         census_at_publish,
@@ -854,10 +856,10 @@ def _post_process_staged(staging: Path, record: EnvRecord) -> tuple[dict[str, os
     manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
     # One walk of the staged env serves the census, verify's unexpected-file check and the seal: nobody
     # else can write the 0700 staging dir, so the scan stays true until the rename.
-    from cpkgs_admin.seal import scan_tree
+    from cpkgs_admin.integrity.tree import scan_tree
 
     tree = scan_tree(staging)
-    from cpkgs_admin.content import check_installed
+    from cpkgs_admin.integrity.content import check_installed
 
     check_installed(staging, final, meta, tree)
     record.file_count, record.size, executables = census_at_publish(tree)
@@ -877,7 +879,7 @@ _CACHE_KINDS = frozenset({"modified", "missing", "replaced", "owner"})
 
 
 def _raise_verify_failed(site: Site, staging: Path, meta: Any, problems: list[Any], name: str) -> None:
-    from cpkgs_admin.verify import expected_files
+    from cpkgs_admin.integrity.manifest import expected_files
 
     p = problems[0]
     message = (f"verify failed before publishing {name}: {p.kind} {p.path} ({p.detail})"

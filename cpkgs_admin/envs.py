@@ -200,7 +200,7 @@ def _live(site: Site, name: str, platform: str | None) -> EnvRecord:
 
 
 def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
-    from cpkgs_admin.seal import seal_tree
+    from cpkgs_admin.integrity.tree import seal_tree
 
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
@@ -221,7 +221,7 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
 
 
 def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvRecord:
-    from cpkgs_admin.seal import unseal_tree
+    from cpkgs_admin.integrity.tree import unseal_tree
 
     if not reason.strip():
         raise UsageError("--reason must say why the environment is unsealed")
@@ -411,7 +411,7 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
 
     Returns (busy paths left behind, why the rest could not be deleted or None); TOP itself stays when anything
     remains. A permission problem is not "busy": purge reports it and fails instead of keeping it quietly."""
-    from cpkgs_admin.seal import make_removable
+    from cpkgs_admin.integrity.tree import make_removable
 
     try:
         st = top.lstat()

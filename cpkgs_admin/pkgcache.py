@@ -54,9 +54,9 @@ def _trusted(uid: int, admin_gid: int | None, cache_owner: int) -> bool:
 
 @functools.cache
 def _member(uid: int, gid: int) -> bool:
-    from cpkgs_admin.verify import _in_group
+    from cpkgs_admin.integrity.owners import in_group
 
-    return _in_group(uid, gid)
+    return in_group(uid, gid)
 
 
 def _writable_by_others(st: os.stat_result, admin_gid: int | None) -> bool:
@@ -277,7 +277,7 @@ def drop_entry(cache: Path, dist: str) -> None:
 
 
 def _remove(path: Path) -> None:
-    from cpkgs_admin.seal import make_removable
+    from cpkgs_admin.integrity.tree import make_removable
 
     try:
         st = os.lstat(path)

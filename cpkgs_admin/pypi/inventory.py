@@ -55,7 +55,7 @@ class EnvInventory:
     """The distributions of PREFIX (read once): site-packages' *.dist-info and *.egg-info, with their owners."""
 
     def __init__(self, prefix: Path, meta: list[tuple[Path, bytes, Any]] | None = None) -> None:
-        from cpkgs_admin.verify import read_conda_meta
+        from cpkgs_admin.integrity.manifest import read_conda_meta
 
         self.prefix = prefix
         self.owners = conda_owners(read_conda_meta(prefix) if meta is None else meta)

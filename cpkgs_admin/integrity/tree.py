@@ -1,4 +1,5 @@
-"""Step 6 of new-env: make a tree read-only for everyone (and undo it for a maintenance window)."""
+"""An env's tree on disk: scanned once (scan_tree), sealed read-only for everyone, opened again for a maintenance
+window, made removable before it is deleted."""
 
 from __future__ import annotations
 
