@@ -533,8 +533,8 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
 def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
     META: conda-meta as verify.read_conda_meta parsed it (read here when not given)."""
-    from cpkgs_admin.integrations import env_integration_files
-    from cpkgs_admin.usage.hook import write_usage_files
+    from cpkgs_admin.outputs.envfiles import env_integration_files
+    from cpkgs_admin.outputs.usage.hook import write_usage_files
 
     ours = {
         PKG_LIST: pkg_list_text(record.packages),
@@ -651,7 +651,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log 
                            seconds=time.monotonic() - t0, timings=timings, warnings=chosen.warnings)
 
     existing_env_problem(site, name, subdir)  # fail fast, before waiting for a lock
-    from cpkgs_admin.integrations import preflight
+    from cpkgs_admin.outputs.sync import preflight
 
     preflight(site, req.name, subdir, packages)
     envs_dir = site.envs_dir(subdir)
@@ -893,7 +893,7 @@ def _raise_verify_failed(site: Site, staging: Path, meta: Any, problems: list[An
 
 def _publish(site: Site, req: BuildRequest, staging: Path, record: EnvRecord) -> list[str]:
     """Rename the sealed staging dir into place, then the record, generated files and audit line; the warnings."""
-    from cpkgs_admin.integrations import preflight
+    from cpkgs_admin.outputs.sync import preflight
 
     name, subdir, final = record.name, record.platform, Path(record.prefix)
     with site_locked(site):
@@ -917,7 +917,7 @@ def _publish(site: Site, req: BuildRequest, staging: Path, record: EnvRecord) ->
             os.chmod(final, 0o555)
             # The activate.d scripts run at their final prefix, once, here: the record keeps what they set,
             # so modulefiles and kernels written later on any host (refresh on a Mac) carry it.
-            from cpkgs_admin.integrations import keep_activation
+            from cpkgs_admin.outputs.activation import keep_activation
 
             act_error = keep_activation(site, record)
             act_warning = [f"{name}: {act_error}; its modulefile and kernels get conda's own variables only"
@@ -956,7 +956,7 @@ def _finish_publish(site: Site, record: EnvRecord, result: str) -> list[str]:
     """After the publish point the env exists whatever happens next: generated files (modulefile, kernels) and
     the audit line are best effort. A failure is a warning naming the repair, not a failed command for an env
     that users can already activate."""
-    from cpkgs_admin.integrations import publish_outside
+    from cpkgs_admin.outputs.sync import publish_outside
 
     warnings: list[str] = []
     try:

@@ -440,7 +440,7 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
     rec = retire_env(site, name, successor, message, platform, warnings)
     c.say(f"retired {rec.name} ({rec.platform})" + (f"; successor {successor}" if successor else ""))
     _warn([*warnings, *successor_warnings(site, rec)])
-    from cpkgs_admin.usage.report import last_use_line
+    from cpkgs_admin.outputs.usage.report import last_use_line
 
     last = last_use_line(site, rec.name, rec.platform)  # only when the site keeps usage logs this host can read
     if last:
@@ -551,7 +551,7 @@ def locks_break(c: Ctx, lock: str) -> None:
 @pass_ctx
 def write_profiles_cmd(c: Ctx) -> None:
     """Render <root>/etc/profile.d/conda.sh and conda.csh."""
-    from cpkgs_admin.profiles import write_profiles
+    from cpkgs_admin.outputs.profiles import write_profiles
 
     changed = write_profiles(c.site())
     for p in changed:
@@ -584,7 +584,7 @@ def refresh(c: Ctx, as_json: bool) -> None:
 @pass_ctx
 def catalog(c: Ctx, path_only: bool, as_json: bool) -> None:
     """Render the catalog web page (every env, its packages, how to use it); print this host's index.html."""
-    from cpkgs_admin.catalog import CatalogReport, catalog_platforms, index_file, render_catalog
+    from cpkgs_admin.outputs.catalog import CatalogReport, catalog_platforms, index_file, render_catalog
 
     site = c.site()
     if path_only:
@@ -650,7 +650,7 @@ def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
 @pass_ctx
 def usage(c: Ctx, since: str | None, env: str | None, unused: str, top: int, as_json: bool) -> None:
     """Runs, users and last use per env and users per package, from the usage logs (cpkgs.yaml usage.logs)."""
-    from cpkgs_admin.usage.report import iso, usage_report
+    from cpkgs_admin.outputs.usage.report import iso, usage_report
 
     rep = usage_report(c.site(), since=since, env=env, unused=unused)
     if as_json:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, PermissionProblem, UsageError
+from cpkgs_admin.outputs.views import EnvDiff, diff_records, export_record
 from cpkgs_admin.site.audit import audited
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.files import atomic_write, make_dir_exact
@@ -22,7 +23,6 @@ from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.process import current_user
 from cpkgs_admin.site.records import (
     EnvRecord,
-    PackageEntry,
     epoch_of,
     get_record,
     iter_record_files,
@@ -108,75 +108,12 @@ def _list_row(path: Path) -> ListRow | None:
 # ----------------------------------------------------------------------------------------------------- diff/export
 
 
-@dataclass
-class EnvDiff:
-    old: str
-    new: str
-    added: list[PackageEntry] = field(default_factory=list)
-    removed: list[PackageEntry] = field(default_factory=list)
-    changed: list[tuple[PackageEntry, PackageEntry]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        def pk(p: PackageEntry) -> dict[str, str]:
-            return {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel}
-
-        return {
-            "old": self.old,
-            "new": self.new,
-            "added": [pk(p) for p in self.added],
-            "removed": [pk(p) for p in self.removed],
-            "changed": [
-                {
-                    "name": a.name,
-                    "old": {"version": a.version, "build": a.build},
-                    "new": {"version": b.version, "build": b.build},
-                }
-                for a, b in self.changed
-            ],
-        }
-
-
 def diff_envs(site: Site, old: str, new: str) -> EnvDiff:
     return diff_records(get_record(site, old, None), get_record(site, new, None))
 
 
-def diff_records(old: EnvRecord, new: EnvRecord) -> EnvDiff:
-    """The one package diff (`cpkgs diff`, the catalog's diff pages)."""
-    a = {p.name: p for p in old.packages}
-    b = {p.name: p for p in new.packages}
-    d = EnvDiff(old=old.name, new=new.name)
-    d.added = [b[n] for n in sorted(set(b) - set(a))]
-    d.removed = [a[n] for n in sorted(set(a) - set(b))]
-    d.changed = [
-        (a[n], b[n])
-        for n in sorted(set(a) & set(b))
-        if (a[n].version, a[n].build, a[n].sha256) != (b[n].version, b[n].build, b[n].sha256)
-    ]
-    return d
-
-
 def export_env(site: Site, name: str, fmt: str, platform: str | None) -> str:
     return export_record(get_record(site, name, platform), fmt)
-
-
-def export_record(rec: EnvRecord, fmt: str) -> str:
-    """REC as an explicit lock (FMT "explicit") or environment.yml (`cpkgs export`, the catalog's downloads)."""
-    from cpkgs_admin.site.specs import explicit_text
-
-    if fmt == "explicit":
-        return explicit_text(rec.packages, rec.platform, rec.variables)
-    import yaml
-
-    doc: dict[str, Any] = {
-        "name": rec.name,
-        "channels": list(rec.channels),
-        "dependencies": [f"{p.name}=={p.version}={p.build}" for p in rec.packages],
-    }
-    if rec.variables:
-        doc["variables"] = dict(rec.variables)
-    # libyaml's emitter when PyYAML has it: the same text, ~8x faster (the catalog exports every env).
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return f"# {rec.name} ({rec.platform}), exported by cpkgs\n" + yaml.dump(doc, Dumper=dumper, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------------- seal/unseal
@@ -208,7 +145,8 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
         seal_tree(Path(rec.prefix), site.admin_gid())
         rec.unsealed = None
         rec.status = "retired" if rec.retired else "active"
-        from cpkgs_admin.integrations import keep_activation, publish_outside
+        from cpkgs_admin.outputs.activation import keep_activation
+        from cpkgs_admin.outputs.sync import publish_outside
 
         # The maintenance may have changed the activate.d scripts: other platforms' hosts use the record's copy.
         # Scripts it broke leave the activation kept so far; `refresh` says why.
@@ -242,7 +180,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
 def retire_env(site: Site, name: str, successor: str | None, message: str | None, platform: str | None,
                warnings: list[str] | None = None) -> EnvRecord:
     """WARNINGS gets what went wrong after the record changed and did not stop the command (the catalog page)."""
-    from cpkgs_admin.integrations import publish_outside
+    from cpkgs_admin.outputs.sync import publish_outside
 
     rec = _live(site, name, platform)
     if successor:
@@ -276,7 +214,7 @@ def remove_env(site: Site, name: str, platform: str | None, warnings: list[str] 
     listings hide it; its tree stays at its path until the first `purge` after the grace (`trash_grace`). A job
     started from it imports modules for days after it started: only purge moves the tree away. WARNINGS as in
     retire_env."""
-    from cpkgs_admin.integrations import withdraw_outside
+    from cpkgs_admin.outputs.sync import withdraw_outside
 
     rec = _live(site, name, platform)
     grace = parse_duration(site.config.trash_grace, "trash_grace")

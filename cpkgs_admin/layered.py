@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
-from cpkgs_admin.localdb import db_config_files
+from cpkgs_admin.outputs.localdb import db_config_files
 from cpkgs_admin.site.paths import open_site
 from cpkgs_admin.userfile import chain, group_label, others_can_write, private_group, user_label
 

@@ -12,19 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.catalog import CatalogReport, catalog_platforms, render_catalog
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.integrations import (
-    env_outputs,
-    family_outputs,
-    published,
-    remove_outputs,
-    stops,
-    write_outputs,
-)
-from cpkgs_admin.kernels import generated_kernel_files
-from cpkgs_admin.modules import generated_module_files
-from cpkgs_admin.profiles import write_profiles
+from cpkgs_admin.outputs.catalog import CatalogReport, catalog_platforms, render_catalog
+from cpkgs_admin.outputs.kernels import generated_kernel_files
+from cpkgs_admin.outputs.modules import generated_module_files
+from cpkgs_admin.outputs.profiles import write_profiles
+from cpkgs_admin.outputs.sync import env_outputs, family_outputs, published, remove_outputs, stops, write_outputs
 from cpkgs_admin.site.locks import site_locked
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import load_all

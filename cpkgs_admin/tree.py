@@ -202,7 +202,7 @@ def init_site(
     channel_map: tuple[str, ...] = (),
     channel_alias: str | None = None,
 ) -> InitReport:
-    from cpkgs_admin.profiles import render_profiles
+    from cpkgs_admin.outputs.profiles import render_profiles
 
     if root.exists() and not root.is_dir():
         raise SiteError(f"site root {root} exists and is not a directory")

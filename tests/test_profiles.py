@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.profiles import PROFILE_TEMPLATES, render_profiles
+from cpkgs_admin.outputs.profiles import PROFILE_TEMPLATES, render_profiles
 from cpkgs_admin.site.config import SiteConfig
 from cpkgs_admin.site.paths import Site
 

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from conftest import make_site, run_cpkgs
+from cpkgs_admin.outputs.usage.chart import package_chart_svg, usage_panels
+from cpkgs_admin.outputs.usage.report import usage_report
 from cpkgs_admin.site.paths import open_site
 from cpkgs_admin.site.records import EnvRecord, save_record
 from cpkgs_admin.site.usage_config import UsageConfig, csh_line, send_value, sh_line
-from cpkgs_admin.usage.chart import package_chart_svg, usage_panels
-from cpkgs_admin.usage.report import usage_report
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -231,7 +231,7 @@ def _staged(tmp_path: Path, xy: str = "3.11") -> Path:
 
 
 def test_module_index_conda_namespace_and_pypi(tmp_path: Path) -> None:
-    from cpkgs_admin.usage.hook import module_index
+    from cpkgs_admin.outputs.usage.hook import module_index
 
     prefix = _staged(tmp_path)
     sp = "lib/python3.11/site-packages"
@@ -264,7 +264,7 @@ def test_module_index_conda_namespace_and_pypi(tmp_path: Path) -> None:
 def test_hook_files_byte_code_fallbacks_and_conflicts(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cpkgs_admin.usage.hook import HOOK_SOURCE, hook_files
+    from cpkgs_admin.outputs.usage.hook import HOOK_SOURCE, hook_files
 
     rec = SimpleNamespace(name="a-1.0", platform="osx-arm64", python_version="3.11.9")
     prefix = _staged(tmp_path)

@@ -1,7 +1,7 @@
 """Opt-in usage records: which envs and packages users run (issue #18; NOAA's PyRats, seed 004).
 
-    config.py   cpkgs.yaml's `usage:` section (validated) and the CPKGS_USAGE_SEND value the profiles, modulefiles
-                and kernels export while it is enabled
+    site/usage_config.py   cpkgs.yaml's `usage:` section (validated) and the CPKGS_USAGE_SEND value the profiles,
+                modulefiles and kernels export while it is enabled
     hook.py     what new-env writes into every env with python: the sitecustomize hook (template
                 profiles/usage_sitecustomize.py, byte-compiled at build) and the top-level-module index
     report.py   `cpkgs usage`: the collector's log files -> runs, users and last use per env, users per package

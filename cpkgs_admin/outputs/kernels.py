@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cpkgs_admin.profiles import template_text
+from cpkgs_admin.outputs.activation import Activation
+from cpkgs_admin.outputs.profiles import template_text
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
-
-if TYPE_CHECKING:
-    from cpkgs_admin.integrations import Activation
 
 USER_SITE_SUFFIX = "-usersite"
 # jupyter_client accepts kernel names matching this (case-insensitively) and lowercases them when it lists a dir.

@@ -20,19 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from markupsafe import Markup
 
-from cpkgs_admin.catalog.model import EnvSummary, Families, package_kind, package_source
-from cpkgs_admin.catalog.render import js_data, render, text, url_part
-from cpkgs_admin.catalog.sections import Section, SectionProvider
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.outputs.catalog.model import EnvSummary, Families, package_kind, package_source
+from cpkgs_admin.outputs.catalog.render import js_data, render, text, url_part
+from cpkgs_admin.outputs.catalog.sections import Section, SectionProvider
+from cpkgs_admin.outputs.kernels import wants_kernel
+from cpkgs_admin.outputs.views import EnvDiff, diff_records, export_record
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
-
-if TYPE_CHECKING:
-    from cpkgs_admin.envs import EnvDiff
+from cpkgs_admin.site.specs import from_family
 
 INDEX = "index.html"
 SEARCH = "search.js"
@@ -48,7 +48,7 @@ def env_files(name: str) -> dict[str, str]:
 
 
 def asset_files() -> dict[str, str]:
-    pkg = resources.files("cpkgs_admin.catalog").joinpath("templates")
+    pkg = resources.files("cpkgs_admin.outputs.catalog").joinpath("templates")
     return {a: pkg.joinpath(a).read_text(encoding="utf-8") for a in ASSETS}
 
 
@@ -84,8 +84,6 @@ class Catalog:
 
 def usage(site: Site, rec: EnvRecord) -> list[tuple[str, str]]:
     """(what, commands) for an env users can use: the same commands README and `cpkgs --help` give."""
-    from cpkgs_admin.kernels import wants_kernel
-
     if rec.status == "removed":
         return []
     sh = shlex.quote(str(site.profile_dir / "conda.sh"))
@@ -121,8 +119,6 @@ def spec_view(cat: Catalog, rec: EnvRecord) -> tuple[str | None, list[tuple[str,
 
 
 def _read_family_spec(site: Site, family: str) -> tuple[str | None, list[tuple[str, str]]]:
-    from cpkgs_admin.site.specs import from_family
-
     def texts(paths: list[Path]) -> list[tuple[str, str]]:
         return [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in paths]
 
@@ -204,8 +200,6 @@ def diff_page(cat: Catalog, rec: EnvRecord, prev: EnvRecord, diff: EnvDiff) -> s
 def env_outputs(cat: Catalog, name: str, *, exports: bool = True) -> dict[str, str]:
     """NAME's files: its page, its diff page when it has a previous version, and with EXPORTS its lock and yml
     (they never change for a record: an update leaves the neighbours' alone)."""
-    from cpkgs_admin.envs import diff_records, export_record
-
     rec = cat.load(name)
     before, after = cat.neighbours(name)
     prev = cat.load(before.name) if before else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.catalog.model import EnvSummary
+from cpkgs_admin.outputs.catalog.model import EnvSummary
 
 STATE = ".state.json"
 SCHEMA = 1

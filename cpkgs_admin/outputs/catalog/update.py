@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.catalog import pages
-from cpkgs_admin.catalog.model import EnvSummary, Families, summarize
-from cpkgs_admin.catalog.render import fingerprint
-from cpkgs_admin.catalog.sections import PROVIDERS, SectionProvider
-from cpkgs_admin.catalog.state import STATE, Key, State, load_state, stat_key
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.outputs.catalog import pages
+from cpkgs_admin.outputs.catalog.model import EnvSummary, Families, summarize
+from cpkgs_admin.outputs.catalog.render import fingerprint
+from cpkgs_admin.outputs.catalog.sections import PROVIDERS, SectionProvider
+from cpkgs_admin.outputs.catalog.state import STATE, Key, State, load_state, stat_key
 from cpkgs_admin.site.files import atomic_write, make_dirs_exact, write_if_changed
 from cpkgs_admin.site.locks import site_locked
 from cpkgs_admin.site.paths import Site

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from markupsafe import Markup
 
 if TYPE_CHECKING:
-    from cpkgs_admin.catalog.model import EnvSummary
+    from cpkgs_admin.outputs.catalog.model import EnvSummary
     from cpkgs_admin.site.paths import Site
     from cpkgs_admin.site.records import EnvRecord
 

@@ -22,8 +22,16 @@ import time
 from html import escape
 
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.outputs.usage.report import (
+    EnvUsage,
+    PackageCount,
+    UsageReport,
+    iso,
+    usage_report,
+    week_of,
+    week_start,
+)
 from cpkgs_admin.site.paths import Site
-from cpkgs_admin.usage.report import EnvUsage, PackageCount, UsageReport, iso, usage_report, week_of, week_start
 
 TOP = 30
 WEEKS = 26

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpkgs_admin.catalog.update import CatalogReport, catalog_platforms, index_file, render_catalog, update_catalog
+from cpkgs_admin.outputs.catalog.update import (
+    CatalogReport,
+    catalog_platforms,
+    index_file,
+    render_catalog,
+    update_catalog,
+)
 
 
 def after_change(site: Any, record: Any, warnings: list[str] | None = None) -> list[str]:

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import BuildError
-from cpkgs_admin.localdb import stdlib_dir
-from cpkgs_admin.profiles import template_text
+from cpkgs_admin.outputs.localdb import stdlib_dir
+from cpkgs_admin.outputs.profiles import template_text
 
 TEMPLATE = "usage_sitecustomize.py"
 HOOK_SOURCE = "conda-meta/cpkgs/usage-hook.py"

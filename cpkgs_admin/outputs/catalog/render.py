@@ -11,6 +11,7 @@ Data for scripts goes into separate .js files as JSON with every non-ASCII chara
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import json
 import re
@@ -19,6 +20,8 @@ from urllib.parse import quote
 
 import jinja2
 from markupsafe import Markup
+
+from cpkgs_admin import __version__
 
 # C0 except tab and newline, DEL, C1, and the bidi overrides/isolates that make text read other than it is.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -72,7 +75,7 @@ def js_data(name: str, obj: Any) -> str:
 @functools.cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("cpkgs_admin.catalog", "templates"),
+        loader=jinja2.PackageLoader("cpkgs_admin.outputs.catalog", "templates"),
         autoescape=True,
         finalize=_finalize,
         undefined=jinja2.StrictUndefined,
@@ -99,9 +102,6 @@ def render_html(source: str, **values: Any) -> Markup:
 def fingerprint() -> str:
     """What changes every page when it changes (the templates, the assets, and cpkgs itself: the lock and yml come
     from `cpkgs export`): a state kept with another one cannot be updated page by page."""
-    import hashlib
-
-    from cpkgs_admin import __version__
 
     h = hashlib.sha256(__version__.encode() + b"\0")
     loader = environment().loader

@@ -1,7 +1,7 @@
 """SQLite off NFS: the IPython and Jupyter config files that point their databases at local disk.
 
 One renderer for two callers: the build pipeline writes these files into every env with python
-(`integrations.env_integration_files`), and `cpkgs extend` writes them into each personal layer, whose sys.prefix
+(`envfiles.env_integration_files`), and `cpkgs extend` writes them into each personal layer, whose sys.prefix
 is the layer (so IPython and Jupyter read the layer's etc/ipython and etc/jupyter, not the base's). The text is the
 template profiles/local_db_config.py with the settings filled in; nothing in it embeds a path.
 
@@ -14,7 +14,7 @@ import contextlib
 from pathlib import Path
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.profiles import template_text
+from cpkgs_admin.outputs.profiles import template_text
 
 IPYTHON_CONFIG = "etc/ipython/ipython_config.py"
 JUPYTER_CONFIGS = ("etc/jupyter/jupyter_server_config.py", "etc/jupyter/jupyter_notebook_config.py")

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from cpkgs_admin.errors import CpkgsError, UsageError
+from cpkgs_admin.outputs.usage.hook import read_index
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, load_all
-from cpkgs_admin.usage.hook import read_index
 
 MARK = b'{"cpkgs_usage":'
 WEEK = 7 * 86400
