@@ -189,8 +189,8 @@ def new_env(
     """Build a sealed, versioned environment NAME (e.g. ml-pyroot-2024.1)."""
     if quiet:
         c.quiet = True
-    from cpkgs_admin.build import BuildRequest
-    from cpkgs_admin.build import new_env as build_new_env
+    from cpkgs_admin.pipeline.build import new_env as build_new_env
+    from cpkgs_admin.pipeline.job import BuildRequest
     from cpkgs_admin.site.names import parse_name
 
     env_name = parse_name(name)  # before anything else, even before the site is opened

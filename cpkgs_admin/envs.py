@@ -404,7 +404,7 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:
     """Staging dirs of builds that died, of any name: removed when their name's lock is free (no build running)."""
-    from cpkgs_admin.build import clean_stale_staging
+    from cpkgs_admin.pipeline.leftovers import clean_stale_staging
 
     for subdir in site.config.platforms:
         removed, failed = clean_stale_staging(site, subdir)

@@ -301,7 +301,7 @@ def init_site(
 def _secure_cache(site: Site, report: InitReport) -> None:
     """The package cache closed to everyone but the admins, and cleaned of what others could write while it was open
     (pkgcache.secure_cache)."""
-    from cpkgs_admin.pkgcache import secure_cache
+    from cpkgs_admin.pipeline.cache import secure_cache
 
     existed = site.pkgs_cache_dir.exists()
     fix = secure_cache(site)

@@ -99,10 +99,10 @@ _FILL_CACHE = """
 import asyncio, sys
 from pathlib import Path
 from rattler import Platform, install
-from cpkgs_admin.build import rattler_config
+from cpkgs_admin.pipeline.plan import rattler_config
 from cpkgs_admin.site.paths import open_site
 from cpkgs_admin.site.channels import Source
-from cpkgs_admin.solve import check_channels, solve, virtual_packages
+from cpkgs_admin.pipeline.solve import check_channels, solve, virtual_packages
 site = open_site(Path(sys.argv[1]))
 sources = check_channels([Source(c, c) for c in site.config.channels])
 records = solve(sources, (sys.argv[2],), "linux-64", virtual_packages("linux-64", {}), [], None)

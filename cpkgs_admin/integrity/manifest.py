@@ -22,6 +22,9 @@ SITE_MANIFEST = "conda-meta/cpkgs/site-files.json"
 
 
 EXECUTABLES_LIST = "conda-meta/cpkgs/executables.json"
+# The env's record as it was published: a build killed after the rename restores it (pipeline.leftovers), and an
+# admin can copy it back over a damaged record. Not hashed into meta_digest (the digest is in it).
+EMBEDDED_RECORD = "conda-meta/cpkgs/record.json"
 
 
 _BUF = 1 << 20
@@ -165,7 +168,7 @@ def meta_digest(prefix: Path, meta: CondaMeta | None = None) -> str:
         digests = [(p.name, hashlib.sha256(raw).hexdigest()) for p, raw, _data in meta]
     digests += [
         ("cpkgs/" + p.name, sha256_file(str(p)))
-        for p in sorted((meta_dir / "cpkgs").glob("*")) if p.name != "record.json"
+        for p in sorted((meta_dir / "cpkgs").glob("*")) if p.name != Path(EMBEDDED_RECORD).name
     ]
     for rel, digest in digests:
         h.update(rel.encode() + b"\0" + digest.encode() + b"\n")

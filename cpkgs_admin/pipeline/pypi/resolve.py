@@ -20,15 +20,15 @@ from typing import Any
 import tomllib
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.artifacts import Artifact, index_args, wheel_for
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.inventory import Distribution, EnvInventory
-from cpkgs_admin.pypi.record import LockedRequirements, LockEntry, PypiPackage, Source
-from cpkgs_admin.pypi.requirements import IndexOptions, PipRequest, PipRequirement, canonical
-from cpkgs_admin.pypi.store import WheelStore
-from cpkgs_admin.pypi.target import TargetPython
-from cpkgs_admin.pypi.uvtool import UvFailed, run_uv
-from cpkgs_admin.pypi.wheelfile import WheelContents, wheel_contents
+from cpkgs_admin.pipeline.pypi.artifacts import Artifact, index_args, wheel_for
+from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.pipeline.pypi.inventory import Distribution, EnvInventory
+from cpkgs_admin.pipeline.pypi.record import LockedRequirements, LockEntry, PypiPackage, Source
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest, PipRequirement, canonical
+from cpkgs_admin.pipeline.pypi.store import WheelStore, sha256_path
+from cpkgs_admin.pipeline.pypi.target import TargetPython
+from cpkgs_admin.pipeline.pypi.uvtool import UvFailed, run_uv
+from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, wheel_contents
 
 REQUIREMENTS_IN = "requirements.in"
 
@@ -351,8 +351,6 @@ def _unnamed(reqs: Iterable[PipRequirement], pin: _Pin) -> PipRequirement | None
 
 def _package(name: str, version: str, path: Path, art: Artifact, source: Source | None, index: str | None,
              req: PipRequirement | None) -> PypiPackage:
-    from cpkgs_admin.pypi.store import sha256_path
-
     sha = art.sha256 if art.kind == "wheel" and art.sha256 else sha256_path(path)
     url = source.url if source is not None and source.kind == "vcs" else art.url
     return PypiPackage(name=name, version=version, filename=path.name, sha256=sha, url=url,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin.pypi.requirements import canonical
-from cpkgs_admin.pypi.wheelfile import headers, read_record
+from cpkgs_admin.integrity.manifest import read_conda_meta
+from cpkgs_admin.pipeline.pypi.requirements import canonical
+from cpkgs_admin.pipeline.pypi.wheelfile import headers, read_record
 
 _SITE_GLOBS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/site-packages")
 
@@ -55,8 +56,6 @@ class EnvInventory:
     """The distributions of PREFIX (read once): site-packages' *.dist-info and *.egg-info, with their owners."""
 
     def __init__(self, prefix: Path, meta: list[tuple[Path, bytes, Any]] | None = None) -> None:
-        from cpkgs_admin.integrity.manifest import read_conda_meta
-
         self.prefix = prefix
         self.owners = conda_owners(read_conda_meta(prefix) if meta is None else meta)
         self.site_dirs = tuple(sorted(os.path.relpath(p, prefix) for g in _SITE_GLOBS

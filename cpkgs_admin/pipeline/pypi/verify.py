@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cpkgs_admin.integrity.checks import Problem
 from cpkgs_admin.integrity.manifest import Expected, sha256_file
-from cpkgs_admin.pypi.inventory import EnvInventory
-from cpkgs_admin.pypi.wheelfile import read_record, record_hex
+from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
+from cpkgs_admin.pipeline.pypi.wheelfile import read_record, record_hex
 
 PIP_DIST_PREFIX = "pypi:"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.record import Source
-from cpkgs_admin.pypi.requirements import IndexOptions, canonical
-from cpkgs_admin.pypi.store import WheelStore
-from cpkgs_admin.pypi.target import TargetPython
-from cpkgs_admin.pypi.uvtool import run_uv
+from cpkgs_admin.pipeline.pypi.record import Source
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, canonical
+from cpkgs_admin.pipeline.pypi.store import WheelStore
+from cpkgs_admin.pipeline.pypi.target import TargetPython
+from cpkgs_admin.pipeline.pypi.uvtool import run_uv
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,37 @@
-"""Step 2 of new-env: solve with py-rattler against the site's channels; resolve explicit lock files."""
+"""Step 2 of new-env: solve with py-rattler against the site's channels (names mapped to its mirrors), or find an
+explicit lock file's packages there; the packages chosen, as the record will list them."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpkgs_admin import aio
+from rattler import (
+    BuildString,
+    Channel,
+    Gateway,
+    GenericVirtualPackage,
+    MatchSpec,
+    PackageName,
+    Platform,
+    Version,
+    VirtualPackage,
+)
+from rattler import solve as rsolve
+
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
-from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel
+from cpkgs_admin.pipeline import aio
+from cpkgs_admin.pipeline.job import BuildRequest, Log
+from cpkgs_admin.pipeline.spec import refuse_pip, resolve_spec
+from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
 from cpkgs_admin.site.config import channel_problem
-from cpkgs_admin.site.paths import native_subdir
-from cpkgs_admin.site.specs import ExplicitLock, split_filename
+from cpkgs_admin.site.paths import Site, native_subdir
+from cpkgs_admin.site.records import PackageEntry
+from cpkgs_admin.site.specs import ExplicitLock, Spec, split_filename
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {
@@ -56,7 +74,6 @@ def env_overrides() -> dict[str, str]:
 
 
 def virtual_packages(subdir: str, overrides: dict[str, str]) -> list[Any]:
-    from rattler import BuildString, GenericVirtualPackage, PackageName, Version, VirtualPackage
 
     found: dict[str, Any] = {}
     if subdir == native_subdir():
@@ -96,7 +113,6 @@ def check_channels(sources: Sequence[Source]) -> list[Source]:
 
 
 def make_gateway(cache_dir: Path | None) -> Any:
-    from rattler import Gateway
 
     return Gateway(cache_dir=cache_dir) if cache_dir else Gateway()
 
@@ -122,8 +138,6 @@ def solve(
 ) -> list[Any]:
     """Solve SPECS for SUBDIR. Unsatisfiable: one SolveError line naming the requested packages no channel has (as
     SHOWN, the request's own words for SPECS) and the channels by NAMES, else the solver's reason."""
-    from rattler import Channel, MatchSpec, Platform
-    from rattler import solve as rsolve
 
     gateway = make_gateway(cache_dir)
 
@@ -171,7 +185,6 @@ def missing_specs(
 ) -> list[str]:
     """Those of SPECS (as SHOWN) that no record of SOURCES matches: what conda calls PackagesNotFoundInChannels
     (conda/core/solve.py `_run_sat`). Virtual packages (`__cuda`) are the solver's to judge."""
-    from rattler import Channel, MatchSpec
 
     wanted = [(MatchSpec(s), label) for s, label in zip(specs, shown, strict=True) if not s.lstrip().startswith("__")]
     if not wanted:
@@ -211,7 +224,6 @@ def lock_sources(
 
 def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cache_dir: Path | None) -> list[Any]:
     """Find each locked file in SOURCES (see lock_sources); check its hash."""
-    from rattler import Channel, MatchSpec
 
     urls = list(dict.fromkeys(s.url for s in sources))
     if not urls:
@@ -251,3 +263,67 @@ def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cac
             raise SpecError(f"lock file {lock.path}: {p.filename} is in none of the channels {', '.join(urls)}")
         records.append(match)
     return records
+
+
+@dataclass
+class Chosen:
+    """Step 2's outcome: the packages, what was asked for, and the channels by name with the URLs read."""
+
+    spec: Spec
+    records: list[Any]
+    requested: list[str]
+    channels: dict[str, list[str]]
+    channel_name: Callable[[Any], str]
+    warnings: list[str]
+
+
+def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, subdir: str,
+                    overrides: dict[str, str], cache_dir: Path | None, log: Log) -> Chosen:
+    """Solve the request (or find a lock file's packages) on the site's channels, names mapped to its URLs."""
+    cmap = site.config.channel_resolver
+    if lock is not None:
+        plan = plan_channels(cmap, cli=req.channels, site_channels=site.config.channels)
+        sources, names = lock_sources(lock, check_channels(plan.sources) if plan.sources else [], cmap)
+        if log:
+            log(f"resolving {len(lock.packages)} locked packages")
+        records = resolve_lock(lock, sources, subdir, cache_dir)
+        spec = Spec(specs=(), source=f"--lock {req.lock_file}", variables=lock.variables)
+        used: dict[str, list[str]] = {}
+        for src in sources:
+            used.setdefault(src.name, []).append(src.url)
+        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")), [])
+    spec, locked = resolve_spec(site, req, subdir)
+    refuse_pip(spec)
+    if not spec.specs:
+        raise SpecError(f"nothing to install: {spec.source} lists no dependencies")
+    where = f"spec file {spec.source}" if spec.sha256 else str(spec.source)
+    plan = plan_channels(cmap, cli=req.channels, spec_channels=spec.channels, site_channels=site.config.channels,
+                         specs=spec.specs, where=where)
+    check_channels(plan.sources)
+    if log:
+        log(f"solving {len(spec.specs)} specs for {subdir} on {', '.join(plan.names())}")
+    records = solve(plan.sources, plan.specs, subdir, virtual_packages(subdir, overrides), locked, cache_dir,
+                    shown=spec.specs, names=plan.names())
+    return Chosen(spec, records, list(spec.specs), plan.named, lambda r: plan.name_of(str(r.channel or "")),
+                  [*spec.warnings, *plan.warnings])
+
+
+def package_entries(records: list[Any], channel_name: Callable[[Any], str]) -> list[PackageEntry]:
+    """The records' entries; CHANNEL_NAME(record): the name the request gave its channel (url: where it came from)."""
+    out = []
+    for r in sorted(records, key=lambda r: r.name.normalized):
+        out.append(
+            PackageEntry(
+                name=r.name.normalized,
+                version=str(r.version),
+                build=str(r.build),
+                channel=channel_name(r),
+                sha256=r.sha256.hex() if r.sha256 else "",
+                md5=r.md5.hex() if r.md5 else "",
+                url=str(r.url),
+                subdir=str(r.subdir),
+                filename=str(r.file_name),
+                depends=tuple(r.depends),
+            )
+        )
+    return out

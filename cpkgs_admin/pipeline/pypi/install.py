@@ -19,12 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.inventory import EnvInventory
-from cpkgs_admin.pypi.record import PypiPackage
-from cpkgs_admin.pypi.resolve import PipLock
-from cpkgs_admin.pypi.target import TargetPython
-from cpkgs_admin.pypi.uvtool import run_uv
-from cpkgs_admin.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
+from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
+from cpkgs_admin.pipeline.pypi.record import PypiPackage
+from cpkgs_admin.pipeline.pypi.resolve import PipLock, scheme_of
+from cpkgs_admin.pipeline.pypi.target import TargetPython
+from cpkgs_admin.pipeline.pypi.uvtool import run_uv
+from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
 
 # Longest '#!' line pip and uv write as is: Linux before 5.1 (BINPRM_BUF_SIZE 128) and other systems cut longer ones.
 SHEBANG_MAX = 127
@@ -60,8 +60,6 @@ def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_di
 def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dict[str, WheelContents]:
     """Every file each wheel would write, against the conda packages' files and each other: the first clash is a
     PipError naming the pip package, the file and the conda package with both versions."""
-    from cpkgs_admin.pypi.resolve import scheme_of
-
     claimed: dict[str, PypiPackage] = {}
     contents: dict[str, WheelContents] = {}
     for p in lock.packages:

@@ -1,19 +1,28 @@
-"""Packages' file lists (info/paths.json), read before rattler installs them: from the site cache entry rattler will
-link, else from the archive (range requests for a remote .conda). They are checked against integrity.content's rules,
-and give the space a build needs (their sizes, not the archives': a small archive may unpack to gigabytes)."""
+"""Before step 3 installs anything: every package's file list (info/paths.json: from the site cache entry rattler
+will link, else from the archive, with range requests for a remote .conda) checked against integrity.content's
+rules, and the space those lists add up to (their sizes, not the archives': a small archive may unpack to gigabytes)
+checked against the disks; whether env files may be hard links into the cache; rattler's settings for the install."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from cpkgs_admin import aio
+import psutil
+from rattler import Config
+from rattler.networking import Client
+from rattler.package_streaming import PackageArchive
+
 from cpkgs_admin.errors import BuildError
-from cpkgs_admin.integrity.content import FileEntry, path_problem, refuse
+from cpkgs_admin.integrity.content import FileEntry, check_paths, path_problem, refuse
+from cpkgs_admin.pipeline import aio
+from cpkgs_admin.pipeline.job import Job
+from cpkgs_admin.site.paths import HASH_MEMO_DIR
 
 # Filesystems allocate whole blocks: a file costs its size rounded up to this.
 _BLOCK = 4096
@@ -79,8 +88,6 @@ def _entries(dist: str, paths_json: bytes | None, files: bytes | None) -> tuple[
 
 
 async def _archive_lists(url: str, client: Any) -> tuple[bytes | None, bytes | None]:
-    from rattler.package_streaming import PackageArchive
-
     parsed = urlparse(url)
     if parsed.scheme == "file":
         archive = await PackageArchive.from_path(unquote(parsed.path))
@@ -156,3 +163,89 @@ def space_needed(pkgs: list[PackageFiles], hard_links: bool) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------- symlinks
 
 
+# ----------------------------------------------------------------------------------------------------- disks
+
+
+def mount_point(path: Path) -> Path:
+    """The directory PATH's filesystem is mounted on: what a full disk is named by."""
+    path = Path(os.path.abspath(path))
+    try:
+        dev = path.stat().st_dev
+        while path != path.parent and path.parent.stat().st_dev == dev:
+            path = path.parent
+    except OSError:
+        pass
+    return path
+
+
+def mib(n: int) -> int:
+    return -(-n // 2**20)
+
+
+def check_space(cache_dir: Path, envs_dir: Path, need_cache: int, need_env: int) -> int:
+    """NEED_CACHE bytes to unpack into the package cache, NEED_ENV to write into the env: refused before the install
+    when a filesystem lacks them (both counted where the two share one). Returns the least free space seen."""
+    needs: dict[int, tuple[Path, int]] = {}
+    for path, need in ((cache_dir, need_cache), (envs_dir, need_env)):
+        dev = path.stat().st_dev
+        where, before = needs.get(dev, (path, 0))
+        needs[dev] = (where, before + need)
+    least = None
+    for path, need in needs.values():
+        free = psutil.disk_usage(str(path)).free
+        if need > free:
+            raise BuildError(f"not enough space on {mount_point(path)}: about {mib(need)} MiB needed, "
+                             f"{free // 2**20} MiB free")
+        least = free if least is None else min(least, free)
+    return least or 0
+
+
+def cache_is_admin_only(cache_dir: Path, admin_gid: int | None) -> bool:
+    """Whether only the admin (and the admin group) can write the package cache and every dir above it in .cpkgs.
+
+    Only then may env files be hard links into it (DESIGN: never hard-linked to a cache anyone else can write):
+    whoever can write the cache could otherwise change a sealed env's files behind its seal. The same goes for the
+    hash memo kept in it (integrity.memo.HashMemo), which new-env trusts in place of re-reading linked files."""
+    memo = cache_dir / HASH_MEMO_DIR  # (Site.hash_memo_dir)
+    try:
+        for d in (cache_dir, cache_dir.parent, *([memo] if memo.exists() else [])):
+            st = d.stat()
+            if st.st_mode & 0o002:
+                return False
+            if st.st_mode & 0o020 and st.st_gid != admin_gid:
+                return False
+            if st.st_uid not in (0, os.getuid()):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def rattler_config(hard_links: bool) -> Any:
+    # Hard links only into an admin-only cache: the shared inode is sealed with the env, and `unseal` breaks the
+    # links before anything becomes writable. Files whose prefix is patched are always fresh copies. Symlinks stay
+    # allowed: rattler uses them only for the package's own symlinks (bin/python -> python3.11), never into the
+    # cache; forbidding them would turn those into copies.
+    return Config.from_toml(f"allow-hard-links = {str(hard_links).lower()}\nallow-symbolic-links = true\n")
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    config: Any
+    client: Any
+    need: int  # bytes, by the packages' file lists
+    free: int  # bytes free when the install started (the least of the cache's and the envs' filesystems)
+
+
+def plan_install(job: Job) -> InstallPlan:
+    """Read every package's file list and refuse what no env may hold, before rattler sees it; refuse the build when
+    the space those lists add up to is not there. Runs under the package cache's lock: the cache entries read here
+    are the ones rattler then links."""
+    cache_dir = job.site.pkgs_cache_dir
+    config = rattler_config(job.hard_links)
+    client = Client.from_config(config)
+    files = read_package_files(job.records, cache_dir, client)
+    check_paths((p.dist, p.entries) for p in files)
+    need_cache, need_env = space_needed(files, job.hard_links)
+    free = check_space(cache_dir, job.final.parent, need_cache, need_env)
+    return InstallPlan(config=config, client=client, need=need_cache + need_env, free=free)

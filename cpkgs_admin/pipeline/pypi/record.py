@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.requirements import IndexOptions, PipRequirement, _Reader, canonical, logical_lines
-from cpkgs_admin.pypi.store import WheelStore
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequirement, _Reader, canonical, logical_lines
+from cpkgs_admin.pipeline.pypi.store import WheelStore
 
 SOURCE_COMMENT = "# cpkgs-source:"
 REQUESTED_COMMENT = "# cpkgs-requested:"

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PermissionProblem, SiteError
+from cpkgs_admin.integrity.owners import in_group
+from cpkgs_admin.integrity.tree import make_removable
 from cpkgs_admin.site.files import make_dir_exact
 
 # py-rattler's own files in its cache dir: the cache-wide flock file, and one `<entry>.lock` beside each extracted
@@ -54,8 +56,6 @@ def _trusted(uid: int, admin_gid: int | None, cache_owner: int) -> bool:
 
 @functools.cache
 def _member(uid: int, gid: int) -> bool:
-    from cpkgs_admin.integrity.owners import in_group
-
     return in_group(uid, gid)
 
 
@@ -277,8 +277,6 @@ def drop_entry(cache: Path, dist: str) -> None:
 
 
 def _remove(path: Path) -> None:
-    from cpkgs_admin.integrity.tree import make_removable
-
     try:
         st = os.lstat(path)
     except FileNotFoundError:
