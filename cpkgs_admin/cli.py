@@ -136,7 +136,7 @@ def init(
     channel_map: tuple[str, ...], channel_alias: str | None, force: bool, as_json: bool
 ) -> None:
     """Create or upgrade the site tree (idempotent)."""
-    from cpkgs_admin.tree import init_site
+    from cpkgs_admin.lifecycle.init import init_site
 
     report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force,
                        channel_map=channel_map, channel_alias=channel_alias)
@@ -242,7 +242,7 @@ def package_table(packages: Iterable[Any]) -> str:
 @pass_ctx
 def list_cmd(c: Ctx, show_all: bool, as_json: bool) -> None:
     """List environments (reads records only)."""
-    from cpkgs_admin.envs import list_envs
+    from cpkgs_admin.lifecycle.listing import list_envs
 
     damaged: list[tuple[Path, str]] = []
     rows = list_envs(c.site(), show_all=show_all, damaged=damaged)
@@ -345,7 +345,7 @@ def _channel_shown(name: str, urls: list[str]) -> str:
 @pass_ctx
 def diff(c: Ctx, old: str, new: str, as_json: bool) -> None:
     """Packages added, removed and changed between two environments."""
-    from cpkgs_admin.envs import diff_envs
+    from cpkgs_admin.lifecycle.listing import diff_envs
 
     d = diff_envs(c.site(), old, new)
     if as_json:
@@ -368,7 +368,7 @@ def diff(c: Ctx, old: str, new: str, as_json: bool) -> None:
 @pass_ctx
 def export(c: Ctx, name: str, fmt: str, platform: str | None) -> None:
     """Print an environment as an explicit lock file or environment.yml."""
-    from cpkgs_admin.envs import export_env
+    from cpkgs_admin.lifecycle.listing import export_env
 
     click.echo(export_env(c.site(), name, fmt, platform), nl=False)
 
@@ -379,7 +379,7 @@ def export(c: Ctx, name: str, fmt: str, platform: str | None) -> None:
 @pass_ctx
 def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     """Check permissions and every file's integrity (exit 4 on problems)."""
-    from cpkgs_admin.verify import verify_envs
+    from cpkgs_admin.lifecycle.verify import verify_envs
 
     reports = verify_envs(c.site(), names)
     problems = sum(len(r.problems) for r in reports)
@@ -406,7 +406,7 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
 @pass_ctx
 def seal(c: Ctx, name: str, platform: str | None) -> None:
     """Make an environment read-only again."""
-    from cpkgs_admin.envs import seal_env
+    from cpkgs_admin.lifecycle.status import seal_env
 
     rec = seal_env(c.site(), name, platform)
     c.say(f"sealed {rec.name} ({rec.platform})")
@@ -419,7 +419,7 @@ def seal(c: Ctx, name: str, platform: str | None) -> None:
 @pass_ctx
 def unseal(c: Ctx, name: str, reason: str, platform: str | None) -> None:
     """Make an environment owner-writable for a maintenance window (audited)."""
-    from cpkgs_admin.envs import unseal_env
+    from cpkgs_admin.lifecycle.status import unseal_env
 
     rec = unseal_env(c.site(), name, reason, platform)
     c.say(f"unsealed {rec.name} ({rec.platform}); run 'cpkgs seal {rec.name}' when done")
@@ -433,7 +433,7 @@ def unseal(c: Ctx, name: str, reason: str, platform: str | None) -> None:
 @pass_ctx
 def retire(c: Ctx, name: str, successor: str | None, message: str | None, platform: str | None) -> None:
     """Mark an environment retired (it stays usable)."""
-    from cpkgs_admin.envs import retire_env, successor_warnings
+    from cpkgs_admin.lifecycle.status import retire_env, successor_warnings
 
     site = c.site()
     warnings: list[str] = []
@@ -453,7 +453,7 @@ def retire(c: Ctx, name: str, successor: str | None, message: str | None, platfo
 @pass_ctx
 def remove(c: Ctx, name: str, platform: str | None) -> None:
     """Hide an environment and refuse new activations; 'purge' after the grace moves it away."""
-    from cpkgs_admin.envs import remove_env, successor_warnings
+    from cpkgs_admin.lifecycle.status import remove_env, successor_warnings
 
     site = c.site()
     warnings: list[str] = []
@@ -470,7 +470,7 @@ def remove(c: Ctx, name: str, platform: str | None) -> None:
 @pass_ctx
 def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
     """Move removed envs past their grace into the trash and delete it; busy .nfs files are skipped and reported."""
-    from cpkgs_admin.envs import purge_trash
+    from cpkgs_admin.lifecycle.purge import purge_trash
 
     rep = purge_trash(c.site(), older_than)
     if as_json:
@@ -565,7 +565,7 @@ def write_profiles_cmd(c: Ctx) -> None:
 @pass_ctx
 def refresh(c: Ctx, as_json: bool) -> None:
     """Regenerate profiles, modulefiles and kernelspecs; remove orphans."""
-    from cpkgs_admin.refresh import refresh_site
+    from cpkgs_admin.lifecycle.refresh import refresh_site
 
     rep = refresh_site(c.site())
     _warn(rep.warnings)
@@ -615,7 +615,7 @@ def catalog(c: Ctx, path_only: bool, as_json: bool) -> None:
 @pass_ctx
 def pack(c: Ctx, name: str, output: str, platform: str | None) -> None:
     """conda-pack archive of NAME for machines without the drive."""
-    from cpkgs_admin.pack import pack_env
+    from cpkgs_admin.lifecycle.pack import pack_env
 
     out = pack_env(c.site(), name, Path(output), platform)
     c.say(
@@ -631,7 +631,7 @@ def pack(c: Ctx, name: str, output: str, platform: str | None) -> None:
 @pass_ctx
 def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
     """A local channel holding exactly NAME's packages."""
-    from cpkgs_admin.pack import mirror_env
+    from cpkgs_admin.lifecycle.pack import mirror_env
 
     rep = mirror_env(c.site(), name, Path(directory), platform)
     c.say(
@@ -681,7 +681,7 @@ def usage(c: Ctx, since: str | None, env: str | None, unused: str, top: int, as_
 @pass_ctx
 def link_user(c: Ctx, condarc: str | None, dry_run: bool) -> None:
     """Add the site's shared envs to your own conda (envs_dirs)."""
-    from cpkgs_admin.condarc import link_user as do_link
+    from cpkgs_admin.users.condarc import link_user as do_link
 
     rep = do_link(c.root, Path(condarc) if condarc else None, dry_run=dry_run)
     if dry_run and rep.diff:
@@ -696,7 +696,7 @@ def link_user(c: Ctx, condarc: str | None, dry_run: bool) -> None:
 @pass_ctx
 def unlink_user(c: Ctx, condarc: str | None) -> None:
     """Remove exactly what link-user added."""
-    from cpkgs_admin.condarc import unlink_user as do_unlink
+    from cpkgs_admin.users.condarc import unlink_user as do_unlink
 
     rep = do_unlink(c.root, Path(condarc) if condarc else None)
     c.say(rep.message)
@@ -708,7 +708,7 @@ def unlink_user(c: Ctx, condarc: str | None) -> None:
 @pass_ctx
 def doctor(c: Ctx, deep: bool, as_json: bool) -> None:
     """Check this user's and this host's setup (exit 4 when a check fails)."""
-    from cpkgs_admin.doctor import run_doctor
+    from cpkgs_admin.users.doctor import run_doctor
 
     rep = run_doctor(c.root, deep=deep)
     if as_json:
@@ -727,7 +727,7 @@ def doctor(c: Ctx, deep: bool, as_json: bool) -> None:
 @pass_ctx
 def extend(c: Ctx, base: str, directory: str, force: bool) -> None:
     """Personal layer in DIR on top of shared env BASE (pip installs go to DIR)."""
-    from cpkgs_admin.layered import extend_env
+    from cpkgs_admin.users.layered import extend_env
 
     rep = extend_env(c.root, base, Path(directory), force=force)
     import shlex

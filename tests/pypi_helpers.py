@@ -130,8 +130,8 @@ def make_env(tmp_path: Path, channel_url: str) -> Callable[..., Env]:
     patched in), under tmp_path/envs."""
     from rattler import Config, install
 
-    from cpkgs_admin.site.channels import Source
     from cpkgs_admin.pipeline.solve import solve, virtual_packages
+    from cpkgs_admin.site.channels import Source
 
     def make(*specs: str, name: str = "demo-1.0", envs: Path | None = None) -> Env:
         key = tuple(specs)

@@ -18,9 +18,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import as_nobody, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.condarc import link_user, link_warnings, parse_condarc, shared_envs_entry, unlink_user
-from cpkgs_admin.doctor import Mount
 from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.users.condarc import link_user, link_warnings, parse_condarc, shared_envs_entry, unlink_user
+from cpkgs_admin.users.mounts import Mount
 
 BACKUP = re.compile(r"\.condarc\.cpkgs-backup-\d{8}T\d{6}(-\d+)?\Z")
 

@@ -135,7 +135,7 @@ def test_refresh_on_another_platforms_host_keeps_activate_d_variables(site: Path
     scripts set, measured once at publish on Linux, stays in them. There is no macOS host here: refresh runs
     in-process with this host's platform reported as osx-arm64 (the only fake)."""
     import cpkgs_admin.site.paths as site_mod
-    from cpkgs_admin.refresh import refresh_site
+    from cpkgs_admin.lifecycle.refresh import refresh_site
 
     _build(site)  # a-1.0 has cpkgs-test-activate
     record = json.loads((site / ".cpkgs" / "records" / "linux-64" / "a-1.0.json").read_text())

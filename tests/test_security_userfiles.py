@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, as_nobody, cpkgs_env, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.condarc import link_user, unlink_user
+from cpkgs_admin.users.condarc import link_user, unlink_user
 
 USER, OTHER = 65534, 65533
 BACKUP = re.compile(r"\.condarc\.cpkgs-backup-\d{8}T\d{6}(-\d+)?\Z")

@@ -501,10 +501,10 @@ def silly_rename() -> None:
 
 @scenario
 def link_user() -> None:
-    have = (REPO / "cpkgs_admin" / "condarc.py").exists()
+    have = (REPO / "cpkgs_admin" / "users" / "condarc.py").exists()
     if not have:
         if ROLE == "A":
-            out("PENDING", "link_user", "cpkgs_admin/condarc.py (link-user) does not exist yet")
+            out("PENDING", "link_user", "cpkgs_admin/users/condarc.py (link-user) does not exist yet")
         return
     home = NFS / "home" / "shared"
     condarc = home / ".condarc"

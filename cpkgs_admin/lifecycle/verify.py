@@ -12,8 +12,10 @@ from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.integrity.checks import Problem, check_integrity, check_permissions
+from cpkgs_admin.integrity.content import escaping_symlinks
 from cpkgs_admin.integrity.manifest import meta_digest, package_executables, read_conda_meta
 from cpkgs_admin.integrity.owners import Owners
+from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, get_record, load_all, load_record_file
 
 
 @dataclass
@@ -57,8 +59,6 @@ def verify_prefix(
     rep.problems += problems + check_permissions(prefix, expect_sealed, package_executables(prefix), tree)
     # A package's symlink has no content hash: where it points is checked here (published at PREFIX, which may
     # also be reached through a symlinked site root).
-    from cpkgs_admin.integrity.content import escaping_symlinks
-
     roots = tuple(dict.fromkeys([str(prefix), os.path.realpath(prefix)]))
     rep.problems += [Problem("symlink", rel, f"points outside the environment ({target})")
                      for rel, target in escaping_symlinks(prefix, tree, roots)]
@@ -69,8 +69,6 @@ def verify_prefix(
 def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     """Every env named, or every recorded env still at its path (removed ones too: running jobs use them until
     `purge` moves them away). A removed env that is gone, or goes during its walk, is skipped with a note."""
-    from cpkgs_admin.site.records import get_record, load_all
-
     names = list(names)
     reports = []
     if names:
@@ -79,8 +77,6 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
         damaged: list[tuple[Path, str]] = []
         records = load_all(site.records_dir, damaged=damaged)
         records = [r for r in records if r.status != "removed" or os.path.lexists(r.prefix)]
-        from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
-
         # Its env cannot be checked without the record (the expected hashes' digest is in it): a problem to report,
         # not a reason to leave the other envs unchecked.
         for path, msg in damaged:
@@ -127,8 +123,6 @@ def _verify_record(site: Any, rec: Any) -> VerifyReport:
 
 def _removed_meanwhile(site: Any, rec: Any) -> str | None:
     """The note for REC's env when its record now says removed and its tree is no longer at its path."""
-    from cpkgs_admin.site.records import load_record_file
-
     if os.path.lexists(rec.prefix):
         return None
     try:
@@ -144,8 +138,6 @@ def _name_sharing_envs(site: Any, reports: list[VerifyReport]) -> None:
     """A modified file that is a hard link (into the package cache, shared with other envs built from it) is damaged
     in every env linking the inode: its problem names them ("also in: A, B"). Found by inode at the same path in
     the other recorded envs of the platform: one lstat per env and damaged linked file."""
-    from cpkgs_admin.site.records import load_all
-
     others: list[Any] | None = None
     for rep in reports:
         for i, problem in enumerate(rep.problems):

@@ -37,12 +37,10 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
 from cpkgs_admin.outputs.localdb import db_config_files
 from cpkgs_admin.site.paths import open_site
-from cpkgs_admin.userfile import chain, group_label, others_can_write, private_group, user_label
+from cpkgs_admin.site.records import get_record, retired_line
+from cpkgs_admin.users.userfile import chain, group_label, others_can_write, private_group, user_label
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
-LAYER_SCHEMA = 1
-
-
 @dataclass(frozen=True)
 class Layer:
     directory: Path
@@ -214,8 +212,6 @@ def _is_wrapper(path: Path) -> bool:
 
 def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -> Layer:
     """Create (or with force, re-point) the layer DIR on shared env BASE. Nothing is written before every check."""
-    from cpkgs_admin.site.records import get_record, retired_line
-
     site = open_site(root)
     directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
     try:
@@ -282,13 +278,3 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
     )
 
 
-def read_layer(directory: Path) -> tuple[Path, str, str]:
-    """(BASE prefix, BASE name, installation) of a layer, for Python callers (the shell reads the file itself)."""
-    path = directory / LAYER_FILE
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{directory} is not a cpkgs layer (no {LAYER_FILE})") from None
-    if len(lines) != 3:
-        raise CpkgsError(f"{path}: damaged layer file (expected 3 lines, got {len(lines)})")
-    return Path(lines[0]), lines[1], lines[2]

@@ -33,19 +33,26 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from cpkgs_admin.errors import ConfigError, CpkgsError, UsageError
 from cpkgs_admin.site.config import SiteConfig
 from cpkgs_admin.site.files import read_text_file
 from cpkgs_admin.site.paths import Site, open_site
-from cpkgs_admin.userfile import KEEP_BACKUPS, Outcome, edit_file
+from cpkgs_admin.users.mounts import current_mounts, network_fstype
+from cpkgs_admin.users.userfile import KEEP_BACKUPS, Outcome, edit_file
 
 INSTALLATION_VAR = "CPKGS_INSTALLATION"
 MARKER = "added by cpkgs link-user"
@@ -179,17 +186,11 @@ def _yaml_problem(name: str, exc: Exception) -> ConfigError:
 
 
 def _plain(text: str) -> Any:
-    from ruamel.yaml import YAML
-
     return YAML(typ="safe", pure=True).load(text)
 
 
 def parse_condarc(text: str, name: str) -> _Doc:
     """Parse and validate; every problem is one ConfigError line naming the file."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-    from ruamel.yaml.nodes import MappingNode, SequenceNode
-
     try:
         root = YAML(typ="rt").compose(text)
         # Constructing too: the composer accepts duplicate keys, which conda's loader (and this one) reject.
@@ -280,12 +281,12 @@ def _references(tree: Any, target: Any) -> int:
     return count
 
 
-def read_condarc(path: Path) -> dict[str, Any] | None:
-    """The settings of a condarc file (None when it does not exist); ConfigError when unusable. For doctor."""
+def read_condarc(path: Path) -> _Doc | None:
+    """A condarc file, parsed (None when it does not exist); ConfigError when unusable. For doctor."""
     text = _read_text(path, path)
     if text is None:
         return None
-    return parse_condarc(text, str(path)).data
+    return parse_condarc(text, str(path))
 
 
 def _read_text(path: Path, name: Path) -> str | None:
@@ -333,8 +334,6 @@ def _item_style(doc: _Doc) -> str | None:
 
 def _seq_indent(doc: _Doc) -> int:
     """How far block sequences in this file sit right of their key (conda's own `conda config` writes 2)."""
-    from ruamel.yaml.nodes import MappingNode, SequenceNode
-
     stack = [doc.root] if doc.root is not None else []
     seen: set[int] = set()  # an alias makes the node graph cyclic ('a: &x [*x]'): visit each node once
     while stack:
@@ -357,8 +356,6 @@ def _seq_indent(doc: _Doc) -> int:
 
 def _splice_append(doc: _Doc, entry: str) -> str | None:
     """The text with `entry` appended to envs_dirs, or None when the layout is one the splice does not handle."""
-    from ruamel.yaml.nodes import ScalarNode
-
     text, nl = doc.text, _newline(doc.text)
     if doc.seq is None:
         if doc.root is not None and doc.root.flow_style:
@@ -441,10 +438,6 @@ def _key_marked(doc: _Doc) -> bool:
 
 def _dump_edit(doc: _Doc, edit: Callable[[Any], None]) -> str:
     """Fallback: ruamel's own round trip (keeps comments, quotes, flow style, anchors; may re-indent)."""
-    import io
-
-    from ruamel.yaml import YAML
-
     y = YAML(typ="rt")
     y.preserve_quotes = True
     y.width = 4096
@@ -452,8 +445,6 @@ def _dump_edit(doc: _Doc, edit: Callable[[Any], None]) -> str:
     y.indent(mapping=2, sequence=ind + 2, offset=ind)
     data = y.load(doc.text)
     if data is None:
-        from ruamel.yaml.comments import CommentedMap
-
         data = CommentedMap()
     edit(data)
     buf = io.StringIO()
@@ -462,8 +453,6 @@ def _dump_edit(doc: _Doc, edit: Callable[[Any], None]) -> str:
 
 
 def _appended(doc: _Doc, entry: str) -> str:
-    from ruamel.yaml.comments import CommentedSeq
-
     def edit(data: Any) -> None:
         if doc.key in data:
             data[doc.key].append(entry)
@@ -648,7 +637,8 @@ def link_warnings(
     environ: Mapping[str, str] | None = None,
     mounts: list[Any] | None = None,
 ) -> list[str]:
-    """Things that would make the link useless or harmful; reported, never fatal. `mounts`: see doctor.mount_of."""
+    """Things that would make the link useless or harmful; reported, never fatal. `mounts`: see mounts.mount_of.
+    (`cpkgs doctor` judges the same items with the same rules: envs_dirs_items, pkgs_dirs_items.)"""
     env = os.environ if environ is None else environ
     out: list[str] = []
     if not env.get(INSTALLATION_VAR):
@@ -656,26 +646,39 @@ def link_warnings(
             f"{INSTALLATION_VAR} is not set in this shell: the entry resolves only where "
             f"{site.profile_dir / 'conda.sh'} (or conda.csh) is sourced; add that line to your shell start-up file"
         )
-    hard = {str(site.envs_dir(sub)): sub for sub in site.config.installations}
-    for value in doc.values():
-        if not isinstance(value, str) or value == entry:
-            continue
-        resolved = conda_expand(value, env)
-        if resolved in hard:
+    for value, _resolved, platform in envs_dirs_items(site, doc.values(), env):
+        if value != entry and platform is not None:
             out.append(
-                f"{doc.key} also lists {value}, the {hard[resolved]} envs: conda on every OS sharing this home "
+                f"{doc.key} also lists {value}, the {platform} envs: conda on every OS sharing this home "
                 f"would offer them; remove that item (the entry link-user adds picks this OS's envs)"
             )
-    from cpkgs_admin.doctor import current_mounts, network_fstype
+    for value, _resolved, fstype in pkgs_dirs_items(doc, env, current_mounts() if mounts is None else mounts):
+        if fstype:
+            out.append(
+                f"pkgs_dirs item {value} is on {fstype}: conda's package cache misbehaves on network drives; "
+                f"remove pkgs_dirs (the site's conda.sh points CONDA_PKGS_DIRS to local disk)"
+            )
+    return out
 
-    if mounts is None:
-        mounts = current_mounts()
+
+def envs_dirs_items(site: Site, values: Iterable[Any], environ: Mapping[str, str]) -> list[tuple[str, str, str | None]]:
+    """Each string item of an envs_dirs list as (the item, where conda resolves it, the platform whose shared envs
+    dir that is, or None)."""
+    hard = {str(site.envs_dir(sub)): sub for sub in site.config.installations}
+    out = []
+    for value in values:
+        if isinstance(value, str):
+            resolved = conda_expand(value, environ)
+            out.append((value, resolved, hard.get(resolved)))
+    return out
+
+
+def pkgs_dirs_items(doc: _Doc, environ: Mapping[str, str], mounts: Iterable[Any]) -> list[tuple[str, str, str | None]]:
+    """Each string item of pkgs_dirs as (the item, where conda resolves it, the network filesystem it lies on or
+    None: conda's package cache misbehaves there)."""
+    out = []
     for value in doc.data.get("pkgs_dirs") or []:
         if isinstance(value, str):
-            fstype = network_fstype(conda_expand(value, env), mounts)
-            if fstype:
-                out.append(
-                    f"pkgs_dirs item {value} is on {fstype}: conda's package cache misbehaves on network drives; "
-                    f"remove pkgs_dirs (the site's conda.sh points CONDA_PKGS_DIRS to local disk)"
-                )
+            resolved = conda_expand(value, environ)
+            out.append((value, resolved, network_fstype(resolved, mounts)))
     return out

@@ -4,11 +4,9 @@ A finding is ok, warn or fail; the command exits 4 when any check fails. User si
 readable, whether it sits on NFS (then the NFS rules matter), this host's installation, the shell profile,
 CONDA_PKGS_DIRS, the condarc's envs_dirs and pkgs_dirs, and SQLite databases (IPython history, Jupyter notebook
 signatures) on network drives. Admin side, when this user can write the site: locks past their lease, unsealed
-envs, trash past the grace period, and with --deep a full `verify`.
-
-Whether a path is on a network drive comes from the mount table (psutil, `disk_partitions(all=True)`): the
-longest mount point holding the path's real location decides. That part is a pure function of a path and a list
-of mounts, so tests can hand it a mount table with NFS in it.
+envs, trash past the grace period, and with --deep a full `verify`. Each check judges with the rules of the command
+it is about (link-user's for the condarc, purge's for the trash, verify itself); whether a path is on a network
+drive comes from the mount table (mounts.py).
 """
 
 from __future__ import annotations
@@ -23,67 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.site.paths import Site
+from cpkgs_admin.lifecycle.purge import purge_due, trash_past_grace
+from cpkgs_admin.lifecycle.verify import verify_envs
+from cpkgs_admin.site.config import parse_duration
+from cpkgs_admin.site.locks import list_locks
+from cpkgs_admin.site.paths import Site, native_subdir, open_site
+from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, EnvRecord, load_all, load_record_file, removed_line
 from cpkgs_admin.site.text import printable
+from cpkgs_admin.users.condarc import (
+    INSTALLATION_VAR,
+    conda_expand,
+    default_condarc,
+    envs_dirs_items,
+    pkgs_dirs_items,
+    read_condarc,
+    shared_envs_entry,
+)
+from cpkgs_admin.users.mounts import NETWORK_FSTYPES, current_mounts, mount_of, network_fstype
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-
-# Network filesystems: NFS above all, and the others with the same problems (no reliable byte-range locks for
-# SQLite, close-to-open caching, silly-renames or their equivalents). Names as psutil reports them on Linux/macOS.
-NETWORK_FSTYPES = frozenset({"nfs", "nfs3", "nfs4", "cifs", "smbfs", "smb3", "afs", "fuse.sshfs", "sshfs"})
-
-
-# ----------------------------------------------------------------------------------------------------- mounts
-
-
-@dataclass(frozen=True)
-class Mount:
-    mountpoint: str
-    fstype: str
-    device: str = ""
-
-
-def current_mounts() -> list[Mount]:
-    """This host's mount table, bind and network mounts included (all=True)."""
-    import psutil
-
-    try:
-        parts = psutil.disk_partitions(all=True)
-    except (OSError, RuntimeError):
-        return []
-    return [Mount(p.mountpoint, p.fstype, p.device) for p in parts]
-
-
-def _existing_real(path: str) -> str:
-    """The real location of `path`; for a path yet to be created, its nearest existing ancestor's real location
-    with the missing tail appended (where it would be created)."""
-    p, tail = os.path.abspath(path), ""
-    while not os.path.lexists(p) and p != os.path.dirname(p):
-        p, tail = os.path.dirname(p), os.path.join(os.path.basename(p), tail)
-    return os.path.join(os.path.realpath(p), tail).rstrip("/") or "/"
-
-
-def mount_of(path: str | Path, mounts: Iterable[Any]) -> Any | None:
-    """The mount holding `path`: the longest mount point that is the path or one of its ancestors.
-
-    `mounts` holds anything with .mountpoint and .fstype (psutil's sdiskpart, `Mount`)."""
-    real = _existing_real(str(path))
-    best: Any = None
-    for m in mounts:
-        mp = m.mountpoint.rstrip("/") or "/"
-        if (real == mp or real.startswith(mp + "/") or mp == "/") and (
-            best is None or len(mp) > len(best.mountpoint.rstrip("/") or "/")
-        ):
-            best = m
-    return best
-
-
-def network_fstype(path: str | Path, mounts: Iterable[Any]) -> str | None:
-    """The filesystem type when `path` lies on a network drive (nfs4, cifs, ...), else None."""
-    m = mount_of(path, mounts)
-    if m is not None and m.fstype.lower() in NETWORK_FSTYPES:
-        return str(m.fstype)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -134,8 +90,6 @@ def run_doctor(
     mounts: Iterable[Any] | None = None,
 ) -> DoctorReport:
     """Every check, in the order a user would fix them. `environ` and `mounts` default to this process's."""
-    from cpkgs_admin.site.paths import open_site
-
     env = dict(os.environ if environ is None else environ)
     table = list(current_mounts() if mounts is None else mounts)
     rep = DoctorReport(root=str(root))
@@ -174,8 +128,6 @@ def _check_filesystem(rep: DoctorReport, site: Any, mounts: list[Any]) -> None:
 
 
 def _check_installation(rep: DoctorReport, site: Any) -> None:
-    from cpkgs_admin.site.paths import native_subdir
-
     sub = native_subdir()
     use = site.host_platform()
     served = ", ".join(site.config.platforms)
@@ -200,8 +152,6 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
 
 
 def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
-    from cpkgs_admin.condarc import INSTALLATION_VAR
-
     profile = site.profile_dir / "conda.sh"
     fix = f"add 'source {profile}' to ~/.bashrc or ~/.zshrc (csh/tcsh: source {site.profile_dir / 'conda.csh'})"
     have_root, have_inst = env.get("CPKGS_ROOT"), env.get(INSTALLATION_VAR)
@@ -229,8 +179,6 @@ def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None
 def _check_active_env(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
     """A shell still using a removed env (activated before the remove; a layer on one): it works until the purge
     after the grace moves the env away. Says nothing otherwise."""
-    from cpkgs_admin.site.records import load_record_file, removed_line
-
     prefix, use = env.get("CONDA_PREFIX"), site.host_platform()
     if not prefix or use is None:
         return
@@ -255,8 +203,6 @@ def _check_active_env(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> N
 
 
 def _check_pkgs_cache(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
-    from cpkgs_admin.condarc import conda_expand
-
     raw = env.get("CONDA_PKGS_DIRS", "")
     # conda splits sequence settings given as environment variables on commas (SequenceParameter's default).
     dirs = [d.strip() for d in raw.split(",") if d.strip()]
@@ -301,60 +247,20 @@ def _is_under(path: str, root: Path) -> bool:
     return real == top or real.startswith(top.rstrip("/") + "/")
 
 
-def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts: list[Any]) -> None:
-    from cpkgs_admin.condarc import conda_expand, default_condarc, read_condarc, shared_envs_entry
-
+def _check_condarc(rep: DoctorReport, site: Site | None, env: Mapping[str, str], mounts: list[Any]) -> None:
     path = default_condarc(env)
     try:
-        data = read_condarc(path)
+        doc = read_condarc(path)
     except CpkgsError as exc:
         rep.add(FAIL, "condarc", str(exc), "fix the file by hand (or move it away); conda cannot read it either")
         return
-    if data is None:
+    if doc is None:
         rep.add(OK, "condarc", f"{path} does not exist (only your own conda needs it: 'cpkgs link-user')")
         return
-    key = "envs_path" if "envs_path" in data and "envs_dirs" not in data else "envs_dirs"
-    items = [v for v in (data.get(key) or []) if isinstance(v, str)]
     if site is not None:
-        entry = shared_envs_entry(site)
-        use = site.host_platform()
-        mine = str(site.envs_dir(use)) if use else None
-        others = {str(site.envs_dir(s)): s for s in site.config.installations if str(site.envs_dir(s)) != mine}
-        problems, notes = [], []
-        linked: str | None = None  # an item that resolves to this OS's envs through a variable
-        unresolved: str | None = None  # link-user's item, resolving to nothing useful in this shell
-        for item in items:
-            resolved = conda_expand(item, env)
-            if resolved in others:
-                problems.append(f"{item} resolves to the {others[resolved]} envs ({resolved}), not this host's")
-            elif resolved == mine and "$" in item:
-                linked = item
-            elif resolved == mine:
-                notes.append(f"{item} names this OS's envs literally; a host of another OS sharing this home sees them")
-            elif item == entry:
-                unresolved = resolved
-        fix_link = "cpkgs unlink-user; remove the hard-coded item; cpkgs link-user (see README: user quick start)"
-        if problems:
-            rep.add(FAIL, "condarc", f"{path}: {key}: " + "; ".join(problems), fix_link)
-        elif unresolved is not None and linked is None:
-            unset = not env.get("CPKGS_INSTALLATION")
-            rep.add(
-                WARN if unset else FAIL,
-                "condarc",
-                f"{path}: {key} holds {entry}, which resolves to {unresolved} in this shell, not {mine}",
-                f"source {site.profile_dir / 'conda.sh'} in your shell start-up file",
-            )
-        elif notes:
-            rep.add(WARN, "condarc", f"{path}: {key}: " + "; ".join(notes), fix_link)
-        elif linked is not None:
-            rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({linked} -> {mine})")
-        else:
-            rep.add(WARN, "condarc", f"{path}: {key} does not list the shared envs", "cpkgs link-user")
-    for item in data.get("pkgs_dirs") or []:
-        if not isinstance(item, str):
-            continue
-        resolved = conda_expand(item, env)
-        fstype = network_fstype(resolved, mounts)
+        _check_envs_dirs(rep, site, env, path, doc)
+    # link-user's own rules for the items (condarc.envs_dirs_items, pkgs_dirs_items), in doctor's words
+    for item, resolved, fstype in pkgs_dirs_items(doc, env, mounts):
         if fstype:
             rep.add(
                 WARN,
@@ -364,6 +270,41 @@ def _check_condarc(rep: DoctorReport, site: Any, env: Mapping[str, str], mounts:
             )
         elif site is not None and _is_under(resolved, site.root):
             rep.add(FAIL, "pkgs_dirs", f"{path}: pkgs_dirs item {item} is inside the site root", "remove it")
+
+
+def _check_envs_dirs(rep: DoctorReport, site: Site, env: Mapping[str, str], path: Path, doc: Any) -> None:
+    key, entry = doc.key, shared_envs_entry(site)
+    use = site.host_platform()
+    mine = str(site.envs_dir(use)) if use else None
+    problems, notes = [], []
+    linked: str | None = None  # an item that resolves to this OS's envs through a variable
+    unresolved: str | None = None  # link-user's item, resolving to nothing useful in this shell
+    for item, resolved, platform in envs_dirs_items(site, doc.values(), env):
+        if platform is not None and resolved != mine:
+            problems.append(f"{item} resolves to the {platform} envs ({resolved}), not this host's")
+        elif resolved == mine and "$" in item:
+            linked = item
+        elif resolved == mine:
+            notes.append(f"{item} names this OS's envs literally; a host of another OS sharing this home sees them")
+        elif item == entry:
+            unresolved = resolved
+    fix_link = "cpkgs unlink-user; remove the hard-coded item; cpkgs link-user (see README: user quick start)"
+    if problems:
+        rep.add(FAIL, "condarc", f"{path}: {key}: " + "; ".join(problems), fix_link)
+    elif unresolved is not None and linked is None:
+        unset = not env.get(INSTALLATION_VAR)
+        rep.add(
+            WARN if unset else FAIL,
+            "condarc",
+            f"{path}: {key} holds {entry}, which resolves to {unresolved} in this shell, not {mine}",
+            f"source {site.profile_dir / 'conda.sh'} in your shell start-up file",
+        )
+    elif notes:
+        rep.add(WARN, "condarc", f"{path}: {key}: " + "; ".join(notes), fix_link)
+    elif linked is not None:
+        rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({linked} -> {mine})")
+    else:
+        rep.add(WARN, "condarc", f"{path}: {key} does not list the shared envs", "cpkgs link-user")
 
 
 def _lexists(path: Path) -> bool | None:
@@ -409,12 +350,17 @@ def _check_sqlite(rep: DoctorReport, env: Mapping[str, str], mounts: list[Any]) 
             rep.add(OK, check, f"no {what} database in {paths[0].parent}")
 
 
-def _check_admin(rep: DoctorReport, site: Any) -> None:
-    from cpkgs_admin.envs import _TRASH_NAME  # purge's own naming rule, so doctor and purge agree
-    from cpkgs_admin.site.config import parse_duration
-    from cpkgs_admin.site.locks import list_locks
-    from cpkgs_admin.site.records import load_all
+def _check_admin(rep: DoctorReport, site: Site) -> None:
+    _check_locks(rep, site)
+    damaged: list[tuple[Path, str]] = []
+    records = load_all(site.records_dir, damaged=damaged)
+    for _path, msg in damaged:
+        rep.add(FAIL, "records", msg, DAMAGED_RECORD_HINT)
+    _check_unsealed(rep, records)
+    _check_trash(rep, site, records)
 
+
+def _check_locks(rep: DoctorReport, site: Site) -> None:
     lease = site.config.lease_seconds
     infos = list_locks(site.locks_dir, lease)
     why = {
@@ -431,12 +377,8 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
     if not late:
         rep.add(OK, "locks", f"no lock past its lease ({len(infos)} held)")
 
-    from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
 
-    damaged: list[tuple[Path, str]] = []
-    records = load_all(site.records_dir, damaged=damaged)
-    for _path, msg in damaged:
-        rep.add(FAIL, "records", msg, DAMAGED_RECORD_HINT)
+def _check_unsealed(rep: DoctorReport, records: list[EnvRecord]) -> None:
     unsealed = [r for r in records if r.status == "unsealed"]
     for r in unsealed:
         u = r.unsealed or {}
@@ -450,6 +392,9 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
     if not unsealed:
         rep.add(OK, "unsealed", f"all {len(records)} recorded env(s) sealed, retired or removed")
 
+
+def _check_trash(rep: DoctorReport, site: Site, records: list[EnvRecord]) -> None:
+    """What `cpkgs purge` would move or delete now (its own rules: trash_past_grace, purge_due)."""
     grace = parse_duration(site.config.trash_grace, "trash_grace")
     now, due = time.time(), []
     try:
@@ -459,13 +404,11 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
     for e in entries:
         if e.name.startswith(".nfs"):
             continue
-        m = _TRASH_NAME.match(e.name)
         try:
-            stamp = int(m.group("stamp")) if m else int(e.stat(follow_symlinks=False).st_mtime)
+            if trash_past_grace(e, grace, now):
+                due.append(e.name)
         except OSError:
             continue
-        if now - stamp >= grace:
-            due.append(e.name)
     due += _removed_past_grace(site, records, now)
     if due:
         rep.add(
@@ -481,8 +424,6 @@ def _check_admin(rep: DoctorReport, site: Any) -> None:
 
 def _removed_past_grace(site: Any, records: list[Any], now: float) -> list[str]:
     """Removed envs still at their path whose purge date has passed: the next `cpkgs purge` moves them away."""
-    from cpkgs_admin.envs import purge_due
-
     out = []
     for r in records:
         due = purge_due(r) if r.status == "removed" else None
@@ -492,8 +433,6 @@ def _removed_past_grace(site: Any, records: list[Any], now: float) -> list[str]:
 
 
 def _check_verify(rep: DoctorReport, site: Any) -> None:
-    from cpkgs_admin.verify import verify_envs
-
     try:
         reports = verify_envs(site, [])
     except CpkgsError as exc:

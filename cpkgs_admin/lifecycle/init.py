@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cpkgs_admin.errors import ConfigError, PermissionProblem, SiteError, UsageError
+from cpkgs_admin.outputs.profiles import render_profiles
+from cpkgs_admin.pipeline.cache import secure_cache
 from cpkgs_admin.site.audit import audit
 from cpkgs_admin.site.config import (
     CONFIG_NAME,
@@ -65,17 +70,14 @@ class InitReport:
 
 
 def render_config(config: SiteConfig) -> str:
-    import yaml
-
     return CONFIG_HEADER + yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, default_flow_style=False)
 
 
 def updated_config_text(path: Path, config: SiteConfig, keys: list[str]) -> str:
     """The admin's cpkgs.yaml with only KEYS set to CONFIG's values: comments, order and everything else kept
     (ruamel.yaml's round trip). A file ruamel cannot take back gets the rendered config whole."""
-    import io
-
-    from ruamel.yaml import YAML
+    # ruamel.yaml: 20 ms to import, only when options change an existing cpkgs.yaml.
+    from ruamel.yaml import YAML  # noqa: PLC0415
 
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -105,7 +107,7 @@ def updated_config_text(path: Path, config: SiteConfig, keys: list[str]) -> str:
 def _quoted_for_yaml11(value: Any) -> Any:
     """VALUE with every string PyYAML would not read back as that string (yes, on, 1_000, 1:30, null, ...)
     double-quoted for ruamel's dump."""
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString  # noqa: PLC0415  (as above)
 
     if isinstance(value, str):
         try:
@@ -202,8 +204,6 @@ def init_site(
     channel_map: tuple[str, ...] = (),
     channel_alias: str | None = None,
 ) -> InitReport:
-    from cpkgs_admin.outputs.profiles import render_profiles
-
     if root.exists() and not root.is_dir():
         raise SiteError(f"site root {root} exists and is not a directory")
     if not _is_site_or_empty(root) and not force:
@@ -301,8 +301,6 @@ def init_site(
 def _secure_cache(site: Site, report: InitReport) -> None:
     """The package cache closed to everyone but the admins, and cleaned of what others could write while it was open
     (pkgcache.secure_cache)."""
-    from cpkgs_admin.pipeline.cache import secure_cache
-
     existed = site.pkgs_cache_dir.exists()
     fix = secure_cache(site)
     rel = str(site.pkgs_cache_dir.relative_to(site.root)) + "/"
