@@ -12,7 +12,6 @@ import os
 import time
 
 from cpkgs_admin.errors import BuildError, UsageError
-from cpkgs_admin.pipeline.assemble import assemble
 from cpkgs_admin.pipeline.cache import secure_cache
 from cpkgs_admin.pipeline.job import BuildRequest, BuildResult, Log, Solved
 from cpkgs_admin.pipeline.leftovers import existing_env_problem
@@ -52,8 +51,10 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> Buil
         return BuildResult(name=req.name.name, platform=subdir, prefix=str(site.env_prefix(req.name.name, subdir)),
                            packages=packages, dry_run=True, seconds=time.monotonic() - t0, timings=timings,
                            warnings=chosen.warnings)
-    # Steps 3 to 7 bring the catalog (jinja2), the hashing pools and the activation runner: 45 ms of imports
+    # Steps 3 to 7 bring the catalog (jinja2), the hashing pools and the activation runner: MEASURE ms of imports
     # (python -X importtime) that a dry run never needs.
+    from cpkgs_admin.pipeline.assemble import assemble  # noqa: PLC0415
+
     solved = Solved(subdir, chosen.spec, chosen.records, packages, chosen.requested, chosen.channels, overrides,
                     cache_warnings, chosen.warnings, t0, timings)
     return assemble(site, req, solved, progress=progress, log=log)
