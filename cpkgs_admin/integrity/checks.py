@@ -8,6 +8,7 @@ new-env checks its own staged tree, scanned once, and skips re-reading cache ino
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 import threading
@@ -159,8 +160,6 @@ def _run_checks(
         meanwhile()
         return _check_batch(prefix, items, trust_before)
     if len(items) >= _PROCESS_MIN_FILES and threading.active_count() == 1 and hasattr(os, "fork"):
-        import multiprocessing
-
         with multiprocessing.get_context("fork").Pool(workers) as procs:
             args = [(prefix, b, trust_before) for b in _batches(items)]
             pending = procs.starmap_async(_check_batch, args, chunksize=1)

@@ -10,6 +10,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin.site.files import atomic_write
+
 
 def _drop_group_other_write(fd: int) -> bool:
     """fchmod g-w,o-w of a regular file or directory open as FD; False when that failed."""
@@ -141,8 +143,6 @@ class HashMemo:
         into place, so nobody reads half a file or writes into it."""
         if not self._dirty:
             return
-        from cpkgs_admin.site.files import atomic_write
-
         try:
             self.dir.mkdir(mode=0o775, exist_ok=True)  # the umask decides: 002 where admins share a group
         except OSError:

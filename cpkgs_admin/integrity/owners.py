@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 from pathlib import Path
 
 
@@ -39,8 +41,6 @@ class Owners:
 
 def in_group(uid: int, gid: int) -> bool:
     """Whether UID's account has GID as its primary group or is listed as a member of it."""
-    import grp
-    import pwd
 
     try:
         pw = pwd.getpwuid(uid)

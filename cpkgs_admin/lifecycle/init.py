@@ -215,87 +215,105 @@ def init_site(
     site = Site(root=root, config=config)
     gid = site.admin_gid()  # validates the group exists before anything is written
     render_profiles(site)  # and that the root can be rendered into the profiles (quoting), before any mkdir
-    dmode, fmode = site.shared_modes()
-    report = InitReport(root=str(root))
-
+    tree = _Tree(site, gid, InitReport(root=str(root)))
     private_dmode, private_fmode = site.private_modes()
-
-    def ensure_dir(path: Path, mode: int = dmode) -> None:
-        try:
-            if not os.path.lexists(path):
-                # Created closed (0700 at most, whatever the umask), opened to its mode by _fix_perms.
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                report.created.append(str(path.relative_to(root)) + "/" if path != root else str(root))
-        except PermissionError:
-            raise PermissionProblem(f"cannot create {path}: permission denied") from None
-        try:
-            _fix_perms(path, mode, gid, report, root)
-        except PermissionError:
-            raise PermissionProblem(f"cannot change the group or mode of {path}: permission denied (only its owner "
-                                    "or root can)") from None
-
-    ensure_dir(root)
-    ensure_dir(site.state_dir)
+    tree.ensure_dir(root)
+    tree.ensure_dir(site.state_dir)
     # The lock directory and the config must exist before the site lock can be taken. Only admins use the locks,
     # the trash and the package cache: closed to everyone else (an ordinary user's flock in the cache could hang
     # every build).
-    ensure_dir(site.locks_dir, private_dmode)
+    tree.ensure_dir(site.locks_dir, private_dmode)
     with site_locked(site):
-        ensure_dir(site.trash_dir, private_dmode)
-        _secure_cache(site, report)
+        tree.ensure_dir(site.trash_dir, private_dmode)
+        _secure_cache(site, tree.report)
         if site.audit_log.exists():
-            try:
-                _fix_perms(site.audit_log, private_fmode, gid, report, root)
-            except PermissionError:
-                raise PermissionProblem(f"cannot change the group or mode of {site.audit_log}: permission denied "
-                                        "(only its owner or root can)") from None
-        for d in (
-            site.records_dir,
-            site.retired_dir,
-            site.profile_dir.parent,
-            site.profile_dir,
-            site.specs_dir,
-            site.modulefiles_dir(site.primary_platform),
-            site.root / "share",
-            site.jupyter_dir(site.primary_platform),
-            site.kernels_dir(site.primary_platform),
-        ):
-            ensure_dir(d)
-        for sub in config.platforms:
-            ensure_dir(site.installation(sub))
-            ensure_dir(site.envs_dir(sub))
-            ensure_dir(site.records_dir / sub)
-            ensure_dir(site.retired_dir / site.installation_name(sub))
-        files: dict[Path, tuple[str, int]] = {}
-        if old is None:
-            files[site.config_file] = (render_config(config), fmode)
-        elif changes:  # only what the options change; the admin's comments and layout stay
-            keys = [c.split(":", 1)[0] for c in changes]
-            files[site.config_file] = (updated_config_text(site.config_file, config, keys), fmode)
-        else:
-            try:
-                _fix_perms(site.config_file, fmode, gid, report, root)
-            except PermissionError:
-                raise PermissionProblem(f"cannot change the group or mode of {site.config_file}: permission denied "
-                                        "(only its owner or root can)") from None
-        for path, text in render_profiles(site).items():
-            files[path] = (text, fmode)
-        for path, (text, mode) in files.items():
-            existed = path.exists()
-            try:
-                if write_if_changed(path, text, mode, gid):
-                    rel = str(path.relative_to(root))
-                    (report.updated if existed else report.created).append(rel)
-            except PermissionError:
-                raise PermissionProblem(f"cannot write {path}: permission denied") from None
+            tree.fix(site.audit_log, private_fmode)
+        _make_tree(tree)
+        _write_files(tree, old, changes)
+        report = tree.report
         if old is not None:
             report.config_changes = changes
             if changes and "cpkgs.yaml" in report.updated:
                 report.updated.remove("cpkgs.yaml")
         if report.changed:
             audit(site, {"action": "init", "created": len(report.created), "updated": len(report.updated),
-                                   "config_changes": report.config_changes})
+                         "config_changes": report.config_changes})
     return report
+
+
+@dataclass
+class _Tree:
+    """init's work on SITE: what it creates or changes goes into REPORT; group GID (the admin group's) or None."""
+
+    site: Site
+    gid: int | None
+    report: InitReport
+
+    def ensure_dir(self, path: Path, mode: int | None = None) -> None:
+        """PATH with MODE (default: the site's shared directory mode) and the group."""
+        root = self.site.root
+        try:
+            if not os.path.lexists(path):
+                # Created closed (0700 at most, whatever the umask), opened to its mode by _fix_perms.
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.report.created.append(str(path.relative_to(root)) + "/" if path != root else str(root))
+        except PermissionError:
+            raise PermissionProblem(f"cannot create {path}: permission denied") from None
+        self.fix(path, self.site.shared_modes()[0] if mode is None else mode)
+
+    def fix(self, path: Path, mode: int) -> None:
+        try:
+            _fix_perms(path, mode, self.gid, self.report, self.site.root)
+        except PermissionError:
+            raise PermissionProblem(f"cannot change the group or mode of {path}: permission denied (only its owner "
+                                    "or root can)") from None
+
+
+def _make_tree(tree: _Tree) -> None:
+    """The site's directories, and each platform's installation with its envs, records and retired markers."""
+    site = tree.site
+    for d in (
+        site.records_dir,
+        site.retired_dir,
+        site.profile_dir.parent,
+        site.profile_dir,
+        site.specs_dir,
+        site.modulefiles_dir(site.primary_platform),
+        site.root / "share",
+        site.jupyter_dir(site.primary_platform),
+        site.kernels_dir(site.primary_platform),
+    ):
+        tree.ensure_dir(d)
+    for sub in site.config.platforms:
+        tree.ensure_dir(site.installation(sub))
+        tree.ensure_dir(site.envs_dir(sub))
+        tree.ensure_dir(site.records_dir / sub)
+        tree.ensure_dir(site.retired_dir / site.installation_name(sub))
+
+
+def _write_files(tree: _Tree, old: SiteConfig | None, changes: list[str]) -> None:
+    """cpkgs.yaml (whole for a new site; on an existing one only what the options change, the admin's comments and
+    layout kept) and the profiles."""
+    site, report = tree.site, tree.report
+    fmode = site.shared_modes()[1]
+    files: dict[Path, tuple[str, int]] = {}
+    if old is None:
+        files[site.config_file] = (render_config(site.config), fmode)
+    elif changes:
+        keys = [c.split(":", 1)[0] for c in changes]
+        files[site.config_file] = (updated_config_text(site.config_file, site.config, keys), fmode)
+    else:
+        tree.fix(site.config_file, fmode)
+    for path, text in render_profiles(site).items():
+        files[path] = (text, fmode)
+    for path, (text, mode) in files.items():
+        existed = path.exists()
+        try:
+            if write_if_changed(path, text, mode, tree.gid):
+                rel = str(path.relative_to(site.root))
+                (report.updated if existed else report.created).append(rel)
+        except PermissionError:
+            raise PermissionProblem(f"cannot write {path}: permission denied") from None
 
 
 def _secure_cache(site: Site, report: InitReport) -> None:

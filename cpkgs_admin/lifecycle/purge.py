@@ -75,20 +75,9 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
     busy: list[str] = []
     failed: str | None = None
     for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, n)
-            if n.startswith(".nfs"):
-                busy.append(p)
-                continue
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno in _BUSY_ERRNOS:
-                    busy.append(p)
-                elif failed is None:
-                    failed = f"cannot delete {p}: {exc.strerror}"
+        why = _unlink_files(dirpath, filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))],
+                            busy)
+        failed = failed or why
         for d in dirnames:
             p = os.path.join(dirpath, d)
             if os.path.islink(p):
@@ -97,6 +86,32 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
                 os.rmdir(p)
     if failed is not None:
         return busy, failed
+    return _remove_top(top, busy), None
+
+
+def _unlink_files(dirpath: str, names: list[str], busy: list[str]) -> str | None:
+    """Unlink DIRPATH's NAMES but NFS's silly-renames and files in use (both into BUSY); why the first that could
+    not be deleted for another reason was not, or None."""
+    failed = None
+    for n in names:
+        p = os.path.join(dirpath, n)
+        if n.startswith(".nfs"):
+            busy.append(p)
+            continue
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in _BUSY_ERRNOS:
+                busy.append(p)
+            elif failed is None:
+                failed = f"cannot delete {p}: {exc.strerror}"
+    return failed
+
+
+def _remove_top(top: Path, busy: list[str]) -> list[str]:
+    """TOP itself, once emptied; what is busy in it."""
     if not busy:
         try:
             os.rmdir(top)
@@ -108,7 +123,7 @@ def _delete_tree_except_nfs(top: Path) -> tuple[list[str], str | None]:
         # On the host that holds a file open, unlink "succeeds" (the client silly-renames it to .nfsXXXX) and only
         # the rmdir fails: whatever is still there is busy, whatever the unlinks said.
         busy = [os.path.join(d, n) for d, _dirs, files in os.walk(top) for n in files] or [str(top)]
-    return busy, None
+    return busy
 
 
 def _purge_stale_staging(site: Site, rep: PurgeReport) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -34,6 +35,9 @@ from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem, os_error
 from cpkgs_admin.site.files import NO_FOLLOW, atomic_write, read_no_follow
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.process import current_command, current_user, process_start
+
+# filelock is imported inside the functions that take or look at a lock (noqa: PLC0415 below): 28 ms to import (it
+# loads asyncio; python -X importtime), which `list`, `info`, `verify` and `new-env --dry-run` never need.
 
 # --------------------------------------------------------------------------------------------------- notices
 
@@ -120,7 +124,7 @@ class _Verdict:
 
 def _marker(path: Path) -> tuple[Any, os.stat_result] | None:
     """(filelock's owner record or None when the marker holds none, its lstat); None when there is no marker."""
-    from filelock._soft import parse_marker, read_lock_file
+    from filelock._soft import parse_marker, read_lock_file  # noqa: PLC0415  (filelock: see the top)
 
     try:
         content, st = read_lock_file(str(path))  # lstat + an O_NOFOLLOW|O_NONBLOCK read: never a symlink's target
@@ -133,7 +137,7 @@ def _dead_verdict(path: Path, lease_seconds: float, *, expired_too: bool) -> _Ve
     """Why the marker at PATH has no live holder, or None while it may have one. Same-host owners are proven dead
     by pid + start time (filelock's rule); another host's only by a lease unrefreshed for two periods (EXPIRED_TOO);
     an empty or unreadable marker once it is UNREADABLE_GRACE old. Ages on the server's clock."""
-    from filelock._identity import owner_is_stale
+    from filelock._identity import owner_is_stale  # noqa: PLC0415  (filelock: see the top)
 
     got = _marker(path)
     if got is None:
@@ -254,7 +258,7 @@ def _lease_class() -> Any:
     that link() gives the marker's name, failing with EEXIST when the lock is taken: NFS makes link atomic on the
     server, and the name never exists without its record. Relies on filelock 4.3's _create_marker and
     _write_lock_info hooks (pyproject: filelock >= 4.3, < 5); a test kills holders at random moments."""
-    from filelock import SoftFileLease
+    from filelock import SoftFileLease  # noqa: PLC0415  (filelock: see the top)
 
     for hook in ("_create_marker", "_write_lock_info", "_mark_descriptor_pending"):
         if not hasattr(SoftFileLease, hook):
@@ -297,7 +301,7 @@ def _lease_class() -> Any:
 
 
 def _filelock_version() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import version  # noqa: PLC0415  (23 ms to import, for this error message only)
 
     return version("filelock")
 
@@ -333,7 +337,7 @@ class SiteLock:
         )
 
     def acquire(self) -> None:
-        from filelock import Timeout
+        from filelock import Timeout  # noqa: PLC0415  (filelock: see the top)
 
         if not self.path.parent.is_dir():
             try:
@@ -347,7 +351,7 @@ class SiteLock:
             SiteLock._held[key] += 1
             self._nested = True
             return
-        from filelock import LeaseSettingsMismatch
+        from filelock import LeaseSettingsMismatch  # noqa: PLC0415  (filelock: see the top)
 
         self._lock = self._make()
         try:
@@ -406,7 +410,7 @@ class SiteLock:
         filelock takes over an expired lease with renameat2(RENAME_EXCHANGE), which the Linux NFS client refuses
         (filelock's _util.py says so), so on NFS a dead host's lock would stay until `locks break`; and it never
         takes over an empty marker. Here expiry is judged on the server's clock (server_now), never on ours."""
-        from filelock import Timeout
+        from filelock import Timeout  # noqa: PLC0415  (filelock: see the top)
 
         started = time.monotonic()
         deadline = None if self.timeout < 0 else started + self.timeout
@@ -497,7 +501,8 @@ def holder_text(lock_path: Path, lead: str) -> str:
 
 def _marker_state(lock_path: Path, lease_seconds: float) -> tuple[str, Any]:
     """What filelock's marker says: held / stale / expired / empty / unreadable, plus its owner record."""
-    from filelock._identity import owner_is_stale  # the same proof of death filelock itself applies
+    # the same proof of death filelock itself applies
+    from filelock._identity import owner_is_stale  # noqa: PLC0415  (filelock: see the top)
 
     got = _marker(lock_path)
     if got is None:
@@ -537,7 +542,7 @@ def list_locks(locks_dir: Path, lease_seconds: float) -> list[LockInfo]:
 
 def break_lock(locks_dir: Path, name: str, lease_seconds: float) -> LockInfo:
     """Remove a lock whoever holds it: the operator says its holder is gone (`cpkgs locks break`)."""
-    from filelock import SoftFileLease
+    from filelock import SoftFileLease  # noqa: PLC0415  (filelock: see the top)
 
     if "/" in name or name.startswith("."):
         raise CpkgsError(f"{name!r} is not a lock name (see 'cpkgs locks')")
@@ -565,8 +570,6 @@ def wait_for_flock(path: Path, what: str, timeout: float) -> None:
     end. This probe takes and drops the same lock first (dropped at once: rattler opens the file again, and a
     flock held here would block it), so a holder is named instead of a silent hang. Opened read-write without
     following a symlink: the Linux NFS client emulates flock with byte-range locks, which need a writable fd."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDWR | NO_FOLLOW)
     except OSError:
@@ -598,7 +601,7 @@ def wait_for_flock(path: Path, what: str, timeout: float) -> None:
 
 def _flock_holders(fd: int) -> str:
     """Who holds a flock on FD's file, from /proc/locks (this host's processes only)."""
-    import psutil
+    import psutil  # noqa: PLC0415  (15 ms to import, only once a build waits for rattler's cache lock)
 
     ino = os.fstat(fd).st_ino
     pids: list[int] = []

@@ -387,58 +387,72 @@ def read_explicit(path: Path) -> ExplicitLock:
         if not line:
             continue
         if line.startswith("#"):
-            if line.startswith("# platform:"):
-                platform = line.split(":", 1)[1].strip()
-            elif line.startswith(VARIABLE_COMMENT):
-                name, eq, value = raw.split(":", 1)[1].lstrip().partition("=")
-                if not eq:
-                    raise SpecError(f"lock file {path} line {n}: expected '{VARIABLE_COMMENT} NAME=VALUE'")
-                variables[name] = value.rstrip("\r")
-            elif line.startswith(CHANNEL_COMMENT):
-                parts = line[len(CHANNEL_COMMENT):].split()
-                if len(parts) != 2 or "://" not in parts[1]:
-                    raise SpecError(f"lock file {path} line {n}: expected '{CHANNEL_COMMENT} NAME URL'")
-                channels[parts[1].rstrip("/")] = parts[0]
+            named = _lock_comment(path, n, raw, variables, channels)
+            platform = platform if named is None else named
             continue
         if line == "@EXPLICIT":
             seen_explicit = True
             continue
         if not seen_explicit:
             raise SpecError(f"lock file {path} line {n}: expected '@EXPLICIT' before package URLs")
-        m = _EXPLICIT_LINE.match(line)
-        if m is not None and "#" in m.group("url"):
-            raise SpecError(f"lock file {path} line {n}: the hash after '#' must be an md5 (32 hex digits) or a "
-                            f"sha256 (64): {line.rpartition('#')[2][:80]!r}")
-        if not m or "://" not in m.group("url"):
-            raise SpecError(f"lock file {path} line {n}: not a package URL: {line[:80]!r}")
-        url = m.group("url")
-        filename = url.rsplit("/", 1)[-1]
-        if not filename.endswith((".conda", ".tar.bz2")):
-            raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
-        try:
-            name = split_filename(filename)[0]
-        except SpecError as exc:
-            raise SpecError(f"lock file {path} line {n}: {exc}") from None
-        if name in first_line:
-            was, other = first_line[name]
-            raise SpecError(f"lock file {path} line {n}: {name} again (line {was}: {other}); an environment holds "
-                            "one build of each package")
-        first_line[name] = (n, filename)
-        h = m.group("hash")
-        sha256 = md5 = None
-        if h:
-            h = h.removeprefix("sha256:").lower()
-            if len(h) == 64:
-                sha256 = h
-            else:
-                md5 = h
-        pkgs.append(LockedPackage(url=url, filename=filename, sha256=sha256, md5=md5))
+        pkgs.append(_locked_package(path, n, line, first_line))
     if not seen_explicit:
         raise SpecError(f"lock file {path}: not a conda explicit file (no '@EXPLICIT' line)")
     if not pkgs:
         raise SpecError(f"lock file {path}: lists no packages")
     return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs),
                         variables=check_variables(variables, f"lock file {path}"), channels=channels)
+
+
+def _lock_comment(path: Path, n: int, raw: str, variables: dict[str, str], channels: dict[str, str]) -> str | None:
+    """A lock file's comment line N: the platform it names (None: not a platform line); its variables and channels
+    into VARIABLES and CHANNELS."""
+    line = raw.strip()
+    if line.startswith("# platform:"):
+        return line.split(":", 1)[1].strip()
+    if line.startswith(VARIABLE_COMMENT):
+        name, eq, value = raw.split(":", 1)[1].lstrip().partition("=")
+        if not eq:
+            raise SpecError(f"lock file {path} line {n}: expected '{VARIABLE_COMMENT} NAME=VALUE'")
+        variables[name] = value.rstrip("\r")
+    elif line.startswith(CHANNEL_COMMENT):
+        parts = line[len(CHANNEL_COMMENT):].split()
+        if len(parts) != 2 or "://" not in parts[1]:
+            raise SpecError(f"lock file {path} line {n}: expected '{CHANNEL_COMMENT} NAME URL'")
+        channels[parts[1].rstrip("/")] = parts[0]
+    return None
+
+
+def _locked_package(path: Path, n: int, line: str, first_line: dict[str, tuple[int, str]]) -> LockedPackage:
+    """Line N of a lock file: a package URL with its hash; FIRST_LINE: the packages seen so far (one build each)."""
+    m = _EXPLICIT_LINE.match(line)
+    if m is not None and "#" in m.group("url"):
+        raise SpecError(f"lock file {path} line {n}: the hash after '#' must be an md5 (32 hex digits) or a "
+                        f"sha256 (64): {line.rpartition('#')[2][:80]!r}")
+    if not m or "://" not in m.group("url"):
+        raise SpecError(f"lock file {path} line {n}: not a package URL: {line[:80]!r}")
+    url = m.group("url")
+    filename = url.rsplit("/", 1)[-1]
+    if not filename.endswith((".conda", ".tar.bz2")):
+        raise SpecError(f"lock file {path} line {n}: {filename!r} is not a .conda or .tar.bz2 package")
+    try:
+        name = split_filename(filename)[0]
+    except SpecError as exc:
+        raise SpecError(f"lock file {path} line {n}: {exc}") from None
+    if name in first_line:
+        was, other = first_line[name]
+        raise SpecError(f"lock file {path} line {n}: {name} again (line {was}: {other}); an environment holds "
+                        "one build of each package")
+    first_line[name] = (n, filename)
+    h = m.group("hash")
+    sha256 = md5 = None
+    if h:
+        h = h.removeprefix("sha256:").lower()
+        if len(h) == 64:
+            sha256 = h
+        else:
+            md5 = h
+    return LockedPackage(url=url, filename=filename, sha256=sha256, md5=md5)
 
 
 def check_sources(

@@ -36,8 +36,8 @@ from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
 from cpkgs_admin.outputs.localdb import db_config_files
-from cpkgs_admin.site.paths import open_site
-from cpkgs_admin.site.records import get_record, retired_line
+from cpkgs_admin.site.paths import Site, open_site
+from cpkgs_admin.site.records import EnvRecord, get_record, retired_line
 from cpkgs_admin.users.userfile import chain, group_label, others_can_write, private_group, user_label
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
@@ -214,14 +214,7 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
     """Create (or with force, re-point) the layer DIR on shared env BASE. Nothing is written before every check."""
     site = open_site(root)
     directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
-    try:
-        rec = get_record(site, base, None)
-    except EnvNotFound:
-        raise EnvNotFound(f"no shared environment named {base} in {site.root} (see 'cpkgs list')") from None
-    if rec.status == "removed":
-        raise CpkgsError(f"shared environment {base} was removed; choose another base (see 'cpkgs list')")
-    if rec.platform != site.native_subdir:
-        raise UsageError(f"{base} is built for {rec.platform}, not for this host ({site.native_subdir})")
+    rec = _base_record(site, base)
     prefix = Path(rec.prefix)
     version = rec.python_version
     if not version:
@@ -237,30 +230,7 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
 
     installation = site.installation_name(rec.platform)
     try:
-        _mkdirs(directory)
-        _check_control(directory)  # again, now that DIR exists: nobody slipped a directory of theirs in meanwhile
-        for sub in ("bin", f"lib/python{xy}/site-packages", "conda-meta/cpkgs"):
-            _mkdirs(directory / sub)
-        # The names python/python3/pythonX.Y all point at BASE's real interpreter file: Python finds pyvenv.cfg
-        # next to (or one above) the path it was started as, without resolving the link, so it runs as the layer.
-        for name in ("python", "python3", f"python{xy}"):
-            _symlink(str(interpreter), directory / "bin" / name)
-        _write(
-            directory / "pyvenv.cfg",
-            f"home = {prefix / 'bin'}\n"
-            "include-system-site-packages = true\n"
-            f"version = {version}\n"
-            f"executable = {interpreter}\n"
-            f"command = cpkgs extend {rec.name} {directory}\n",
-        )
-        # IPython history, notebook signatures, ...: on local disk, as in BASE (see the module doc). BASE's stdlib
-        # dir is known from its python version: a few stats, no listing.
-        for rel, text in db_config_files(prefix / "lib" / f"python{xy}").items():
-            _mkdirs((directory / rel).parent)
-            _write(directory / rel, text)
-        _write_wrappers(directory, prefix / "bin")
-        # Written last: the shell treats DIR as a layer only once everything above is in place.
-        _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
+        _write_layer(directory, rec, interpreter, installation)
     except PermissionError as exc:
         raise PermissionProblem(f"cannot write the layer in {directory}: {exc.strerror} ({exc.filename})") from None
     except OSError as exc:
@@ -276,5 +246,48 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
         has_pip=rec.package("pip") is not None,
         notice=notice,
     )
+
+
+def _base_record(site: Site, base: str) -> EnvRecord:
+    """BASE's record: a shared env of this host's platform that was not removed."""
+    try:
+        rec = get_record(site, base, None)
+    except EnvNotFound:
+        raise EnvNotFound(f"no shared environment named {base} in {site.root} (see 'cpkgs list')") from None
+    if rec.status == "removed":
+        raise CpkgsError(f"shared environment {base} was removed; choose another base (see 'cpkgs list')")
+    if rec.platform != site.native_subdir:
+        raise UsageError(f"{base} is built for {rec.platform}, not for this host ({site.native_subdir})")
+    return rec
+
+
+def _write_layer(directory: Path, rec: EnvRecord, interpreter: Path, installation: str) -> None:
+    """The layer's files in DIRECTORY, the layer file last."""
+    prefix, version = Path(rec.prefix), rec.python_version
+    xy = interpreter.name.removeprefix("python")
+    _mkdirs(directory)
+    _check_control(directory)  # again, now that DIR exists: nobody slipped a directory of theirs in meanwhile
+    for sub in ("bin", f"lib/python{xy}/site-packages", "conda-meta/cpkgs"):
+        _mkdirs(directory / sub)
+    # The names python/python3/pythonX.Y all point at BASE's real interpreter file: Python finds pyvenv.cfg
+    # next to (or one above) the path it was started as, without resolving the link, so it runs as the layer.
+    for name in ("python", "python3", f"python{xy}"):
+        _symlink(str(interpreter), directory / "bin" / name)
+    _write(
+        directory / "pyvenv.cfg",
+        f"home = {prefix / 'bin'}\n"
+        "include-system-site-packages = true\n"
+        f"version = {version}\n"
+        f"executable = {interpreter}\n"
+        f"command = cpkgs extend {rec.name} {directory}\n",
+    )
+    # IPython history, notebook signatures, ...: on local disk, as in BASE (see the module doc). BASE's stdlib
+    # dir is known from its python version: a few stats, no listing.
+    for rel, text in db_config_files(prefix / "lib" / f"python{xy}").items():
+        _mkdirs((directory / rel).parent)
+        _write(directory / rel, text)
+    _write_wrappers(directory, prefix / "bin")
+    # Written last: the shell treats DIR as a layer only once everything above is in place.
+    _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
 
 

@@ -116,7 +116,8 @@ def _compare(a: tuple[Any, str, str], b: tuple[Any, str, str]) -> int:
 
 def by_version(envs: Iterable[EnvSummary]) -> list[EnvSummary]:
     """ENVS, oldest version first."""
-    from rattler import Version
+    # rattler: 33 ms to import; `cpkgs catalog --path` imports the catalog and never orders versions.
+    from rattler import Version  # noqa: PLC0415
 
     parsed: list[tuple[Any, str, str]] = []
     named: dict[str, EnvSummary] = {}

@@ -105,8 +105,8 @@ def _checkout(art: Artifact, name: str, work_dir: Path) -> Path:
 
 def _build(src: Path, name: str, version: str, target: TargetPython, opts: IndexOptions, cache_dir: Path,
            work_dir: Path) -> Path:
-    from packaging.utils import parse_wheel_filename
-    from packaging.version import Version
+    from packaging.utils import parse_wheel_filename  # noqa: PLC0415  (packaging: see __init__)
+    from packaging.version import Version  # noqa: PLC0415  (packaging: see __init__)
 
     out = work_dir / f"built-{canonical(name)}"
     shutil.rmtree(out, ignore_errors=True)

@@ -190,7 +190,7 @@ def _source_comment(text: str, where: str) -> tuple[str, Source]:
 
 
 def _lock_entry(r: PipRequirement, sources: dict[str, Source]) -> LockEntry:
-    from packaging.requirements import Requirement
+    from packaging.requirements import Requirement  # noqa: PLC0415  (packaging: see __init__)
 
     if not r.hashes:
         raise PipError(f"pip lock file {r.where}: {r.text!r} has no --hash=sha256:...")
@@ -207,7 +207,7 @@ def _lock_entry(r: PipRequirement, sources: dict[str, Source]) -> LockEntry:
 
 
 def _wheel_version(url: str) -> str | None:
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename  # noqa: PLC0415  (packaging: see __init__)
 
     try:
         return str(parse_wheel_filename(url.rsplit("/", 1)[-1])[1])

@@ -224,7 +224,7 @@ def _index_url(val: str, base: Path, where: str, opt: str) -> str:
 
 def parse_requirement(text: str, where: str, base: Path, hashes: tuple[str, ...] = ()) -> PipRequirement:
     """One requirement line (without options): specifier, `name @ URL`, a bare URL or a path."""
-    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415  (packaging: see __init__)
 
     s = text.strip()
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", s) or s.startswith(_VCS_OTHER):
@@ -293,7 +293,7 @@ def _url_requirement(text: str, where: str, name: str | None, extras: str, url: 
 
 
 def _archive_name(filename: str) -> str | None:
-    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename  # noqa: PLC0415  (packaging: see __init__)
 
     try:
         if filename.endswith(WHEEL_EXT):

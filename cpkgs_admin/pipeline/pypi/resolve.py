@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import tomllib
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.pipeline.pypi.artifacts import Artifact, index_args, wheel_for
@@ -107,7 +106,7 @@ def lock_pip(request: PipRequest, target: TargetPython, config: PypiConfig, *, s
 
 
 def _provided(inv: EnvInventory) -> dict[str, Distribution]:
-    from packaging.version import InvalidVersion, Version
+    from packaging.version import InvalidVersion, Version  # noqa: PLC0415  (packaging: see __init__)
 
     out = {}
     for d in inv.conda_distributions():
@@ -201,7 +200,7 @@ def _diagnose(request: PipRequest, target: TargetPython, opts: IndexOptions, pro
     except UvFailed as alone:
         raise PipError(f"pip: cannot resolve the pip requirements: {alone.reason}") from None
     pins = {p.name: p for p in _read_resolved((free / "resolved.txt").read_text())}
-    from packaging.version import Version
+    from packaging.version import Version  # noqa: PLC0415  (packaging: see __init__)
 
     by_name = {r.name: r for r in request.requirements if r.name}
     for name, pin in sorted(pins.items(), key=lambda kv: (kv[0] not in by_name, kv[0])):
@@ -239,7 +238,7 @@ def _chain(name: str, pins: dict[str, _Pin], top: set[str]) -> list[str]:
 
 def _read_resolved(text: str) -> list[_Pin]:
     """uv pip compile's requirements.txt with line annotations: `pin  # via a, b` then `    # from INDEX`."""
-    from packaging.requirements import Requirement
+    from packaging.requirements import Requirement  # noqa: PLC0415  (packaging: see __init__)
 
     pins: list[_Pin] = []
     for raw in text.splitlines():

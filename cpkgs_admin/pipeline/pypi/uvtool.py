@@ -21,7 +21,7 @@ _DROP = frozenset({"VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "P
 
 def uv_binary() -> str:
     try:
-        from uv import find_uv_bin
+        from uv import find_uv_bin  # noqa: PLC0415  (uv may not be installed: a message, not a crash)
     except ImportError:
         raise PipError("the pip part needs uv (pip install 'uv'), which is not installed with this cpkgs") from None
     try:

@@ -110,8 +110,8 @@ class WheelContents:
 
 def wheel_contents(path: Path, scheme: dict[str, str], name: str, version: str) -> WheelContents:
     """PATH's contents for SCHEME; a PipError when the wheel does not hold NAME VERSION or writes outside the env."""
-    from packaging.utils import canonicalize_name
-    from packaging.version import InvalidVersion, Version
+    from packaging.utils import canonicalize_name  # noqa: PLC0415  (packaging: see __init__)
+    from packaging.version import InvalidVersion, Version  # noqa: PLC0415  (packaging: see __init__)
 
     info = read_wheel(path)
     try:
