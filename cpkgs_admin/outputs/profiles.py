@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cpkgs_admin.errors import UsageError
 from cpkgs_admin.site.files import write_if_changed
-from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.paths import FALLBACK_PLATFORMS, UNAME_PLATFORMS, Site
 from cpkgs_admin.site.usage_config import csh_line, sh_line
 
 # output name in <root>/etc/profile.d -> template in profiles/.  cpkgs-conda.csh is the csh `conda` alias's body.
@@ -50,6 +50,27 @@ def substitutions(site: Site) -> dict[str, str]:
         # One statement each: export CPKGS_USAGE_SEND while cpkgs.yaml has usage records on, else unset it.
         "USAGE_SH": sh_line(site.config.usage, root),
         "USAGE_CSH": csh_line(site.config.usage, root),
+        # Where retirement markers are (Site.retired_dir): conda.sh reads them with a builtin on activation.
+        "RETIRED_SH": shlex.quote(str(site.retired_dir)),
+        **platform_cases(),
+    }
+
+
+def platform_cases() -> dict[str, str]:
+    """The `uname -sm` -> platform table and the fallbacks (site/paths.py) as case arms for sh and csh: the
+    profiles cannot ask Python, so the one table is rendered into them."""
+    by_platform: dict[str, list[str]] = {}
+    for (system, machine), sub in UNAME_PLATFORMS.items():
+        by_platform.setdefault(sub, []).append(f"{system} {machine}")
+    sh = [f"    {' | '.join(repr(u) for u in unames)}) _cpkgs_sub={sub} ;;" for sub, unames in by_platform.items()]
+    csh = ["\n".join([*(f'    case "{u}":' for u in unames), f"        set _cpkgs_sub = {sub}", "        breaksw"])
+           for sub, unames in by_platform.items()]
+    return {
+        "PLATFORM_CASES_SH": "\n".join(sh),
+        "PLATFORM_CASES_CSH": "\n".join(csh),
+        "FALLBACK_CASES_SH": "\n".join(f"    {sub}) _cpkgs_fb={fb} ;;" for sub, fb in FALLBACK_PLATFORMS.items()),
+        "FALLBACK_CASES_CSH": "\n".join(f"    case {sub}:\n        set _cpkgs_fb = {fb}\n        breaksw"
+                                         for sub, fb in FALLBACK_PLATFORMS.items()),
     }
 
 
