@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from markupsafe import Markup
 
-from conftest import make_site, run_cpkgs, tree_hash
+from conftest import ENVS, make_site, run_cpkgs, tree_hash
 
 PLAT = "linux-64"
 CATALOG = "share/cpkgs-catalog"
@@ -39,7 +39,7 @@ def record(root: Path, name: str, packages: list[dict[str, Any]], *, status: str
            created: str = "2024-05-01T12:00:00+0000", **fields: Any) -> dict[str, Any]:
     family, _, version = name.rpartition("-")
     rec = {"schema": 2, "name": name, "family": family, "version": version, "platform": PLAT,
-           "prefix": str(root / "anaconda3_linux" / "envs" / name), "requested_specs": [p["name"] for p in packages],
+           "prefix": str(root / ENVS / name), "requested_specs": [p["name"] for p in packages],
            "channels": ["https://conda.example.org/main"], "packages": packages, "creator": "admin", "host": "build1",
            "created": created, "cpkgs_version": "0.1.0", "size": 123456789, "file_count": 42, "status": status,
            **fields}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_nobody, make_site, run_cpkgs, world_traversable
+from conftest import ENVS, as_nobody, make_site, run_cpkgs, world_traversable
 
-ENVS = "anaconda3_linux/envs"
 # A uid with no passwd entry and nothing of its own on this machine: its /tmp/cpkgs-<uid> is ours to stage.
 STRANGER = 54321
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, make_site, run_cpkgs, tree_hash, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, LINUX, NOBODY, make_site, run_cpkgs, tree_hash, world_traversable
 
 
 def build(root: Path, name: str) -> None:
@@ -31,7 +29,7 @@ def test_retire_marks_and_hides(tmp_path: Path, channel_url: str) -> None:
     assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["r-2.0"]
     every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
     assert every["r-1.0"]["status"] == "retired" and every["r-1.0"]["successor"] == "r-2.0"
-    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "r-1.0"
+    marker = root / ".cpkgs" / "retired" / LINUX / "r-1.0"
     assert marker.read_text() == "cpkgs: r-1.0 is retired; use r-2.0 (faster)\n"
     assert (root / ENVS / "r-1.0" / "bin" / "cpkgs-test-app").exists()  # retired envs stay usable
     info = run_cpkgs("info", "r-1.0", "--json", root=root).json()
@@ -84,7 +82,7 @@ def test_remove_keeps_the_env_for_running_jobs_until_purge(tmp_path: Path, chann
 
         # What sees envs: the shells' marker refuses it (naming the successor); listings hide it; its modulefile
         # and kernels are gone and refresh does not bring them back; the name stays taken.
-        marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "g-1.0"
+        marker = root / ".cpkgs" / "retired" / LINUX / "g-1.0"
         assert marker.read_text() == "cpkgs: g-1.0 was removed; use g-2.0\n"
         assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["g-2.0"]
         every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
@@ -402,7 +400,7 @@ def test_successor_must_be_current_and_removing_one_warns(tmp_path: Path, channe
     assert r.stderr == ("cpkgs: warning: s-1.0 is retired with s-1.1 as its successor, so its users are sent to a "
                         "removed environment: run 'cpkgs retire s-1.0 --successor NEWER'\n")
     assert run_cpkgs("retire", "s-1.0", "--successor", "s-1.2", root=root).returncode == 0
-    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "s-1.0"
+    marker = root / ".cpkgs" / "retired" / LINUX / "s-1.0"
     assert marker.read_text() == "cpkgs: s-1.0 is retired; use s-1.2\n"
     r = run_cpkgs("retire", "s-1.2", root=root)
     assert r.returncode == 0 and r.stderr == (

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL_SPECS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, FULL_SPECS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
 
 
 def test_published_env_runs_and_embeds_final_prefix(built_site: Path) -> None:

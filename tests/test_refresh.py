@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import run_cpkgs, tree_hash
+from conftest import ENVS, run_cpkgs, tree_hash
 
 
 def _build(site: Path) -> None:
@@ -157,7 +157,7 @@ def test_one_envs_broken_activate_script_does_not_stop_refresh_or_retire(site: P
     lua = site / "modulefiles" / "a" / "1.0.lua"
     good = lua.read_text()
     assert run_cpkgs("unseal", "a-1.0", "--reason", "test", root=site).returncode == 0
-    act = site / "anaconda3_linux" / "envs" / "a-1.0" / "etc" / "conda" / "activate.d"
+    act = site / ENVS / "a-1.0" / "etc" / "conda" / "activate.d"
     (act / "zz-bad.sh").write_text("exit 0\n")
     assert run_cpkgs("seal", "a-1.0", root=site).returncode == 0
     r = run_cpkgs("refresh", root=site)

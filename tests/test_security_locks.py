@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, REPO, as_nobody, make_site, run_cpkgs, world_traversable
+from conftest import ENVS, NOBODY, REPO, as_nobody, make_site, run_cpkgs, world_traversable
 
 WORKER = str(REPO / "tests" / "helpers" / "lock_worker.py")
 ADMIN_GROUP = "cpkgstestadm"
@@ -204,7 +204,7 @@ def test_umask_000_admin_leaves_no_cache_users_can_write(tmp_path: Path, channel
                     ["flock", "-s", f"{entry}.lock", "true"],
                     ["flock", "-s", f"{cache}/.cache.lock", "true"]):
         assert as_nobody(attempt).returncode != 0, attempt
-    assert as_nobody([str(root / "anaconda3_linux" / "envs" / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
+    assert as_nobody([str(root / ENVS / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
     for path in (root / ".cpkgs" / "locks", root / ".cpkgs" / "audit.log", *cache.rglob("*")):
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, path

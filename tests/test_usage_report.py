@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_site, run_cpkgs
+from conftest import ENVS, make_site, run_cpkgs
 from cpkgs_admin.outputs.usage.chart import package_chart_svg, usage_panels
 from cpkgs_admin.outputs.usage.report import usage_report
 from cpkgs_admin.site.paths import open_site
@@ -61,7 +61,7 @@ def configure(root: Path, logs: list[str]) -> None:
 
 def fake_env(root: Path, name: str, modules: dict[str, list[str]], created_days_ago: float | None = None) -> None:
     """An env dir holding only its module index (and, with CREATED_DAYS_AGO, a record of the site)."""
-    prefix = root / "anaconda3_linux" / "envs" / name
+    prefix = root / ENVS / name
     (prefix / "conda-meta" / "cpkgs").mkdir(parents=True)
     (prefix / "conda-meta" / "cpkgs" / "modules.json").write_text(json.dumps({"schema": 1, "modules": modules}))
     if created_days_ago is not None:
