@@ -263,34 +263,32 @@ else
                 fi
                 ;;
             esac
-            if [ -z "$_cpkgs_err" ]; then __cpkgs_marker; fi
+            if [ -z "$_cpkgs_err" ]; then
+                # A personal layer (cpkgs extend: conda-meta/cpkgs/layer = base prefix, base name, base
+                # installation): its base's programs and activate.d scripts come along. A shared env's retired
+                # marker: its one line is shown (read by a builtin: no fork), or, for a removed env, refuses the
+                # activation (its tree stays only for jobs already running from it).
+                _cpkgs_bn= _cpkgs_bi=
+                if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
+                    { IFS= read -r _cpkgs_nbase || :; IFS= read -r _cpkgs_bn || :; IFS= read -r _cpkgs_bi || :; } \
+                        < "$_cpkgs_n/conda-meta/cpkgs/layer"
+                    if [ -z "$_cpkgs_nbase" ] || [ ! -d "$_cpkgs_nbase" ]; then
+                        _cpkgs_err="$_cpkgs_n is a personal layer on ${_cpkgs_bn:-an env} ($_cpkgs_nbase), which no longer exists; rebuild the layer on a current env"
+                    fi
+                elif [ "$_cpkgs_name" != "$_cpkgs_n" ]; then
+                    _cpkgs_bn=$_cpkgs_name _cpkgs_bi=$_cpkgs_i
+                fi
+                if [ -n "$_cpkgs_bn" ] && [ -f "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" ]; then
+                    IFS= read -r _cpkgs_msg < "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" || :
+                    case $_cpkgs_msg in "cpkgs: $_cpkgs_bn was removed"*) _cpkgs_err=${_cpkgs_msg#cpkgs: } ;; esac
+                fi
+            fi
             if [ -z "$_cpkgs_err" ]; then
                 _cpkgs_go=1 _cpkgs_o=${CONDA_PREFIX-}
                 if [ "$_cpkgs_o" != "$_cpkgs_n" ]; then
                     if [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then _cpkgs_push=$_cpkgs_lvl; fi
                     _cpkgs_lvl=$((_cpkgs_lvl + 1))
                 fi
-            fi
-        }
-
-        # The env to activate, _cpkgs_n: a personal layer's base (cpkgs extend: conda-meta/cpkgs/layer = base
-        # prefix, base name, base installation), whose programs and activate.d scripts come along; and the shared
-        # env's retired marker, whose one line is shown (read by a builtin: no fork), or, for a removed env, refuses
-        # the activation (its tree stays only for jobs already running from it).
-        __cpkgs_marker() {
-            _cpkgs_bn= _cpkgs_bi=
-            if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
-                { IFS= read -r _cpkgs_nbase || :; IFS= read -r _cpkgs_bn || :; IFS= read -r _cpkgs_bi || :; } \
-                    < "$_cpkgs_n/conda-meta/cpkgs/layer"
-                if [ -z "$_cpkgs_nbase" ] || [ ! -d "$_cpkgs_nbase" ]; then
-                    _cpkgs_err="$_cpkgs_n is a personal layer on ${_cpkgs_bn:-an env} ($_cpkgs_nbase), which no longer exists; rebuild the layer on a current env"
-                fi
-            elif [ "$_cpkgs_name" != "$_cpkgs_n" ]; then
-                _cpkgs_bn=$_cpkgs_name _cpkgs_bi=$_cpkgs_i
-            fi
-            if [ -n "$_cpkgs_bn" ] && [ -f "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" ]; then
-                IFS= read -r _cpkgs_msg < "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" || :
-                case $_cpkgs_msg in "cpkgs: $_cpkgs_bn was removed"*) _cpkgs_err=${_cpkgs_msg#cpkgs: } ;; esac
             fi
         }
 
@@ -365,9 +363,46 @@ else
                 __cpkgs_scripts "$_cpkgs_d" deactivate
             done
             # 2. PATH: drop exactly what the old activation prepended, prepend the new env's entries.
-            __cpkgs_path
+            if [ -n "$_cpkgs_o" ]; then
+                case $PATH in
+                "$_cpkgs_ob") PATH= ;;
+                "$_cpkgs_ob":*) PATH=${PATH#"$_cpkgs_ob":} ;;
+                *)
+                    for _cpkgs_e in "$_cpkgs_o/bin" ${_cpkgs_obase:+"$_cpkgs_obase/bin"}; do
+                        case :$PATH: in
+                        *":$_cpkgs_e:"*)
+                            _cpkgs_s=:$PATH:
+                            _cpkgs_s=${_cpkgs_s%%":$_cpkgs_e:"*}:${_cpkgs_s#*":$_cpkgs_e:"}
+                            _cpkgs_s=${_cpkgs_s#:}
+                            PATH=${_cpkgs_s%:}
+                            ;;
+                        esac
+                    done
+                    ;;
+                esac
+            fi
+            if [ -n "$_cpkgs_n" ]; then PATH=$_cpkgs_nb${PATH:+:$PATH}; fi
+            export PATH
             # 3. conda's variables and the prompt.
-            __cpkgs_variables
+            if [ -n "$_cpkgs_push" ]; then
+                eval "CONDA_PREFIX_$_cpkgs_push=\$_cpkgs_o; export CONDA_PREFIX_$_cpkgs_push"
+            fi
+            if [ -n "$_cpkgs_pop" ]; then unset "CONDA_PREFIX_$_cpkgs_pop"; fi
+            _cpkgs_s=${CONDA_PROMPT_MODIFIER-}
+            if [ -n "$_cpkgs_n" ]; then
+                CONDA_PREFIX=$_cpkgs_n CONDA_DEFAULT_ENV=$_cpkgs_name CONDA_PROMPT_MODIFIER="($_cpkgs_name) "
+                CONDA_SHLVL=$_cpkgs_lvl
+                export CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL
+            else
+                unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER
+                CONDA_SHLVL=0
+                export CONDA_SHLVL
+            fi
+            if [ -n "$_cpkgs_emit" ]; then
+                if [ -n "${prompt+x}" ]; then prompt=${CONDA_PROMPT_MODIFIER-}${prompt#"$_cpkgs_s"}; fi
+            elif [ -n "${PS1+x}" ]; then
+                PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
+            fi
             # 4. the new env's activate.d scripts (a layer's base's, then its own), sorted.
             for _cpkgs_d in ${_cpkgs_nbase:+"$_cpkgs_nbase"} ${_cpkgs_n:+"$_cpkgs_n"}; do
                 __cpkgs_scripts "$_cpkgs_d" activate
@@ -406,93 +441,6 @@ else
             fi
         }
 
-        # PATH without exactly what the old activation prepended (_cpkgs_ob), with the new env's entries first.
-        __cpkgs_path() {
-            if [ -n "$_cpkgs_o" ]; then
-                case $PATH in
-                "$_cpkgs_ob") PATH= ;;
-                "$_cpkgs_ob":*) PATH=${PATH#"$_cpkgs_ob":} ;;
-                *)
-                    for _cpkgs_e in "$_cpkgs_o/bin" ${_cpkgs_obase:+"$_cpkgs_obase/bin"}; do
-                        case :$PATH: in
-                        *":$_cpkgs_e:"*)
-                            _cpkgs_s=:$PATH:
-                            _cpkgs_s=${_cpkgs_s%%":$_cpkgs_e:"*}:${_cpkgs_s#*":$_cpkgs_e:"}
-                            _cpkgs_s=${_cpkgs_s#:}
-                            PATH=${_cpkgs_s%:}
-                            ;;
-                        esac
-                    done
-                    ;;
-                esac
-            fi
-            if [ -n "$_cpkgs_n" ]; then PATH=$_cpkgs_nb${PATH:+:$PATH}; fi
-            export PATH
-        }
-
-        # CONDA_PREFIX, CONDA_DEFAULT_ENV, CONDA_PROMPT_MODIFIER, CONDA_SHLVL, the stack and the prompt.
-        __cpkgs_variables() {
-            if [ -n "$_cpkgs_push" ]; then
-                eval "CONDA_PREFIX_$_cpkgs_push=\$_cpkgs_o; export CONDA_PREFIX_$_cpkgs_push"
-            fi
-            if [ -n "$_cpkgs_pop" ]; then unset "CONDA_PREFIX_$_cpkgs_pop"; fi
-            _cpkgs_s=${CONDA_PROMPT_MODIFIER-}
-            if [ -n "$_cpkgs_n" ]; then
-                CONDA_PREFIX=$_cpkgs_n CONDA_DEFAULT_ENV=$_cpkgs_name CONDA_PROMPT_MODIFIER="($_cpkgs_name) "
-                CONDA_SHLVL=$_cpkgs_lvl
-                export CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL
-            else
-                unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER
-                CONDA_SHLVL=0
-                export CONDA_SHLVL
-            fi
-            if [ -n "$_cpkgs_emit" ]; then
-                if [ -n "${prompt+x}" ]; then prompt=${CONDA_PROMPT_MODIFIER-}${prompt#"$_cpkgs_s"}; fi
-            elif [ -n "${PS1+x}" ]; then
-                PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
-            fi
-        }
-
-        # For cpkgs-conda.csh: the whole change as one line of csh.  Lines "COMMAND<TAB>VALUE" get VALUE
-        # single-quoted for csh ('\'' for a quote, \! for a history bang).
-        __cpkgs_emit_csh() {
-            _cpkgs_s=$_cpkgs_pre
-            for _cpkgs_e in PATH CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL \
-                ${_cpkgs_pop:+"CONDA_PREFIX_$_cpkgs_pop"} ${_cpkgs_push:+"CONDA_PREFIX_$_cpkgs_push"} prompt; do
-                if eval "[ -n \"\${$_cpkgs_e+x}\" ]"; then
-                    eval "_cpkgs_a=\$$_cpkgs_e"
-                    if [ "$_cpkgs_e" = prompt ]; then _cpkgs_c='set prompt ='; else _cpkgs_c="setenv $_cpkgs_e"; fi
-                    _cpkgs_s="$_cpkgs_s$_cpkgs_c$_cpkgs_t$_cpkgs_a$_cpkgs_nl"
-                elif [ "$_cpkgs_e" != prompt ]; then
-                    _cpkgs_s="${_cpkgs_s}unsetenv $_cpkgs_e$_cpkgs_nl"
-                fi
-            done
-            _cpkgs_s=$_cpkgs_s$_cpkgs_post _cpkgs_a=
-            while [ -n "$_cpkgs_s" ]; do
-                _cpkgs_v=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
-                case $_cpkgs_v in
-                *"$_cpkgs_t"*)
-                    _cpkgs_a="$_cpkgs_a${_cpkgs_v%%"$_cpkgs_t"*} " _cpkgs_v=${_cpkgs_v#*"$_cpkgs_t"} _cpkgs_c=
-                    while :; do
-                        case $_cpkgs_v in
-                        *"'"*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%"'"*}'\\''" _cpkgs_v=${_cpkgs_v#*"'"} ;;
-                        *) break ;;
-                        esac
-                    done
-                    _cpkgs_v=$_cpkgs_c$_cpkgs_v _cpkgs_c=
-                    while :; do
-                        case $_cpkgs_v in
-                        *!*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%!*}\\!" _cpkgs_v=${_cpkgs_v#*!} ;;
-                        *) break ;;
-                        esac
-                    done
-                    _cpkgs_a="$_cpkgs_a'$_cpkgs_c$_cpkgs_v';"
-                    ;;
-                *) _cpkgs_a="$_cpkgs_a$_cpkgs_v;" ;;
-                esac
-            done
-            printf '%s\n' "$_cpkgs_a"
-        }
     fi
 fi
 if [ -n "$_cpkgs_why" ] && [ "${CPKGS_VERBOSE-}" = 1 ]; then
@@ -500,7 +448,51 @@ if [ -n "$_cpkgs_why" ] && [ "${CPKGS_VERBOSE-}" = 1 ]; then
 fi
 unset _cpkgs_root _cpkgs_out _cpkgs_nl _cpkgs_inst _cpkgs_why _cpkgs_pkgs _cpkgs_probe _cpkgs_uid _cpkgs_k _cpkgs_v _cpkgs_x \
     _cpkgs_u _cpkgs_sub _cpkgs_fb _cpkgs_w _cpkgs_ok
-# cpkgs-conda.csh runs this file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
+# Sourced, this file ends here: a shell never reads (nor parses) the rest, which is for cpkgs-conda.csh: it runs this
+# file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
+[ -n "${_cpkgs_csh-}" ] || return 0 2>/dev/null || exit 0
+
+# For cpkgs-conda.csh: the whole change as one line of csh.  Lines "COMMAND<TAB>VALUE" get VALUE
+# single-quoted for csh ('\'' for a quote, \! for a history bang).
+__cpkgs_emit_csh() {
+    _cpkgs_s=$_cpkgs_pre
+    for _cpkgs_e in PATH CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL \
+        ${_cpkgs_pop:+"CONDA_PREFIX_$_cpkgs_pop"} ${_cpkgs_push:+"CONDA_PREFIX_$_cpkgs_push"} prompt; do
+        if eval "[ -n \"\${$_cpkgs_e+x}\" ]"; then
+            eval "_cpkgs_a=\$$_cpkgs_e"
+            if [ "$_cpkgs_e" = prompt ]; then _cpkgs_c='set prompt ='; else _cpkgs_c="setenv $_cpkgs_e"; fi
+            _cpkgs_s="$_cpkgs_s$_cpkgs_c$_cpkgs_t$_cpkgs_a$_cpkgs_nl"
+        elif [ "$_cpkgs_e" != prompt ]; then
+            _cpkgs_s="${_cpkgs_s}unsetenv $_cpkgs_e$_cpkgs_nl"
+        fi
+    done
+    _cpkgs_s=$_cpkgs_s$_cpkgs_post _cpkgs_a=
+    while [ -n "$_cpkgs_s" ]; do
+        _cpkgs_v=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
+        case $_cpkgs_v in
+        *"$_cpkgs_t"*)
+            _cpkgs_a="$_cpkgs_a${_cpkgs_v%%"$_cpkgs_t"*} " _cpkgs_v=${_cpkgs_v#*"$_cpkgs_t"} _cpkgs_c=
+            while :; do
+                case $_cpkgs_v in
+                *"'"*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%"'"*}'\\''" _cpkgs_v=${_cpkgs_v#*"'"} ;;
+                *) break ;;
+                esac
+            done
+            _cpkgs_v=$_cpkgs_c$_cpkgs_v _cpkgs_c=
+            while :; do
+                case $_cpkgs_v in
+                *!*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%!*}\\!" _cpkgs_v=${_cpkgs_v#*!} ;;
+                *) break ;;
+                esac
+            done
+            _cpkgs_a="$_cpkgs_a'$_cpkgs_c$_cpkgs_v';"
+            ;;
+        *) _cpkgs_a="$_cpkgs_a$_cpkgs_v;" ;;
+        esac
+    done
+    printf '%s\n' "$_cpkgs_a"
+}
+
 case ${_cpkgs_csh-} in
 emit) conda ${_cpkgs_a1+"$_cpkgs_a1"} ${_cpkgs_a2+"$_cpkgs_a2"} ;;
 run) conda "$@" ;;
