@@ -148,7 +148,7 @@ def main() -> None:
     load_after = os.getloadavg()
     med = {k: C.median(v) for k, v in times.items()}
     # Like for like: bare uv hard-links from its cache by default; so does install_pip when the pipeline finds uv's
-    # cache as admin-only as the conda one (build.cache_is_admin_only), else it copies (the second figure).
+    # cache as admin-only as the conda one (pipeline.plan.cache_is_admin_only), else it copies (the second figure).
     ratio = med["cpkgs-hardlink"] / med["uv"]
     print(f"pip part: {len(lock.packages)} locked wheels, {n_bytes / 2**20:.1f} MiB, into a fresh python+pip env; "
           f"median of {args.runs} alternating runs")

@@ -27,14 +27,14 @@ from cpkgs_admin.site.text import printable
 _state: dict[str, Any] = {"verbose": 0}
 
 # Each command's module (cli/<group>.py) is imported when that command runs: it imports its part of cpkgs at the
-# top, and the parts differ in cost (the catalog's jinja2, verify's hashing pools, conda-pack, rattler): 90 ms more
+# top, and the parts differ in cost (the catalog's jinja2, verify's hashing pools, conda-pack, rattler): 135 ms more
 # on every `cpkgs list` if all were loaded (python -X importtime).
 COMMANDS = {
     "init": "admin:init", "write-profiles": "admin:write_profiles_cmd", "refresh": "admin:refresh",
-    "catalog": "admin:catalog", "usage": "admin:usage", "locks": "admin:locks",
+    "locks": "admin:locks", "catalog": "catalog:catalog", "usage": "usage:usage",
     "new-env": "build:new_env",
     "list": "envs:list_cmd", "info": "envs:info", "diff": "envs:diff", "export": "envs:export",
-    "verify": "check:verify", "doctor": "check:doctor",
+    "verify": "verify:verify", "doctor": "doctor:doctor",
     "seal": "status:seal", "unseal": "status:unseal", "retire": "status:retire", "remove": "status:remove",
     "purge": "status:purge",
     "pack": "pack:pack", "mirror": "pack:mirror",

@@ -1,15 +1,13 @@
-"""The site itself: `cpkgs init`, `write-profiles`, `refresh`, `catalog`, `usage`, `locks`."""
+"""The site itself: `cpkgs init`, `write-profiles`, `refresh`, `locks`."""
 
 from __future__ import annotations
 
 import click
 
-from cpkgs_admin.cli.common import Ctx, emit_json, human_age, json_option, pass_ctx, report_damaged, table, warn
+from cpkgs_admin.cli.common import Ctx, emit_json, human_age, json_option, pass_ctx, table, warn
 from cpkgs_admin.lifecycle.init import init_site
 from cpkgs_admin.lifecycle.refresh import refresh_site
-from cpkgs_admin.outputs.catalog import CatalogReport, catalog_platforms, index_file, render_catalog
 from cpkgs_admin.outputs.profiles import write_profiles
-from cpkgs_admin.outputs.usage.report import iso, usage_report
 from cpkgs_admin.site.audit import audited
 from cpkgs_admin.site.locks import break_lock, list_locks, notice, sweep_dead_locks
 
@@ -73,64 +71,6 @@ def refresh(c: Ctx, as_json: bool) -> None:
         c.say(line)
     if not rep.changed:
         c.say("everything is up to date")
-
-
-@click.command()
-@click.option("--path", "path_only", is_flag=True, help="Only print where the page is (any user; writes nothing).")
-@json_option
-@pass_ctx
-def catalog(c: Ctx, path_only: bool, as_json: bool) -> None:
-    """Render the catalog web page (every env, its packages, how to use it); print this host's index.html."""
-    site = c.site()
-    if path_only:
-        rep = CatalogReport(indexes={p: str(index_file(site, p)) for p in catalog_platforms(site)})
-    else:
-        rep = render_catalog(site)
-    here = rep.indexes.get(site.native_subdir)
-    if as_json:
-        emit_json({"index": here, **rep.to_json()})
-        if rep.damaged:
-            raise click.exceptions.Exit(1)
-        return
-    if not path_only and not c.quiet:
-        click.echo(f"cpkgs: catalog of {rep.envs} environments: {len(rep.written)} files written, "
-                   f"{len(rep.removed)} removed", err=True)
-    # stdout is the path alone (`xdg-open "$(cpkgs catalog --path)"`); on a host of a platform the site does not
-    # serve, every platform's.
-    for line in [here] if here else [f"{path} ({plat})" for plat, path in rep.indexes.items()]:
-        click.echo(line)
-    # Records it could not read: their pages are left as they were; reported after the rest, as `list` does.
-    report_damaged(rep.damaged)
-
-
-@click.command()
-@click.option("--since", metavar="D", help="Only runs since D: a duration back from now (30d) or a date (2024-05-01).")
-@click.option("--env", "env", metavar="NAME", help="Only this environment.")
-@click.option("--unused", metavar="D", default="90d", show_default=True,
-              help="List envs nobody used for D as retirement candidates.")
-@click.option("--top", default=30, show_default=True, metavar="N", help="Packages shown (the JSON has all).")
-@json_option
-@pass_ctx
-def usage(c: Ctx, since: str | None, env: str | None, unused: str, top: int, as_json: bool) -> None:
-    """Runs, users and last use per env and users per package, from the usage logs (cpkgs.yaml usage.logs)."""
-    rep = usage_report(c.site(), since=since, env=env, unused=unused)
-    if as_json:
-        emit_json(rep.to_json())
-        return
-    click.echo(table([(e.name, e.platform, e.status, e.runs, e.users, iso(e.last_used) or "never")
-                      for e in rep.envs], ["env", "platform", "status", "runs", "users", "last used"]))
-    click.echo("")
-    click.echo(table([(p.name, p.kind, p.users, p.envs) for p in rep.packages[:top]],
-                     ["package", "kind", "users", "envs"]))
-    click.echo("")
-    days = f"{rep.unused_days / 86400:g} days"
-    if not rep.covered:
-        click.echo(f"retirement candidates: unknown (the logs do not reach back {days})")
-    else:
-        names = ", ".join(f"{x.name} ({x.platform})" for x in rep.candidates) or "none"
-        click.echo(f"unused for {days} (retirement candidates): {names}")
-    c.say(f"{rep.records} records in {len(rep.logs)} file(s); {rep.skipped_lines} lines skipped "
-          f"({rep.foreign_lines} not usage records, {rep.malformed_lines} malformed)")
 
 
 @click.group(invoke_without_command=True)

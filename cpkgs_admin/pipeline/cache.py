@@ -29,15 +29,12 @@ from cpkgs_admin.errors import PermissionProblem, SiteError
 from cpkgs_admin.integrity.owners import in_group
 from cpkgs_admin.integrity.tree import make_removable
 from cpkgs_admin.site.files import make_dir_exact
+from cpkgs_admin.site.paths import HASH_MEMO_DIR, REPODATA_DIR
 
 # py-rattler's own files in its cache dir: the cache-wide flock file, and one `<entry>.lock` beside each extracted
 # package (its revision and the archive's sha256).
 RATTLER_CACHE_LOCK = ".cache.lock"
 ENTRY_LOCK_SUFFIX = ".lock"
-# Inside the cache: digests of cache inodes new-env has already hashed (verify.HashMemo).
-HASH_MEMO_DIR = ".cpkgs-verified"
-# rattler's repodata cache (build.py passes it to the solver).
-REPODATA_DIR = "repodata"
 _DROPPED = ".cpkgs-dropped-"
 
 

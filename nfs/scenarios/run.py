@@ -461,7 +461,7 @@ def silly_rename() -> None:
                 f"A purged an env whose file it holds open: {brief(p)}; silly-renamed {nfs_files}; "
                 f"kept_busy {rep.get('kept_busy')}, deleted {rep.get('deleted')}; A's read of a file B purged "
                 f"under it: {after}" + ("" if ok else " -- purge reports the entry deleted while A's .nfs file "
-                "keeps it in the trash (envs.py _delete_tree_except_nfs: the unlink on the holding host silly-renames "
+                "keeps it in the trash (lifecycle/purge.py _delete_tree_except_nfs: the unlink on the holding host silly-renames "
                 "and succeeds, the final rmtree(ignore_errors) leaves the dir, and busy stays empty)"))
             put("silly_rename.a_purged")
             get("silly_rename.b_purged2")

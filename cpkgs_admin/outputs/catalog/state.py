@@ -2,7 +2,7 @@
 
 Kept in the catalog directory itself (`.state.json`; deleting the directory just means a full render next time):
 per env the record file's (inode, size, mtime, ctime) and its summary. Records are only ever replaced by rename
-(locking.atomic_write), so a rewritten record has a new inode or times; the env a command changes is also named to
+(site.files.atomic_write), so a rewritten record has a new inode or times; the env a command changes is also named to
 the update explicitly. A state written for another root, platform or set of templates is not used.
 """
 

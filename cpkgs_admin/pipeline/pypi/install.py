@@ -33,7 +33,8 @@ SHEBANG_MAX = 127
 def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_dir: Path, hard_links: bool = False,
                 inventory: EnvInventory | None = None) -> list[PypiPackage]:
     """Install LOCK into TARGET.staging; return its packages with their dist-info paths. HARD_LINKS: files may be
-    hard links into uv's cache (only when that cache is as admin-only as the conda one: build.cache_is_admin_only)."""
+    hard links into uv's cache (only when that cache is as admin-only as the conda one:
+    pipeline.plan.cache_is_admin_only)."""
     if not lock.packages:
         return []
     inv = inventory or EnvInventory(target.staging)

@@ -1,4 +1,4 @@
-"""The commands that check (exit 4 on problems): `cpkgs verify`, `doctor`."""
+"""`cpkgs verify`: permissions and every file's integrity (exit 4 on problems)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from cpkgs_admin.cli.common import Ctx, emit_json, json_option, pass_ctx
 from cpkgs_admin.errors import CheckFailed
 from cpkgs_admin.lifecycle.verify import verify_envs
 from cpkgs_admin.site.text import printable
-from cpkgs_admin.users.doctor import run_doctor
 
 
 @click.command()
@@ -34,17 +33,3 @@ def verify(c: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         raise CheckFailed(f"verify found {problems} problem(s)")
 
 
-@click.command()
-@click.option("--deep", is_flag=True, help="Admin side: also run verify on every environment.")
-@json_option
-@pass_ctx
-def doctor(c: Ctx, deep: bool, as_json: bool) -> None:
-    """Check this user's and this host's setup (exit 4 when a check fails)."""
-    rep = run_doctor(c.root, deep=deep)
-    if as_json:
-        emit_json(rep.to_json())
-    else:
-        for f in rep.findings:
-            click.echo(f"[{f.status:4}] {f.check}: {f.message}" + (f" -> {f.fix}" if f.fix else ""))
-    if rep.failed:
-        raise CheckFailed(f"doctor: {rep.failed} check(s) failed")
