@@ -804,3 +804,45 @@ def test_variables_reach_modules_and_kernels_exactly(site: Path, tmp_path: Path)
     r = subprocess.run(["bash", "-c", f". {site}/etc/profile.d/conda.sh; conda activate w-1.0; conda deactivate; "
                         'echo "seen=$SEEN_AT_DEACTIVATE msg=${MSG-unset}"'], capture_output=True, text=True)
     assert r.stdout == "seen=h\u00e9llo $HOME msg=unset\n", r
+
+
+def _opened_by_main_thread(log: str, suffix: str) -> list[str]:
+    """Paths ending in SUFFIX that the cpkgs process's main thread opened (strace -f: each line starts with the
+    thread id; the main thread's is the first line's, the process id). rattler reads the same files from its own
+    threads when it links."""
+    main = log.split(None, 1)[0]
+    return [ln for ln in log.splitlines() if ln.startswith(main + " ") and re.search(rf'"[^"]*{re.escape(suffix)}"', ln)]
+
+
+def test_second_build_reads_no_file_list_of_an_unchanged_cache_entry(tmp_path: Path, channel_url: str) -> None:
+    """Before rattler installs anything, new-env checks every package's file list. The first build reads each from
+    its cache entry and remembers the summary of a list that passed; later builds linking the same unchanged entry
+    (same paths.json inode, size, mtime and ctime, same archive) do not read it again."""
+    root = make_site(tmp_path / "site", channel_url)
+    first, log1 = _opened_by_build(root, "l-1.0", "cpkgs-test-app")
+    assert first.returncode == 0, first.stderr
+    second, log2 = _opened_by_build(root, "l-2.0", "cpkgs-test-app")
+    assert second.returncode == 0, second.stderr
+    assert _opened_by_main_thread(log1, "/info/paths.json") == []  # the first build unpacked: read from archives
+    third, log3 = _opened_by_build(root, "l-3.0", "cpkgs-test-app")
+    assert third.returncode == 0, third.stderr
+    assert _opened_by_main_thread(log2, "/info/paths.json"), "the second build checks the cache entries' lists"
+    assert _opened_by_main_thread(log3, "/info/paths.json") == []
+
+
+def test_a_cache_entry_whose_file_list_changed_is_checked_again(tmp_path: Path, channel_url: str) -> None:
+    """The remembered summary of a file list stands only while its paths.json is unchanged: one rewritten since
+    (here to name a path under conda-meta/) is read and checked again, and refused."""
+    root = make_site(tmp_path / "site", channel_url)
+    for name in ("c-1.0", "c-2.0"):
+        assert run_cpkgs("new-env", name, "cpkgs-test-app", root=root).returncode == 0
+    paths_json = next((root / ".cpkgs" / "pkgs").glob("cpkgs-test-app-*/info/paths.json"))
+    doc = json.loads(paths_json.read_bytes())
+    doc["paths"].append({"_path": "conda-meta/cpkgs/layer", "path_type": "hardlink", "size_in_bytes": 0,
+                         "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"})
+    stat_before = paths_json.stat()
+    paths_json.write_text(json.dumps(doc))  # root writes through the entry's 0444
+    os.utime(paths_json, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))  # its mtime back: ctime moved
+    r = run_cpkgs("new-env", "c-3.0", "cpkgs-test-app", root=root)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r
+    assert "refusing package cpkgs-test-app-" in r.stderr and "conda-meta/cpkgs/layer" in r.stderr, r.stderr

@@ -346,3 +346,31 @@ def test_unknown_spec_key_lists_every_allowed_key(site: Path, tmp_path: Path) ->
     assert r.returncode == 0, r
     assert "key 'varaibles' is not an environment.yml key; ignored, as conda does (keys: name, channels, " \
         "dependencies, variables, prefix" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------------- checks during the install
+
+
+def test_a_post_link_script_changing_a_checked_file_is_caught(adv_site: Path) -> None:
+    """new-env checks each package's files while rattler links the others; a post-link script runs after that and
+    can change any file in place. Here it appends to a file of another package, a cache inode the first build
+    remembered as hashed: the build still finds it (an env with post-link scripts is checked in full after the
+    install) and publishes nothing."""
+    specs = ("cpkgs-test-app", "cpkgs-test-postlink")
+    assert run_cpkgs("new-env", "pl-1.0", *specs, root=adv_site).returncode == 0
+    r = run_cpkgs("new-env", "pl-2.0", *specs, root=adv_site, env={"CPKGS_TEST_APPEND": "bin/cpkgs-test-app"})
+    assert r.returncode == 1, r
+    assert r.stderr.count("\n") == 1 and "modified bin/cpkgs-test-app" in r.stderr, r.stderr
+    assert not (adv_site / ENVS / "pl-2.0").exists() and _leftovers(adv_site) == []
+
+
+def test_clobbered_paths_are_checked_as_rattler_leaves_them(adv_site: Path) -> None:
+    """Two packages shipping one path: rattler keeps one, moves the other under __clobbers__/ and rewrites both
+    records after every package was linked; the build checks the env as it is then, and verify agrees."""
+    r = run_cpkgs("new-env", "cl-1.0", "cpkgs-test-clobber-a", "cpkgs-test-clobber-b", root=adv_site)
+    assert r.returncode == 0, r
+    prefix = adv_site / ENVS / "cl-1.0"
+    assert (prefix / "share" / "clobber" / "same.txt").read_bytes() in (b"from a\n", b"from b, longer\n")
+    assert len(list((prefix / "__clobbers__").rglob("same.txt"))) == 1
+    v = run_cpkgs("verify", "cl-1.0", root=adv_site)
+    assert v.returncode == 0, v

@@ -173,6 +173,13 @@ def _run_checks(
         return [r for f in [*big, small] for r in f.result()]
 
 
+def hash_items(prefix: Path, items: list[_Item], workers: int | None = None) -> list[_Result]:
+    """Check ITEMS (expected, lstat already taken or None) on every core, largest first: _check_one's results."""
+    items.sort(key=lambda it: -(it[0].size or 0))
+    trust_before = time.time() - HashMemo.RACY_SECONDS
+    return _run_checks(str(prefix), items, workers or max(2, os.cpu_count() or 2), trust_before, lambda: None)
+
+
 def check_integrity(
     prefix: Path,
     workers: int | None = None,

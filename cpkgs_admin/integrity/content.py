@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.site.text import control_character, printable
 
+# Filesystems allocate whole blocks: a file costs its size rounded up to this.
+_BLOCK = 4096
 # The kernel's limit on symlinks followed in one path lookup (ELOOP).
 _MAX_HOPS = 40
 
@@ -88,6 +90,60 @@ def check_paths(files: Iterable[tuple[str, Iterable[FileEntry]]]) -> None:
             path = ordered[i]
             raise refuse(owner[path], path, f"is under {link}, a symlink of {links[link]}: it would be written "
                                             "wherever that points")
+
+
+class ListSummary(NamedTuple):
+    """What the check across packages and the space estimate need of one package's file list, once every path in it
+    passed path_problem: its symlinks, every directory its paths lie in, its entry count and sizes."""
+
+    links: tuple[str, ...]
+    dirs: frozenset[str]
+    entries: int
+    blocks: int  # the files' sizes, each rounded up to whole filesystem blocks
+    copied_blocks: int  # those of the files written as copies even where rattler hard-links
+    unsized: bool  # a file without a size: the archive's size stands in for the list's
+
+
+def blocks(size: int) -> int:
+    """SIZE rounded up to whole filesystem blocks: what a file of that size costs on disk."""
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def summarize(dist: str, entries: Iterable[FileEntry]) -> ListSummary:
+    """Check every path of one package (raises for the first problem) and sum up its list."""
+    links: list[str] = []
+    dirs: set[str] = set()
+    n = size = copied = 0
+    unsized = False
+    for e in entries:
+        n += 1
+        problem = path_problem(e.path)
+        if problem:
+            raise refuse(dist, e.path, problem)
+        parent = e.path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+        if e.link:
+            links.append(e.path)
+        elif not e.directory:
+            if e.size is None:
+                unsized = True
+                continue
+            b = blocks(e.size)
+            size += b
+            copied += b if e.copied else 0
+    return ListSummary(tuple(links), frozenset(dirs), n, size, copied, unsized)
+
+
+def under_symlink(summaries: Iterable[ListSummary]) -> bool:
+    """Whether any package's path lies under a symlink of any package (its own too): a path lies under LINK when LINK
+    is one of the directories its paths lie in. check_paths on the full lists names the path."""
+    listed = list(summaries)
+    dirs: set[str] = set()
+    for s in listed:
+        dirs |= s.dirs
+    return any(link in dirs for s in listed for link in s.links)
 
 
 def _inside(target: str, roots: tuple[str, ...]) -> list[str] | None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from cpkgs_admin.errors import PermissionProblem
 
 EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Opening a directory of an env's tree: never through a symlink (scan_tree, watch.list_tree).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def sealed_mode(st_mode: int) -> int:
@@ -36,7 +37,7 @@ def scan_tree(top: Path, unreadable: list[tuple[str, str]] | None = None) -> dic
     while pending:
         rel_dir, path = pending.pop()
         try:
-            fd = os.open(path, _DIR_FLAGS if rel_dir else _DIR_FLAGS & ~os.O_NOFOLLOW)  # TOP itself may be a link
+            fd = os.open(path, DIR_FLAGS if rel_dir else DIR_FLAGS & ~os.O_NOFOLLOW)  # TOP itself may be a link
         except FileNotFoundError:
             continue
         except OSError as exc:

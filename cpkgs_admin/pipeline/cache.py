@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PermissionProblem, SiteError
+from cpkgs_admin.integrity.memo import LIST_MEMO_SUFFIX
 from cpkgs_admin.integrity.owners import in_group
 from cpkgs_admin.integrity.tree import make_removable
 from cpkgs_admin.site.files import make_dir_exact
@@ -268,7 +269,8 @@ def drop_entry(cache: Path, dist: str) -> None:
     """Remove DIST's extracted directory, rattler's lock file for it and its hash memo, so the next install fetches
     and extracts the package again. Renamed aside first: a removal cut short leaves no half entry under its name."""
     _remove(cache / dist)
-    for extra in (cache / f"{dist}{ENTRY_LOCK_SUFFIX}", cache / HASH_MEMO_DIR / f"{dist}.json"):
+    memo = cache / HASH_MEMO_DIR
+    for extra in (cache / f"{dist}{ENTRY_LOCK_SUFFIX}", memo / f"{dist}.json", memo / f"{dist}{LIST_MEMO_SUFFIX}"):
         with contextlib.suppress(FileNotFoundError):
             extra.unlink()
 

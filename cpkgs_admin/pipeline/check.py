@@ -26,10 +26,15 @@ class DamagedCache(Exception):
 
 
 def check(job: Job) -> None:
-    site = job.site
-    # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
-    owners = Owners(job.staging.lstat().st_uid, site.pkgs_cache_dir if job.hard_links else None, site.admin_gid())
-    problems, _n, _b, _tree = check_integrity(job.staging, memo=job.memo, tree=job.tree, meta=job.meta, owners=owners)
+    """The staged env's problems: those the post-process's final check found (packages checked during the install),
+    else those of a full check of its scan."""
+    problems = job.problems
+    if problems is None:
+        site = job.site
+        # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
+        owners = job.owners or Owners(job.staging.lstat().st_uid, site.pkgs_cache_dir if job.hard_links else None,
+                                      site.admin_gid())
+        problems = check_integrity(job.staging, memo=job.memo, tree=job.tree, meta=job.meta, owners=owners)[0]
     if problems:
         _raise_verify_failed(job, problems)
     if job.memo is not None:

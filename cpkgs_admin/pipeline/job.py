@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin.integrity.checks import Problem
 from cpkgs_admin.integrity.manifest import CondaMeta
 from cpkgs_admin.integrity.memo import HashMemo
+from cpkgs_admin.integrity.owners import Owners
+from cpkgs_admin.integrity.watch import StagedCheck
 from cpkgs_admin.site.names import EnvName
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
@@ -92,8 +95,9 @@ class Solved:
 class Job:
     """What staging, checking, sealing and publishing an env need, and what each step leaves for the next: the record
     being built (its prefix is the final one), rattler's records to install, the private staging dir, whether its
-    files are hard links into the admin-only cache (and the hash memo vouching for them), the staged tree's scan and
-    its conda-meta, and the steps' times and warnings."""
+    files are hard links into the admin-only cache (and the hash memo vouching for them), what was checked during
+    the install, the staged tree's scan (with STAGED: what the seal must look at) and its conda-meta, and the steps'
+    times and warnings."""
 
     site: Site
     record: EnvRecord
@@ -106,6 +110,10 @@ class Job:
     installing: bool = False  # rattler's install is running: its threads may still write into the staging dir
     hard_links: bool = False
     memo: HashMemo | None = None
+    owners: Owners | None = None  # who may own the staged env's files
+    # The packages' files checked during the install (integrity.watch), or None: the check reads the whole tree.
+    staged: StagedCheck | None = None
+    problems: list[Problem] | None = None  # what the post-process's final check found (with STAGED)
     tree: dict[str, os.stat_result] = field(default_factory=dict)
     meta: CondaMeta = field(default_factory=list)
 

@@ -19,13 +19,20 @@ from rattler.networking import Client
 from rattler.package_streaming import PackageArchive
 
 from cpkgs_admin.errors import BuildError
-from cpkgs_admin.integrity.content import FileEntry, check_paths, path_problem, refuse
+from cpkgs_admin.integrity.content import (
+    FileEntry,
+    ListSummary,
+    check_paths,
+    path_problem,
+    refuse,
+    summarize,
+    under_symlink,
+)
+from cpkgs_admin.integrity.memo import ListMemo
 from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.site.paths import HASH_MEMO_DIR
 
-# Filesystems allocate whole blocks: a file costs its size rounded up to this.
-_BLOCK = 4096
 # A package's conda-meta record and the cache entry's info/ dir, roughly: a fixed part plus a line per file.
 _META_FIXED = 16384
 _META_PER_FILE = 256
@@ -34,9 +41,10 @@ _CONCURRENT_READS = 16
 @dataclass(frozen=True)
 class PackageFiles:
     dist: str  # name-version-build: the package's directory in the cache and its conda-meta record's name
-    entries: tuple[FileEntry, ...]
+    entries: tuple[FileEntry, ...]  # empty when only the summary was read (ListMemo)
     cached: bool  # rattler will link it from the cache entry as it is (nothing to unpack)
     archive_size: int
+    summary: ListSummary  # every path checked (integrity.content.summarize)
 
 
 # ----------------------------------------------------------------------------------------------------- file lists
@@ -110,26 +118,26 @@ def _unreadable(dist: str, url: str, exc: Exception) -> BuildError:
     return BuildError(f"cannot read the file list of {dist} ({url}): {first}")
 
 
-def read_package_files(records: list[Any], cache_dir: Path, client: Any) -> list[PackageFiles]:
-    """Every record's file list: from its cache entry when rattler will use that one, else from its archive."""
+def read_package_files(records: list[Any], cache_dir: Path, client: Any, memo: ListMemo | None = None
+                       ) -> list[PackageFiles]:
+    """Every record's file list, each path checked and the list summed up: from its cache entry when rattler will
+    use that one (or only the summary MEMO holds for that entry as it is), else from its archive."""
 
     async def one(rec: Any, sem: asyncio.Semaphore) -> PackageFiles:
         dist = _dist(rec)
         size = int(rec.size or 0)
         entry = _valid_cache_entry(cache_dir, dist, rec.sha256)
         if entry is not None:
-            try:
-                data = (entry / "info" / "paths.json").read_bytes()
-            except OSError:
-                pass
-            else:
-                return PackageFiles(dist, _entries(dist, data, None), cached=True, archive_size=size)
+            got = _from_entry(dist, entry, rec.sha256, size, memo)
+            if got is not None:
+                return got
         async with sem:
             try:
                 lists = await _archive_lists(str(rec.url), client)
             except Exception as exc:  # rattler's own errors: no common base class to name
                 raise _unreadable(dist, str(rec.url), exc) from None
-        return PackageFiles(dist, _entries(dist, *lists), cached=False, archive_size=size)
+        entries = _entries(dist, *lists)
+        return PackageFiles(dist, entries, cached=False, archive_size=size, summary=summarize(dist, entries))
 
     async def all_of() -> list[PackageFiles]:
         sem = asyncio.Semaphore(_CONCURRENT_READS)
@@ -138,8 +146,22 @@ def read_package_files(records: list[Any], cache_dir: Path, client: Any) -> list
     return aio.run(all_of())
 
 
-def _blocks(size: int) -> int:
-    return -(-size // _BLOCK) * _BLOCK
+def _from_entry(dist: str, entry: Path, sha256: bytes, size: int, memo: ListMemo | None) -> PackageFiles | None:
+    """DIST's file list from its cache entry ENTRY (its summary alone when MEMO has it), or None when unreadable."""
+    key = ListMemo.key(entry, sha256) if memo is not None else None
+    if memo is not None and key is not None:
+        known = memo.get(dist, key)
+        if known is not None:
+            return PackageFiles(dist, (), cached=True, archive_size=size, summary=known)
+    try:
+        data = (entry / "info" / "paths.json").read_bytes()
+    except OSError:
+        return None
+    entries = _entries(dist, data, None)
+    summary = summarize(dist, entries)
+    if memo is not None and key is not None:
+        memo.put(dist, key, summary)
+    return PackageFiles(dist, entries, cached=True, archive_size=size, summary=summary)
 
 
 def space_needed(pkgs: list[PackageFiles], hard_links: bool) -> tuple[int, int]:
@@ -147,13 +169,13 @@ def space_needed(pkgs: list[PackageFiles], hard_links: bool) -> tuple[int, int]:
     cost the env nothing; a package whose file list has no sizes counts five times its archive."""
     cache = env = 0
     for p in pkgs:
-        files = [e for e in p.entries if not e.link and not e.directory]
-        meta = _META_FIXED + _META_PER_FILE * len(p.entries)
-        if any(e.size is None for e in files):
+        s = p.summary
+        meta = _META_FIXED + _META_PER_FILE * s.entries
+        if s.unsized:
             unpacked = copied = p.archive_size * 5
         else:
-            unpacked = sum(_blocks(e.size or 0) for e in files)
-            copied = sum(_blocks(e.size or 0) for e in files if e.copied or not hard_links)
+            unpacked = s.blocks
+            copied = s.copied_blocks if hard_links else s.blocks
         env += copied + meta
         if not p.cached:
             cache += unpacked + meta
@@ -244,8 +266,15 @@ def plan_install(job: Job) -> InstallPlan:
     cache_dir = job.site.pkgs_cache_dir
     config = rattler_config(job.hard_links)
     client = Client.from_config(config)
-    files = read_package_files(job.records, cache_dir, client)
-    check_paths((p.dist, p.entries) for p in files)
+    # Summaries of cache entries an earlier build checked: only in an admin-only cache, like the hash memo.
+    memo = ListMemo(job.site.hash_memo_dir) if job.hard_links else None
+    files = read_package_files(job.records, cache_dir, client, memo)
+    if under_symlink(p.summary for p in files):
+        # Named as the full lists name it: summaries carry no paths.
+        check_paths((p.dist, p.entries) for p in read_package_files(job.records, cache_dir, client))
+        raise BuildError("refusing the build: a package's path lies under a symlink")  # (check_paths named it)
+    if memo is not None:
+        memo.save()
     need_cache, need_env = space_needed(files, job.hard_links)
     free = check_space(cache_dir, job.final.parent, need_cache, need_env)
     return InstallPlan(config=config, client=client, need=need_cache + need_env, free=free)

@@ -12,18 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import BuildError
-from cpkgs_admin.integrity.content import check_installed
+from cpkgs_admin.integrity.checks import hash_items
+from cpkgs_admin.integrity.content import (
+    FileEntry,
+    ListSummary,
+    check_installed,
+    check_paths,
+    escaping_symlinks,
+    refuse,
+    under_symlink,
+)
 from cpkgs_admin.integrity.manifest import (
     EMBEDDED_RECORD,
     EXECUTABLES_LIST,
     SITE_MANIFEST,
+    Expected,
     census_at_publish,
+    expected_files,
     meta_digest,
     read_conda_meta,
     site_manifest,
     unhashed_patched_files,
 )
 from cpkgs_admin.integrity.tree import scan_tree
+from cpkgs_admin.integrity.watch import Final, StagedCheck, check_final
 from cpkgs_admin.outputs.envfiles import env_integration_files
 from cpkgs_admin.outputs.usage.hook import write_usage_files
 from cpkgs_admin.pipeline.job import Job
@@ -101,7 +113,11 @@ def post(job: Job) -> None:
     """post_process, then cpkgs' own manifests and the embedded record; JOB gets the staged tree's scan and its
     conda-meta (read and parsed once for the post-process's usage module index, the manifest, the digest and the
     check). One walk of the staged env serves the census, the check's unexpected-file rule and the seal: nobody
-    else can write the 0700 staging dir, so the scan stays true until the rename."""
+    else can write the 0700 staging dir, so the scan stays true until the rename. When the packages' files were
+    checked during the install (job.staged), the final check runs here instead (post_checked)."""
+    if job.staged is not None:
+        post_checked(job, job.staged)
+        return
     staging, record = job.staging, job.record
     job.meta = meta = read_conda_meta(staging)
     site_files = post_process(staging, job.final, record, meta)
@@ -116,3 +132,45 @@ def post(job: Job) -> None:
     _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
     for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
         tree[rel] = os.lstat(staging / rel)
+
+
+def post_checked(job: Job, staged: StagedCheck) -> None:
+    """post for an env whose packages were checked during the install: the records read again (rattler rewrites
+    those of clobbered paths), post_process, the manifest, then the final check of the whole tree (job.problems),
+    the content rules on the records as installed, the census from the check, the manifests and the record. JOB gets
+    what the seal must look at (job.tree) and the records (job.meta)."""
+    staging, record = job.staging, job.record
+    staged.sync_records()
+    job.meta = meta = staged.meta()
+    site_files = post_process(staging, job.final, record, meta)
+    unhashed = sorted(rel for p in staged.packages.values() for rel in p.unhashed)
+    manifest = site_manifest(staging, [*site_files, *unhashed])
+    # What later steps wrote must be: cpkgs' manifest (not on disk yet), and whatever else expected_files knows
+    # besides the packages' records (the pip part's RECORDs).
+    extra = {**expected_files(staging, []), **{rel: Expected(rel, info["sha256"], info["size"], info["executable"])
+                                              for rel, info in manifest.items()}}
+    fin = check_final(staged, extra, lambda items: hash_items(staging, items))
+    _content_rules(staged, fin, job.final)
+    job.problems = fin.problems
+    record.file_count, record.size = fin.files + 3, fin.size  # + the manifest, executables list and record below
+    _write_staged_json(staging / SITE_MANIFEST, manifest)
+    _write_staged_json(staging / EXECUTABLES_LIST, fin.executables)
+    record.meta_sha256 = meta_digest(staging, meta)
+    _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
+    job.tree = tree = fin.seal
+    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
+        tree[rel] = os.lstat(staging / rel)
+
+
+def _content_rules(staged: StagedCheck, fin: Final, final: Path) -> None:
+    """content.check_installed's rules, on what the check found: a path no env may hold, a path under a package's
+    symlink (named by check_paths over the lists), a package's symlink leading out of the env."""
+    for p in sorted(staged.packages.values(), key=lambda p: p.name):
+        if p.refused is not None:
+            raise refuse(p.dist, *p.refused)
+    if under_symlink(ListSummary(tuple(p.links), frozenset(p.dirs), 0, 0, 0, False) for p in staged.packages.values()):
+        check_paths((p.dist, [FileEntry(rel, rel in set(p.links)) for rel in p.files])
+                    for p in sorted(staged.packages.values(), key=lambda p: p.name))
+    links = {rel: st for rel, (_dist, st) in fin.links.items()}
+    for rel, target in escaping_symlinks(staged.staging, links, (str(final),)):
+        raise refuse(fin.links[rel][0], rel, f"is a symlink to {target}, outside the environment")

@@ -11,6 +11,8 @@ from rattler import MatchSpec, Platform, install
 
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.integrity.memo import HashMemo
+from cpkgs_admin.integrity.owners import Owners
+from cpkgs_admin.integrity.watch import InstallWatcher, StagedCheck
 from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.cache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
 from cpkgs_admin.pipeline.job import Job
@@ -34,10 +36,12 @@ def make_staging(job: Job) -> None:
 
 
 def stage(job: Job) -> None:
-    """Install JOB's packages into its staging dir. Sets job.hard_links and job.memo: files hard-linked from the
-    admin-only cache whose inode an earlier build hashed, unchanged since, are not read again by the check (the hash
-    memo); everything else is. `cpkgs verify` always reads every byte."""
+    """Install JOB's packages into its staging dir, checking each package's files as rattler goes (integrity.watch:
+    job.staged, None when they must be checked in full afterwards). Sets job.hard_links and job.memo: files
+    hard-linked from the admin-only cache whose inode an earlier build hashed, unchanged since, are not read again
+    by the check (the hash memo); everything else is. `cpkgs verify` always reads every byte."""
     site = job.site
+    job.staged, job.problems = None, None  # (a second try stages afresh)
     with cache_locked(site):
         dropped, fresh = check_entries(site, [dist_of(p) for p in job.record.packages])
         job.warnings += dropped
@@ -45,9 +49,16 @@ def stage(job: Job) -> None:
         job.memo = HashMemo(site.hash_memo_dir, site.pkgs_cache_dir) if job.hard_links else None
         wait_for_flock(site.pkgs_cache_dir / RATTLER_CACHE_LOCK, "the site package cache", site.config.lock_timeout)
         plan = plan_install(job)
+        # The staging dir's owner as the server reports it (NFS may map this admin to another uid).
+        job.owners = Owners(job.staging.lstat().st_uid, site.pkgs_cache_dir if job.hard_links else None,
+                            site.admin_gid())
+        staged = StagedCheck(job.staging, job.memo, job.owners, site.admin_gid())
         job.installing = True
-        install_planned(job, plan)
+        # Each package's files are checked as soon as rattler has linked it, on the core its linking leaves idle.
+        with InstallWatcher(staged) as watcher:
+            install_planned(job, plan)
         job.installing = False
+        job.staged = staged if watcher.usable else None
         close_entry_locks(site, fresh)
         if job.memo is not None:  # nobody else may put their own file there for a later build to link
             for pkg in job.record.packages:

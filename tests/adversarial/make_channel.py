@@ -70,6 +70,12 @@ def _hand_made_packages(channel: Path) -> None:
     _hand_made(channel, "evil-dotdot", [("share/../../cpkgs-test-dotdot-evil", b"owned\n", None)])
     _hand_made(channel, "evil-under-symlink", [("share/evil", WORLD_WRITABLE, None),
                                                ("share/evil/planted", b"owned\n", None)])
+    # Two packages shipping one path: rattler keeps one (the later in its order) and moves the other under
+    # __clobbers__/, rewriting both packages' records after every package was linked.
+    _hand_made(channel, "cpkgs-test-clobber-a", [("share/clobber/same.txt", b"from a\n", None),
+                                                 ("share/clobber/a.txt", b"a\n", None)])
+    _hand_made(channel, "cpkgs-test-clobber-b", [("share/clobber/same.txt", b"from b, longer\n", None),
+                                                 ("share/clobber/b.txt", b"b\n", None)])
     # Says 16 bytes; unpacks to 20 MiB (bzip2 makes that about 50 bytes): passes any estimate from its metadata.
     _hand_made(channel, "cpkgs-test-liar", [("share/liar/zeros", bytes(20 << 20), 16)])
 
