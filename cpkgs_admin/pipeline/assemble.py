@@ -9,6 +9,7 @@ import time
 
 from cpkgs_admin import __version__
 from cpkgs_admin.errors import BuildError
+from cpkgs_admin.outputs.catalog import render as catalog_render
 from cpkgs_admin.outputs.sync import preflight
 from cpkgs_admin.pipeline.cache import drop_entry
 from cpkgs_admin.pipeline.check import DamagedCache, check
@@ -21,6 +22,12 @@ from cpkgs_admin.site.locks import cache_locked, env_locked
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.process import current_user
 from cpkgs_admin.site.records import EnvRecord, timestamp
+
+
+def warm_up() -> None:
+    """What steps 3 to 7 will need that costs time to get ready: the catalog's templates compiled (importing this
+    module brought the rest)."""
+    catalog_render.warm()
 
 
 def assemble(site: Site, req: BuildRequest, solved: Solved, *, progress: bool, log: Log) -> BuildResult:

@@ -8,7 +8,9 @@ one Job (job.py) along.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 
 from cpkgs_admin.errors import BuildError, UsageError
@@ -42,6 +44,7 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> Buil
     cache_warnings = [] if req.dry_run else _ready_to_build(site, req.name.name, subdir)
     repodata_cache = site.repodata_cache_dir if os.access(site.state_dir, os.W_OK) else None
 
+    warming = None if req.dry_run else _warm_up()
     chosen = choose_packages(site, req, lock, subdir, overrides, repodata_cache, log)
     timings = {"solve": time.monotonic() - t0}
     packages = package_entries(chosen.records, chosen.channel_name)
@@ -55,9 +58,28 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> Buil
     # (python -X importtime) that a dry run never needs.
     from cpkgs_admin.pipeline.assemble import assemble  # noqa: PLC0415
 
+    if warming is not None:
+        warming.join()
+
     solved = Solved(subdir, chosen.spec, chosen.records, packages, chosen.requested, chosen.channels, overrides,
                     cache_warnings, chosen.warnings, t0, timings)
     return assemble(site, req, solved, progress=progress, log=log)
+
+
+def _warm_up() -> threading.Thread:
+    """Steps 3 to 7's imports and the catalog's templates made ready in a thread while the solver runs (in rattler,
+    without the GIL: a real channel's solve takes seconds), instead of after it (~65 ms of every build)."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # only a head start: assemble imports what it needs itself
+            # Lazy for the dry run, as below.
+            from cpkgs_admin.pipeline.assemble import warm_up  # noqa: PLC0415
+
+            warm_up()
+
+    thread = threading.Thread(target=work, name="cpkgs-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _platform(site: Site, req: BuildRequest, lock: ExplicitLock | None) -> str:

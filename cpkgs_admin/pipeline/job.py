@@ -10,17 +10,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cpkgs_admin.integrity.checks import Problem
-from cpkgs_admin.integrity.manifest import CondaMeta
-from cpkgs_admin.integrity.memo import HashMemo
-from cpkgs_admin.integrity.owners import Owners
-from cpkgs_admin.integrity.watch import StagedCheck
 from cpkgs_admin.site.names import EnvName
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
 from cpkgs_admin.site.specs import Spec
+
+if TYPE_CHECKING:  # for annotations only: the dry run imports this module, never the integrity engines (8 ms)
+    from cpkgs_admin.integrity.checks import Problem
+    from cpkgs_admin.integrity.manifest import CondaMeta
+    from cpkgs_admin.integrity.memo import HashMemo
+    from cpkgs_admin.integrity.owners import Owners
+    from cpkgs_admin.integrity.watch import StagedCheck
 
 Log = Callable[[str], None] | None
 
