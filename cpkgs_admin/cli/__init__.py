@@ -21,7 +21,7 @@ import click
 from cpkgs_admin import __version__
 from cpkgs_admin.cli.common import Ctx
 from cpkgs_admin.errors import CpkgsError, os_error_text
-from cpkgs_admin.site.locks import set_notice
+from cpkgs_admin.site.notices import set_notice
 from cpkgs_admin.site.text import printable
 
 _state: dict[str, Any] = {"verbose": 0}

@@ -9,7 +9,8 @@ from cpkgs_admin.lifecycle.init import init_site
 from cpkgs_admin.lifecycle.refresh import refresh_site
 from cpkgs_admin.outputs.profiles import write_profiles
 from cpkgs_admin.site.audit import audited
-from cpkgs_admin.site.locks import break_lock, list_locks, notice, sweep_dead_locks
+from cpkgs_admin.site.locks import break_lock, list_locks, sweep_dead_locks
+from cpkgs_admin.site.notices import notice
 
 
 @click.command()

@@ -90,11 +90,11 @@ class Package:
         return self.name[:-5]
 
 
-def first_path_problem(rels: list[str]) -> tuple[str, str] | None:
+def first_path_problem(rels: list[str], joined: str | None = None) -> tuple[str, str] | None:
     """(path, problem) for the first of RELS that content.path_problem refuses, else None. In bulk first: a few
     substring searches over all paths at C speed (a regular expression over them took 50 ms on 45,000 paths, these
-    take 1 ms); each path on its own only when they find something."""
-    joined = "\n" + "\n".join(rels) + "\n"
+    take 1 ms); each path on its own only when they find something. JOINED: "\n" + "\n".join(RELS) + "\n"."""
+    joined = joined or "\n" + "\n".join(rels) + "\n"
     if (joined.replace("\n", "").isprintable() and "\n\n" not in joined and "\n/" not in joined
             and "\nconda-meta" not in joined and ".." not in joined and ".nfs" not in joined):
         return None
@@ -105,22 +105,15 @@ def first_path_problem(rels: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def has_link_scripts(rels: list[str]) -> bool:
+def has_link_scripts(rels: list[str], joined: str | None = None) -> bool:
     """Whether a package runs a post-link script (`bin/.NAME-post-link.sh`, `Scripts/.NAME-post-link.bat`)."""
+    if joined is not None and "-post-link." not in joined:
+        return False
     return any(r.endswith(("-post-link.sh", "-post-link.bat")) and "/." in "/" + r for r in rels)
 
 
 def _owner_problem(rel: str, uid: int) -> Problem:
     return Problem("owner", rel, f"owned by uid {uid}, {_OWNER}")
-
-
-def _sealed(st: os.stat_result, gid: int | None) -> bool:
-    """Whether the seal (tree.seal_tree) would leave ST as it is."""
-    if gid is not None and st.st_gid != gid:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        return True
-    return (st.st_mode & 0o7777) == (0o555 if st.st_mode & EXEC_BITS else 0o444)
 
 
 class StagedCheck:
@@ -146,13 +139,14 @@ class StagedCheck:
         try:
             paths = (pkg.data.get("paths_data") or {}).get("paths") or []
             rels = [e["_path"] for e in paths]
-            pkg.refused = first_path_problem(rels)
+            joined = "\n" + "\n".join(rels) + "\n"
         except (TypeError, KeyError, AttributeError):
             pkg.problems.append(Problem("unreadable", f"conda-meta/{name}", "not a package record"))
             return pkg
+        pkg.refused = first_path_problem(rels, joined)
         if pkg.refused is not None:
             return pkg
-        self.link_scripts = self.link_scripts or has_link_scripts(rels)
+        self.link_scripts = self.link_scripts or has_link_scripts(rels, joined)
         vouching = self.memo.vouching(pkg.dist) if self.memo is not None else None
         fds: dict[str, int] = {}
         try:
@@ -163,30 +157,10 @@ class StagedCheck:
                 os.close(fd)
         return pkg
 
-    def _lstat(self, pkg: Package, rel: str, fds: dict[str, int]) -> os.stat_result | None:
-        """REL's lstat, relative to its directory (opened once per package, without following a symlink there)."""
-        d, _, base = rel.rpartition("/")
-        try:
-            fd = fds.get(d)
-            if fd is None:
-                fd = fds[d] = os.open(f"{self.top}/{d}" if d else self.top, DIR_FLAGS)
-            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            pkg.problems.append(Problem("missing", rel, "listed in conda-meta but not on disk"))
-        except OSError as exc:
-            pkg.problems.append(Problem("unreadable", rel, exc.strerror or str(exc)))
-        else:
-            here = self.by_dir.get(d)
-            if here is None:
-                here = self.by_dir[d] = {}
-            here[base] = st
-            return st
-        pkg.unseen.append(rel)
-        return None
-
     def _check_path(self, pkg: Package, e: dict[str, Any], fds: dict[str, int], vouching: Vouching | None) -> None:
         rel = e["_path"]
-        parent = rel.rpartition("/")[0]
+        d, _, base = rel.rpartition("/")
+        parent = d
         while parent and parent not in pkg.dirs:
             pkg.dirs.add(parent)
             parent = parent.rpartition("/")[0]
@@ -194,13 +168,22 @@ class StagedCheck:
         if kind == "directory":
             return
         pkg.files.append(rel)
-        st = self._lstat(pkg, rel, fds)
-        if st is None:
+        try:  # relative to its directory, opened once per package without following a symlink there
+            fd = fds.get(d)
+            if fd is None:
+                fd = fds[d] = os.open(f"{self.top}/{d}" if d else self.top, DIR_FLAGS)
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            missing = isinstance(exc, FileNotFoundError)
+            pkg.problems.append(Problem("missing", rel, "listed in conda-meta but not on disk") if missing
+                                else Problem("unreadable", rel, exc.strerror or str(exc)))
+            pkg.unseen.append(rel)
             return
-        pkg.count += 1
-        pkg.size += st.st_size
-        if not _sealed(st, self.gid):
-            pkg.unsealed.append((rel, st))
+        here = self.by_dir.get(d)
+        if here is None:
+            here = self.by_dir[d] = {}
+        here[base] = st
+        self._tally(pkg, rel, st)
         if stat.S_ISLNK(st.st_mode) != (kind == "softlink"):
             what = "not the symlink the package has" if kind == "softlink" else "a symlink where the package has a file"
             pkg.problems.append(Problem("replaced", rel, what))
@@ -209,9 +192,21 @@ class StagedCheck:
         elif not stat.S_ISREG(st.st_mode):
             pkg.problems.append(Problem("replaced", rel, "not a regular file"))
         else:
-            if st.st_mode & EXEC_BITS:
-                pkg.execs.append(rel)
             self._check_content(pkg, e, rel, st, vouching)
+
+    def _tally(self, pkg: Package, rel: str, st: os.stat_result) -> None:
+        """What the census and the seal need of REL."""
+        pkg.count += 1
+        pkg.size += st.st_size
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            sealed = True
+        else:
+            sealed = (mode & 0o7777) == (0o555 if mode & EXEC_BITS else 0o444)
+            if mode & EXEC_BITS and stat.S_ISREG(mode):
+                pkg.execs.append(rel)
+        if not sealed or (self.gid is not None and st.st_gid != self.gid):
+            pkg.unsealed.append((rel, st))
 
     def _check_content(self, pkg: Package, e: dict[str, Any], rel: str, st: os.stat_result,
                        vouching: Vouching | None) -> None:

@@ -14,12 +14,9 @@ import threading
 import time
 
 from cpkgs_admin.errors import BuildError, UsageError
-from cpkgs_admin.pipeline.cache import secure_cache
 from cpkgs_admin.pipeline.job import BuildRequest, BuildResult, Log, Solved
-from cpkgs_admin.pipeline.leftovers import existing_env_problem
 from cpkgs_admin.pipeline.solve import choose_packages, env_overrides, package_entries, parse_overrides
 from cpkgs_admin.pipeline.spec import check_removed
-from cpkgs_admin.site.locks import cache_locked
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.specs import ExplicitLock, check_sources, read_explicit
 
@@ -100,6 +97,13 @@ def _ready_to_build(site: Site, name: str, subdir: str) -> list[str]:
     """Before solving: refused when NAME cannot be built here (no envs dir, not writable, the name taken: no solve
     needed to say so); the package cache secured before the solver reads the repodata cache in it (a cache found
     open to others is closed and cleaned). The cache's warnings."""
+    # Lazy: a dry run takes no lock and looks at neither the package cache nor the envs; these modules and what they
+    # bring (filelock's helpers, tempfile, uuid, psutil's process facts) are ~8 ms of its imports (python -X
+    # importtime), a tenth of the whole dry run.
+    from cpkgs_admin.pipeline.cache import secure_cache  # noqa: PLC0415
+    from cpkgs_admin.pipeline.leftovers import existing_env_problem  # noqa: PLC0415
+    from cpkgs_admin.site.locks import cache_locked  # noqa: PLC0415
+
     envs_dir = site.envs_dir(subdir)
     if not envs_dir.is_dir():
         raise BuildError(f"{envs_dir} does not exist; run 'cpkgs init --platform {subdir}'")

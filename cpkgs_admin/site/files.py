@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,10 @@ def atomic_write(
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # never more open than that, whatever the umask
+    # Here, not at the top: commands that write nothing (list, info, new-env --dry-run) skip its ~3 ms of imports
+    # (python -X importtime: shutil, random).
+    import tempfile  # noqa: PLC0415
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

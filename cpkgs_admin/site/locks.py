@@ -26,34 +26,20 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cpkgs_admin.errors import CpkgsError, LockBusy, PermissionProblem, os_error_text
 from cpkgs_admin.site.files import NO_FOLLOW, atomic_write, read_no_follow
+from cpkgs_admin.site.notices import notice
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.process import current_command, current_user, process_start
 
 # filelock is imported inside the functions that take or look at a lock (noqa: PLC0415 below): 28 ms to import (it
 # loads asyncio; python -X importtime), which `list`, `info`, `verify` and `new-env --dry-run` never need.
 
-# --------------------------------------------------------------------------------------------------- notices
-
-# What a core function has to say while it works (a lock it waits for, a lock it recovered): the CLI registers
-# one callback that writes it to stderr; without one (library use, tests) nothing is said. Core code never prints.
-Notice = Callable[[str], None]
-_notices: list[Notice] = []
-
-
-def set_notice(callback: Notice | None) -> None:
-    _notices[:] = [callback] if callback is not None else []
-
-
-def notice(message: str) -> None:
-    for callback in _notices:
-        callback(message)
 
 
 
