@@ -29,7 +29,6 @@ from cpkgs_admin.integrity.content import (
     under_symlink,
 )
 from cpkgs_admin.integrity.memo import ListMemo
-from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.site.paths import HASH_MEMO_DIR
 
@@ -143,7 +142,7 @@ def read_package_files(records: list[Any], cache_dir: Path, client: Any, memo: L
         sem = asyncio.Semaphore(_CONCURRENT_READS)
         return list(await asyncio.gather(*(one(r, sem) for r in records)))
 
-    return aio.run(all_of())
+    return asyncio.run(all_of())
 
 
 def _from_entry(dist: str, entry: Path, sha256: bytes, size: int, memo: ListMemo | None) -> PackageFiles | None:
