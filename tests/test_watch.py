@@ -19,7 +19,8 @@ from cpkgs_admin.integrity.checks import hash_items
 from cpkgs_admin.integrity.content import path_problem
 from cpkgs_admin.integrity.memo import HashMemo
 from cpkgs_admin.integrity.owners import Owners
-from cpkgs_admin.integrity.watch import Final, StagedCheck, check_final, first_path_problem
+from cpkgs_admin.integrity.watch import Final, InstallWatcher, StagedCheck, check_final, first_path_problem
+from cpkgs_admin.pipeline.post import _final_check
 
 DIST = "pkg-1.0-0"
 FILES = {"share/pkg/vouched.txt": b"cache inode\n", "share/pkg/copy.txt": b"a copy\n", "bin/tool": b"#!/bin/sh\n"}
@@ -105,16 +106,125 @@ def test_files_gone_or_added_after_the_check_are_found(staged: StagedCheck) -> N
     assert fin.executables == []
 
 
-def test_a_record_rewritten_after_its_check_is_checked_again(staged: StagedCheck) -> None:
-    """rattler rewrites the records of clobbered paths after every package was linked: the record is read again
-    and, changed, its package checked from scratch (here it now says another content for the vouched file)."""
+def _rename_into(path: Path, data: bytes) -> None:
+    """As rattler writes a record: a temp file renamed over it."""
+    tmp = path.with_name("prefix_record_tmp")
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+
+
+def test_the_checks_stand_only_for_the_records_they_read(staged: StagedCheck) -> None:
+    """rattler rewrites the records of clobbered paths after every package was linked: a record rewritten since its
+    check (here to say another content for the vouched file) means the checks made during the install no longer
+    stand, and the env is checked in full (pipeline.post)."""
     record = staged.staging / "conda-meta" / f"{DIST}.json"
-    tmp = record.with_name("prefix_record_tmp")
-    tmp.write_bytes(_record({**FILES, "share/pkg/vouched.txt": b"what the record says now\n"}))
-    os.rename(tmp, record)
-    assert _final(staged).problems == []  # the check as it was: the old record
-    staged.sync_records()
-    assert _problems(_final(staged)) == [("modified", "share/pkg/vouched.txt")]
+    assert staged.stands()
+    _rename_into(record, _record({**FILES, "share/pkg/vouched.txt": b"what the record says now\n"}))
+    assert not staged.stands()
+    _rename_into(record, staged.packages[f"{DIST}.json"].raw)
+    assert staged.stands()
+
+
+@pytest.mark.parametrize("change", ["new", "gone", "unreadable", "not a record", "one path twice"])
+def test_records_not_as_checked_mean_a_full_check(staged: StagedCheck, change: str) -> None:
+    """A record that appeared after the watcher's last look, one gone, one the watcher could not parse, one that is
+    no package record, or two packages listing one path (which of two expectations counts is the full check's
+    rule): the install's checks do not stand."""
+    meta = staged.staging / "conda-meta"
+    other = meta / "other-1.0-0.json"
+    if change == "new":
+        other.write_bytes(_record({"share/other.txt": b"x\n"}))
+    elif change == "gone":
+        (meta / f"{DIST}.json").unlink()
+    elif change == "unreadable":
+        other.write_bytes(b'{"paths_data": ')
+        with pytest.raises(ValueError):
+            staged.check_package(other.name, other.read_bytes())  # what the watcher skips, to read again later
+    else:
+        other.write_bytes(b"[1, 2]" if change == "not a record" else _record({"bin/tool": FILES["bin/tool"]}))
+        staged.add(staged.check_package(other.name, other.read_bytes()))
+    assert not staged.stands()
+
+
+def test_a_file_not_there_at_its_check_but_there_at_the_end_is_checked_then(staged: StagedCheck) -> None:
+    """Seen missing by the watcher, put in place later: checked at the end against its record (not "missing")."""
+    tool = staged.staging / "bin" / "tool"
+    tool.unlink()
+    record = staged.staging / "conda-meta" / f"{DIST}.json"
+    staged = StagedCheck(staged.staging, staged.memo, staged.owners, None)
+    staged.add(staged.check_package(record.name, record.read_bytes()))
+    assert _problems(_final(staged)) == [("missing", "bin/tool")]
+    tool.write_bytes(FILES["bin/tool"])
+    assert _final(staged).problems == []
+    tool.write_bytes(b"#!/bin/sh\nrm -rf ~\n")
+    assert _problems(_final(staged)) == [("modified", "bin/tool")]
+
+
+def test_a_defect_of_the_final_check_means_the_full_check(staged: StagedCheck) -> None:
+    """The shortcut's safety net: whatever goes wrong in the final check, post falls back to the full check of the
+    whole tree (here what the watcher lstat-ed was lost, and a symlink of the package cannot be looked up)."""
+    link = staged.staging / "share" / "pkg" / "link"
+    link.symlink_to("vouched.txt")
+    record = staged.staging / "conda-meta" / f"{DIST}.json"
+    data = json.loads(record.read_bytes())
+    data["paths_data"]["paths"].append({"_path": "share/pkg/link", "path_type": "softlink"})
+    _rename_into(record, json.dumps(data).encode())
+    staged.add(staged.check_package(record.name, record.read_bytes()))
+    assert _final_check(staged, {}) is not None
+    staged.by_dir.clear()
+    assert _final_check(staged, {}) is None
+
+
+# ------------------------------------------------------------------------------------------------ the watcher thread
+
+
+def _write_package(prefix: Path, dist: str, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (prefix / rel).parent.mkdir(parents=True, exist_ok=True)
+        (prefix / rel).write_bytes(data)
+    _rename_into(prefix / "conda-meta" / f"{dist}.json", _record(files))
+
+
+def _empty_staging(tmp_path: Path) -> StagedCheck:
+    prefix = tmp_path / "staging"
+    (prefix / "conda-meta").mkdir(parents=True)
+    return StagedCheck(prefix, None, Owners(prefix.lstat().st_uid, None), None)
+
+
+def test_the_watcher_checks_each_record_as_it_appears(tmp_path: Path) -> None:
+    """Records written while the watcher runs (as rattler writes them, by rename) are checked, each once, the last
+    ones after the install returned; what it found is what the final check reports."""
+    staged = _empty_staging(tmp_path)
+    with InstallWatcher(staged) as watcher:
+        _write_package(staged.staging, "a-1.0-0", {"share/a.txt": b"a\n"})
+        _write_package(staged.staging, "b-1.0-0", {"share/b.txt": b"b\n", "bin/b": b"b\n"})
+    assert watcher.usable and watcher.error is None
+    assert sorted(staged.packages) == ["a-1.0-0.json", "b-1.0-0.json"]
+    assert staged.packages["b-1.0-0.json"].files == ["share/b.txt", "bin/b"]
+    assert staged.stands() and _final(staged).problems == []
+    (staged.staging / "share" / "a.txt").write_bytes(b"A\n")  # in place, same inode and size: the hash finds it
+    assert _problems(_final(staged)) == [("modified", "share/a.txt")]
+
+
+def test_a_package_with_a_post_link_script_stops_the_watcher(tmp_path: Path) -> None:
+    """A post-link script may change any file in place after the install: the watcher's checks would not stand, so
+    it stops, and the env is checked in full (stage: job.staged None)."""
+    staged = _empty_staging(tmp_path)
+    with InstallWatcher(staged) as watcher:
+        _write_package(staged.staging, "s-1.0-0", {"bin/.s-post-link.sh": b"#!/bin/sh\n"})
+        _write_package(staged.staging, "t-1.0-0", {"share/t.txt": b"t\n"})
+    assert watcher.error is None and not watcher.usable
+
+
+def test_an_error_in_the_watcher_means_the_full_check(tmp_path: Path) -> None:
+    """Anything going wrong in the watcher thread (here conda-meta/ is not a directory it can list): not usable,
+    the env is checked in full after the install."""
+    staged = _empty_staging(tmp_path)
+    (staged.staging / "conda-meta").rmdir()
+    (staged.staging / "conda-meta").write_text("not a directory\n")
+    with InstallWatcher(staged) as watcher:
+        pass
+    assert isinstance(watcher.error, NotADirectoryError) and not watcher.usable
 
 
 @pytest.mark.parametrize("path", [

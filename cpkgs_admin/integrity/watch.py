@@ -11,13 +11,14 @@ the module index, the manifest, the digest), its paths against the content rules
 its directory and checked against the record: type, size, then the hash memo's vouching for an unchanged cache inode
 or an item to hash at the end; the owner rules; what the census and the seal need.
 
-At the end (check_final, after the pip part and the post-process): every record read again and compared byte for
-byte (one rewritten or new is checked from scratch), then one listing of the tree that lstat-s only what the
-watcher did not see: an entry holding, under the same name, the inode the watcher lstat-ed is that file. Between the
-two nothing but the build writes in the 0700 staging dir, and none of its writers changes a checked file in place:
-rattler renames (clobbers: a new inode under the name, the record rewritten), the pip part only creates files, the
+At the end: every record read again and compared byte for byte (StagedCheck.stands): one rewritten (rattler's
+clobber resolution), new, gone or unreadable, or two listing one path, and the env is checked in full as before.
+Otherwise (check_final, after the post-process) one listing of the tree lstat-s only what the watcher did not see:
+an entry holding, under the same name, the inode the watcher lstat-ed is that file. Between the two nothing but the
+build writes in the 0700 staging dir, and none of its writers changes a checked file in place: rattler renames, the
 post-process refuses a package's path and writes its own files unlink-first, harden only drops write bits. Post-link
-scripts can change anything in place: a build whose packages have one is checked in full afterwards (link_scripts).
+scripts can change anything in place: a build whose packages have one is checked in full afterwards (link_scripts),
+as is one whose watcher failed (InstallWatcher.usable) or whose final check failed (pipeline.post).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Package:
         "files",
         "hash",
         "links",
+        "malformed",
         "name",
         "problems",
         "raw",
@@ -79,6 +81,7 @@ class Package:
         self.unhashed: list[str] = []  # patched files whose new hash nobody recorded: into cpkgs' manifest
         self.problems: list[Problem] = []
         self.refused: tuple[str, str] | None = None  # (path, why) of its first path no env may hold
+        self.malformed = False  # not a package record as manifest.expected_files reads one
         # The census and the seal of what was lstat-ed: entries, bytes, executables, entries the seal must change.
         self.count = 0
         self.size = 0
@@ -141,7 +144,7 @@ class StagedCheck:
             rels = [e["_path"] for e in paths]
             joined = "\n" + "\n".join(rels) + "\n"
         except (TypeError, KeyError, AttributeError):
-            pkg.problems.append(Problem("unreadable", f"conda-meta/{name}", "not a package record"))
+            pkg.malformed = True  # StagedCheck.stands: the full check reports it in its own words
             return pkg
         pkg.refused = first_path_problem(rels, joined)
         if pkg.refused is not None:
@@ -237,33 +240,34 @@ class StagedCheck:
     def add(self, pkg: Package) -> None:
         self.packages[pkg.name] = pkg
 
-    def drop(self, name: str) -> None:
-        pkg = self.packages.pop(name, None)
-        for rel in pkg.files if pkg is not None else ():
-            d, _, base = rel.rpartition("/")
-            self.by_dir.get(d, {}).pop(base, None)
-
     def meta(self) -> CondaMeta:
         """conda-meta as manifest.read_conda_meta gives it (by name)."""
         base = self.staging / "conda-meta"
         return [(base / n, p.raw, p.data) for n, p in sorted(self.packages.items())]
 
-    def sync_records(self) -> None:
-        """Every record read again: one rewritten since its check (clobbered paths) or new is checked again from
-        scratch, one gone is forgotten."""
+    def stands(self) -> bool:
+        """Whether the checks made during the install stand for the records as they are now: every record read
+        again is byte for byte the one checked, none is new or gone, each was a package record and no two list one
+        path. Otherwise (rattler rewrote the records of clobbered paths, a record appeared late or could not be read)
+        the env is checked in full, by the rules of a record as checks.check_integrity reads it (which record of
+        two listing one path counts, what an unreadable record is)."""
         base = self.staging / "conda-meta"
-        now: dict[str, bytes] = {}
-        for name in os.listdir(base):
-            if name.endswith(".json"):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    now[name] = (base / name).read_bytes()
-        for name in [n for n in self.packages if n not in now]:
-            self.drop(name)
-        for name, raw in now.items():
-            old = self.packages.get(name)
-            if old is None or old.raw != raw:
-                self.drop(name)
-                self.add(self.check_package(name, raw))
+        try:
+            names = sorted(n for n in os.listdir(base) if n.endswith(".json"))
+        except OSError:
+            return False
+        if names != sorted(self.packages):
+            return False
+        for name in names:
+            try:
+                if (base / name).read_bytes() != self.packages[name].raw:
+                    return False
+            except OSError:
+                return False
+        if any(p.malformed for p in self.packages.values()):
+            return False
+        listed = sum(len(p.files) for p in self.packages.values())
+        return listed == len({rel for p in self.packages.values() for rel in p.files})
 
 
 class InstallWatcher:
@@ -301,6 +305,7 @@ class InstallWatcher:
                     names = [n for n in os.listdir(meta) if n.endswith(".json") and n not in self.staged.packages]
                 except FileNotFoundError:
                     names = []
+                added = 0
                 for name in names:
                     if self._abort:
                         return
@@ -308,11 +313,14 @@ class InstallWatcher:
                         with open(f"{meta}/{name}", "rb") as fh:
                             raw = fh.read()
                         self.staged.add(self.staged.check_package(name, raw))
+                        added += 1
                     except (OSError, ValueError):
-                        continue  # gone, or not readable yet: read again next time (and at the end in any case)
+                        # Gone, or not readable (yet): read again at the next look; one never checked here makes
+                        # StagedCheck.stands false, and the env is checked in full.
+                        continue
                 if finished:
                     return
-                if not names:
+                if not added:
                     self.done.wait(_POLL)
         except Exception as exc:  # reported to the caller, which then checks the env in full
             self.error = exc
@@ -418,6 +426,9 @@ def check_final(staged: StagedCheck, extra: dict[str, Expected],
         fin.problems.extend(_recheck(staged, again, fresh, items, fin.links))
     for rel, exp in extra.items():
         st = fresh.get(rel)
+        if st is None:  # a package's file cpkgs' manifest covers (a patched copy), matched by the listing
+            with contextlib.suppress(OSError):  # (_check_one reports a file gone or unreadable)
+                st = os.lstat(f"{staged.top}/{rel}")
         items.append((exp, st))
         if st is not None and not stat.S_ISLNK(st.st_mode) and not staged.owners.allowed(exp.dist, st.st_uid):
             fin.problems.append(_owner_problem(rel, st.st_uid))
@@ -447,8 +458,10 @@ def _from_packages(staged: StagedCheck, listing: Listing) -> Final:
     execs: list[str] = []
     seal: dict[str, os.stat_result] = dict(listing.dirs)
     links: dict[str, tuple[str, os.stat_result]] = {}
+    # A file not there when its package was checked and there now: checked afresh by check_final (_recheck).
+    back = {rel for pkg in staged.packages.values() for rel in pkg.unseen if rel in listing.fresh}
     for pkg in staged.packages.values():
-        problems += pkg.problems
+        problems += [p for p in pkg.problems if p.path not in back] if back else pkg.problems
         files, size = files + pkg.count, size + pkg.size
         execs += pkg.execs
         seal.update(pkg.unsealed)

@@ -28,7 +28,6 @@ from cpkgs_admin.integrity.manifest import (
     SITE_MANIFEST,
     Expected,
     census_at_publish,
-    expected_files,
     meta_digest,
     read_conda_meta,
     site_manifest,
@@ -114,52 +113,43 @@ def post(job: Job) -> None:
     conda-meta (read and parsed once for the post-process's usage module index, the manifest, the digest and the
     check). One walk of the staged env serves the census, the check's unexpected-file rule and the seal: nobody
     else can write the 0700 staging dir, so the scan stays true until the rename. When the packages' files were
-    checked during the install (job.staged), the final check runs here instead (post_checked)."""
-    if job.staged is not None:
-        post_checked(job, job.staged)
-        return
+    checked during the install (job.staged) and those checks stand for the records as they are now, the final check
+    runs here (job.problems) and the walk only looks at what changed since; otherwise the check step reads it all."""
     staging, record = job.staging, job.record
-    job.meta = meta = read_conda_meta(staging)
+    staged = job.staged if job.staged is not None and job.staged.stands() else None
+    job.meta = meta = staged.meta() if staged is not None else read_conda_meta(staging)
     site_files = post_process(staging, job.final, record, meta)
-    manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
-    job.tree = tree = scan_tree(staging)
-    check_installed(staging, job.final, meta, tree)
-    record.file_count, record.size, executables = census_at_publish(tree)
-    record.file_count += 3  # the manifest, the executables list and the embedded record below
+    unhashed = (sorted(rel for p in staged.packages.values() for rel in p.unhashed) if staged is not None
+                else unhashed_patched_files(staging, meta))
+    manifest = site_manifest(staging, [*site_files, *unhashed])
+    fin = _final_check(staged, manifest) if staged is not None else None
+    if staged is not None and fin is not None:
+        _content_rules(staged, fin, job.final)
+        job.problems, job.tree = fin.problems, fin.seal
+        files, size, executables = fin.files, fin.size, fin.executables
+    else:
+        job.staged, job.problems = None, None
+        job.tree = scan_tree(staging)
+        check_installed(staging, job.final, meta, job.tree)
+        files, size, executables = census_at_publish(job.tree)
+    record.file_count, record.size = files + 3, size  # + the manifest, the executables list and the record below
     _write_staged_json(staging / SITE_MANIFEST, manifest)
     _write_staged_json(staging / EXECUTABLES_LIST, executables)
     record.meta_sha256 = meta_digest(staging, meta)
     _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
     for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
-        tree[rel] = os.lstat(staging / rel)
+        job.tree[rel] = os.lstat(staging / rel)
 
 
-def post_checked(job: Job, staged: StagedCheck) -> None:
-    """post for an env whose packages were checked during the install: the records read again (rattler rewrites
-    those of clobbered paths), post_process, the manifest, then the final check of the whole tree (job.problems),
-    the content rules on the records as installed, the census from the check, the manifests and the record. JOB gets
-    what the seal must look at (job.tree) and the records (job.meta)."""
-    staging, record = job.staging, job.record
-    staged.sync_records()
-    job.meta = meta = staged.meta()
-    site_files = post_process(staging, job.final, record, meta)
-    unhashed = sorted(rel for p in staged.packages.values() for rel in p.unhashed)
-    manifest = site_manifest(staging, [*site_files, *unhashed])
-    # What later steps wrote must be: cpkgs' manifest (not on disk yet), and whatever else expected_files knows
-    # besides the packages' records (the pip part's RECORDs).
-    extra = {**expected_files(staging, []), **{rel: Expected(rel, info["sha256"], info["size"], info["executable"])
-                                              for rel, info in manifest.items()}}
-    fin = check_final(staged, extra, lambda items: hash_items(staging, items))
-    _content_rules(staged, fin, job.final)
-    job.problems = fin.problems
-    record.file_count, record.size = fin.files + 3, fin.size  # + the manifest, executables list and record below
-    _write_staged_json(staging / SITE_MANIFEST, manifest)
-    _write_staged_json(staging / EXECUTABLES_LIST, fin.executables)
-    record.meta_sha256 = meta_digest(staging, meta)
-    _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
-    job.tree = tree = fin.seal
-    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
-        tree[rel] = os.lstat(staging / rel)
+def _final_check(staged: StagedCheck, manifest: dict[str, dict[str, Any]]) -> Final | None:
+    """watch.check_final of the staged env, cpkgs' manifest (not on disk yet) checked in full with it; None when it
+    failed, and the env is then checked in full the old way."""
+    staging = staged.staging
+    extra = {rel: Expected(rel, info["sha256"], info["size"], info["executable"]) for rel, info in manifest.items()}
+    try:
+        return check_final(staged, extra, lambda items: hash_items(staging, items))
+    except Exception:  # a defect of the shortcut must never let a file through unchecked: the full check decides
+        return None
 
 
 def _content_rules(staged: StagedCheck, fin: Final, final: Path) -> None:
