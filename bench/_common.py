@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import stat
 import statistics
@@ -95,6 +96,10 @@ def make_site(root: Path, channel: Path) -> Path:
     return root
 
 
+# The CPU seconds of timed()'s last command.
+LAST_CPU = [0.0]
+
+
 def timed(
     cmd: Sequence[str], retry_crash: int = 0, cleanup: Callable[[], None] | None = None, tag: str = "", **kw: Any
 ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
@@ -105,9 +110,14 @@ def timed(
     calling CLEANUP; a nonzero exit is always fatal.
     """
     while True:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         proc = subprocess.run(list(cmd), capture_output=True, check=False, **kw)
         dt = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds (user + system, all its threads and children): what the command costs the machine, which the
+        # other work on a shared machine moves much less than the wall time.
+        LAST_CPU[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode < 0 and retry_crash > 0:
             retry_crash -= 1
             CRASHES.append(f"{tag or Path(cmd[0]).name}: {crash_text(proc)}")

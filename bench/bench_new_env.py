@@ -16,7 +16,8 @@ Fairness:
   `sync` before each timed run so nobody pays for the previous run's writeback.
 - Alternating runs: each round runs the variants in a rotated order; median of 7 rounds. Every round prints the
   1-minute load average and each variant's wall time; the summary gives each variant's runs, the spread of the
-  per-round ratios (min-max) and the load seen (other work on a 2-core machine moves everything).
+  per-round ratios (min-max) and the load seen (other work on a 2-core machine moves everything), and each
+  variant's CPU seconds (user + system of the whole process): with no idle core, wall times follow those.
 - cpkgs hard-links from its admin-only site cache (copies when anyone else could write it) and copies files whose
   prefix it patches; the headline is against rattler's default (hard links where possible); the copy-only bare
   run (`allow-hard-links = false`, `allow-symbolic-links = false`) is reported for comparison.
@@ -230,6 +231,7 @@ def main() -> None:
             b.run(v)
         walls: dict[str, list[float]] = {v: [] for v in variants}
         phases: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
         loads: list[float] = []
         for i in range(args.runs):
             order = variants[i % len(variants):] + variants[:i % len(variants)]
@@ -238,16 +240,17 @@ def main() -> None:
                 dt, ph = b.run(v)
                 walls[v].append(dt)
                 phases[v].append(ph)
+                cpu[v].append(C.LAST_CPU[0])
             loads.append(max(load, C.loadavg()))
             C.log(f"  round {i + 1}/{args.runs} (load {loads[-1]:.2f}): "
                   + "  ".join(f"{v} {walls[v][-1]:.3f}s" for v in variants))
         info = b.info
-    report(args, specs, variants, walls, phases, loads, info, machine)
+    report(args, specs, variants, walls, phases, loads, info, machine, cpu)
 
 
 def report(args: argparse.Namespace, specs: list[str], variants: tuple[str, ...], walls: dict[str, list[float]],
            phases: dict[str, list[dict[str, float]]], loads: list[float], info: dict[str, Any],
-           machine: dict[str, Any]) -> None:
+           machine: dict[str, Any], cpu: dict[str, list[float]]) -> None:
     med = {v: C.median(walls[v]) for v in variants}
     ours, base = ("cpkgs-dry", "bare-solve") if args.dry_run else ("cpkgs", "bare")
     target = DRY_TARGET if args.dry_run else TARGET
@@ -271,6 +274,11 @@ def report(args: argparse.Namespace, specs: list[str], variants: tuple[str, ...]
           f"{min(loads):.2f}-{max(loads):.2f}" + ("" if args.dry_run else ", warm package caches, fresh prefix each run"))
     for v in variants:
         print(f"  {LABELS[v]:52} {med[v]:7.3f} s   runs {C.fmt_runs(walls[v])}")
+    # CPU seconds (user + system) of each variant's process: on a machine other work keeps busy there is no idle
+    # core, and wall times follow these.
+    med_cpu = {v: C.median(cpu[v]) for v in variants}
+    print("  CPU seconds (median, user + system): " + "  ".join(f"{v} {med_cpu[v]:.3f}" for v in variants)
+          + f"; ratio {ours} / {base} {med_cpu[ours] / med_cpu[base]:.2f}")
     print("  cpkgs steps (median): " + "  ".join(f"{k} {s:.3f}" for k, s in steps.items())
           + f"  + process/imports/locks {overhead:.3f} s")
     if args.alt:
@@ -318,6 +326,8 @@ def report(args: argparse.Namespace, specs: list[str], variants: tuple[str, ...]
         "phases_s": {v: med_phases(v) for v in variants if phases[v][0]},
         "runs_s": {v: [round(x, 4) for x in walls[v]] for v in variants},
         "loadavg_per_round": [round(x, 2) for x in loads],
+        "cpu_s": {v: [round(x, 4) for x in cpu[v]] for v in variants},
+        "cpu_ratio": round(med_cpu[ours] / med_cpu[base], 3),
         "bare_crashes_rerun": C.CRASHES,
         "machine": machine,
     })
