@@ -28,7 +28,7 @@ from cpkgs_admin.pypi.record import PypiPackage, read_lock_text  # noqa: E402
 from cpkgs_admin.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
 from cpkgs_admin.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
 from cpkgs_admin.pypi.store import WheelStore  # noqa: E402
-from cpkgs_admin.pypi.target import TargetPython, target_python  # noqa: E402
+from cpkgs_admin.pypi.target import PythonPlatform, TargetPython, python_platform, target_for_prefix  # noqa: E402
 
 __all__ = ["Env", "Pip", "git_repo", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
            "wheel_dir", "wheelhouse", "write_simple"]
@@ -113,13 +113,22 @@ class Env:
     @property
     def target(self) -> TargetPython:
         if self._target is None:
-            self._target = target_python(self.staging, self.final)
+            self._target = target_for_prefix(self.staging, self.final, LINUX, native=True)
         return self._target
 
     def publish(self) -> Path:
         os.rename(self.staging, self.final)
         return self.final
 
+
+# The platform of the test channel's envs as new-env resolves for them: linux-64 at this host's glibc.
+def _linux() -> PythonPlatform:
+    from cpkgs_admin.solve import virtual_packages
+
+    return python_platform("linux-64", {v.name.normalized: str(v.version) for v in virtual_packages("linux-64", {})})
+
+
+LINUX = _linux()
 
 _RECORDS: dict[tuple[str, ...], list[object]] = {}
 

@@ -197,9 +197,11 @@ def test_what_the_env_provides(make_env, pip: Pip, offline_config: PypiConfig) -
     assert {d.name for d in inv.pip_distributions()} == {"markdown-it-py", "mdurl"}
 
 
-def test_uv_is_given_the_staging_interpreter_only(make_env) -> None:
+def test_the_target_is_read_from_the_staged_files(make_env) -> None:
     env = make_env("python")
     t = env.target
     assert t.executable == env.staging / "bin" / "python" and t.final_executable == env.final / "bin" / "python"
-    assert (t.version, t.purelib, t.scripts) == ("3.11", "lib/python3.11/site-packages", "bin")
-    assert not list(env.staging.rglob("__pycache__"))  # asking python about itself wrote no byte code
+    assert (t.version, t.full_version, t.purelib, t.scripts, t.native) == (
+        "3.11", "3.11.7", "lib/python3.11/site-packages", "bin", True)
+    assert t.platform.triple.startswith("x86_64-manylinux_2_")
+    assert not list(env.staging.rglob("__pycache__"))  # nothing ran, nothing wrote byte code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -111,12 +112,20 @@ def _build(src: Path, name: str, version: str, target: TargetPython, opts: Index
     out = work_dir / f"built-{canonical(name)}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    run_uv(["build", "--no-config", "--wheel", "--out-dir", str(out), "--python", str(target.executable),
+    # The env's own python builds, so a compiled extension fits its ABI; an env for another platform cannot run
+    # its python here: cpkgs' own builds, and only a pure wheel (no compiled code, no platform tag) is kept.
+    python = str(target.executable) if target.native else sys.executable
+    run_uv(["build", "--no-config", "--wheel", "--out-dir", str(out), "--python", python,
             "--cache-dir", str(cache_dir), *index_args(opts), str(src)], what=f"building {name} {version}")
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
         raise PipError(f"pip: building {name} {version} gave {len(wheels)} wheels, expected one")
-    got_name, got_version, _b, _t = parse_wheel_filename(wheels[0].name)
+    got_name, got_version, _b, tags = parse_wheel_filename(wheels[0].name)
     if canonical(got_name) != canonical(name) or got_version != Version(version):
         raise PipError(f"pip: building {name} {version} gave {wheels[0].name}")
+    if not target.native and any(t.abi != "none" or t.platform != "any" for t in tags):
+        raise PipError(f"pip: {name} {version} has no wheel for {target.platform.subdir} (python {target.version}) "
+                       f"and its source builds a platform wheel ({wheels[0].name}), which cannot be made for "
+                       f"{target.platform.subdir} on this host: build it on a {target.platform.subdir} host and list "
+                       "the wheel")
     return wheels[0]

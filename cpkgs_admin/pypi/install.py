@@ -33,11 +33,26 @@ SHEBANG_MAX = 127
 def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_dir: Path, hard_links: bool = False,
                 inventory: EnvInventory | None = None) -> list[PypiPackage]:
     """Install LOCK into TARGET.staging; return its packages with their dist-info paths. HARD_LINKS: files may be
-    hard links into uv's cache (only when that cache is as admin-only as the conda one: build.cache_is_admin_only)."""
+    hard links into uv's cache (only when that cache is as admin-only as the conda one: build.cache_is_admin_only).
+    An env of this host's platform is installed by uv with its own python; another platform's by `installer`, which
+    runs nothing of the env. Either way the scripts are then re-headed for the final prefix (finish_dist)."""
     if not lock.packages:
         return []
     inv = inventory or EnvInventory(target.staging)
     contents = check_clobber(lock, target, inv)
+    if target.native:
+        _install_uv(lock, target, cache_dir, work_dir, hard_links)
+    else:
+        _install_foreign(lock, target)
+    out = []
+    for p in lock.packages:
+        dist_info = contents[p.name].dist_info
+        finish_dist(target, dist_info, p)
+        out.append(replace(p, dist_info=dist_info))
+    return out
+
+
+def _install_uv(lock: PipLock, target: TargetPython, cache_dir: Path, work_dir: Path, hard_links: bool) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     pinned = "".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n" for p in lock.packages)
     (work_dir / "locked.txt").write_text(pinned)
@@ -49,23 +64,46 @@ def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_di
             "--no-index", *links, "--no-build", "--break-system-packages", "--cache-dir", str(cache_dir),
             "--link-mode", "hardlink" if hard_links else "copy", "-r", str(work_dir / "locked.txt")],
            what="installing the pip part")
-    out = []
+
+
+def _install_foreign(lock: PipLock, target: TargetPython) -> None:
+    """An env for another platform (an osx-arm64 env built on Linux): its python cannot run here, so uv (which asks
+    the interpreter) cannot install; pypa's `installer` writes each wheel by the scheme read from the staged files.
+    Scripts name the staging python here, like uv's, and are re-headed by finish_dist. The wheel's hashes are
+    checked against the lock first (installer checks each member against the wheel's RECORD as it writes)."""
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.exceptions import InstallerError
+    from installer.sources import WheelFile
+
+    from cpkgs_admin.pypi.store import sha256_path
+
+    scheme = target.scheme()
+    dest = SchemeDictionaryDestination(
+        {"purelib": str(target.staging / scheme["purelib"]), "platlib": str(target.staging / scheme["platlib"]),
+         "scripts": str(target.staging / scheme["scripts"]), "data": str(target.staging / scheme["data"]),
+         "headers": str(target.staging / scheme["include"])},
+        interpreter=str(target.executable), script_kind="posix")
     for p in lock.packages:
-        dist_info = contents[p.name].dist_info
-        finish_dist(target, dist_info, p)
-        out.append(replace(p, dist_info=dist_info))
-    return out
+        wheel = lock.wheels[p.name]
+        if sha256_path(wheel) != p.sha256:
+            raise PipError(f"pip: {wheel.name} no longer has the sha256 it was locked with ({p.sha256})")
+        meta = {"INSTALLER": b"cpkgs\n", **({"REQUESTED": b""} if p.requested else {})}
+        try:
+            with WheelFile.open(wheel) as source:
+                source.validate_record()
+                install(source, dest, additional_metadata=meta)
+        except (InstallerError, ValueError, OSError) as exc:
+            raise PipError(f"pip: installing {wheel.name}: {exc}") from None
 
 
 def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dict[str, WheelContents]:
     """Every file each wheel would write, against the conda packages' files and each other: the first clash is a
     PipError naming the pip package, the file and the conda package with both versions."""
-    from cpkgs_admin.pypi.resolve import scheme_of
-
     claimed: dict[str, PypiPackage] = {}
     contents: dict[str, WheelContents] = {}
     for p in lock.packages:
-        c = lock.contents.get(p.name) or wheel_contents(lock.wheels[p.name], scheme_of(target), p.name, p.version)
+        c = lock.contents.get(p.name) or wheel_contents(lock.wheels[p.name], target.scheme(), p.name, p.version)
         contents[p.name] = c
         for rel in c.paths:
             owner = inv.owners.get(rel)
