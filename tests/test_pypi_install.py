@@ -46,6 +46,7 @@ def test_console_scripts_run_after_publish_as_an_ordinary_user(make_env, pip: Pi
     assert {p.name for p in packages} == {"markdown-it-py", "mdurl", "tqdm", "cowsay", "cpkgs-datascript"}
     for p in packages:
         assert p.dist_info.startswith("lib/python3.11/site-packages/") and (env.staging / p.dist_info).is_dir()
+    assert check_pip_integrity(env.staging) == []  # the re-headed scripts' RECORD rows too
     final = env.publish()
     no_staging_path_anywhere(final)
     world_traversable(final)

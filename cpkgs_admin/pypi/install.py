@@ -188,13 +188,18 @@ def finish_dist(target: TargetPython, dist_info: str, pkg: PypiPackage) -> None:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             continue
+        # pip and uv make everything they put into bin/ executable, whatever mode the wheel's zip entry had;
+        # `installer` keeps the zip's mode.
+        mode = stat.S_IMODE(st.st_mode) | 0o111
         with open(path, "rb") as fh:
             data = fh.read()
         new_data = retarget_script(data, old, new)
         if new_data is not None:
-            _replace_file(Path(path), new_data, stat.S_IMODE(st.st_mode))
+            _replace_file(Path(path), new_data, mode)
             row[1:] = [record_hash(new_data), str(len(new_data))]
             changed = True
+        elif mode != stat.S_IMODE(st.st_mode):
+            os.chmod(path, mode)
     extra = {}
     direct = direct_url(pkg)
     if direct is not None:
