@@ -30,7 +30,7 @@ from cpkgs_admin.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: 
 from cpkgs_admin.pypi.store import WheelStore  # noqa: E402
 from cpkgs_admin.pypi.target import PythonPlatform, TargetPython, python_platform, target_for_prefix  # noqa: E402
 
-__all__ = ["Env", "Pip", "git_repo", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
+__all__ = ["Env", "Pip", "git_repo", "mac_python_channel", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
            "wheel_dir", "wheelhouse", "write_simple"]
 
 
@@ -181,3 +181,62 @@ class Pip:
 @pytest.fixture
 def pip(tmp_path: Path, uv_cache: Path) -> Pip:
     return Pip(tmp_path, uv_cache)
+
+
+# ------------------------------------------------------------------------------------------------------------ macOS
+
+MACHO_MAGIC = b"\xcf\xfa\xed\xfe"  # a 64-bit Mach-O file starts so: no Linux kernel will run it
+
+
+def mac_python_channel(dest: Path) -> Path:
+    """A channel with one osx-arm64 package `python 3.11.7` that stands in for conda-forge's: the layout a real one
+    has where cpkgs looks (conda-meta record, bin/python -> python3.11, lib/python3.11/os.py, site-packages) and a
+    bin/python3.11 that is no program this host can run. The one fake at the macOS boundary: a real macOS python
+    cannot run here, and a build for osx-arm64 must not try to run it."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    from rattler.index import index_fs
+
+    channel = dest / "channel"
+    for sub in ("osx-arm64", "noarch"):
+        (channel / sub).mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, bytes | str]] = [
+        ("bin/python3.11", MACHO_MAGIC + b"\0" * 28 + b"cpkgs test stand-in for a macOS python\n"),
+        ("bin/python", "python3.11"),
+        ("lib/python3.11/os.py", b"# stand-in: the stdlib dir of a macOS CPython 3.11\n"),
+        ("lib/python3.11/site-packages/README.txt", b"This directory exists so that you can install packages.\n"),
+    ]
+    index = {"name": "python", "version": "3.11.7", "build": "h0_cpkgs_standin", "build_number": 0, "depends": [],
+             "subdir": "osx-arm64", "platform": "osx", "arch": "arm64", "license": "PSF-2.0", "timestamp": 0}
+    paths = []
+    for path, content in files:
+        if isinstance(content, str):
+            paths.append({"_path": path, "path_type": "softlink", "size_in_bytes": 0})
+        else:
+            paths.append({"_path": path, "path_type": "hardlink", "sha256": hashlib.sha256(content).hexdigest(),
+                          "size_in_bytes": len(content)})
+
+    def member(tf: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = None, mode: int = 0o644) -> None:
+        info = tarfile.TarInfo(name)
+        info.mtime = 0
+        if link is not None:
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+            tf.addfile(info)
+            return
+        info.size, info.mode = len(data), mode
+        tf.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(channel / "osx-arm64" / "python-3.11.7-h0_cpkgs_standin.tar.bz2", "w:bz2") as tf:
+        for path, content in files:
+            if isinstance(content, str):
+                member(tf, path, link=content)
+            else:
+                member(tf, path, content, mode=0o755 if path.startswith("bin/") else 0o644)
+        member(tf, "info/index.json", json.dumps(index).encode())
+        member(tf, "info/paths.json", json.dumps({"paths": paths, "paths_version": 1}).encode())
+        member(tf, "info/files", "".join(p + "\n" for p, _c in files).encode())
+    asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
+    return channel

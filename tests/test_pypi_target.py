@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from pypi_helpers import *  # noqa: F403
-from pypi_helpers import LINUX, Env, Pip
+from pypi_helpers import LINUX, Env, Pip, mac_python_channel
 
 from conftest import as_nobody, world_traversable
 from cpkgs_admin.errors import PipError
@@ -145,3 +145,39 @@ def test_uv_never_runs_the_envs_python_to_resolve(make_env, pip: Pip, offline_co
     assert {p.name for p in lock.packages} == {"rich", "markdown-it-py", "mdurl", "pygments"}
     proc = subprocess.run([str(env.staging / "bin/python"), "-c", "print(1)"], capture_output=True, text=True)
     assert proc.stdout == "1\n"
+
+
+@pytest.mark.slow
+def test_an_osx_arm64_env_gets_macos_wheels_and_runs_nothing(tmp_path: Path, pip: Pip, offline_config: PypiConfig,
+                                                             channel_url: str) -> None:
+    """An osx-arm64 env staged on this Linux host (python: the stand-in package of mac_python_channel, the one fake
+    at the macOS boundary): resolution, wheels, install and byte code without running its python."""
+    import asyncio
+
+    from rattler import Config, Platform, install
+
+    from cpkgs_admin.channels import Source
+    from cpkgs_admin.solve import solve, virtual_packages
+
+    mac = mac_python_channel(tmp_path / "mac").as_uri()
+    # (conda adds pip to python: the test channel's noarch pip)
+    records = solve([Source(mac, mac), Source(channel_url, channel_url)], ["python 3.11.*"], "osx-arm64", virtual_packages("osx-arm64", {}))
+    staging, final = tmp_path / "envs" / ".staging-mac-1.0@x", tmp_path / "envs" / "mac-1.0"
+    asyncio.run(install(records, target_prefix=staging, cache_dir=tmp_path / "rc", platform=Platform("osx-arm64"),
+                        execute_link_scripts=False, alternative_target_prefix=final,
+                        config=Config.from_toml("allow-hard-links = false\n")))
+    platform = python_platform("osx-arm64", {"__osx": "11.0"})
+    target = target_for_prefix(staging, final, platform, native=False)
+    env = Env(staging, final)
+    env._target = target
+    lock = pip.lock(request(env, "pyyaml", "markdown-it-py", "docopt"), env, offline_config)
+    names = {p.name: p.filename for p in lock.packages}
+    assert names["pyyaml"] == "pyyaml-6.0.4-cp311-cp311-macosx_11_0_arm64.whl"
+    assert names["docopt"] == "docopt-0.6.2-py2.py3-none-any.whl"  # a pure wheel built from the sdist here
+    installed = install_pip(lock, target, cache_dir=pip.cache, work_dir=pip.work)
+    assert compile_pip_part(target, installed)
+    site = staging / "lib/python3.11/site-packages"
+    assert list((site / "yaml").glob("_yaml.cpython-311-darwin.so"))
+    assert (site / "markdown_it/__pycache__/main.cpython-311.pyc").is_file()
+    assert check_pip_integrity(staging) == []
+    assert (staging / "bin/markdown-it").read_bytes().startswith(f"#!{final}/bin/python\n".encode())
