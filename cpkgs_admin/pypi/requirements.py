@@ -241,8 +241,8 @@ def parse_requirement(text: str, where: str, base: Path, hashes: tuple[str, ...]
         req = Requirement(s)
     except InvalidRequirement as exc:
         if "/" in s and not named:  # pip's reading too: a path, to a file or directory that is not there
-            path = Path(os.path.abspath(base / os.path.expanduser(s.split(";")[0].strip())))
-            raise PipError(f"pip: {where}: {s!r} looks like a path, but {path} does not exist") from None
+            missing = Path(os.path.abspath(base / os.path.expanduser(s.split(";")[0].strip())))
+            raise PipError(f"pip: {where}: {s!r} looks like a path, but {missing} does not exist") from None
         detail = str(exc).splitlines()[0] if str(exc) else "invalid"
         raise PipError(f"pip: {where}: invalid requirement {s!r}: {detail}") from None
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""

@@ -2,7 +2,9 @@
 
 `pip_expected_files` gives verify.Expected entries (verify.check_integrity can merge them with conda-meta's, so its
 "unexpected file" check accepts the pip part's files); `check_pip_integrity` runs the check on its own. A RECORD
-cannot vouch for itself: `records_digest` is the hash of all of them, kept in the env record beside meta_sha256.
+cannot vouch for itself: at publish the pipeline writes `conda-meta/cpkgs/pypi.json` (`pip_manifest`: every pip
+distribution's dist-info dir and its RECORD's sha256), which lies inside the sealed metadata verify.meta_digest
+covers; `expected_from_manifest` then expects each RECORD at that hash and every file at its RECORD's.
 """
 
 from __future__ import annotations
@@ -80,3 +82,36 @@ def records_digest(prefix: Path, inventory: EnvInventory | None = None) -> str:
         digest = sha256_file(str(record)) if record.is_file() else "-"
         h.update(f"{dist.metadata_dir}/RECORD".encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
+
+
+PIP_MANIFEST = "conda-meta/cpkgs/pypi.json"
+
+
+def pip_manifest(prefix: Path, dist_infos: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    """The content of PIP_MANIFEST for the pip part just installed: dist-info dir -> {name, version, record sha256};
+    DIST_INFOS: (canonical name, version, prefix-relative dist-info dir) of each package."""
+    return {d: {"name": n, "version": v, "record_sha256": sha256_file(str(prefix / d / "RECORD"))}
+            for n, v, d in sorted(dist_infos, key=lambda t: t[2])}
+
+
+def expected_from_manifest(prefix: Path, manifest: dict[str, dict[str, str]]) -> dict[str, Expected]:
+    """What the pip part must hold: each RECORD at the hash the manifest kept, every file a RECORD lists at the
+    hash and size it gives. A RECORD that cannot be read expects nothing more (its own check reports it)."""
+    out: dict[str, Expected] = {}
+    for dist_info, info in sorted(manifest.items()):
+        tag = f"{PIP_DIST_PREFIX}{info.get('name', '?')}-{info.get('version', '?')}"
+        site = posixpath.dirname(dist_info)
+        record_rel = f"{dist_info}/RECORD"
+        try:
+            rows = read_record(prefix / record_rel)
+        except (OSError, UnicodeDecodeError):
+            rows = []
+        for row in rows:
+            rel = posixpath.normpath(posixpath.join(site, row[0]))
+            if rel == ".." or rel.startswith(("../", "/")):
+                continue  # nothing outside the env is the env's (the install refused such wheels)
+            sha = record_hex(row[1]) if len(row) > 1 else None
+            size = int(row[2]) if len(row) > 2 and row[2].isdigit() else None
+            out[rel] = Expected(rel, sha, size, None, False, tag)
+        out[record_rel] = Expected(record_rel, info.get("record_sha256"), None, None, False, tag)
+    return out
