@@ -181,3 +181,41 @@ def test_an_osx_arm64_env_gets_macos_wheels_and_runs_nothing(tmp_path: Path, pip
     assert (site / "markdown_it/__pycache__/main.cpython-311.pyc").is_file()
     assert check_pip_integrity(staging) == []
     assert (staging / "bin/markdown-it").read_bytes().startswith(f"#!{final}/bin/python\n".encode())
+
+
+def test_the_pipeline_calls_and_the_manifest_verify_trusts(make_env, pip: Pip, offline_config: PypiConfig,
+                                                           tmp_path: Path) -> None:
+    """part.plan_pip_part -> build_pip_part -> pip_manifest: the RECORDs are expected at the hashes kept at publish,
+    so a RECORD rewritten to match a changed file is caught."""
+    import json
+
+    from cpkgs_admin.pypi.part import build_pip_part, plan_pip_part
+    from cpkgs_admin.pypi.verify import expected_from_manifest, pip_manifest
+    from cpkgs_admin.pypi.wheelfile import record_hash
+    from cpkgs_admin.verify import check_integrity
+
+    env = make_env("python")
+    spec = env.staging.parent.parent / "spec.yml"
+    spec.write_text("dependencies: [python]\n")
+    plan = plan_pip_part(("toolz", "cowsay"), str(spec.parent), str(spec), offline_config)
+    assert plan is not None and plan.requested_lines == ["toolz", "cowsay"]
+    assert plan_pip_part((), None, str(spec), offline_config) is None
+    part = build_pip_part(plan, env.target, store=pip.store, cache_dir=pip.cache, work_dir=pip.work,
+                          hard_links=False)
+    assert part.compiled and {p.name for p in part.packages} == {"toolz", "cowsay"}
+    manifest = pip_manifest(env.staging, [(p.name, p.version, p.dist_info) for p in part.packages])
+    expected = expected_from_manifest(env.staging, manifest)
+    toolz = next(p for p in part.packages if p.name == "toolz")
+    assert f"{toolz.dist_info}/RECORD" in expected and "bin/cowsay" in expected
+    assert any(rel.endswith(".cpython-311.pyc") for rel in expected)
+    # An edited file whose RECORD row is edited to match: the RECORD no longer has the hash kept at publish.
+    main = env.staging / "lib/python3.11/site-packages/toolz/itertoolz.py"
+    main.write_text(main.read_text() + "# changed\n")
+    record = env.staging / toolz.dist_info / "RECORD"
+    rows = [f"toolz/itertoolz.py,{record_hash(main.read_bytes())},{main.stat().st_size}"
+            if line.startswith("toolz/itertoolz.py,") else line for line in record.read_text().splitlines()]
+    record.write_text("\n".join(rows) + "\n")
+    (env.staging / "conda-meta/cpkgs").mkdir(parents=True, exist_ok=True)
+    (env.staging / "conda-meta/cpkgs/pypi.json").write_text(json.dumps(manifest))
+    problems = {(p.kind, p.path) for p in check_integrity(env.staging)[0]}
+    assert ("modified", f"{toolz.dist_info}/RECORD") in problems
