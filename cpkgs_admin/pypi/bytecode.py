@@ -18,29 +18,48 @@ import posixpath
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.pypi.record import PypiPackage
 from cpkgs_admin.pypi.target import TargetPython, same_byte_code
-from cpkgs_admin.pypi.wheelfile import format_record, read_record, record_hash
+from cpkgs_admin.pypi.wheelfile import format_record, read_record
 
 COMPILE_TIMEOUT = 1800
 
-# Run by the env's python (-I -S -B: no site, no user site, none of its own byte code): [source, dfile] pairs on
-# stdin, the pycs written on stdout. A module that does not compile (a py2-only file some wheels carry) is skipped,
-# as pip skips it.
+# Run by the env's python (-I -S -B: no site, no user site, none of its own byte code), and by this one for another
+# platform's env of the same python: [source, dfile] pairs in, [pyc, RECORD hash, size] out. The pyc is what
+# py_compile writes (PEP 552 timestamp header + the marshalled code object), built here so that each file is read
+# once and its RECORD row comes back with it. A module that does not compile (a py2-only file some wheels carry) is
+# skipped, as pip skips it.
 _COMPILE = """
-import importlib.util, json, py_compile, sys
-out = []
-for src, dfile in json.load(sys.stdin):
-    cfile = importlib.util.cache_from_source(src)
-    try:
-        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeError):
-        continue
-    out.append(cfile)
-json.dump(out, sys.stdout)
+import base64, hashlib, importlib.util, json, marshal, os, sys
+
+def compile_pairs(pairs):
+    out = []
+    for src, dfile in pairs:
+        try:
+            with open(src, "rb") as fh:
+                data = fh.read()
+                st = os.fstat(fh.fileno())
+            code = compile(data, dfile, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, UnicodeError, OSError, RecursionError, MemoryError):
+            continue
+        pyc = (importlib.util.MAGIC_NUMBER + bytes(4) + (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+               + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(code))
+        cfile = importlib.util.cache_from_source(src)
+        os.makedirs(os.path.dirname(cfile), exist_ok=True)
+        tmp = "%s.%d.tmp" % (cfile, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pyc)
+        os.replace(tmp, cfile)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(pyc).digest()).rstrip(b"=").decode()
+        out.append([cfile, "sha256=" + digest, len(pyc)])
+    return out
+
+if __name__ == "__main__":
+    json.dump(compile_pairs(json.load(sys.stdin)), sys.stdout)
 """
 
 
@@ -63,9 +82,10 @@ def compile_pip_part(target: TargetPython, packages: Iterable[PypiPackage], work
     pairs = [pair for group in sources.values() for pair in group]
     if not pairs:
         return True
-    written = set(_compile_native(target, pairs, workers) if target.native else _compile_here(pairs))
+    rows = _compile_native(target, pairs, workers) if target.native else _compile_here(pairs)
+    written = {c: (h, str(n)) for c, h, n in rows}
     for dist_info, group in sources.items():
-        _add_rows(target, dist_info, [c for src, _d in group if (c := _cache_path(target, src)) in written])
+        _add_rows(target, dist_info, {c: written[c] for src, _d in group if (c := _cache_path(target, src)) in written})
     return True
 
 
@@ -76,23 +96,14 @@ def _cache_path(target: TargetPython, source: str) -> str:
     return os.path.join(head, "__pycache__", f"{tail[:-3]}.{tag}.pyc")
 
 
-def _compile_here(pairs: list[tuple[str, str]]) -> list[str]:
-    import importlib.util
-    import py_compile
-
-    out = []
-    for src, dfile in pairs:
-        cfile = importlib.util.cache_from_source(src)
-        try:
-            py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
-                               invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-        except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeError):
-            continue
-        out.append(cfile)
-    return out
+def _compile_here(pairs: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    namespace: dict[str, Any] = {"__name__": "cpkgs_bytecode"}
+    exec(compile(_COMPILE, "<cpkgs bytecode>", "exec"), namespace)  # the very code the env's python runs
+    return [(c, h, n) for c, h, n in namespace["compile_pairs"](pairs)]
 
 
-def _compile_native(target: TargetPython, pairs: list[tuple[str, str]], workers: int | None) -> list[str]:
+def _compile_native(target: TargetPython, pairs: list[tuple[str, str]],
+                    workers: int | None) -> list[tuple[str, str, int]]:
     n = max(1, min(workers or os.cpu_count() or 1, 8, len(pairs) // 50 + 1))
     chunks = [pairs[i::n] for i in range(n)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "SOURCE_DATE_EPOCH"}
@@ -102,13 +113,13 @@ def _compile_native(target: TargetPython, pairs: list[tuple[str, str]], workers:
             procs.append((subprocess.Popen([str(target.executable), "-I", "-S", "-B", "-c", _COMPILE],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                            env=env, cwd="/"), json.dumps(chunk).encode()))
-        out: list[str] = []
+        out: list[tuple[str, str, int]] = []
         for proc, data in procs:
             stdout, stderr = proc.communicate(data, timeout=COMPILE_TIMEOUT)
             if proc.returncode != 0:
                 last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
                 raise PipError(f"pip: byte-compiling the pip part with {target.executable} failed: {last}")
-            out += json.loads(stdout)
+            out += [(c, h, int(n)) for c, h, n in json.loads(stdout)]
         return out
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         raise PipError(f"pip: byte-compiling the pip part with {target.executable} failed: {exc}") from None
@@ -119,23 +130,20 @@ def _compile_native(target: TargetPython, pairs: list[tuple[str, str]], workers:
                 proc.wait()
 
 
-def _add_rows(target: TargetPython, dist_info: str, pycs: list[str]) -> None:
+def _add_rows(target: TargetPython, dist_info: str, pycs: dict[str, tuple[str, str]]) -> None:
+    """PYCS (path -> RECORD hash, size) into DIST_INFO's RECORD, before its own row (which stays last)."""
     if not pycs:
         return
     record = target.staging / dist_info / "RECORD"
     rows = read_record(record)
     site = target.staging / posixpath.dirname(dist_info)
-    have = {r[0] for r in rows}
     record_rel = posixpath.relpath(f"{dist_info}/RECORD", posixpath.dirname(dist_info))
+    have = {r[0] for r in rows}
     body = [r for r in rows if r[0] != record_rel]
-    for pyc in sorted(pycs):
+    for pyc, (digest, size) in sorted(pycs.items()):
         rel = Path(os.path.relpath(pyc, site)).as_posix()
-        if rel in have:
-            continue
-        with open(pyc, "rb") as fh:
-            data = fh.read()
-        body.append([rel, record_hash(data), str(len(data))])
-    text = format_record([*body, [record_rel, "", ""]])
+        if rel not in have:
+            body.append([rel, digest, size])
     from cpkgs_admin.pypi.install import _replace_file
 
-    _replace_file(record, text.encode(), 0o644)
+    _replace_file(record, format_record([*body, [record_rel, "", ""]]).encode(), 0o644)
