@@ -434,7 +434,7 @@ def test_a_tampered_pip_file_is_reported_like_a_conda_one(site: Path, tmp_path: 
     # A RECORD edited to agree with an edited file is caught too: the RECORDs' hashes are part of the sealed metadata.
     record = next((prefix / SITE_PACKAGES).glob("markdown_it_py-*.dist-info/RECORD"))
     main = prefix / SITE_PACKAGES / "markdown_it/main.py"
-    from cpkgs_admin.pypi.wheelfile import record_hash
+    from cpkgs_admin.pipeline.pypi.wheelfile import record_hash
 
     new_row = f"markdown_it/main.py,{record_hash(main.read_bytes())},{main.stat().st_size}"
     lines = [new_row if line.startswith("markdown_it/main.py,") else line for line in record.read_text().splitlines()]

@@ -13,15 +13,15 @@ from pypi_helpers import LINUX, Env, Pip, mac_python_channel
 
 from conftest import as_nobody, world_traversable
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.bytecode import compile_pip_part
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.install import install_pip
-from cpkgs_admin.pypi.inventory import EnvInventory, distributions_from_paths
-from cpkgs_admin.pypi.requirements import parse_pip_section
-from cpkgs_admin.pypi.resolve import resolve_pip
-from cpkgs_admin.pypi.target import python_platform, target_for_paths, target_for_prefix
-from cpkgs_admin.pypi.verify import check_pip_integrity
-from cpkgs_admin.verify import read_conda_meta
+from cpkgs_admin.integrity.manifest import read_conda_meta
+from cpkgs_admin.pipeline.pypi.bytecode import compile_pip_part
+from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.pipeline.pypi.install import install_pip
+from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, distributions_from_paths
+from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
+from cpkgs_admin.pipeline.pypi.resolve import resolve_pip
+from cpkgs_admin.pipeline.pypi.target import python_platform, target_for_paths, target_for_prefix
+from cpkgs_admin.pipeline.pypi.verify import check_pip_integrity
 
 
 def request(env: Env, *lines: str):  # type: ignore[no-untyped-def]
@@ -156,8 +156,8 @@ def test_an_osx_arm64_env_gets_macos_wheels_and_runs_nothing(tmp_path: Path, pip
 
     from rattler import Config, Platform, install
 
-    from cpkgs_admin.channels import Source
-    from cpkgs_admin.solve import solve, virtual_packages
+    from cpkgs_admin.pipeline.solve import solve, virtual_packages
+    from cpkgs_admin.site.channels import Source
 
     mac = mac_python_channel(tmp_path / "mac").as_uri()
     # (conda adds pip to python: the test channel's noarch pip)
@@ -189,10 +189,10 @@ def test_the_pipeline_calls_and_the_manifest_verify_trusts(make_env, pip: Pip, o
     so a RECORD rewritten to match a changed file is caught."""
     import json
 
-    from cpkgs_admin.pypi.part import build_pip_part, plan_pip_part
-    from cpkgs_admin.pypi.verify import expected_from_manifest, pip_manifest
-    from cpkgs_admin.pypi.wheelfile import record_hash
-    from cpkgs_admin.verify import check_integrity
+    from cpkgs_admin.integrity.checks import check_integrity
+    from cpkgs_admin.pipeline.pypi.part import build_pip_part, plan_pip_part
+    from cpkgs_admin.pipeline.pypi.verify import expected_from_manifest, pip_manifest
+    from cpkgs_admin.pipeline.pypi.wheelfile import record_hash
 
     env = make_env("python")
     spec = env.staging.parent.parent / "spec.yml"
