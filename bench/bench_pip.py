@@ -78,7 +78,7 @@ def main() -> None:
     from uv import find_uv_bin
 
     from cpkgs_admin.pipeline.pypi.bytecode import compile_pip_part
-    from cpkgs_admin.pipeline.pypi.config import PypiConfig
+    from cpkgs_admin.site.pypi_config import PypiConfig
     from cpkgs_admin.pipeline.pypi.install import install_pip
     from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
     from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section

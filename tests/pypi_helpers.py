@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tests" / "wheelhouse"))
 
 from build_wheelhouse import ensure_wheelhouse, make_wheel, write_simple  # noqa: E402
 
-from cpkgs_admin.pipeline.pypi.config import PypiConfig  # noqa: E402
+from cpkgs_admin.site.pypi_config import PypiConfig  # noqa: E402
 from cpkgs_admin.pipeline.pypi.install import install_pip  # noqa: E402
 from cpkgs_admin.pipeline.pypi.record import PypiPackage, read_lock_text  # noqa: E402
 from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest  # noqa: E402

@@ -16,7 +16,7 @@ from conftest import as_nobody, tree_hash, world_traversable
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.integrity.manifest import expected_files
 from cpkgs_admin.integrity.tree import scan_tree
-from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.site.pypi_config import PypiConfig
 from cpkgs_admin.pipeline.pypi.install import retarget_script, shebang
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, provides
 from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section

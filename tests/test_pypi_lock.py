@@ -15,7 +15,7 @@ from pypi_helpers import Env, Pip
 
 from conftest import tree_hash
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.site.pypi_config import PypiConfig
 from cpkgs_admin.pipeline.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text
 from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
 

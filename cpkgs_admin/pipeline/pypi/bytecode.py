@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import PipError
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.pypi.install import replace_file
 from cpkgs_admin.pipeline.pypi.record import PypiPackage
 from cpkgs_admin.pipeline.pypi.target import TargetPython, same_byte_code
-from cpkgs_admin.pipeline.pypi.wheelfile import format_record, read_record
+from cpkgs_admin.pipeline.pypi.wheelfile import format_record
 
 COMPILE_TIMEOUT = 1800
 

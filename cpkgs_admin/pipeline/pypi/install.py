@@ -24,13 +24,14 @@ from installer.exceptions import InstallerError
 from installer.sources import WheelFile
 
 from cpkgs_admin.errors import PipError
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
 from cpkgs_admin.pipeline.pypi.record import PypiPackage
 from cpkgs_admin.pipeline.pypi.resolve import PipLock
 from cpkgs_admin.pipeline.pypi.store import sha256_path
 from cpkgs_admin.pipeline.pypi.target import TargetPython
 from cpkgs_admin.pipeline.pypi.uvtool import run_uv
-from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
+from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, format_record, record_hash, wheel_contents
 
 # Longest '#!' line pip and uv write as is: Linux before 5.1 (BINPRM_BUF_SIZE 128) and other systems cut longer ones.
 SHEBANG_MAX = 127

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.integrity.manifest import read_conda_meta
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.pypi.requirements import canonical
-from cpkgs_admin.pipeline.pypi.wheelfile import headers, read_record
+from cpkgs_admin.pipeline.pypi.wheelfile import headers
 
 _SITE_GLOBS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/site-packages")
 # A distribution's metadata in a package's file list: name-version.dist-info/METADATA, an egg-info dir's PKG-INFO, or

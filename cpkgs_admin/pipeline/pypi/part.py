@@ -19,7 +19,6 @@ from urllib.parse import unquote, urlsplit
 
 from cpkgs_admin.errors import PipError, UsageError
 from cpkgs_admin.pipeline.pypi.bytecode import compile_pip_part
-from cpkgs_admin.pipeline.pypi.config import PypiConfig, find_links_problem, index_url_problem
 from cpkgs_admin.pipeline.pypi.install import install_pip
 from cpkgs_admin.pipeline.pypi.inventory import Distribution
 from cpkgs_admin.pipeline.pypi.record import LockedRequirements, PypiPackage, read_lock_text
@@ -34,6 +33,7 @@ from cpkgs_admin.pipeline.pypi.resolve import (
 )
 from cpkgs_admin.pipeline.pypi.store import WheelStore
 from cpkgs_admin.pipeline.pypi.target import TargetPython
+from cpkgs_admin.site.pypi_config import PypiConfig, find_links_problem, index_url_problem
 
 
 @dataclass(frozen=True)

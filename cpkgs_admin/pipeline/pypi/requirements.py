@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pipeline.pypi.config import index_url_problem
+from cpkgs_admin.site.pypi_config import index_url_problem
 
 WHEEL_EXT = ".whl"
 SDIST_EXTS = (".tar.gz", ".zip", ".tar.bz2", ".tgz")

@@ -22,7 +22,6 @@ from typing import Any
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.pipeline.pypi.artifacts import Artifact, index_args, wheel_for
 from cpkgs_admin.pipeline.pypi.availability import missing_message, missing_requirements
-from cpkgs_admin.pipeline.pypi.config import PypiConfig
 from cpkgs_admin.pipeline.pypi.inventory import Distribution, EnvInventory
 from cpkgs_admin.pipeline.pypi.record import LockedRequirements, LockEntry, PypiPackage, Source
 from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest, PipRequirement, canonical
@@ -30,6 +29,7 @@ from cpkgs_admin.pipeline.pypi.store import WheelStore, sha256_path
 from cpkgs_admin.pipeline.pypi.target import TargetPython
 from cpkgs_admin.pipeline.pypi.uvtool import UvFailed, run_uv
 from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, wheel_contents
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 REQUIREMENTS_IN = "requirements.in"
 

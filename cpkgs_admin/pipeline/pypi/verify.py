@@ -17,10 +17,8 @@ from pathlib import Path
 
 from cpkgs_admin.integrity.checks import Problem
 from cpkgs_admin.integrity.manifest import Expected, sha256_file
+from cpkgs_admin.integrity.pipfiles import PIP_DIST_PREFIX, expected_pip_files, read_record, record_hex
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
-from cpkgs_admin.pipeline.pypi.wheelfile import read_record, record_hex
-
-PIP_DIST_PREFIX = "pypi:"
 
 
 def pip_expected_files(prefix: Path, inventory: EnvInventory | None = None) -> dict[str, Expected]:
@@ -85,8 +83,6 @@ def records_digest(prefix: Path, inventory: EnvInventory | None = None) -> str:
     return h.hexdigest()
 
 
-PIP_MANIFEST = "conda-meta/cpkgs/pypi.json"
-
 
 def pip_manifest(prefix: Path, dist_infos: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
     """The content of PIP_MANIFEST for the pip part just installed: dist-info dir -> {name, version, record sha256};
@@ -96,23 +92,5 @@ def pip_manifest(prefix: Path, dist_infos: list[tuple[str, str, str]]) -> dict[s
 
 
 def expected_from_manifest(prefix: Path, manifest: dict[str, dict[str, str]]) -> dict[str, Expected]:
-    """What the pip part must hold: each RECORD at the hash the manifest kept, every file a RECORD lists at the
-    hash and size it gives. A RECORD that cannot be read expects nothing more (its own check reports it)."""
-    out: dict[str, Expected] = {}
-    for dist_info, info in sorted(manifest.items()):
-        tag = f"{PIP_DIST_PREFIX}{info.get('name', '?')}-{info.get('version', '?')}"
-        site = posixpath.dirname(dist_info)
-        record_rel = f"{dist_info}/RECORD"
-        try:
-            rows = read_record(prefix / record_rel)
-        except (OSError, UnicodeDecodeError):
-            rows = []
-        for row in rows:
-            rel = posixpath.normpath(posixpath.join(site, row[0]))
-            if rel == ".." or rel.startswith(("../", "/")):
-                continue  # nothing outside the env is the env's (the install refused such wheels)
-            sha = record_hex(row[1]) if len(row) > 1 else None
-            size = int(row[2]) if len(row) > 2 and row[2].isdigit() else None
-            out[rel] = Expected(rel, sha, size, None, False, tag)
-        out[record_rel] = Expected(record_rel, info.get("record_sha256"), None, None, False, tag)
-    return out
+    """What the pip part must hold (integrity.pipfiles, which verify.expected_files merges)."""
+    return expected_pip_files(prefix, manifest, Expected)
