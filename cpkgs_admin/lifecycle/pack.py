@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from cpkgs_admin.errors import CpkgsError, PermissionProblem, UsageError
+from cpkgs_admin.pipeline.pip import mirror_pip_part
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import get_record
 
@@ -125,6 +126,7 @@ class MirrorReport:
     from_cache: int
     fetched: int
     size: int
+    wheels: int = 0  # the pip part's, in DIRECTORY/pypi
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,8 @@ class MirrorReport:
             "from_cache": self.from_cache,
             "fetched": self.fetched,
             "size": self.size,
+            "wheels": self.wheels,
+            "pip_index": (self.directory / "pypi" / "simple").as_uri() if self.wheels else None,
         }
 
 
@@ -264,6 +268,7 @@ def mirror_env(site: Site, name: str, directory: Path, platform: str | None) -> 
         _index(staging)
         with contextlib.suppress(OSError):
             os.rmdir(staging / ".tmp")  # the indexer's scratch dir, empty when it is done
+        wheels = mirror_pip_part(site, rec.pypi_packages, staging / "pypi") if rec.pypi_packages else 0
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(directory)  # an empty DIRECTORY given by the user: replaced by the finished channel
         os.rename(staging, directory)
@@ -278,4 +283,5 @@ def mirror_env(site: Site, name: str, directory: Path, platform: str | None) -> 
         from_cache=from_cache,
         fetched=fetched,
         size=size,
+        wheels=wheels,
     )

@@ -14,6 +14,7 @@ from cpkgs_admin.pipeline.cache import drop_entry
 from cpkgs_admin.pipeline.check import DamagedCache, check
 from cpkgs_admin.pipeline.job import BuildRequest, BuildResult, Job, Log, Solved
 from cpkgs_admin.pipeline.leftovers import clean_stale_staging, discarded_on_failure, existing_env_problem
+from cpkgs_admin.pipeline.pip import pip_step
 from cpkgs_admin.pipeline.post import post
 from cpkgs_admin.pipeline.publish import publish, restore, seal
 from cpkgs_admin.pipeline.stage import make_staging, stage
@@ -36,7 +37,7 @@ def assemble(site: Site, req: BuildRequest, solved: Solved, *, progress: bool, l
                                seconds=time.monotonic() - solved.started, restored=True, warnings=warnings)
         clean_stale_staging(site, subdir, name, log)
         job = Job(site, _record(site, req, solved), solved.records, solved.requested, progress, solved.timings,
-                  solved.cache_warnings)
+                  solved.cache_warnings, pip=solved.pip)
         _staged(job)
         with discarded_on_failure(job.staging, name, fenced=lambda: False):
             with job.timed("seal"):
@@ -44,6 +45,7 @@ def assemble(site: Site, req: BuildRequest, solved: Solved, *, progress: bool, l
             with job.timed("publish"):
                 warnings = [*job.warnings, *solved.warnings, *publish(job, req.name)]
     return BuildResult(name=name, platform=subdir, prefix=job.record.prefix, packages=solved.packages,
+                       pypi_packages=job.record.pypi_packages,
                        file_count=job.record.file_count, size=job.record.size,
                        seconds=time.monotonic() - solved.started, timings=job.timings, warnings=warnings)
 
@@ -89,6 +91,9 @@ def _stage_and_check(job: Job) -> None:
     with discarded_on_failure(job.staging, job.record.name, fenced=lambda: job.installing):
         with job.timed("install"):
             stage(job)
+        if job.pip is not None:
+            with job.timed("pip"):
+                pip_step(job)
         with job.timed("post"):
             post(job)
         with job.timed("verify"):
