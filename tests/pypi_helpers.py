@@ -22,16 +22,16 @@ sys.path.insert(0, str(REPO / "tests" / "wheelhouse"))
 
 from build_wheelhouse import ensure_wheelhouse, make_wheel, write_simple  # noqa: E402
 
-from cpkgs_admin.site.pypi_config import PypiConfig  # noqa: E402
 from cpkgs_admin.pipeline.pypi.install import install_pip  # noqa: E402
 from cpkgs_admin.pipeline.pypi.record import PypiPackage, read_lock_text  # noqa: E402
 from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
 from cpkgs_admin.pipeline.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
 from cpkgs_admin.pipeline.pypi.store import WheelStore  # noqa: E402
 from cpkgs_admin.pipeline.pypi.target import PythonPlatform, TargetPython, python_platform, target_for_prefix  # noqa: E402
+from cpkgs_admin.site.pypi_config import PypiConfig  # noqa: E402
 
 __all__ = ["Env", "Pip", "git_repo", "mac_python_channel", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
-           "wheel_dir", "wheelhouse", "write_simple"]
+           "wheel_dir", "wheelhouse", "world_wheel_dir", "write_simple"]
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +53,21 @@ def offline_config(wheel_dir: Path) -> PypiConfig:
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+
+@pytest.fixture(scope="session")
+def world_wheel_dir(wheel_dir: Path) -> Iterator[Path]:
+    """The wheelhouse's wheels where uid 65534 can read them (hard links in a fresh 0755 dir under /tmp: the cache
+    sits in root's home)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="cpkgs-test-wheels-"))
+    os.chmod(base, 0o755)
+    for f in wheel_dir.iterdir():
+        os.link(f, base / f.name)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_export_yaml_has_an_exact_pip_section(built: Path, git_repo) -> None:
     pip = next(d["pip"] for d in doc["dependencies"] if isinstance(d, dict))
     assert pip == ["cowsay==6.1", "cpkgs-datascript==1.0", "docopt==0.6.2", "markdown-it-py==4.3.0", "mdurl==0.1.2",
                    "six==1.17.0", f"tinytool @ git+{repo.as_uri()}@{first}"]
-    assert all(isinstance(d, str) and d.count("=") == 2 for d in doc["dependencies"] if not isinstance(d, dict))
+    assert all(re.fullmatch(r"[^=]+==[^=]+=[^=]+", d) for d in doc["dependencies"] if not isinstance(d, dict))
 
 
 def test_the_pip_lock_installs_with_pip_and_uv_require_hashes(built: Path, tmp_path: Path) -> None:
@@ -260,7 +261,8 @@ def test_pack_carries_the_pip_part(built: Path, tmp_path: Path) -> None:
     res = as_nobody([str(new / "bin/python"), "-c", "import docopt, markdown_it; print(markdown_it.__file__)"],
                     env=CLEAN_ENV)
     assert res.stdout.strip() == f"{new}/{SITE_PACKAGES}/markdown_it/__init__.py", res.stderr
-    res = as_nobody([str(new / "bin/tinytool")], env=CLEAN_ENV)
+    # conda-pack makes the pip part's scripts relocatable (#!/usr/bin/env python): they run in the activated env.
+    res = as_nobody(["bash", "-c", f". {new}/bin/activate && tinytool"], env=CLEAN_ENV)
     assert res.stdout.strip() == f"tinytool ok {new}", res.stderr
 
 
@@ -447,7 +449,10 @@ def test_a_tampered_pip_file_is_reported_like_a_conda_one(site: Path, tmp_path: 
     assert paths & {str(record.relative_to(prefix)), "conda-meta"}, paths
 
 
-def test_dry_run_shows_both_kinds_and_writes_nothing(site: Path, tmp_path: Path) -> None:
+def test_dry_run_shows_both_kinds_and_writes_nothing(tmp_path: Path, conda_channel_url: str,
+                                                     world_wheel_dir: Path) -> None:
+    # The channel and the wheelhouse where uid 65534 can read them (their caches sit in root's home).
+    site = pip_site(tmp_path / "site", conda_channel_url, world_wheel_dir)
     spec = spec_file(tmp_path / "s.yml", ["python", "ipykernel"], ["rich", "packaging>=26"])
     tmp_path.chmod(0o755)
     world_traversable(spec)
@@ -461,7 +466,12 @@ def test_dry_run_shows_both_kinds_and_writes_nothing(site: Path, tmp_path: Path)
         assert "packaging" not in rows or rows["packaging"][1] != "pypi"  # the conda package's 26.3 satisfies it
         assert rows["ipykernel"][1] != "pypi"
         assert "3 pypi" in r.stdout
-    assert tree_hash(site) == before
+
+    def site_files(tree: dict) -> dict:  # type: ignore[type-arg]
+        # Caches an admin's dry run may fill (repodata, uv's) aside: no env, record, lock, module or kernel.
+        return {k: v for k, v in tree.items() if not k.startswith((".cpkgs/uv-cache", ".cpkgs/pkgs", ".cpkgs/locks"))}
+
+    assert site_files(tree_hash(site)) == site_files(before)
 
 
 def test_from_carries_the_pip_part(site: Path, tmp_path: Path) -> None:
@@ -478,11 +488,18 @@ def test_uv_cache_is_admin_only_and_hard_linked_only_then(site: Path, tmp_path: 
     assert run_cpkgs("new-env", "hl-1.0", "-f", str(spec), root=site).returncode == 0
     cache = site / ".cpkgs" / "uv-cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert stat.S_IMODE((site / ".cpkgs" / "wheels").stat().st_mode) == 0o700
     toolz = site / ENVS / "hl-1.0" / SITE_PACKAGES / "toolz/itertoolz.py"
     assert toolz.stat().st_nlink > 1  # shared with uv's admin-only cache
-    cache.chmod(0o777)  # someone opened it: its files cannot be trusted as env files any more
-    assert run_cpkgs("new-env", "hl-2.0", "-f", str(spec), root=site).returncode == 0
-    assert (site / ENVS / "hl-2.0" / SITE_PACKAGES / "toolz/itertoolz.py").stat().st_nlink == 1
+    # Someone opened it: anything in it may have been changed, so it is not used (nor linked) but dropped whole.
+    planted = next(cache.rglob("itertoolz.py"))
+    cache.chmod(0o777)
+    r = run_cpkgs("new-env", "hl-2.0", "-f", str(spec), root=site)
+    assert r.returncode == 0, r
+    assert f"cpkgs: warning: {cache} was writable by others: dropped and made again" in r.stderr
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and not planted.exists()
+    fresh = site / ENVS / "hl-2.0" / SITE_PACKAGES / "toolz/itertoolz.py"
+    assert fresh.stat().st_ino != toolz.stat().st_ino
     assert run_cpkgs("verify", "hl-1.0", "hl-2.0", root=site).returncode == 0
 
 

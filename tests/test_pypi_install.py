@@ -16,11 +16,11 @@ from conftest import as_nobody, tree_hash, world_traversable
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.integrity.manifest import expected_files
 from cpkgs_admin.integrity.tree import scan_tree
-from cpkgs_admin.site.pypi_config import PypiConfig
 from cpkgs_admin.pipeline.pypi.install import retarget_script, shebang
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, provides
 from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
 from cpkgs_admin.pipeline.pypi.verify import check_pip_integrity, pip_expected_files, records_digest
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 
 def install(pip: Pip, env: Env, config: PypiConfig, *lines: str):  # type: ignore[no-untyped-def]

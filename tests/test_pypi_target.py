@@ -15,13 +15,13 @@ from conftest import as_nobody, world_traversable
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.integrity.manifest import read_conda_meta
 from cpkgs_admin.pipeline.pypi.bytecode import compile_pip_part
-from cpkgs_admin.site.pypi_config import PypiConfig
 from cpkgs_admin.pipeline.pypi.install import install_pip
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, distributions_from_paths
 from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
 from cpkgs_admin.pipeline.pypi.resolve import resolve_pip
 from cpkgs_admin.pipeline.pypi.target import python_platform, target_for_paths, target_for_prefix
 from cpkgs_admin.pipeline.pypi.verify import check_pip_integrity
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 
 def request(env: Env, *lines: str):  # type: ignore[no-untyped-def]

@@ -79,7 +79,7 @@ def dry_run_pins(site: Site, plan: PipPlan, records: list[Any], subdir: str, ove
 
 
 @contextlib.contextmanager
-def _uv_cache(site: Site, *, dry_run: bool = False) -> Iterator[tuple[Path, bool]]:
+def _uv_cache(site: Site, *, dry_run: bool = False, warnings: list[str] | None = None) -> Iterator[tuple[Path, bool]]:
     """(uv's cache dir, whether env files may be hard links into it), under the uv cache lock. A dry run by someone
     who cannot take the site's locks gets a private temporary cache (nothing of the site is written)."""
     if dry_run and not os.access(site.locks_dir, os.W_OK):
@@ -87,17 +87,19 @@ def _uv_cache(site: Site, *, dry_run: bool = False) -> Iterator[tuple[Path, bool
             yield Path(tmp), False
         return
     with uv_cache_locked(site):
-        secure_uv_cache(site)
+        dropped = secure_uv_cache(site, with_store=not dry_run)
+        if warnings is not None:
+            warnings += dropped
         yield site.uv_cache_dir, cache_is_admin_only(site.uv_cache_dir, site.admin_gid())
 
 
-def secure_uv_cache(site: Site) -> list[str]:
+def secure_uv_cache(site: Site, *, with_store: bool = True) -> list[str]:
     """.cpkgs/uv-cache and .cpkgs/wheels closed to everyone but the admins (0700, or 2770 with an admin group). A uv
     cache found writable by others is dropped whole and made again: anyone could have changed its unpacked files,
     which uv copies or links into envs (the wheel store is safe: every wheel is hash-checked when installed)."""
     warnings = []
     dmode, _fmode = site.private_modes()
-    for d in (site.uv_cache_dir, site.wheel_store_dir):
+    for d in (site.uv_cache_dir, *([site.wheel_store_dir] if with_store else [])):
         if d.is_dir() and d == site.uv_cache_dir and not cache_is_admin_only(d, site.admin_gid()):
             shutil.rmtree(d, ignore_errors=True)
             warnings.append(f"{d} was writable by others: dropped and made again")
@@ -122,7 +124,8 @@ def pip_step(job: Job) -> None:
     target = target_for_prefix(job.staging, job.final, platform, native=job.subdir == native_subdir())
     dmode, fmode = site.private_modes()
     store = WheelStore(site.wheel_store_dir, dir_mode=dmode, file_mode=fmode & ~0o111)
-    with _uv_cache(site) as (cache, hard_links), tempfile.TemporaryDirectory(prefix="cpkgs-pip-") as work:
+    with _uv_cache(site, warnings=job.warnings) as (cache, hard_links), \
+            tempfile.TemporaryDirectory(prefix="cpkgs-pip-") as work:
         part = build_pip_part(plan, target, store=store, cache_dir=cache, work_dir=Path(work), hard_links=hard_links)
     record.pypi_packages = [pypi_entry(p) for p in sorted(part.packages, key=lambda p: p.name)]
     text = lock_text(part.packages, part.options, record.name)

@@ -57,13 +57,23 @@ def wheel_for(name: str, version: str, art: Artifact, *, store: WheelStore, targ
     if not allow_build:
         raise PipError(f"pip: {name} {version} has no wheel for this env's python and building from source is "
                        "off (cpkgs.yaml pypi.build_from_source: false)")
+    # A source built before for the same python and platform gives the wheel built then: envs built from one
+    # sdist or commit hold the same bytes (builds are not reproducible: a zip's timestamps differ).
+    for_target = f"{target.full_version} {target.platform.triple}"
     if art.kind in ("sdist", "archive"):
         sdist, sha = store.download(art.url, art.sha256)
-        built, _sha = store.add(_build(sdist, name, version, target, opts, cache_dir, work_dir))
+        built = store.built(f"sdist {sha} {for_target}")
+        if built is None:
+            built, wheel_sha = store.add(_build(sdist, name, version, target, opts, cache_dir, work_dir))
+            store.remember_built(f"sdist {sha} {for_target}", wheel_sha)
         return built, Source(kind="sdist", url=art.url, sha256=sha)
     if art.kind == "vcs":
-        src = _checkout(art, name, work_dir)
-        built, _sha = store.add(_build(src, name, version, target, opts, cache_dir, work_dir))
+        key = f"vcs {art.url} {art.commit} {art.subdirectory or ''} {for_target}"
+        built = store.built(key) if art.commit else None
+        if built is None:
+            src = _checkout(art, name, work_dir)
+            built, wheel_sha = store.add(_build(src, name, version, target, opts, cache_dir, work_dir))
+            store.remember_built(key, wheel_sha)
         return built, Source(kind="vcs", url=art.url if art.url.startswith("git+") else f"git+{art.url}",
                              commit=art.commit, requested_revision=art.requested_revision,
                              subdirectory=art.subdirectory)

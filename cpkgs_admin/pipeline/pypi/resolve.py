@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import sys
 import tomllib
 import zipfile
@@ -195,8 +196,14 @@ def _stub_wheel(stubs: Path, d: Distribution) -> None:
 
 def target_args(target: TargetPython) -> list[str]:
     """What uv resolves for: the env's python version and platform, never its interpreter (a dry run has none staged,
-    an osx-arm64 env's cannot run here). cpkgs' own interpreter only serves uv for building sdists' metadata."""
-    return ["--python", sys.executable, "--python-version", target.full_version, *target.platform.uv_args()]
+    an osx-arm64 env's cannot run here). cpkgs' own interpreter only serves uv for building sdists' metadata; where
+    this user cannot resolve its real path (uv canonicalizes it), uv takes the first python on PATH for that."""
+    try:
+        os.path.realpath(sys.executable, strict=True)
+        python = ["--python", sys.executable]
+    except OSError:
+        python = []
+    return [*python, "--python-version", target.full_version, *target.platform.uv_args()]
 
 
 def _compile_args(target: TargetPython, opts: IndexOptions, cache_dir: Path, work: Path, out: str,

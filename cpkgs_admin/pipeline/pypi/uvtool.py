@@ -49,6 +49,8 @@ def run_uv(args: Sequence[str], *, what: str, cwd: Path | None = None, timeout: 
     """uv ARGS (ENV: variables to set, e.g. the macOS deployment target); a PipError naming WHAT and uv's own
     reason when it fails."""
     cmd = [uv_binary(), *args]
+    # Never where the admin stands: uv would take a project's .venv or uv.toml found from the working directory.
+    cwd = cwd or Path("/")
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=uv_environ(env), cwd=cwd,
                               timeout=timeout, stdin=subprocess.DEVNULL)
