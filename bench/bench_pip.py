@@ -78,7 +78,6 @@ def main() -> None:
     from uv import find_uv_bin
 
     from cpkgs_admin.pipeline.pypi.bytecode import compile_pip_part
-    from cpkgs_admin.site.pypi_config import PypiConfig
     from cpkgs_admin.pipeline.pypi.install import install_pip
     from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
     from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
@@ -86,6 +85,7 @@ def main() -> None:
     from cpkgs_admin.pipeline.pypi.store import WheelStore
     from cpkgs_admin.pipeline.pypi.target import python_platform, target_for_prefix
     from cpkgs_admin.pipeline.solve import virtual_packages
+    from cpkgs_admin.site.pypi_config import PypiConfig
 
     platform = python_platform("linux-64", {v.name.normalized: str(v.version) for v in virtual_packages("linux-64", {})})
 
