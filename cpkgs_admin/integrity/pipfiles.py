@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import posixpath
@@ -15,6 +16,7 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError
 
 PIP_MANIFEST = "conda-meta/cpkgs/pypi.json"
+PIP_LOCK = "conda-meta/cpkgs/pip-lock.txt"  # the pip part's pins (`cpkgs export NAME --format pip`)
 PIP_DIST_PREFIX = "pypi:"
 
 
@@ -70,3 +72,10 @@ def expected_pip_files(prefix: Path, manifest: dict[str, dict[str, str]], expect
             out[rel] = expected_cls(rel, sha, size, None, False, tag)
         out[record_rel] = expected_cls(record_rel, info.get("record_sha256"), None, None, False, tag)
     return out
+
+
+def pip_manifest(prefix: Path, dist_infos: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    """PIP_MANIFEST's content for the pip part just installed: dist-info dir -> {name, version, record sha256};
+    DIST_INFOS: (canonical name, version, prefix-relative dist-info dir) of each package."""
+    return {d: {"name": n, "version": v, "record_sha256": hashlib.sha256((prefix / d / "RECORD").read_bytes())
+                .hexdigest()} for n, v, d in sorted(dist_infos, key=lambda t: t[2])}

@@ -14,7 +14,6 @@ from cpkgs_admin.pipeline.cache import drop_entry
 from cpkgs_admin.pipeline.check import DamagedCache, check
 from cpkgs_admin.pipeline.job import BuildRequest, BuildResult, Job, Log, Solved
 from cpkgs_admin.pipeline.leftovers import clean_stale_staging, discarded_on_failure, existing_env_problem
-from cpkgs_admin.pipeline.pip import pip_step
 from cpkgs_admin.pipeline.post import post
 from cpkgs_admin.pipeline.publish import publish, restore, seal
 from cpkgs_admin.pipeline.stage import make_staging, stage
@@ -92,6 +91,9 @@ def _stage_and_check(job: Job) -> None:
         with job.timed("install"):
             stage(job)
         if job.pip is not None:
+            # The pip machinery: 45-55 ms of imports (python -X importtime) that an env without a pip part never needs.
+            from cpkgs_admin.pipeline.pip import pip_step  # noqa: PLC0415
+
             with job.timed("pip"):
                 pip_step(job)
         with job.timed("post"):

@@ -22,6 +22,7 @@ from typing import Any
 
 from rattler.networking import Client
 
+from cpkgs_admin.integrity.pipfiles import PIP_LOCK
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.pipeline.plan import cache_is_admin_only, rattler_config, read_package_files
 from cpkgs_admin.pipeline.pypi.inventory import Distribution, distributions_from_paths
@@ -38,8 +39,6 @@ from cpkgs_admin.pipeline.solve import virtual_packages
 from cpkgs_admin.site.locks import uv_cache_locked
 from cpkgs_admin.site.paths import Site, native_subdir
 from cpkgs_admin.site.records import PackageEntry
-
-PIP_LOCK = "conda-meta/cpkgs/pip-lock.txt"
 
 
 def platform_of(subdir: str, overrides: dict[str, str]) -> PythonPlatform:

@@ -23,13 +23,11 @@ from cpkgs_admin.integrity.manifest import (
     site_manifest,
     unhashed_patched_files,
 )
-from cpkgs_admin.integrity.pipfiles import PIP_MANIFEST
+from cpkgs_admin.integrity.pipfiles import PIP_LOCK, PIP_MANIFEST, pip_manifest
 from cpkgs_admin.integrity.tree import scan_tree
 from cpkgs_admin.outputs.envfiles import env_integration_files
 from cpkgs_admin.outputs.usage.hook import write_usage_files
 from cpkgs_admin.pipeline.job import Job
-from cpkgs_admin.pipeline.pip import PIP_LOCK
-from cpkgs_admin.pipeline.pypi.verify import pip_manifest
 from cpkgs_admin.site.files import write_staged
 from cpkgs_admin.site.paths import native_subdir
 from cpkgs_admin.site.records import EnvRecord, PackageEntry

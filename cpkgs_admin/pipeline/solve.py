@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rattler import (
     BuildString,
@@ -26,13 +26,15 @@ from rattler import solve as rsolve
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
 from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import BuildRequest, Log
-from cpkgs_admin.pipeline.pypi.part import PipPlan
 from cpkgs_admin.pipeline.spec import pip_plan, resolve_spec
 from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
 from cpkgs_admin.site.config import channel_problem
 from cpkgs_admin.site.paths import Site, native_subdir
 from cpkgs_admin.site.records import PackageEntry
 from cpkgs_admin.site.specs import ExplicitLock, Spec, split_filename
+
+if TYPE_CHECKING:
+    from cpkgs_admin.pipeline.pypi.part import PipPlan
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {

@@ -8,13 +8,12 @@ import contextlib
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rattler import PrefixRecord
 
 from cpkgs_admin.errors import SpecError
 from cpkgs_admin.pipeline.job import BuildRequest
-from cpkgs_admin.pipeline.pypi.part import PipPlan, plan_pip_part
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry, get_record
 from cpkgs_admin.site.specs import (
@@ -28,6 +27,9 @@ from cpkgs_admin.site.specs import (
     spec_name,
     validate_specs,
 )
+
+if TYPE_CHECKING:
+    from cpkgs_admin.pipeline.pypi.part import PipPlan
 
 
 def resolve_spec(site: Site, req: BuildRequest, subdir: str) -> tuple[Spec, list[Any]]:
@@ -91,6 +93,12 @@ def _pip_line_name(line: str) -> str | None:
 
 def pip_plan(site: Site, req: BuildRequest, spec: Spec, lock: ExplicitLock | None) -> PipPlan | None:
     """Step 1 for the pip part: None when the env has none."""
+    if not spec.pip and req.pip_lock is None and (lock is None or lock.pip_lock is None):
+        return None
+    # The pip machinery (uv's driver, installer, the resolver): 45-55 ms of imports (python -X importtime) that a
+    # spec without a pip part never needs.
+    from cpkgs_admin.pipeline.pypi.part import plan_pip_part  # noqa: PLC0415
+
     if lock is not None:
         if lock.pip_lock is not None and req.pip_lock is None:
             n, _sha = lock.pip_lock

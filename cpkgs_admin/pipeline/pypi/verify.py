@@ -84,13 +84,6 @@ def records_digest(prefix: Path, inventory: EnvInventory | None = None) -> str:
 
 
 
-def pip_manifest(prefix: Path, dist_infos: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
-    """The content of PIP_MANIFEST for the pip part just installed: dist-info dir -> {name, version, record sha256};
-    DIST_INFOS: (canonical name, version, prefix-relative dist-info dir) of each package."""
-    return {d: {"name": n, "version": v, "record_sha256": sha256_file(str(prefix / d / "RECORD"))}
-            for n, v, d in sorted(dist_infos, key=lambda t: t[2])}
-
-
 def expected_from_manifest(prefix: Path, manifest: dict[str, dict[str, str]]) -> dict[str, Expected]:
     """What the pip part must hold (integrity.pipfiles, which verify.expected_files merges)."""
     return expected_pip_files(prefix, manifest, Expected)
