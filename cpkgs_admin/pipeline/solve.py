@@ -26,7 +26,7 @@ from rattler import solve as rsolve
 
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
 from cpkgs_admin.pipeline.job import BuildRequest, Log
-from cpkgs_admin.pipeline.spec import pip_plan, resolve_spec
+from cpkgs_admin.pipeline.spec import pip_lock_warnings, pip_plan, resolve_spec
 from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
 from cpkgs_admin.site.config import channel_problem
 from cpkgs_admin.site.paths import Site, native_subdir
@@ -295,8 +295,8 @@ def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, su
         used: dict[str, list[str]] = {}
         for src in sources:
             used.setdefault(src.name, []).append(src.url)
-        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")), [],
-                      pip_plan(site, req, spec, lock))
+        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")),
+                      pip_lock_warnings(req, lock), pip_plan(site, req, spec, lock))
     spec, locked = resolve_spec(site, req, subdir)
     pip = pip_plan(site, req, spec, None)
     if not spec.specs:
