@@ -170,9 +170,9 @@ def test_a_defect_of_the_final_check_means_the_full_check(staged: StagedCheck) -
     data["paths_data"]["paths"].append({"_path": "share/pkg/link", "path_type": "softlink"})
     _rename_into(record, json.dumps(data).encode())
     staged.add(staged.check_package(record.name, record.read_bytes()))
-    assert _final_check(staged, {}) is not None
+    assert _final_check(staged, {}, None, ran_code=False) is not None
     staged.by_dir.clear()
-    assert _final_check(staged, {}) is None
+    assert _final_check(staged, {}, None, ran_code=False) is None
 
 
 # ------------------------------------------------------------------------------------------------ the watcher thread
@@ -236,3 +236,80 @@ def test_bulk_path_rules_agree_with_path_problem(path: str) -> None:
     """The bulk test of a package's paths refuses exactly what content.path_problem refuses, with its words."""
     problem = path_problem(path)
     assert first_path_problem(["share/fine", path, "bin/fine"]) == ((path, problem) if problem else None)
+
+
+# ------------------------------------------------------------------------------------------------ the pip part
+
+
+def _pip_part(prefix: Path) -> dict[str, dict[str, str]]:
+    """A pip distribution installed after the conda part, as the pip step leaves it (a module, its byte code and a
+    console script with RECORD rows, the RECORD's own row empty), and its PIP_MANIFEST written (post does)."""
+    from cpkgs_admin.integrity.pipfiles import PIP_MANIFEST, pip_manifest
+    from cpkgs_admin.pipeline.pypi.wheelfile import format_record, record_hash
+
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    files = {"tiny.py": b"X = 1\n", "__pycache__/tiny.cpython-311.pyc": b"\x00byte code\n",
+             "../../../bin/tiny": b"#!/final/bin/python\nimport tiny\n", "tiny-1.0.dist-info/METADATA": b"Name: tiny\n"}
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    rows = [[rel, record_hash(data), str(len(data))] for rel, data in files.items()]
+    (site / "tiny-1.0.dist-info" / "RECORD").write_text(format_record([*rows, ["tiny-1.0.dist-info/RECORD", "", ""]]))
+    dists = [("tiny", "1.0", "lib/python3.11/site-packages/tiny-1.0.dist-info")]
+    manifest = pip_manifest(prefix, dists)
+    (prefix / PIP_MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+    (prefix / PIP_MANIFEST).write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize("change", ["none", "tampered", "planted", "gone", "record"])
+def test_the_pip_part_is_checked_at_the_end_as_verify_expects_it(staged: StagedCheck, change: str) -> None:
+    """The pip step installs after the conda part was checked: the final check expects every file of its RECORDs
+    (byte code and scripts included) and each RECORD at the hash PIP_MANIFEST keeps, all hashed, and finds what the
+    full check finds: nothing unexpected in a clean part, and a changed, extra or missing file, or a RECORD that is
+    not the one the manifest hashed."""
+    from cpkgs_admin.integrity.checks import check_integrity
+
+    manifest = _pip_part(staged.staging)
+    site = staged.staging / "lib" / "python3.11" / "site-packages"
+    if change == "tampered":
+        (site / "tiny.py").write_bytes(b"X = 2\n")  # same size: only its hash tells
+    elif change == "planted":
+        (site / "__pycache__" / "planted.cpython-311.pyc").write_bytes(b"nobody lists me\n")
+    elif change == "gone":
+        (staged.staging / "bin" / "tiny").unlink()
+    elif change == "record":
+        with open(site / "tiny-1.0.dist-info" / "RECORD", "a") as fh:
+            fh.write("extra.py,,\n")
+    fin = _final_check(staged, {}, manifest, ran_code=True)
+    assert fin is not None
+    expected = {"none": [], "tampered": [("modified", "lib/python3.11/site-packages/tiny.py")],
+                "planted": [("unexpected", "lib/python3.11/site-packages/__pycache__/planted.cpython-311.pyc")],
+                "gone": [("missing", "bin/tiny")],
+                "record": [("missing", "lib/python3.11/site-packages/extra.py"),
+                           ("modified", "lib/python3.11/site-packages/tiny-1.0.dist-info/RECORD")]}[change]
+    assert _problems(fin) == expected
+    full = check_integrity(staged.staging, meta=staged.meta(), owners=staged.owners)[0]
+    assert [(p.kind, p.path) for p in full] == expected  # the same as the full check's
+    tree = [p for p in staged.staging.rglob("*") if not p.is_dir()]
+    assert fin.files == len(tree) and fin.size == sum(p.lstat().st_size for p in tree)
+    assert fin.executables == ["bin/tool"]
+
+
+def test_a_checked_file_written_in_place_after_its_check_is_found_when_code_ran_since(staged: StagedCheck) -> None:
+    """The pip step runs code that could write anywhere (the env's python with its .pth files, an sdist's build
+    backend). A package file written in place keeps its inode, which is all the listing compares when only the
+    build's own writers ran; after the pip step every checked entry is lstat-ed again, and one changed since (here
+    the memo's cache inode, vouched for without hashing) is hashed again against its record."""
+    path = staged.staging / "share" / "pkg" / "vouched.txt"
+    ino = path.stat().st_ino
+    with open(path, "ab") as fh:
+        fh.write(b"appended by a build backend\n")
+    assert path.stat().st_ino == ino
+    fin = _final_check(staged, {}, None, ran_code=True)
+    assert fin is not None and _problems(fin) == [("modified", "share/pkg/vouched.txt")]
+    tree = [p for p in staged.staging.rglob("*") if not p.is_dir()]
+    assert fin.files == len(tree) and fin.size == sum(p.lstat().st_size for p in tree)
+    os.chmod(path, 0o4755)  # a mode changed in place: the seal sees the mode it has now
+    fin = _final_check(staged, {}, None, ran_code=True)
+    assert fin is not None and fin.seal["share/pkg/vouched.txt"].st_mode & 0o7777 == 0o4755

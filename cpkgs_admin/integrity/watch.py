@@ -18,7 +18,10 @@ an entry holding, under the same name, the inode the watcher lstat-ed is that fi
 build writes in the 0700 staging dir, and none of its writers changes a checked file in place: rattler renames, the
 post-process refuses a package's path and writes its own files unlink-first, harden only drops write bits. Post-link
 scripts can change anything in place: a build whose packages have one is checked in full afterwards (link_scripts),
-as is one whose watcher failed (InstallWatcher.usable) or whose final check failed (pipeline.post).
+as is one whose watcher failed (InstallWatcher.usable) or whose final check failed (pipeline.post). The pip step
+only creates files (pypi.install refuses existing paths), all checked in full at the end against their RECORDs, but
+it runs code that could write anywhere (the env's python with its packages' .pth files, sdists' build backends):
+after it, the final listing lstat-s every checked entry again and checks one changed since in full (restat).
 """
 
 from __future__ import annotations
@@ -342,9 +345,10 @@ class Listing:
         self.unreadable: list[tuple[str, str]] = []
 
 
-def list_tree(top: Path, by_dir: dict[str, dict[str, os.stat_result]]) -> Listing:
+def list_tree(top: Path, by_dir: dict[str, dict[str, os.stat_result]], restat: bool = False) -> Listing:
     """One walk of TOP with getdents only for the entries BY_DIR holds (name and inode number compared); every other
-    entry is lstat-ed relative to its directory (as tree.scan_tree)."""
+    entry is lstat-ed relative to its directory (as tree.scan_tree). RESTAT: BY_DIR's entries are lstat-ed too, and
+    one whose inode, size, times, mode or owner differ from BY_DIR's is not that file any more (fresh and gone)."""
     out = Listing()
     visited: set[str] = set()
     pending = [("", str(top))]
@@ -358,7 +362,7 @@ def list_tree(top: Path, by_dir: dict[str, dict[str, os.stat_result]]) -> Listin
                 out.unreadable.append((rel_dir[:-1] or ".", exc.strerror or str(exc)))
             continue
         try:
-            _list_dir(fd, rel_dir, path, by_dir.get(rel_dir[:-1], {}), out, pending)
+            _list_dir(fd, rel_dir, path, by_dir.get(rel_dir[:-1], {}), out, pending, restat)
         except OSError as exc:
             out.unreadable.append((rel_dir[:-1] or ".", exc.strerror or str(exc)))
         finally:
@@ -370,12 +374,12 @@ def list_tree(top: Path, by_dir: dict[str, dict[str, os.stat_result]]) -> Listin
 
 
 def _list_dir(fd: int, rel_dir: str, path: str, known: dict[str, os.stat_result], out: Listing,
-              pending: list[tuple[str, str]]) -> None:
+              pending: list[tuple[str, str]], restat: bool) -> None:
     matched = 0
     with os.scandir(fd) as it:
         for entry in it:
             old = known.get(entry.name)
-            if old is not None and old.st_ino == entry.inode():
+            if old is not None and old.st_ino == entry.inode() and (not restat or _unchanged(entry, old)):
                 matched += 1
                 continue
             rel = rel_dir + entry.name
@@ -398,6 +402,17 @@ def _list_dir(fd: int, rel_dir: str, path: str, known: dict[str, os.stat_result]
     out.matched += matched
 
 
+def _unchanged(entry: os.DirEntry[str], old: os.stat_result) -> bool:
+    """Whether ENTRY's lstat is OLD's in all a write, chmod or chown changes: any of them sets the ctime, which no
+    caller can set back (utime sets the mtime only); the size and mtime catch one in the same clock tick."""
+    try:
+        st = entry.stat(follow_symlinks=False)  # cached by the entry: the caller's lstat when it differs
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid) == (
+        old.st_ino, old.st_size, old.st_mtime_ns, old.st_ctime_ns, old.st_mode, old.st_uid, old.st_gid)
+
+
 class Final(NamedTuple):
     """What check_final found: the problems, the census, and what the seal and the symlink rule must look at."""
 
@@ -410,12 +425,15 @@ class Final(NamedTuple):
 
 
 def check_final(staged: StagedCheck, extra: dict[str, Expected],
-                run_checks: Callable[[list[tuple[Expected, os.stat_result | None]]], list[Any]]) -> Final:
+                run_checks: Callable[[list[tuple[Expected, os.stat_result | None]]], list[Any]],
+                restat: bool = False) -> Final:
     """After the build's last write into the env, before the seal: its problems, census, seal work and symlinks.
 
-    EXTRA: what the files written after the install must be (cpkgs' manifest, the pip part's RECORDs), checked in
-    full. RUN_CHECKS hashes (expected, lstat) items as checks.check_integrity does and returns its results."""
-    listing = list_tree(staged.staging, staged.by_dir)
+    EXTRA: what the files written after the install must be (cpkgs' manifest, the pip part's files), checked in
+    full. RUN_CHECKS hashes (expected, lstat) items as checks.check_integrity does and returns its results.
+    RESTAT: code other than the build's own writers ran since the install (the pip step's): every checked entry is
+    lstat-ed again, and one changed since its check is checked again in full against its record."""
+    listing = list_tree(staged.staging, staged.by_dir, restat)
     fin = _from_packages(staged, listing)
     gone, fresh = listing.gone, listing.fresh
     unseen = {rel for pkg in staged.packages.values() for rel in pkg.unseen}

@@ -33,6 +33,7 @@ from cpkgs_admin.integrity.manifest import (
     site_manifest,
     unhashed_patched_files,
 )
+from cpkgs_admin.integrity.pipfiles import PIP_LOCK, PIP_MANIFEST, expected_pip_files, pip_manifest
 from cpkgs_admin.integrity.tree import scan_tree
 from cpkgs_admin.integrity.watch import Final, StagedCheck, check_final
 from cpkgs_admin.outputs.envfiles import env_integration_files
@@ -86,12 +87,16 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     }
 
 
-def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None) -> list[str]:
+def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None,
+                 pip_files: dict[str, str] | None = None) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
-    META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given)."""
+    META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given); PIP_FILES: what the
+    pip step left (its lock text), written among cpkgs' own."""
+    pip_lock = (pip_files or {}).get(PIP_LOCK)
     ours = {
-        PKG_LIST: pkg_list_text(record.packages),
-        EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables),
+        PKG_LIST: pkg_list_text(record.all_packages),
+        EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables, pip_lock, record.name),
+        **(pip_files or {}),
     }
     # Files added among the packages' own (python's stdlib dir, etc/conda/*.d): a package's file in their place is
     # refused, as replacing it would fail verification against conda-meta.
@@ -118,11 +123,15 @@ def post(job: Job) -> None:
     staging, record = job.staging, job.record
     staged = job.staged if job.staged is not None and job.staged.stands() else None
     job.meta = meta = staged.meta() if staged is not None else read_conda_meta(staging)
-    site_files = post_process(staging, job.final, record, meta)
+    site_files = post_process(staging, job.final, record, meta, job.pip_files)
+    pip = pip_manifest(staging, job.pip_dists) if job.pip_dists else None
+    if pip is not None:  # inside conda-meta/cpkgs: covered by the meta digest below
+        _write_staged_json(staging / PIP_MANIFEST, pip)
+    record.imports = importable(staging, IMPORTS_OF_INTEREST) if record.python_version else []
     unhashed = (sorted(rel for p in staged.packages.values() for rel in p.unhashed) if staged is not None
                 else unhashed_patched_files(staging, meta))
     manifest = site_manifest(staging, [*site_files, *unhashed])
-    fin = _final_check(staged, manifest) if staged is not None else None
+    fin = _final_check(staged, manifest, pip, ran_code=job.pip is not None) if staged is not None else None
     if staged is not None and fin is not None:
         _content_rules(staged, fin, job.final)
         job.problems, job.tree = fin.problems, fin.seal
@@ -137,17 +146,23 @@ def post(job: Job) -> None:
     _write_staged_json(staging / EXECUTABLES_LIST, executables)
     record.meta_sha256 = meta_digest(staging, meta)
     _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
-    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
+    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD, *([PIP_MANIFEST] if pip is not None else [])):
         job.tree[rel] = os.lstat(staging / rel)
 
 
-def _final_check(staged: StagedCheck, manifest: dict[str, dict[str, Any]]) -> Final | None:
-    """watch.check_final of the staged env, cpkgs' manifest (not on disk yet) checked in full with it; None when it
-    failed, and the env is then checked in full the old way."""
+def _final_check(staged: StagedCheck, manifest: dict[str, dict[str, Any]], pip: dict[str, dict[str, str]] | None,
+                 *, ran_code: bool) -> Final | None:
+    """watch.check_final of the staged env, with what was written after the install checked in full: cpkgs'
+    manifest (not on disk yet) and the pip part, as verify expects them (every RECORD row, each RECORD at the hash
+    PIP_MANIFEST keeps); None when it failed, and the env is then checked in full the old way. RAN_CODE: the pip step
+    ran code of the env's packages and of sdists' build backends (uv asks the env's python, .pth files included, and
+    builds with it), which can write any checked file in place: check_final then lstat-s every checked entry again."""
     staging = staged.staging
-    extra = {rel: Expected(rel, info["sha256"], info["size"], info["executable"]) for rel, info in manifest.items()}
+    extra = expected_pip_files(staging, pip, Expected) if pip is not None else {}
+    extra.update({rel: Expected(rel, info["sha256"], info["size"], info["executable"])
+                  for rel, info in manifest.items()})
     try:
-        return check_final(staged, extra, lambda items: hash_items(staging, items))
+        return check_final(staged, extra, lambda items: hash_items(staging, items), restat=ran_code)
     except Exception:  # a defect of the shortcut must never let a file through unchecked: the full check decides
         return None
 
@@ -164,3 +179,16 @@ def _content_rules(staged: StagedCheck, fin: Final, final: Path) -> None:
     links = {rel: st for rel, (_dist, st) in fin.links.items()}
     for rel, target in escaping_symlinks(staged.staging, links, (str(final),)):
         raise refuse(fin.links[rel][0], rel, f"is a symlink to {target}, outside the environment")
+
+
+# What kernels (ipykernel), the catalog and layers (pip) decide on: what the env can import, whichever part put it.
+IMPORTS_OF_INTEREST = ("IPython", "ipykernel", "pip")
+
+
+def importable(prefix: Path, modules: tuple[str, ...]) -> list[str]:
+    """The MODULES a top-level import finds in PREFIX's site-packages (a package dir or a module file)."""
+    found = []
+    for site in sorted(prefix.glob("lib/python3*/site-packages")):
+        found += [m for m in modules if m not in found and ((site / m / "__init__.py").is_file()
+                                                            or (site / f"{m}.py").is_file())]
+    return sorted(found)
