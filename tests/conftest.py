@@ -268,19 +268,24 @@ class UserConda:
         """``<root>/bin/conda ARGS``."""
         return self._run([str(self.exe), *args], env, timeout)
 
-    def shell(self, shell: str, script: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    def shell(self, shell: str, script: str, env: dict[str, str] | None = None, timeout: float = 300,
+              before: str = "", hook: bool = True) -> Result:
         """SCRIPT in a real SHELL (bash, zsh, ksh, dash, tcsh, csh) after the hook that `conda init` installs
-        in that shell's rc file; no rc file of the shell is read. csh: one command per line (csh expands
+        in that shell's rc file (BEFORE: lines an rc file runs ahead of the hook; HOOK=False: a shell where
+        this conda was never set up); no rc file of the shell is read. csh: one command per line (csh expands
         aliases such as `conda` line by line)."""
         exe = shlex.quote(str(self.exe))
+        if not hook:
+            flags = {"bash": ["--norc", "--noprofile"], "zsh": ["-f"], "tcsh": ["-f"], "csh": ["-f"]}.get(shell, [])
+            return self._run([shell, *flags, "-c", before + script], env, timeout)
         if shell in ("tcsh", "csh"):
-            hook = f'source "{self.root}/etc/profile.d/conda.csh"\n'
-            cmd = [shell, "-f", "-c", hook + script]
+            hook_line = f'source "{self.root}/etc/profile.d/conda.csh"\n'
+            cmd = [shell, "-f", "-c", before + hook_line + script]
         else:
             dialect = {"bash": "bash", "zsh": "zsh"}.get(shell, "posix")
-            hook = f'eval "$({exe} shell.{dialect} hook)"\n'
+            hook_line = f'eval "$({exe} shell.{dialect} hook)"\n'
             flags = {"bash": ["--norc", "--noprofile"], "zsh": ["-f"]}.get(shell, [])
-            cmd = [shell, *flags, "-c", hook + script]
+            cmd = [shell, *flags, "-c", before + hook_line + script]
         return self._run(cmd, env, timeout)
 
     def close(self) -> None:
