@@ -1,4 +1,4 @@
-"""Benchmark of the pip part's install step (cpkgs_admin.pypi.install.install_pip) against bare uv and plain pip.
+"""Benchmark of the pip part's install step (cpkgs_admin.pipeline.pypi.install.install_pip) against bare uv and plain pip.
 
 Target (issue 15): the install step <= 1.2 x a bare `uv pip install --require-hashes --no-deps` of the same locked
 set into a fresh env of the same python, same uv cache, alternating runs, median of 5. The headline compares like
@@ -51,7 +51,7 @@ class Envs:
     """Fresh staged envs of one solve (python + pip from the test channel), files copied as new-env does."""
 
     def __init__(self, channel: Path, root: Path) -> None:
-        from cpkgs_admin.solve import solve, virtual_packages
+        from cpkgs_admin.pipeline.solve import solve, virtual_packages
 
         self.records = solve([channel.as_uri()], ENV_SPECS, "linux-64", virtual_packages("linux-64", {}))
         self.root = root
@@ -76,13 +76,13 @@ def main() -> None:
     args = ap.parse_args()
     from uv import find_uv_bin
 
-    from cpkgs_admin.pypi.config import PypiConfig
-    from cpkgs_admin.pypi.install import install_pip
-    from cpkgs_admin.pypi.inventory import EnvInventory
-    from cpkgs_admin.pypi.requirements import parse_pip_section
-    from cpkgs_admin.pypi.resolve import lock_pip
-    from cpkgs_admin.pypi.store import WheelStore
-    from cpkgs_admin.pypi.target import target_python
+    from cpkgs_admin.pipeline.pypi.config import PypiConfig
+    from cpkgs_admin.pipeline.pypi.install import install_pip
+    from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
+    from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
+    from cpkgs_admin.pipeline.pypi.resolve import lock_pip
+    from cpkgs_admin.pipeline.pypi.store import WheelStore
+    from cpkgs_admin.pipeline.pypi.target import target_python
 
     C.log("pip bench: preparing the test channel, the test wheelhouse and a locked set ...")
     channel = C.channel_dir()
@@ -148,7 +148,7 @@ def main() -> None:
     load_after = os.getloadavg()
     med = {k: C.median(v) for k, v in times.items()}
     # Like for like: bare uv hard-links from its cache by default; so does install_pip when the pipeline finds uv's
-    # cache as admin-only as the conda one (build.cache_is_admin_only), else it copies (the second figure).
+    # cache as admin-only as the conda one (pipeline.plan.cache_is_admin_only), else it copies (the second figure).
     ratio = med["cpkgs-hardlink"] / med["uv"]
     print(f"pip part: {len(lock.packages)} locked wheels, {n_bytes / 2**20:.1f} MiB, into a fresh python+pip env; "
           f"median of {args.runs} alternating runs")

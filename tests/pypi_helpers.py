@@ -22,13 +22,13 @@ sys.path.insert(0, str(REPO / "tests" / "wheelhouse"))
 
 from build_wheelhouse import ensure_wheelhouse, make_wheel, write_simple  # noqa: E402
 
-from cpkgs_admin.pypi.config import PypiConfig  # noqa: E402
-from cpkgs_admin.pypi.install import install_pip  # noqa: E402
-from cpkgs_admin.pypi.record import PypiPackage, read_lock_text  # noqa: E402
-from cpkgs_admin.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
-from cpkgs_admin.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
-from cpkgs_admin.pypi.store import WheelStore  # noqa: E402
-from cpkgs_admin.pypi.target import TargetPython, target_python  # noqa: E402
+from cpkgs_admin.pipeline.pypi.config import PypiConfig  # noqa: E402
+from cpkgs_admin.pipeline.pypi.install import install_pip  # noqa: E402
+from cpkgs_admin.pipeline.pypi.record import PypiPackage, read_lock_text  # noqa: E402
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
+from cpkgs_admin.pipeline.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
+from cpkgs_admin.pipeline.pypi.store import WheelStore  # noqa: E402
+from cpkgs_admin.pipeline.pypi.target import TargetPython, target_python  # noqa: E402
 
 __all__ = ["Env", "Pip", "git_repo", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
            "wheel_dir", "wheelhouse", "write_simple"]
@@ -130,8 +130,8 @@ def make_env(tmp_path: Path, channel_url: str) -> Callable[..., Env]:
     patched in), under tmp_path/envs."""
     from rattler import Config, install
 
-    from cpkgs_admin.channels import Source
-    from cpkgs_admin.solve import solve, virtual_packages
+    from cpkgs_admin.pipeline.solve import solve, virtual_packages
+    from cpkgs_admin.site.channels import Source
 
     def make(*specs: str, name: str = "demo-1.0", envs: Path | None = None) -> Env:
         key = tuple(specs)

@@ -14,13 +14,13 @@ from pypi_helpers import Env, Pip
 
 from conftest import as_nobody, tree_hash, world_traversable
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.install import retarget_script, shebang
-from cpkgs_admin.pypi.inventory import EnvInventory, provides
-from cpkgs_admin.pypi.requirements import parse_pip_section
-from cpkgs_admin.pypi.verify import check_pip_integrity, pip_expected_files, records_digest
-from cpkgs_admin.seal import scan_tree
-from cpkgs_admin.verify import expected_files
+from cpkgs_admin.integrity.manifest import expected_files
+from cpkgs_admin.integrity.tree import scan_tree
+from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.pipeline.pypi.install import retarget_script, shebang
+from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, provides
+from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
+from cpkgs_admin.pipeline.pypi.verify import check_pip_integrity, pip_expected_files, records_digest
 
 
 def install(pip: Pip, env: Env, config: PypiConfig, *lines: str):  # type: ignore[no-untyped-def]
@@ -93,7 +93,7 @@ def test_hard_links_only_when_asked_and_never_written_through(make_env, pip: Pip
     spec = env.staging.parent.parent / "spec.yml"
     spec.write_text("dependencies: [python]\n")
     lock = pip.lock(parse_pip_section(["markdown-it-py"], spec), env, offline_config)
-    from cpkgs_admin.pypi.install import install_pip
+    from cpkgs_admin.pipeline.pypi.install import install_pip
 
     install_pip(lock, env.target, cache_dir=uv_cache, work_dir=pip.work / "hl", hard_links=True)
     site = env.staging / "lib/python3.11/site-packages"

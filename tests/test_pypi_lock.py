@@ -15,9 +15,9 @@ from pypi_helpers import Env, Pip
 
 from conftest import tree_hash
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text
-from cpkgs_admin.pypi.requirements import parse_pip_section
+from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.pipeline.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text
+from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
 
 KERNEL = ("python", "ipykernel")  # ipykernel's package holds pygments 2.21.0, packaging 26.3, wcwidth 0.9.4 ...
 
