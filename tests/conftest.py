@@ -225,6 +225,18 @@ def conda_channel_url(channel_dir: Path) -> Iterator[str]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _only_probe(path: Path) -> bool:
+    """PATH is an envs dir holding nothing but conda's write probe. conda 26.7.1 run by root makes that in its own
+    (root-writable) prefix on every `-n NAME` of a new env, whatever envs_dirs says: Context.__init__ resolves the
+    name (for the search path's $CONDA_PREFIX) before it has read any condarc (conda/base/context.py
+    Context.__init__, determine_target_prefix; conda/gateways/disk/create.py first_writable_envs_dir). Harmless, and
+    not the test's doing."""
+    try:
+        return path.name == "envs" and {e.name for e in os.scandir(path)} <= {".conda_envs_dir_test"}
+    except OSError:
+        return False
+
+
 class UserConda:
     """The ``conda_root`` conda as a user runs it: as uid 65534 (user=True) or root, confined to one test.
 
@@ -294,7 +306,7 @@ class UserConda:
 
     def close(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
-        leftovers = [d for d in ("envs", "pkgs") if (self.root / d).exists()]
+        leftovers = [d for d in ("envs", "pkgs") if (self.root / d).exists() and not _only_probe(self.root / d)]
         for d in leftovers:
             shutil.rmtree(self.root / d)
         if leftovers:

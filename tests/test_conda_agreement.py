@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FULL_SPECS, Result, UserConda, make_site, run_cpkgs, tree_hash, world_traversable
+from cpkgs_admin.site.text import csh_quote
 
 LINUX = "anaconda3_linux"
 ENVS = f"{LINUX}/envs"
@@ -143,7 +145,6 @@ def test_link_user_shows_the_shared_envs_to_conda(who: str, request: pytest.Fixt
     assert not any(e.startswith(str(agree_site)) for e in envs), envs
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 1: link-user makes the share the first envs_dirs entry")
 @pytest.mark.parametrize("who", ["user", "root"])
 def test_link_user_keeps_your_own_envs_first(who: str, request: pytest.FixtureRequest, agree_site: Path) -> None:
     """A new envs_dirs key starts with the user's own default (~/.conda/envs, where conda puts a user's envs),
@@ -157,13 +158,8 @@ def test_link_user_keeps_your_own_envs_first(who: str, request: pytest.FixtureRe
     assert dirs[:2] == [str(conda.home / ".conda" / "envs"), str(agree_site / ENVS)], dirs
 
 
-def _create_case(who: str, profile: bool) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason="#16 items 1-2: root's conda creates envs in the share")] \
-        if who == "root" else []
-    return pytest.param(who, profile, marks=marks, id=f"{who}-{'profile' if profile else 'no-profile'}")
-
-
-@pytest.mark.parametrize(("who", "profile"), [_create_case(w, p) for w in ("user", "root") for p in (True, False)])
+@pytest.mark.parametrize("profile", [True, False], ids=["profile", "no-profile"])
+@pytest.mark.parametrize("who", ["user", "root"])
 def test_conda_create_lands_in_your_home(who: str, profile: bool, request: pytest.FixtureRequest,
                                          victim: Path) -> None:
     """After link-user, `conda create -n x` (and its --dry-run) by a user or root puts nothing at the site: the env
@@ -181,10 +177,7 @@ def test_conda_create_lands_in_your_home(who: str, profile: bool, request: pytes
     verify_clean(victim)
 
 
-@pytest.mark.parametrize("who", [
-    "user",
-    pytest.param("root", marks=pytest.mark.xfail(strict=True, reason="#16 item 2: root creates the literal dir")),
-])
+@pytest.mark.parametrize("who", ["user", "root"])
 def test_the_literal_installation_dir_is_never_created(who: str, request: pytest.FixtureRequest,
                                                        victim: Path) -> None:
     """A condarc whose first envs_dirs item is the site's (as link-user wrote it before), in a shell without the
@@ -203,7 +196,6 @@ def test_the_literal_installation_dir_is_never_created(who: str, request: pytest
     verify_clean(victim)
 
 
-@pytest.mark.xfail(strict=True, reason="#16 items 1-2: verify and doctor do not report stray entries")
 def test_stray_entries_at_the_root_and_in_envs_are_reported(victim: Path) -> None:
     """What a conda leaves in a site where it was allowed to: its write probe and an env in envs/, and the literal
     installation dir at the root (an older site without the guard). `verify` and an admin's `doctor` name each."""
@@ -229,7 +221,6 @@ def test_stray_entries_at_the_root_and_in_envs_are_reported(victim: Path) -> Non
 # ------------------------------------------------------------------------------------------------------ item 3
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 3: env create deletes a shared env first (root: all of it)")
 @pytest.mark.parametrize("who", ["user", "root"])
 def test_env_create_naming_a_shared_env_is_refused(who: str, request: pytest.FixtureRequest, victim: Path,
                                                   tmp_path: Path) -> None:
@@ -252,10 +243,7 @@ def test_env_create_naming_a_shared_env_is_refused(who: str, request: pytest.Fix
     verify_clean(victim)
 
 
-@pytest.mark.parametrize("who", [
-    "user",
-    pytest.param("root", marks=pytest.mark.xfail(strict=True, reason="#16: no CEP 22 frozen marker")),
-])
+@pytest.mark.parametrize("who", ["user", "root"])
 def test_install_into_a_shared_env_is_refused(who: str, request: pytest.FixtureRequest, victim: Path) -> None:
     """A user's conda cannot write the sealed env (EnvironmentNotWritableError); root's is stopped by the frozen
     marker, whose message says what to do instead."""
@@ -274,7 +262,6 @@ def test_install_into_a_shared_env_is_refused(who: str, request: pytest.FixtureR
     verify_clean(victim)
 
 
-@pytest.mark.xfail(strict=True, reason="#16: no CEP 22 frozen marker")
 def test_root_cannot_remove_or_update_a_shared_env(root_conda: UserConda, victim: Path) -> None:
     """`conda env remove` and `conda env update` (and `conda remove --all`) check the frozen marker first."""
     link(root_conda, victim)
@@ -290,14 +277,12 @@ def test_root_cannot_remove_or_update_a_shared_env(root_conda: UserConda, victim
     verify_clean(victim)
 
 
-@pytest.mark.xfail(strict=True, reason="#16: no CEP 22 frozen marker")
 def test_conda_env_list_marks_shared_envs_frozen(user_conda: UserConda, agree_site: Path) -> None:
     link(user_conda, agree_site)
     rows = [line.split() for line in user_conda.conda("env", "list", env=PROFILE).stdout.splitlines()]
     assert ["demo-1.0", "+", str(agree_site / ENVS / "demo-1.0")] in rows, rows
 
 
-@pytest.mark.xfail(strict=True, reason="#16: no CEP 22 frozen marker")
 def test_frozen_marker_follows_the_seal(victim: Path) -> None:
     """conda-meta/frozen (CEP 22) names the env, the site and `cpkgs extend`; unseal removes it, seal restores it,
     and verify reports a sealed env without it."""
@@ -332,6 +317,16 @@ echo "==end"
 """
 
 
+def gone(after: dict[str, str], conda_posix: bool = False) -> bool:
+    """Every variable the activation set is gone after deactivation. conda's own sh activator "unsets" by exporting
+    an empty value (conda/activate.py PosixActivator.unset_var_tmpl = "export %s=''"), for every env's env_vars:
+    under conda's bash/zsh hook the spec variable is left empty, as conda leaves its own; csh's unsetenv and cpkgs'
+    conda remove it."""
+    if any(k.startswith("CPKGS_TEST_") for k in after):
+        return False
+    return SPEC_VAR not in after or (conda_posix and after[SPEC_VAR] == "")
+
+
 def profile_line(root: Path, shell: str) -> str:
     return f"source {root}/etc/profile.d/conda.csh\n" if shell == "tcsh" else f". {root}/etc/profile.d/conda.sh\n"
 
@@ -358,7 +353,7 @@ def test_activation_through_condas_hook(shell: str, order: str, user_conda: User
     # (activate.py _add_prefix_to_path)
     condabin = f"{user_conda.root}/condabin:"
     assert after["PATH"].replace(condabin, "") == values(got["before"])["PATH"].replace(condabin, "")
-    assert not any(k.startswith("CPKGS_TEST_") or k == SPEC_VAR for k in after), after
+    assert gone(after, conda_posix=shell != "tcsh"), after
     assert "overwriting" not in r.stderr, r
 
 
@@ -372,10 +367,9 @@ def test_spec_variable_under_cpkgs_own_conda(shell: str, user_conda: UserConda, 
     assert active[SPEC_VAR] == SPEC_VALUE and active["CPKGS_TEST_ACT_PREFIX"] == str(agree_site / ENVS / "demo-1.0")
     after = values(got["after"])
     assert after["PATH"] == values(got["before"])["PATH"]
-    assert not any(k.startswith("CPKGS_TEST_") or k == SPEC_VAR for k in after), after
+    assert gone(after), after
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 6: spec variables are invisible to conda")
 def test_spec_variables_are_conda_env_vars_applied_once(user_conda: UserConda, agree_site: Path) -> None:
     """conda sees the spec variables as the env's env_vars (conda-meta/state): `conda env config vars list`,
     `conda env export`. They come from one mechanism per activation path: conda's activation applies the state,
@@ -417,7 +411,7 @@ def make_layer(conda: UserConda, root: Path) -> Path:
     return layer
 
 
-def check_layer_run(r: Result, root: Path, layer: Path, condabin: str = "") -> None:
+def check_layer_run(r: Result, root: Path, layer: Path, condabin: str = "", conda_posix: bool = False) -> None:
     assert r.returncode == 0, r
     got = blocks(r.stdout)
     base = root / ENVS / "demo-1.0"
@@ -432,18 +426,17 @@ def check_layer_run(r: Result, root: Path, layer: Path, condabin: str = "") -> N
     if condabin:  # see test_activation_through_condas_hook
         after["PATH"] = after["PATH"].replace(condabin, "")
     assert after["PATH"] == values(got["before"])["PATH"].replace(condabin or ":::", ""), r
-    assert not any(k.startswith("CPKGS_TEST_") or k == SPEC_VAR for k in after), after
+    assert gone(after, conda_posix), after
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 4: a layer under the user's conda gets only its own bin")
 @pytest.mark.parametrize("shell", ["bash", "zsh", "tcsh"])
 def test_layer_under_condas_hook(shell: str, user_conda: UserConda, agree_site: Path) -> None:
     layer = make_layer(user_conda, agree_site)
     script = profile_line(agree_site, shell) + LAYER_SCRIPT.replace("@LAYER@", str(layer))
-    check_layer_run(user_conda.shell(shell, script), agree_site, layer, f"{user_conda.root}/condabin:")
+    check_layer_run(user_conda.shell(shell, script), agree_site, layer, f"{user_conda.root}/condabin:",
+                    conda_posix=shell != "tcsh")
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 4: the base's activate.d scripts run with CONDA_PREFIX = layer")
 @pytest.mark.parametrize("shell", ["bash", "tcsh"])
 def test_layer_under_cpkgs_own_conda(shell: str, user_conda: UserConda, agree_site: Path) -> None:
     layer = make_layer(user_conda, agree_site)
@@ -454,7 +447,6 @@ def test_layer_under_cpkgs_own_conda(shell: str, user_conda: UserConda, agree_si
 # ------------------------------------------------------------------------------------------------------ items 5, 6
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 5: rattler's sha256_in_prefix of a symlink is its target string's")
 def test_conda_doctor_finds_nothing_wrong_in_a_fresh_env(user_conda: UserConda, agree_site: Path) -> None:
     """Every health check passes but one: a shared env is not in the user's own ~/.conda/environments.txt (conda
     lists it through envs_dirs; registering every site env in every user's file is not cpkgs' job)."""
@@ -483,7 +475,6 @@ def test_conda_explicit_list_is_cpkgs_lock(name: str, user_conda: UserConda, agr
     assert len(packages(ours.stdout)) == len(run_cpkgs("info", name, "--json", root=agree_site).json()["packages"])
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 6: conda-meta/history is empty")
 def test_conda_env_export_from_history_lists_the_requested_specs(user_conda: UserConda, agree_site: Path) -> None:
     r = user_conda.conda("env", "export", "--from-history", "--json", "-p", str(agree_site / ENVS / "demo-1.0"))
     assert r.returncode == 0, r
@@ -494,7 +485,6 @@ def test_conda_env_export_from_history_lists_the_requested_specs(user_conda: Use
 # ------------------------------------------------------------------------------------------------------ condarc
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 1: link-user creates envs_dirs with the share first")
 def test_unlink_user_removes_exactly_what_link_user_added(user_conda: UserConda, agree_site: Path) -> None:
     rc = user_conda.home / ".condarc"
     link(user_conda, agree_site)
@@ -505,7 +495,6 @@ def test_unlink_user_removes_exactly_what_link_user_added(user_conda: UserConda,
     assert rc.read_text() == ""
 
 
-@pytest.mark.xfail(strict=True, reason="#16 item 1: doctor does not flag a condarc where the share comes first")
 def test_doctor_flags_a_condarc_where_the_share_comes_first(user_conda: UserConda, agree_site: Path) -> None:
     rc = user_conda.home / ".condarc"
     rc.write_text(f"envs_dirs:\n  - {entry(agree_site)}\n  - ~/my-envs\n")
@@ -514,3 +503,79 @@ def test_doctor_flags_a_condarc_where_the_share_comes_first(user_conda: UserCond
                   env={"HOME": str(user_conda.home), "CONDARC": "", **PROFILE})
     findings = [f for f in r.json()["findings"] if f["check"] == "condarc"]
     assert any(f["status"] != "ok" and "first" in f["message"] for f in findings), findings
+
+
+# ------------------------------------------------------------------------------------------------------ more
+
+@pytest.mark.parametrize("shell", ["bash", "tcsh"])
+def test_layer_scripts_quote_what_they_embed(shell: str, user_conda: UserConda, agree_site: Path) -> None:
+    """The layer's scripts embed its path for sh and csh: a quote, a space, `$` and `!` (which csh expands even
+    inside single quotes) stay literal. Sourced as conda sources them (CONDA_PREFIX = the layer, its bin first on
+    PATH); conda's own hooks cannot activate such a path at all (conda 26.7.1 writes the prompt `PS1='(...)'`
+    unquoted), so through a hook the layer lives in a path with a space."""
+    layer = user_conda.home / "it's $my layer!"
+    r = run_cpkgs("extend", "demo-1.0", str(layer), root=agree_site, user=True, env={"HOME": str(user_conda.home)})
+    assert r.returncode == 0, r
+    base = agree_site / ENVS / "demo-1.0"
+    act, deact = (layer / "etc" / "conda" / f"{k}.d" / f"00-cpkgs-layer.{'csh' if shell == 'tcsh' else 'sh'}"
+                  for k in ("activate", "deactivate"))
+    quote, source = (csh_quote, "source") if shell == "tcsh" else (shlex.quote, ".")
+    show = 'echo "PATH=$PATH"\necho "CONDA_PREFIX=$CONDA_PREFIX"\necho "ACT=$CPKGS_TEST_ACT_PREFIX"\n'
+    script = f"{source} {quote(str(act))}\n{show}{source} {quote(str(deact))}\necho \"AFTER=$PATH\"\n"
+    env = {"CONDA_PREFIX": str(layer), "PATH": f"{layer}/bin:/usr/bin:/bin"}
+    r = user_conda.shell(shell, script, env=env, hook=False)
+    assert r.returncode == 0, r
+    got = values(r.stdout.splitlines())
+    assert got["PATH"] == f"{layer}/bin:{base}/bin:/usr/bin:/bin", r
+    assert (got["CONDA_PREFIX"], got["ACT"]) == (str(layer), str(base)), r
+    assert got["AFTER"] == f"{layer}/bin:/usr/bin:/bin", r  # (conda itself takes the layer's bin off)
+    spaced = user_conda.home / "my layer"
+    r = run_cpkgs("extend", "demo-1.0", str(spaced), root=agree_site, user=True, env={"HOME": str(user_conda.home)})
+    assert r.returncode == 0, r
+    script = profile_line(agree_site, shell) + LAYER_SCRIPT.replace("@LAYER@", f'"{spaced}"')
+    check_layer_run(user_conda.shell(shell, script), agree_site, spaced, f"{user_conda.root}/condabin:",
+                    conda_posix=shell != "tcsh")
+
+
+def test_conda_meta_records_are_condas(agree_site: Path) -> None:
+    """After new-env's normalisation: no symlink carries a sha256_in_prefix (conda records none), and every
+    sha256_in_prefix is the hash of the file conda's doctor reads there."""
+    import hashlib
+
+    prefix = agree_site / ENVS / "demo-1.0"
+    links = 0
+    for record in (prefix / "conda-meta").glob("*.json"):
+        for e in json.loads(record.read_text())["paths_data"]["paths"]:
+            if e.get("path_type") == "softlink":
+                links += 1
+                assert "sha256_in_prefix" not in e, (record.name, e)
+            elif e.get("sha256_in_prefix"):
+                assert hashlib.sha256((prefix / e["_path"]).read_bytes()).hexdigest() == e["sha256_in_prefix"], e
+    assert links >= 3  # python's bin/python, bin/python3, lib/libpython3.11.so
+
+
+def test_cpkgs_conda_neither_lists_nor_activates_the_guard(user_conda: UserConda, agree_site: Path) -> None:
+    script = profile_line(agree_site, "bash") + "conda env list\nconda activate conda-meta || echo refused=$?\n"
+    r = user_conda.shell("bash", script, hook=False)
+    assert r.returncode == 0, r
+    rows = [line.split()[0] for line in r.stdout.splitlines() if line and not line.startswith(("#", "refused"))]
+    assert rows == ["demo-1.0", "tools-1.0"], r
+    assert "refused=1" in r.stdout and "no environment named 'conda-meta'" in r.stderr, r
+
+
+def test_verify_checks_condas_files_and_doctor_the_guards(victim: Path) -> None:
+    """conda-meta/history is in cpkgs' manifest (root writes through a seal: verify names the change); a site
+    without the guards gets a doctor warning naming the fix."""
+    history = victim / ENVS / "victim-1.0" / "conda-meta" / "history"
+    assert "# update specs: ['cpkgs-test-app']" in history.read_text()
+    history.write_text(history.read_text() + "# update specs: ['cpkgs-test-lib']\n")
+    r = run_cpkgs("verify", "victim-1.0", root=victim)
+    assert r.returncode == 4 and "victim-1.0: modified: conda-meta/history" in r.stdout, r
+    guard = victim / ENVS / "conda-meta"
+    os.chmod(guard, 0o755)
+    shutil.rmtree(guard)
+    r = run_cpkgs("doctor", "--json", root=victim, env=PROFILE)
+    guards = [f for f in r.json()["findings"] if f["check"] == "guards"]
+    assert guards and str(guard) in guards[0]["message"] and guards[0]["fix"] == "cpkgs init", r
+    assert run_cpkgs("init", root=victim).returncode == 0
+    assert (guard / "history").is_file()

@@ -1,7 +1,9 @@
-"""Step 4 of new-env (post-process): cpkgs' own files inside the staged env (the package list, the explicit lock,
-the spec's variables as activate.d/deactivate.d scripts, the PEP 668 marker and SQLite configs, the usage hook),
-then its manifests: the hashes of what cpkgs wrote, the executables, the embedded record. Anything that embeds a
-path embeds the final prefix, never the staging dir's."""
+"""Step 4 of new-env (post-process): rattler's conda-meta records made conda's (condameta.py); cpkgs' own files
+inside the staged env (the package list, the explicit lock, the spec's variables as activate.d/deactivate.d scripts
+for cpkgs' own conda, the PEP 668 marker and SQLite configs, the usage hook) and conda's (the history of what was
+requested, the spec's variables as conda's env_vars, CEP 22's frozen marker: outputs.condafiles), then its
+manifests: the hashes of what cpkgs wrote, the executables, the embedded record. Anything that embeds a path embeds
+the final prefix, never the staging dir's."""
 
 from __future__ import annotations
 
@@ -24,13 +26,16 @@ from cpkgs_admin.integrity.manifest import (
     unhashed_patched_files,
 )
 from cpkgs_admin.integrity.tree import scan_tree
+from cpkgs_admin.outputs.condafiles import FROZEN, HISTORY, STATE, frozen_text, history_text, state_text
 from cpkgs_admin.outputs.envfiles import env_integration_files
 from cpkgs_admin.outputs.usage.hook import write_usage_files
+from cpkgs_admin.pipeline.condameta import normalise_conda_meta
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.site.files import write_staged
 from cpkgs_admin.site.paths import native_subdir
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
 from cpkgs_admin.site.specs import check_variables, explicit_text
+from cpkgs_admin.site.text import csh_quote
 
 PKG_LIST = "list-of-pkgs-inside.txt"
 EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
@@ -49,29 +54,36 @@ def _write_staged_json(path: Path, obj: Any) -> None:
 VARIABLES_SCRIPT = "cpkgs-variables"
 
 
-def _csh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"
-
-
 def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     """The env's activate.d/deactivate.d scripts for a spec file's `variables:` (sh and csh), by relative path.
     Activation sets them before the packages' own scripts run (00-, first in sorted order); deactivation unsets
     them after the packages' scripts (00- again: deactivate.d scripts run in reverse sorted order, in conda and in
-    cpkgs' conda.sh), the order conda keeps for its env_vars. Every activation path runs them: conda.sh,
-    conda.csh, a user's own conda; modulefiles and kernels get them with the activation (the record keeps them)."""
+    cpkgs' conda.sh), the order conda keeps for its env_vars.
+
+    One mechanism per activation path, so nothing is applied twice: they act only when cpkgs' own conda (conda.sh,
+    conda.csh) sources them, which marks that with `_cpkgs_busy`. A real conda (the user's own, or one in the
+    installation) applies the same variables from conda-meta/state and runs these scripts as no-ops; modulefiles
+    and kernels take them from the record."""
     if not variables:
         return {}
     check_variables(variables, "variables")  # also those carried from a record (--from): names go into scripts
-    head = "# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env.\n"
+    head = ("# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env. For cpkgs' own\n"
+            "# conda only: a real conda sets them from conda-meta/state.\n")
     # Locale variables last: tcsh re-reads the rest of a file it is sourcing in a new LC_ALL/LANG.
     names = sorted(variables, key=lambda n: (n == "LANG" or n.startswith("LC_"), n))
+
+    def sh(lines: list[str]) -> str:
+        return head + 'if [ -n "${_cpkgs_busy-}" ]; then\n' + "".join(f"    {x}\n" for x in lines) + "fi\n"
+
+    def csh(lines: list[str]) -> str:
+        return head + "if ( $?_cpkgs_busy ) then\n" + "".join(f"    {x}\n" for x in lines) + "endif\n"
+
+    act, deact = f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}", f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}"
     return {
-        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.sh":
-            head + "".join(f"export {n}={shlex.quote(variables[n])}\n" for n in names),
-        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.csh":
-            head + "".join(f"setenv {n} {_csh_quote(variables[n])}\n" for n in names),
-        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),
-        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.csh": head + "".join(f"unsetenv {n}\n" for n in names),
+        f"{act}.sh": sh([f"export {n}={shlex.quote(variables[n])}" for n in names]),
+        f"{act}.csh": csh([f"setenv {n} {csh_quote(variables[n])}" for n in names]),
+        f"{deact}.sh": sh([f"unset {n}" for n in names]),
+        f"{deact}.csh": csh([f"unsetenv {n}" for n in names]),
     }
 
 
@@ -81,7 +93,10 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
     ours = {
         PKG_LIST: pkg_list_text(record.packages),
         EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables),
+        HISTORY: history_text(record),  # in place of rattler's empty one
     }
+    if record.variables:
+        ours[STATE] = state_text(record.variables)
     # Files added among the packages' own (python's stdlib dir, etc/conda/*.d): a package's file in their place is
     # refused, as replacing it would fail verification against conda-meta.
     added = {**variables_scripts(record.variables), **env_integration_files(staging, final, record)}
@@ -103,8 +118,11 @@ def post(job: Job) -> None:
     check). One walk of the staged env serves the census, the check's unexpected-file rule and the seal: nobody
     else can write the 0700 staging dir, so the scan stays true until the rename."""
     staging, record = job.staging, job.record
+    normalise_conda_meta(staging)
     job.meta = meta = read_conda_meta(staging)
     site_files = post_process(staging, job.final, record, meta)
+    # Not in the manifest: unseal removes it, seal writes it back (lifecycle.status); verify checks it on its own.
+    write_staged(staging / FROZEN, frozen_text(record.name, job.site.root), 0o444)
     manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
     job.tree = tree = scan_tree(staging)
     check_installed(staging, job.final, meta, tree)
