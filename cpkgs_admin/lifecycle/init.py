@@ -44,6 +44,8 @@ CONFIG_HEADER = """\
 # channel_map: channel name (conda-forge, defaults, nvidia/label/...) or URL prefix -> the URL (or list of URLs)
 #   this site reads it from; applied to these channels, spec files' channels and channel::pkg, -c and lock files
 # channel_alias: where channel names channel_map does not hold live (as conda's channel_alias); null: refused
+# usage: opt-in usage records (README "Usage records"): enabled, collector (udp://IP:PORT or syslog), logs (the
+#   collector's files 'cpkgs usage' reads), sample (0-1), user_names (plain or hashed); 'cpkgs refresh' applies it
 """
 
 

@@ -3,6 +3,7 @@ explicit lock file's packages there; the packages chosen, as the record will lis
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -24,7 +25,6 @@ from rattler import (
 from rattler import solve as rsolve
 
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
-from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import BuildRequest, Log
 from cpkgs_admin.pipeline.spec import refuse_pip, resolve_spec
 from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
@@ -154,7 +154,7 @@ def solve(
         )
 
     try:
-        return aio.run(run())
+        return asyncio.run(run())
     except Exception as exc:
         name = type(exc).__name__
         text = str(exc)
@@ -195,7 +195,7 @@ def missing_specs(
                                    recursive=False)
 
     try:
-        per_source = aio.run(run())
+        per_source = asyncio.run(run())
     except Exception:  # the solve's own reason is the better message then
         return []
     records = [r for recs in per_source for r in recs]
@@ -238,7 +238,7 @@ def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cac
         return await gw.query([Channel(u) for u in urls], [subdir, "noarch"], specs, recursive=False)
 
     try:
-        result = aio.run(run())
+        result = asyncio.run(run())
     except Exception as exc:
         raise SolveError(f"cannot read channels for lock file {lock.path}: {_first_line(exc)}") from None
     by_file: dict[str, list[Any]] = {}
