@@ -558,9 +558,12 @@ def test_conda_meta_records_are_condas(agree_site: Path) -> None:
     assert links >= 3  # python's bin/python, bin/python3, lib/libpython3.11.so
 
 
-def test_cpkgs_conda_neither_lists_nor_activates_the_guard(user_conda: UserConda, agree_site: Path) -> None:
-    script = profile_line(agree_site, "bash") + "conda env list\nconda activate conda-meta || echo refused=$?\n"
-    r = user_conda.shell("bash", script, hook=False)
+@pytest.mark.parametrize("shell", ["bash", "tcsh"])
+def test_cpkgs_conda_neither_lists_nor_activates_the_guard(shell: str, user_conda: UserConda,
+                                                          agree_site: Path) -> None:
+    status = "$status" if shell == "tcsh" else "$?"
+    script = profile_line(agree_site, shell) + f"conda env list\nconda activate conda-meta || echo refused={status}\n"
+    r = user_conda.shell(shell, script, hook=False)
     assert r.returncode == 0, r
     rows = [line.split()[0] for line in r.stdout.splitlines() if line and not line.startswith(("#", "refused"))]
     assert rows == ["demo-1.0", "tools-1.0"], r
