@@ -241,6 +241,11 @@ def test_env_create_naming_a_shared_env_is_refused(who: str, request: pytest.Fix
     assert tree_hash(prefix) == before
     assert site_entries(victim) == entries
     verify_clean(victim)
+    # what the export's header says to do instead works
+    assert "conda env create -n NEWNAME -f FILE" in exported.stdout
+    r = conda.conda("env", "create", "-n", "copy", "-f", str(yml), "--dry-run", "--offline", env=PROFILE)
+    assert r.returncode == 0 and "cpkgs-test-app" in r.stdout, r
+    assert site_entries(victim) == entries
 
 
 @pytest.mark.parametrize("who", ["user", "root"])
