@@ -591,3 +591,29 @@ def test_verify_checks_condas_files_and_doctor_the_guards(victim: Path) -> None:
     assert guards and str(guard) in guards[0]["message"] and guards[0]["fix"] == "cpkgs init", r
     assert run_cpkgs("init", root=victim).returncode == 0
     assert (guard / "history").is_file()
+
+
+def test_a_repointed_layer_takes_its_new_bases_variables(user_conda: UserConda, tmp_path: Path,
+                                                         conda_channel_url: str) -> None:
+    """The layer's conda-meta/state: the base's spec variables over the user's own (`conda env config vars set`);
+    `extend --force` onto another base drops the old base's and keeps the user's."""
+    root = make_site(tmp_path / "site", conda_channel_url)
+    (root / "specs" / "a.yml").write_text(f"dependencies:\n  - python\nvariables:\n  {SPEC_VAR}: {SPEC_VALUE}\n")
+    (root / "specs" / "b.yml").write_text("dependencies:\n  - python\n")
+    for name in ("a-1.0", "b-1.0"):
+        assert run_cpkgs("new-env", name, root=root).returncode == 0
+    world_traversable(root)
+    layer, home = user_conda.home / "mine", {"HOME": str(user_conda.home)}
+
+    def extend(base: str, *force: str) -> dict[str, str]:
+        r = run_cpkgs("extend", base, str(layer), *force, root=root, user=True, env=home)
+        assert r.returncode == 0, r
+        r = user_conda.conda("env", "config", "vars", "list", "--json", "-p", str(layer))
+        assert r.returncode == 0, r
+        return dict(r.json())
+
+    assert extend("a-1.0") == {SPEC_VAR: SPEC_VALUE}
+    assert user_conda.conda("env", "config", "vars", "set", "MINE=x", "-p", str(layer)).returncode == 0
+    assert extend("b-1.0", "--force") == {"MINE": "x"}
+    assert extend("a-1.0", "--force") == {"MINE": "x", SPEC_VAR: SPEC_VALUE}
+    _open_for_cleanup(root)

@@ -49,16 +49,22 @@ def layer_scripts(layer: Path, base: Path, base_name: str) -> dict[str, str]:
     return out
 
 
-def layer_state(layer: Path, base: Path) -> str | None:
-    """The layer's conda-meta/state: its own env vars (`conda env config vars set -p LAYER`) with the base's over
-    them; None when neither has any."""
-    def env_vars(prefix: Path) -> dict[str, str]:
-        try:
-            data = json.loads((prefix / STATE).read_bytes())
-        except (OSError, ValueError):
-            return {}
-        got = data.get("env_vars") if isinstance(data, dict) else None
-        return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
+def _env_vars(prefix: Path) -> dict[str, str]:
+    try:
+        data = json.loads((prefix / STATE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    got = data.get("env_vars") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
-    merged = {**env_vars(layer), **env_vars(base)}
-    return state_text(merged) if merged else None
+
+def layer_state(layer: Path, base: Path, old_base: Path | None = None) -> str | None:
+    """The layer's conda-meta/state: its own env vars (`conda env config vars set -p LAYER`) with the base's over
+    them, less what OLD_BASE (the base a re-pointed layer had) gave it; None when there is nothing to write (no
+    variables, no file)."""
+    own = _env_vars(layer)
+    if old_base is not None:
+        old = _env_vars(old_base)
+        own = {k: v for k, v in own.items() if old.get(k) != v}
+    merged = {**own, **_env_vars(base)}
+    return state_text(merged) if merged or (layer / STATE).exists() else None

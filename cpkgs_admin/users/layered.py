@@ -270,6 +270,15 @@ def _base_record(site: Site, base: str) -> EnvRecord:
     return rec
 
 
+def _old_base(directory: Path) -> Path | None:
+    """The base DIRECTORY is a layer of before `extend --force` re-points it (its variables leave with it)."""
+    try:
+        first = (directory / LAYER_FILE).read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(first) if first.startswith("/") else None
+
+
 def _write_layer(directory: Path, rec: EnvRecord, interpreter: Path, installation: str) -> None:
     """The layer's files in DIRECTORY, the layer file last."""
     prefix, version = Path(rec.prefix), rec.python_version
@@ -299,7 +308,7 @@ def _write_layer(directory: Path, rec: EnvRecord, interpreter: Path, installatio
     for rel, text in layer_scripts(directory, prefix, rec.name).items():
         _mkdirs((directory / rel).parent)
         _write(directory / rel, text)
-    state = layer_state(directory, prefix)
+    state = layer_state(directory, prefix, _old_base(directory))
     if state is not None:
         _write(directory / STATE, state)
     # Written last: the shell treats DIR as a layer only once everything above is in place.
