@@ -617,3 +617,24 @@ def test_a_repointed_layer_takes_its_new_bases_variables(user_conda: UserConda, 
     assert extend("b-1.0", "--force") == {"MINE": "x"}
     assert extend("a-1.0", "--force") == {"MINE": "x", SPEC_VAR: SPEC_VALUE}
     _open_for_cleanup(root)
+
+
+@pytest.mark.parametrize("shell", ["bash", "tcsh"])
+def test_a_layer_on_a_base_gone_says_so_under_condas_hook(shell: str, user_conda: UserConda, tmp_path: Path,
+                                                          conda_channel_url: str) -> None:
+    """Purge moved the base away: conda still activates the layer (its scripts cannot stop it), and they say why
+    the base's programs are missing, as cpkgs' own conda does when it refuses such a layer."""
+    root = make_site(tmp_path / "site", conda_channel_url)
+    assert run_cpkgs("new-env", "gone-1.0", "python", root=root).returncode == 0
+    world_traversable(root)
+    layer = user_conda.home / "mine"
+    r = run_cpkgs("extend", "gone-1.0", str(layer), root=root, user=True, env={"HOME": str(user_conda.home)})
+    assert r.returncode == 0, r
+    _open_for_cleanup(root)
+    shutil.rmtree(root / ENVS / "gone-1.0")
+    script = f"conda activate {layer}\necho PATH=$PATH\nconda deactivate\necho done\n"
+    r = user_conda.shell(shell, script)
+    assert r.returncode == 0 and "done" in r.stdout, r
+    assert f"cpkgs: {layer} is a personal layer on gone-1.0 ({root / ENVS / 'gone-1.0'}), which no longer exists" \
+        in r.stderr, r
+    assert f"{root / ENVS / 'gone-1.0'}/bin" not in r.stdout, r

@@ -37,14 +37,18 @@ def _base_scripts(base: Path, kind: str, ext: str) -> list[str]:
 def layer_scripts(layer: Path, base: Path, base_name: str) -> dict[str, str]:
     """Relative path in the layer -> text, for sh and csh."""
     out: dict[str, str] = {}
-    # (quote, source command, a command doing nothing: an if block needs one)
-    shells: dict[str, tuple[Callable[[str], str], str, str]] = {"sh": (shlex.quote, ".", ":"),
-                                                                 "csh": (csh_quote, "source", "true")}
+    # (quote, how a script is sourced when it is there: an admin may change the base's scripts while it is unsealed,
+    # a command doing nothing: an if block needs one)
+    shells: dict[str, tuple[Callable[[str], str], str, str]] = {
+        "sh": (shlex.quote, "if [ -f {0} ]; then . {0}; fi", ":"),
+        "csh": (csh_quote, "if ( -f {0} ) source {0}", "true"),
+    }
     for ext, (quote, source, nothing) in shells.items():
         for kind in ("activate", "deactivate"):
-            lines = [f"    {source} {quote(p)}" for p in _base_scripts(base, kind, f".{ext}")] or [f"    {nothing}"]
+            scripts = _base_scripts(base, kind, f".{ext}")
+            lines = [f"    {source.format(quote(p))}" for p in scripts] or [f"    {nothing}"]
             values = {"BASE_NAME": base_name, "BASE": quote(str(base)), "BASE_BIN": quote(str(base / "bin")),
-                      "LAYER_BIN": quote(str(layer / "bin")), "SOURCES": "\n".join(lines)}
+                      "LAYER": quote(str(layer)), "LAYER_BIN": quote(str(layer / "bin")), "SOURCES": "\n".join(lines)}
             out[f"etc/conda/{kind}.d/{LAYER_SCRIPT}.{ext}"] = render(template_text(f"layer-{kind}.{ext}"), values)
     return out
 
