@@ -302,6 +302,10 @@ def test_frozen_marker_follows_the_seal(victim: Path) -> None:
     frozen.unlink()  # root writes through the seal
     r = run_cpkgs("verify", "victim-1.0", root=victim)
     assert r.returncode == 4 and "conda-meta/frozen" in r.stdout, r
+    frozen.write_text("frozen\n")  # not JSON: conda 26.7.1 fails on it (core/prefix_data.py is_frozen)
+    r = run_cpkgs("verify", "victim-1.0", root=victim)
+    assert r.returncode == 4 and "conda-meta/frozen: not conda's JSON marker" in r.stdout, r
+    frozen.unlink()
     # an env built before the marker (sealed, without one): `seal` adds it
     assert run_cpkgs("seal", "victim-1.0", root=victim).returncode == 0
     assert json.loads(frozen.read_text())["message"] == message
