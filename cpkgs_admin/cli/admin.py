@@ -22,15 +22,31 @@ from cpkgs_admin.site.locks import break_lock, list_locks, notice, sweep_dead_lo
 @click.option("--channel-alias", metavar="URL", help="Where other channel names live (default: "
               "https://conda.anaconda.org); 'none' refuses them.")
 @click.option("--force", is_flag=True, help="Use a root that is not empty and not yet a cpkgs site.")
+@click.option("--pypi-index-url", metavar="URL", help="The pip part's index (a site mirror of PyPI); 'none': no index.")
+@click.option("--pypi-extra-index-url", "pypi_extra", multiple=True, metavar="URL",
+              help="More indexes (repeatable; '' empties the list).")
+@click.option("--pypi-find-links", "pypi_links", multiple=True, metavar="LOC",
+              help="Wheelhouse directories or URLs (repeatable; '' empties the list).")
+@click.option("--pip-sections/--no-pip-sections", "pip_sections", default=None,
+              help="Whether spec files may have a pip: section.")
+@click.option("--pypi-spec-indexes/--no-pypi-spec-indexes", "spec_indexes", default=None,
+              help="Whether spec files may name their own indexes and find-links.")
+@click.option("--pypi-build-from-source/--no-pypi-build-from-source", "build_from_source", default=None,
+              help="Whether sdists and git URLs are built into wheels.")
 @json_option
 @pass_ctx
 def init(
     c: Ctx, admin_group: str | None, channels: tuple[str, ...], platforms: tuple[str, ...],
-    channel_map: tuple[str, ...], channel_alias: str | None, force: bool, as_json: bool
+    channel_map: tuple[str, ...], channel_alias: str | None, force: bool, pypi_index_url: str | None,
+    pypi_extra: tuple[str, ...], pypi_links: tuple[str, ...], pip_sections: bool | None, spec_indexes: bool | None,
+    build_from_source: bool | None, as_json: bool
 ) -> None:
     """Create or upgrade the site tree (idempotent)."""
+    given = {"index_url": pypi_index_url, "extra_index_urls": pypi_extra or None, "find_links": pypi_links or None,
+             "enabled": pip_sections, "spec_indexes": spec_indexes, "build_from_source": build_from_source}
     report = init_site(c.root, admin_group=admin_group, channels=channels, platforms=platforms, force=force,
-                       channel_map=channel_map, channel_alias=channel_alias)
+                       channel_map=channel_map, channel_alias=channel_alias,
+                       pypi={k: v for k, v in given.items() if v is not None})
     warn(report.warnings)
     if as_json:
         emit_json(report.to_json())

@@ -24,6 +24,10 @@ from cpkgs_admin.site.names import parse_name
 @click.option("-c", "--channel", "channels", multiple=True, metavar="CHANNEL", help="Override the site channels.")
 @click.option("--platform", "platform", metavar="SUBDIR", help="Target another installation (e.g. osx-arm64).")
 @click.option("--override-virtual", "overrides", multiple=True, metavar="PKG=VER", help="e.g. __cuda=12.4")
+@click.option("--pip-lock", "pip_lock", type=click.Path(dir_okay=False),
+              help="With --lock: the pip part's pins (cpkgs export NAME --format pip).")
+@click.option("--pip-index", "pip_index", metavar="URL|DIR",
+              help="Take the pip part from this index or wheel directory instead of cpkgs.yaml's pypi: section.")
 @click.option("--dry-run", is_flag=True, help="Solve and print the package table; write nothing.")
 @click.option("-q", "--quiet", "quiet", is_flag=True, help="Only errors (as 'cpkgs -q new-env').")
 @json_option
@@ -40,6 +44,8 @@ def new_env(
     channels: tuple[str, ...],
     platform: str | None,
     overrides: tuple[str, ...],
+    pip_lock: str | None,
+    pip_index: str | None,
     dry_run: bool,
     quiet: bool,
     as_json: bool,
@@ -62,6 +68,8 @@ def new_env(
         platform=platform,
         overrides=overrides,
         dry_run=dry_run,
+        pip_lock=Path(pip_lock) if pip_lock else None,
+        pip_index=pip_index,
     )
     # Progress (rattler's bars, step lines) on a terminal or with -v; plain output otherwise, so that a failure
     # in a script or a test is exactly one line on stderr.
@@ -72,12 +80,13 @@ def new_env(
     if as_json:
         emit_json(result.to_json())
         return
+    pypi = f" conda + {len(result.pypi_packages)} pypi" if result.pypi_packages else ""
     if dry_run:
-        click.echo(package_table(result.packages))
-        c.say(f"dry run: {len(result.packages)} packages for {name} ({result.platform}); nothing written")
+        click.echo(package_table([*result.packages, *result.pypi_packages]))
+        c.say(f"dry run: {len(result.packages)}{pypi} packages for {name} ({result.platform}); nothing written")
         return
     c.say(
-        f"built {name} ({result.platform}) at {result.prefix}: {len(result.packages)} packages, "
+        f"built {name} ({result.platform}) at {result.prefix}: {len(result.packages)}{pypi} packages, "
         f"{result.file_count} files, {human_size(result.size)} in {result.seconds:.1f}s"
     )
 

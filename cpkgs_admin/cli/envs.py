@@ -17,7 +17,7 @@ from cpkgs_admin.cli.common import (
     table,
 )
 from cpkgs_admin.lifecycle.listing import diff_envs, export_env, list_envs
-from cpkgs_admin.site.records import get_record
+from cpkgs_admin.site.records import PackageEntry, get_record
 from cpkgs_admin.site.text import printable
 
 
@@ -60,7 +60,9 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
     """Show an environment's record and packages."""
     rec = get_record(c.site(), name, platform)
     if as_json:
-        emit_json(rec.to_json())
+        # One list of packages, both kinds ("kind": "conda" | "pypi"); the record file keeps them apart.
+        doc = rec.to_json()
+        emit_json({**doc, "packages": [*doc.pop("packages"), *doc.pop("pypi_packages")]})
         return
     fields = [
         ("name", rec.name),
@@ -75,6 +77,8 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
         ("requested", " ".join(rec.requested_specs) or "-"),
         ("channels", " ".join(_channel_shown(n, rec.channel_urls.get(n, [])) for n in rec.channels)),
     ]
+    if rec.pip is not None:
+        fields.append(("pip", " ".join(rec.pip.get("requested") or []) or "-"))
     if rec.retired:
         successor = rec.retired.get("successor") or "-"
         fields.append(("retired", f"successor {successor}: {rec.retired.get('message') or ''}"))
@@ -93,7 +97,11 @@ def info(c: Ctx, name: str, platform: str | None, as_json: bool) -> None:
     for k, v in fields:
         click.echo(f"{k:10} {printable(str(v))}")
     click.echo("")
-    click.echo(package_table(rec.packages))
+    click.echo(package_table(rec.all_packages))
+
+
+def _shown_version(p: PackageEntry) -> str:
+    return f"{p.version} (pypi)" if p.kind == "pypi" else f"{p.version}={p.build}"
 
 
 def _channel_shown(name: str, urls: list[str]) -> str:
@@ -113,9 +121,9 @@ def diff(c: Ctx, old: str, new: str, as_json: bool) -> None:
         emit_json(d.to_json())
         return
     rows: list[tuple[str, str, str, str]] = []
-    rows += [("+", p.name, "", f"{p.version}={p.build}") for p in d.added]
-    rows += [("-", p.name, f"{p.version}={p.build}", "") for p in d.removed]
-    rows += [("~", a.name, f"{a.version}={a.build}", f"{b.version}={b.build}") for a, b in d.changed]
+    rows += [("+", p.name, "", _shown_version(p)) for p in d.added]
+    rows += [("-", p.name, _shown_version(p), "") for p in d.removed]
+    rows += [("~", a.name, _shown_version(a), _shown_version(b)) for a, b in d.changed]
     if not rows:
         c.say(f"{old} and {new} hold the same packages")
         return
@@ -124,7 +132,8 @@ def diff(c: Ctx, old: str, new: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["explicit", "yaml"]), default="explicit", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["explicit", "yaml", "pip"]), default="explicit", show_default=True,
+              help="explicit: conda's lock file; yaml: environment.yml; pip: the pip part's pins (--require-hashes).")
 @click.option("--platform", metavar="SUBDIR")
 @pass_ctx
 def export(c: Ctx, name: str, fmt: str, platform: str | None) -> None:

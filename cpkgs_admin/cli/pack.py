@@ -36,3 +36,7 @@ def mirror(c: Ctx, name: str, directory: str, platform: str | None) -> None:
         f"mirrored {rep.count} packages of {name} into {rep.directory} ({rep.from_cache} from the package cache, "
         f"{rep.fetched} from their recorded URLs, sha256 checked); channel {rep.directory.as_uri()}"
     )
+    if rep.wheels:
+        simple = (rep.directory / "pypi" / "simple").as_uri()
+        c.say(f"pip part: {rep.wheels} wheels in {rep.directory / 'pypi'} (index {simple}, find-links "
+              f"{rep.directory / 'pypi' / 'files'})")

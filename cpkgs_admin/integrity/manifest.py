@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.integrity.pipfiles import expected_pip_files, read_pip_manifest
 from cpkgs_admin.integrity.tree import EXEC_BITS
 
 # Written by cpkgs after install (post-process) into conda-meta/cpkgs/, a directory conda and rattler ignore
@@ -105,6 +106,9 @@ def expected_files(prefix: Path, meta: CondaMeta | None = None) -> dict[str, Exp
             if link:
                 sha, size = None, None
             out[rel] = Expected(rel, sha, size, None, link, dist)
+    pip = read_pip_manifest(prefix)
+    if pip is not None:
+        out.update(expected_pip_files(prefix, pip, Expected))
     manifest = prefix / SITE_MANIFEST
     if manifest.exists():
         try:

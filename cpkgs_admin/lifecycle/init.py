@@ -29,6 +29,7 @@ from cpkgs_admin.site.config import (
 from cpkgs_admin.site.files import read_text_file, write_if_changed
 from cpkgs_admin.site.locks import site_locked
 from cpkgs_admin.site.paths import Site
+from cpkgs_admin.site.pypi_config import PypiConfig, pypi_config_from_mapping
 from cpkgs_admin.site.yamlio import load_yaml
 
 CONFIG_HEADER = """\
@@ -44,6 +45,8 @@ CONFIG_HEADER = """\
 # channel_map: channel name (conda-forge, defaults, nvidia/label/...) or URL prefix -> the URL (or list of URLs)
 #   this site reads it from; applied to these channels, spec files' channels and channel::pkg, -c and lock files
 # channel_alias: where channel names channel_map does not hold live (as conda's channel_alias); null: refused
+# pypi: the pip part of specs: enabled (false refuses pip: sections), index_url (a site mirror of PyPI; null: none),
+#   extra_index_urls, find_links (wheelhouse dirs or URLs), spec_indexes (may specs name their own), build_from_source
 # usage: opt-in usage records (README "Usage records"): enabled, collector (udp://IP:PORT or syslog), logs (the
 #   collector's files 'cpkgs usage' reads), sample (0-1), user_names (plain or hashed); 'cpkgs refresh' applies it
 """
@@ -154,6 +157,19 @@ def merge_channel_map(current: dict[str, tuple[str, ...]], items: tuple[str, ...
     return out
 
 
+def pypi_changed(current: PypiConfig, options: dict[str, Any]) -> PypiConfig:
+    """The `pypi:` section with init's options applied: index_url 'none' is null; a list option given as the one
+    value '' empties the list. Validated as cpkgs.yaml is (one line naming pypi.KEY)."""
+    data = current.to_yaml_dict()
+    for key, value in options.items():
+        if key == "index_url" and isinstance(value, str) and value.strip().lower() == "none":
+            value = None
+        elif isinstance(value, tuple):
+            value = [v for v in value if v != ""]
+        data[key] = value
+    return pypi_config_from_mapping(data, "cpkgs init options")
+
+
 def _merge_config(
     old: SiteConfig | None,
     admin_group: str | None,
@@ -161,9 +177,12 @@ def _merge_config(
     platforms: tuple[str, ...],
     channel_map: tuple[str, ...] = (),
     channel_alias: str | None = None,
+    pypi: dict[str, Any] | None = None,
 ) -> tuple[SiteConfig, list[str]]:
     base = old or SiteConfig()
     new = base
+    if pypi:
+        new = replace(new, pypi=pypi_changed(new.pypi, pypi))
     if admin_group is not None:
         new = replace(new, admin_group=admin_group or None)
     if channel_map:
@@ -206,6 +225,7 @@ def init_site(
     force: bool = False,
     channel_map: tuple[str, ...] = (),
     channel_alias: str | None = None,
+    pypi: dict[str, Any] | None = None,
 ) -> InitReport:
     if root.exists() and not root.is_dir():
         raise SiteError(f"site root {root} exists and is not a directory")
@@ -214,7 +234,7 @@ def init_site(
     old: SiteConfig | None = None
     if (root / CONFIG_NAME).exists():
         old = load_config_file(root / CONFIG_NAME)
-    config, changes = _merge_config(old, admin_group, channels, platforms, channel_map, channel_alias)
+    config, changes = _merge_config(old, admin_group, channels, platforms, channel_map, channel_alias, pypi)
     site = Site(root=root, config=config)
     gid = site.admin_gid()  # validates the group exists before anything is written
     render_profiles(site)  # and that the root can be rendered into the profiles (quoting), before any mkdir

@@ -27,6 +27,7 @@ _KERNEL_CHARS = re.compile(r"[^a-z0-9._-]")
 
 
 def wants_kernel(packages: list[PackageEntry]) -> bool:
+    """python from conda, ipykernel from either part (PACKAGES: a record's all_packages)."""
     names = {p.name for p in packages}
     return "python" in names and "ipykernel" in names
 
@@ -80,7 +81,7 @@ def render_kernel(rec: EnvRecord, act: Activation, user_site: bool) -> str:
 
 def kernel_files(site: Site, rec: EnvRecord, act: Activation) -> dict[Path, str]:
     """Every kernel.json REC should have (none when the env lacks python or ipykernel)."""
-    if not wants_kernel(rec.packages):
+    if not wants_kernel(rec.all_packages) and not (rec.python_version and rec.can_import("ipykernel")):
         return {}
     plain, user = kernel_names(rec.name)
     return {

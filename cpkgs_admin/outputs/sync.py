@@ -38,7 +38,7 @@ def preflight(site: Site, name: Any, subdir: str, packages: list[PackageEntry]) 
     damaged: list[tuple[Path, str]] = []
     # (name, family, version, may have kernels) of the platform's other envs
     others: list[tuple[str, str, str, bool]] = [
-        (r.name, r.family, r.version, wants_kernel(r.packages))
+        (r.name, r.family, r.version, wants_kernel(r.all_packages))
         for r in load_all(site.records_dir, shared=True, damaged=damaged)
         if r.status != "removed" and r.name != name.name and r.platform == subdir
     ]

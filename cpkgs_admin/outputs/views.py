@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from cpkgs_admin.errors import UsageError
+from cpkgs_admin.site.pypi_config import PYPI_INDEX
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
 from cpkgs_admin.site.specs import explicit_text
 
@@ -22,7 +24,7 @@ class EnvDiff:
 
     def to_json(self) -> dict[str, Any]:
         def pk(p: PackageEntry) -> dict[str, str]:
-            return {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel}
+            return {"kind": p.kind, "name": p.name, "version": p.version, "build": p.build, "channel": p.channel}
 
         return {
             "old": self.old,
@@ -31,6 +33,7 @@ class EnvDiff:
             "removed": [pk(p) for p in self.removed],
             "changed": [
                 {
+                    "kind": a.kind,
                     "name": a.name,
                     "old": {"version": a.version, "build": a.build},
                     "new": {"version": b.version, "build": b.build},
@@ -41,9 +44,10 @@ class EnvDiff:
 
 
 def diff_records(old: EnvRecord, new: EnvRecord) -> EnvDiff:
-    """The one package diff (`cpkgs diff`, the catalog's diff pages)."""
-    a = {p.name: p for p in old.packages}
-    b = {p.name: p for p in new.packages}
+    """The one package diff (`cpkgs diff`, the catalog's diff pages): both kinds, a conda and a pypi package of one
+    name apart."""
+    a = {(p.kind, p.name): p for p in old.all_packages}
+    b = {(p.kind, p.name): p for p in new.all_packages}
     d = EnvDiff(old=old.name, new=new.name)
     d.added = [b[n] for n in sorted(set(b) - set(a))]
     d.removed = [a[n] for n in sorted(set(a) - set(b))]
@@ -57,13 +61,17 @@ def diff_records(old: EnvRecord, new: EnvRecord) -> EnvDiff:
 
 def export_record(rec: EnvRecord, fmt: str) -> str:
     """REC as an explicit lock (FMT "explicit") or environment.yml (`cpkgs export`, the catalog's downloads)."""
+    pip_lock = (rec.pip or {}).get("lock")
     if fmt == "explicit":
-        return explicit_text(rec.packages, rec.platform, rec.variables)
-    doc: dict[str, Any] = {
-        "name": rec.name,
-        "channels": list(rec.channels),
-        "dependencies": [f"{p.name}=={p.version}={p.build}" for p in rec.packages],
-    }
+        return explicit_text(rec.packages, rec.platform, rec.variables, pip_lock, rec.name)
+    if fmt == "pip":
+        if not rec.pypi_packages or not isinstance(pip_lock, str):
+            raise UsageError(f"{rec.name} has no pip part")
+        return pip_lock
+    deps: list[Any] = [f"{p.name}=={p.version}={p.build}" for p in rec.packages]
+    if rec.pypi_packages:
+        deps.append({"pip": [*_index_lines(rec.pip or {}), *(pip_pin(p) for p in rec.pypi_packages)]})
+    doc: dict[str, Any] = {"name": rec.name, "channels": list(rec.channels), "dependencies": deps}
     if rec.variables:
         doc["variables"] = dict(rec.variables)
     # libyaml's emitter when PyYAML has it: the same text, ~8x faster (the catalog exports every env).
@@ -73,3 +81,24 @@ def export_record(rec: EnvRecord, fmt: str) -> str:
     head = (f"# {rec.name} ({rec.platform}), exported by cpkgs\n"
             f"# a copy of your own: conda env create -n NEWNAME -f FILE (conda refuses the shared env's name)\n")
     return head + yaml.dump(doc, Dumper=dumper, sort_keys=False)
+
+
+def pip_pin(p: PackageEntry) -> str:
+    """An exact requirement for a pip package of a record: name==version, or the git commit or wheel URL it came from
+    (a wheel built from git has no index to be found on again)."""
+    kind = (p.extra.get("source") or {}).get("kind")
+    if kind == "vcs":
+        return f"{p.name} @ {p.channel}"
+    if kind == "url":
+        return f"{p.name} @ {p.url}"
+    return f"{p.name}=={p.version}"
+
+
+def _index_lines(pip: dict[str, Any]) -> list[str]:
+    """The indexes the pip part came from, when not PyPI's (find-links dirs are local to the site: left out)."""
+    opts = pip.get("options") or {}
+    lines = []
+    if opts.get("index_url") and opts["index_url"] != PYPI_INDEX:
+        lines.append(f"--index-url {opts['index_url']}")
+    lines += [f"--extra-index-url {u}" for u in opts.get("extra_index_urls") or []]
+    return lines

@@ -36,7 +36,7 @@ def assemble(site: Site, req: BuildRequest, solved: Solved, *, progress: bool, l
                                seconds=time.monotonic() - solved.started, restored=True, warnings=warnings)
         clean_stale_staging(site, subdir, name, log)
         job = Job(site, _record(site, req, solved), solved.records, solved.requested, progress, solved.timings,
-                  solved.cache_warnings)
+                  solved.cache_warnings, pip=solved.pip)
         _staged(job)
         with discarded_on_failure(job.staging, name, fenced=lambda: False):
             with job.timed("seal"):
@@ -44,6 +44,7 @@ def assemble(site: Site, req: BuildRequest, solved: Solved, *, progress: bool, l
             with job.timed("publish"):
                 warnings = [*job.warnings, *solved.warnings, *publish(job, req.name)]
     return BuildResult(name=name, platform=subdir, prefix=job.record.prefix, packages=solved.packages,
+                       pypi_packages=job.record.pypi_packages,
                        file_count=job.record.file_count, size=job.record.size,
                        seconds=time.monotonic() - solved.started, timings=job.timings, warnings=warnings)
 
@@ -89,6 +90,12 @@ def _stage_and_check(job: Job) -> None:
     with discarded_on_failure(job.staging, job.record.name, fenced=lambda: job.installing):
         with job.timed("install"):
             stage(job)
+        if job.pip is not None:
+            # The pip machinery: 45-55 ms of imports (python -X importtime) that an env without a pip part never needs.
+            from cpkgs_admin.pipeline.pip import pip_step  # noqa: PLC0415
+
+            with job.timed("pip"):
+                pip_step(job)
         with job.timed("post"):
             post(job)
         with job.timed("verify"):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+from typing import Any
 
 from cpkgs_admin.errors import BuildError, UsageError
 from cpkgs_admin.pipeline.cache import secure_cache
 from cpkgs_admin.pipeline.job import BuildRequest, BuildResult, Log, Solved
 from cpkgs_admin.pipeline.leftovers import existing_env_problem
 from cpkgs_admin.pipeline.solve import choose_packages, env_overrides, package_entries, parse_overrides
-from cpkgs_admin.pipeline.spec import check_removed
+from cpkgs_admin.pipeline.spec import check_python, check_removed
 from cpkgs_admin.site.locks import cache_locked
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.specs import ExplicitLock, check_sources, read_explicit
@@ -34,6 +36,8 @@ def new_env(site: Site, req: BuildRequest, *, progress: bool = False, log: Log =
 def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> BuildResult:
     t0 = time.monotonic()
     lock = None
+    if req.pip_lock and not req.lock_file:
+        raise UsageError("--pip-lock goes with --lock FILE (the pins of the pip part of the env the lock is of)")
     if req.lock_file:
         check_sources(req.specs, req.spec_file, req.from_env, req.lock_file, req.add, req.remove)
         lock = read_explicit(req.lock_file)
@@ -47,16 +51,19 @@ def _new_env(site: Site, req: BuildRequest, *, progress: bool, log: Log) -> Buil
     packages = package_entries(chosen.records, chosen.channel_name)
     if req.remove:
         check_removed(packages, req.remove)
+    check_python(chosen.pip, packages, str(chosen.spec.source))
     if req.dry_run:
-        return BuildResult(name=req.name.name, platform=subdir, prefix=str(site.env_prefix(req.name.name, subdir)),
-                           packages=packages, dry_run=True, seconds=time.monotonic() - t0, timings=timings,
-                           warnings=chosen.warnings)
+        final = site.env_prefix(req.name.name, subdir)
+        pins = _dry_run_pins(site, chosen, subdir, overrides, final)
+        return BuildResult(name=req.name.name, platform=subdir, prefix=str(final), packages=packages, dry_run=True,
+                           seconds=time.monotonic() - t0, timings=timings, warnings=chosen.warnings,
+                           pypi_packages=pins)
     # Steps 3 to 7 bring the catalog (jinja2), the hashing pools and the activation runner: 45 ms of imports
     # (python -X importtime) that a dry run never needs.
     from cpkgs_admin.pipeline.assemble import assemble  # noqa: PLC0415
 
     solved = Solved(subdir, chosen.spec, chosen.records, packages, chosen.requested, chosen.channels, overrides,
-                    cache_warnings, chosen.warnings, t0, timings)
+                    cache_warnings, chosen.warnings, t0, timings, chosen.pip)
     return assemble(site, req, solved, progress=progress, log=log)
 
 
@@ -86,3 +93,13 @@ def _ready_to_build(site: Site, name: str, subdir: str) -> list[str]:
     existing_env_problem(site, name, subdir)
     with cache_locked(site):
         return secure_cache(site).warnings
+
+
+def _dry_run_pins(site: Site, chosen: Any, subdir: str, overrides: dict[str, str], final: Path) -> list[Any]:
+    """The pip part of a dry run (none without one)."""
+    if chosen.pip is None:
+        return []
+    # The pip machinery: 45-55 ms of imports (python -X importtime) that a spec without a pip part never needs.
+    from cpkgs_admin.pipeline.pip import dry_run_pins  # noqa: PLC0415
+
+    return dry_run_pins(site, chosen.pip, chosen.records, subdir, overrides, final)

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpkgs_admin.integrity.manifest import CondaMeta
 from cpkgs_admin.integrity.memo import HashMemo
@@ -18,6 +18,9 @@ from cpkgs_admin.site.names import EnvName
 from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
 from cpkgs_admin.site.specs import Spec
+
+if TYPE_CHECKING:
+    from cpkgs_admin.pipeline.pypi.part import PipPlan
 
 Log = Callable[[str], None] | None
 
@@ -35,6 +38,8 @@ class BuildRequest:
     platform: str | None = None
     overrides: tuple[str, ...] = ()
     dry_run: bool = False
+    pip_lock: Path | None = None  # with lock_file: the pip part's pins (cpkgs export NAME --format pip)
+    pip_index: str | None = None  # the pip part from this index or wheel directory instead of cpkgs.yaml's pypi:
 
 
 @dataclass
@@ -50,6 +55,7 @@ class BuildResult:
     restored: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    pypi_packages: list[PackageEntry] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,9 +68,9 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "packages": [
-                {"name": p.name, "version": p.version, "build": p.build, "channel": p.channel, "sha256": p.sha256,
-                 "url": p.url}
-                for p in self.packages
+                {"kind": p.kind, "name": p.name, "version": p.version, "build": p.build, "channel": p.channel,
+                 "sha256": p.sha256, "url": p.url}
+                for p in [*self.packages, *self.pypi_packages]
             ],
         }
 
@@ -86,6 +92,7 @@ class Solved:
     warnings: list[str]
     started: float  # time.monotonic() when the build started
     timings: dict[str, float]
+    pip: PipPlan | None = None  # the pip part to build
 
 
 @dataclass
@@ -108,6 +115,9 @@ class Job:
     memo: HashMemo | None = None
     tree: dict[str, os.stat_result] = field(default_factory=dict)
     meta: CondaMeta = field(default_factory=list)
+    pip: PipPlan | None = None  # the pip part (pipeline/pip.py), None: none
+    pip_files: dict[str, str] = field(default_factory=dict)  # what the pip step leaves for the post-process
+    pip_dists: list[tuple[str, str, str]] = field(default_factory=list)  # (name, version, dist-info dir)
 
     def __post_init__(self) -> None:
         self.new_staging()

@@ -25,6 +25,7 @@ from cpkgs_admin.integrity.manifest import (
     site_manifest,
     unhashed_patched_files,
 )
+from cpkgs_admin.integrity.pipfiles import PIP_LOCK, PIP_MANIFEST, pip_manifest
 from cpkgs_admin.integrity.tree import scan_tree
 from cpkgs_admin.outputs.condafiles import FROZEN, HISTORY, STATE, frozen_text, history_text, state_text
 from cpkgs_admin.outputs.envfiles import env_integration_files
@@ -87,13 +88,17 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     }
 
 
-def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None) -> list[str]:
+def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None,
+                 pip_files: dict[str, str] | None = None) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
-    META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given)."""
+    META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given); PIP_FILES: what the
+    pip step left (its lock text), written among cpkgs' own."""
+    pip_lock = (pip_files or {}).get(PIP_LOCK)
     ours = {
-        PKG_LIST: pkg_list_text(record.packages),
-        EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables),
+        PKG_LIST: pkg_list_text(record.all_packages),
+        EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables, pip_lock, record.name),
         HISTORY: history_text(record),  # in place of rattler's empty one
+        **(pip_files or {}),
     }
     if record.variables:
         ours[STATE] = state_text(record.variables)
@@ -120,9 +125,12 @@ def post(job: Job) -> None:
     staging, record = job.staging, job.record
     normalise_conda_meta(staging)
     job.meta = meta = read_conda_meta(staging)
-    site_files = post_process(staging, job.final, record, meta)
+    site_files = post_process(staging, job.final, record, meta, job.pip_files)
     # Not in the manifest: unseal removes it, seal writes it back (lifecycle.status); verify checks it on its own.
     write_staged(staging / FROZEN, frozen_text(record.name, job.site.root), 0o444)
+    if job.pip_dists:  # inside conda-meta/cpkgs: covered by the meta digest below
+        _write_staged_json(staging / PIP_MANIFEST, pip_manifest(staging, job.pip_dists))
+    record.imports = importable(staging, IMPORTS_OF_INTEREST) if record.python_version else []
     manifest = site_manifest(staging, [*site_files, *unhashed_patched_files(staging, meta)])
     job.tree = tree = scan_tree(staging)
     check_installed(staging, job.final, meta, tree)
@@ -132,5 +140,18 @@ def post(job: Job) -> None:
     _write_staged_json(staging / EXECUTABLES_LIST, executables)
     record.meta_sha256 = meta_digest(staging, meta)
     _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
-    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD):
+    for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD, *([PIP_MANIFEST] if job.pip_dists else [])):
         tree[rel] = os.lstat(staging / rel)
+
+
+# What kernels (ipykernel), the catalog and layers (pip) decide on: what the env can import, whichever part put it.
+IMPORTS_OF_INTEREST = ("IPython", "ipykernel", "pip")
+
+
+def importable(prefix: Path, modules: tuple[str, ...]) -> list[str]:
+    """The MODULES a top-level import finds in PREFIX's site-packages (a package dir or a module file)."""
+    found = []
+    for site in sorted(prefix.glob("lib/python3*/site-packages")):
+        found += [m for m in modules if m not in found and ((site / m / "__init__.py").is_file()
+                                                            or (site / f"{m}.py").is_file())]
+    return sorted(found)

@@ -38,7 +38,7 @@ def publish(job: Job, name: EnvName) -> list[str]:
     subdir, final = record.platform, Path(record.prefix)
     with site_locked(site):
         # Again, under the site lock: two families racing for one module or kernel name cannot both pass.
-        preflight(site, name, subdir, record.packages)
+        preflight(site, name, subdir, record.all_packages)
         # From the publish point on, an interrupt waits for the record, the generated files and the audit
         # line: an env half registered (published, no record) is worse than finishing in a moment.
         with _interrupts_deferred() as interrupted:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rattler import (
     BuildString,
@@ -26,12 +26,15 @@ from rattler import solve as rsolve
 
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
 from cpkgs_admin.pipeline.job import BuildRequest, Log
-from cpkgs_admin.pipeline.spec import refuse_pip, resolve_spec
+from cpkgs_admin.pipeline.spec import pip_lock_warnings, pip_plan, resolve_spec
 from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
 from cpkgs_admin.site.config import channel_problem
 from cpkgs_admin.site.paths import Site, native_subdir
 from cpkgs_admin.site.records import PackageEntry
 from cpkgs_admin.site.specs import ExplicitLock, Spec, split_filename
+
+if TYPE_CHECKING:
+    from cpkgs_admin.pipeline.pypi.part import PipPlan
 
 # Virtual packages of platforms we cannot detect from here (building an osx env on a Linux admin host).
 _FOREIGN_VIRTUALS: dict[str, list[tuple[str, str, str]]] = {
@@ -275,6 +278,7 @@ class Chosen:
     channels: dict[str, list[str]]
     channel_name: Callable[[Any], str]
     warnings: list[str]
+    pip: PipPlan | None = None  # the pip part, read and checked at step 1 (pipeline/pip.py)
 
 
 def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, subdir: str,
@@ -291,9 +295,10 @@ def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, su
         used: dict[str, list[str]] = {}
         for src in sources:
             used.setdefault(src.name, []).append(src.url)
-        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")), [])
+        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")),
+                      pip_lock_warnings(req, lock), pip_plan(site, req, spec, lock))
     spec, locked = resolve_spec(site, req, subdir)
-    refuse_pip(spec)
+    pip = pip_plan(site, req, spec, None)
     if not spec.specs:
         raise SpecError(f"nothing to install: {spec.source} lists no dependencies")
     where = f"spec file {spec.source}" if spec.sha256 else str(spec.source)
@@ -305,7 +310,7 @@ def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, su
     records = solve(plan.sources, plan.specs, subdir, virtual_packages(subdir, overrides), locked, cache_dir,
                     shown=spec.specs, names=plan.names())
     return Chosen(spec, records, list(spec.specs), plan.named, lambda r: plan.name_of(str(r.channel or "")),
-                  [*spec.warnings, *plan.warnings])
+                  [*spec.warnings, *plan.warnings], pip)
 
 
 def package_entries(records: list[Any], channel_name: Callable[[Any], str]) -> list[PackageEntry]:

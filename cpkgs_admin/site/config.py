@@ -12,6 +12,7 @@ from typing import Any
 from cpkgs_admin.errors import ConfigError, SiteError, SpecError, UsageError
 from cpkgs_admin.site.channels import CHANNEL_NAME, DEFAULT_CHANNEL_ALIAS, NODEFAULTS, ChannelMap
 from cpkgs_admin.site.files import read_text_file
+from cpkgs_admin.site.pypi_config import PypiConfig, pypi_config_from_mapping
 from cpkgs_admin.site.usage_config import UsageConfig, usage_from_mapping
 from cpkgs_admin.site.yamlio import parse_yaml
 
@@ -95,6 +96,8 @@ class SiteConfig:
     def channel_resolver(self) -> ChannelMap:
         return ChannelMap(entries=self.channel_map, alias=self.channel_alias)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    # Where the pip part of a spec finds its packages, and whether a spec may have one (site/pypi_config.py).
+    pypi: PypiConfig = field(default_factory=PypiConfig)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class SiteConfig:
             "channel_map": {k: v[0] if len(v) == 1 else list(v) for k, v in self.channel_map.items()},
             "channel_alias": self.channel_alias,
             "usage": self.usage.to_yaml_dict(),
+            "pypi": self.pypi.to_yaml_dict(),
         }
 
 
@@ -126,6 +130,7 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "channel_map": (dict,),
     "channel_alias": (str, type(None)),
     "usage": (dict, type(None)),
+    "pypi": (dict, type(None)),
 }
 
 
@@ -183,7 +188,7 @@ def config_from_mapping(data: Any, source: str) -> SiteConfig:
         schema=SCHEMA_VERSION, admin_group=admin_group, channels=tuple(channels), platforms=tuple(platforms),
         installations=installations, trash_grace=str(grace), lease_seconds=lease, lock_timeout=lock_timeout,
         virtual_packages={k: str(v) for k, v in vps.items()}, channel_map=dict(cmap.entries), channel_alias=cmap.alias,
-        usage=usage_from_mapping(data.get("usage"), bad),
+        usage=usage_from_mapping(data.get("usage"), bad), pypi=pypi_config_from_mapping(data.get("pypi"), source),
     )
 
 

@@ -661,3 +661,18 @@ def cache_locked(site: Site) -> Iterator[SiteLock]:
         yield lock
 
 
+
+
+@contextlib.contextmanager
+def uv_cache_locked(site: Site) -> Iterator[SiteLock]:
+    """uv's cache (.cpkgs/uv-cache) and the wheel store: uv locks its cache with flock, which NFS does not honour
+    across hosts; every uv call of a build runs under this NFS-safe lock instead."""
+    sweep_once(site.locks_dir, site.config.lease_seconds)
+    lock = SiteLock(
+        site.locks_dir / "uv-cache.lock",
+        what="the site's uv cache",
+        lease_seconds=site.config.lease_seconds,
+        timeout=site.config.lock_timeout,
+    )
+    with lock:
+        yield lock

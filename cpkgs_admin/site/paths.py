@@ -155,6 +155,16 @@ class Site:
         return self.state_dir / "pkgs"
 
     @property
+    def uv_cache_dir(self) -> Path:
+        """uv's cache for the pip part of builds (admin-only, as the package cache's private parts)."""
+        return self.state_dir / "uv-cache"
+
+    @property
+    def wheel_store_dir(self) -> Path:
+        """Every wheel an env's pip part was built with, by sha256 (pipeline/pypi/store.py)."""
+        return self.state_dir / "wheels"
+
+    @property
     def audit_log(self) -> Path:
         return self.state_dir / "audit.log"
 

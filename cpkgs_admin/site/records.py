@@ -54,6 +54,9 @@ class PackageEntry:
     subdir: str = ""
     filename: str = ""
     depends: tuple[str, ...] = ()
+    # "conda", or "pypi" for the pip part: build "pypi", channel where it came from (its index, git URL at the
+    # commit, or wheel URL), sha256 the wheel's; `extra` holds index, requested, requirement, source, dist_info.
+    kind: str = "conda"
     # Keys a newer cpkgs wrote into this package's entry: kept as they are and written back.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -97,6 +100,13 @@ class EnvRecord:
     # was read from on this site (cpkgs.yaml channel_map / channel_alias). Packages: `channel` the name, `url` the
     # file's URL. Empty in records of cpkgs versions before channel maps (their `channels` are the URLs).
     channel_urls: dict[str, list[str]] = field(default_factory=dict)
+    # The pip part (pipeline/pip.py): its packages (PackageEntry, kind "pypi"), and {"requested": [lines],
+    # "options": {...}, "platform": uv's platform, "bytecode": bool} or None for an env without one.
+    pypi_packages: list[PackageEntry] = field(default_factory=list)
+    pip: dict[str, Any] | None = None
+    # Top-level modules of interest the env could import at publish (IPython, ipykernel, pip), from either part:
+    # kernels and layers decide on them; None in records of a cpkgs before the pip part (package names decide).
+    imports: list[str] | None = None
     schema: int = RECORD_SCHEMA
     # Keys a newer cpkgs wrote (same schema): kept as they are and written back, never dropped by an older cpkgs.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +115,19 @@ class EnvRecord:
         d = asdict(self)
         extra = d.pop("extra")
         d["packages"] = [{**p.extra, **_package_json(p)} for p in self.packages]
+        d["pypi_packages"] = [{**p.extra, **_package_json(p)} for p in self.pypi_packages]
         return {**extra, **d}
+
+    @property
+    def all_packages(self) -> list[PackageEntry]:
+        """Both parts: the conda packages, then the pip part's."""
+        return [*self.packages, *self.pypi_packages]
+
+    def can_import(self, module: str) -> bool:
+        """Whether the env could import MODULE at publish (older records: a package of that name, either kind)."""
+        if self.imports is not None:
+            return module in self.imports
+        return any(p.name == module.lower() for p in self.all_packages)
 
     @property
     def python_version(self) -> str | None:
@@ -179,7 +201,8 @@ def record_from_json(data: Any, path: Path, *, filed: bool = False) -> EnvRecord
     extra = {k: data.pop(k) for k in list(data) if k not in _RECORD_FIELDS or k == "extra"}
     try:
         pkgs = [_package_from_json(p) for p in data.pop("packages")]
-        return EnvRecord(packages=pkgs, extra=extra, **data)
+        pypi = [_package_from_json(p) for p in data.pop("pypi_packages", None) or []]
+        return EnvRecord(packages=pkgs, pypi_packages=pypi, extra=extra, **data)
     except (TypeError, KeyError, AttributeError) as exc:  # a package entry that is not one
         raise CpkgsError(f"{path}: damaged record ({type(exc).__name__}: {exc})") from None
 
@@ -191,6 +214,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "virtual_packages": dict, "retired": (dict, type(None)), "removed": (dict, type(None)),
     "unsealed": (dict, type(None)), "activation": (dict, type(None)), "size": int, "file_count": int,
     "created": str, "variables": dict, "family": str, "version": str, "channel_urls": dict,
+    "pypi_packages": list, "pip": (dict, type(None)), "imports": (list, type(None)),
 }
 
 

@@ -43,6 +43,9 @@ class Spec:
 
 VARIABLE_COMMENT = "# variable:"
 CHANNEL_COMMENT = "# channel:"
+# "# pip-lock: N packages, sha256 HEX; ..." in an explicit file of an env with a pip part: its pins are in the
+# companion file (`cpkgs export NAME --format pip`), which `new-env --lock` then needs with --pip-lock.
+PIP_LOCK_COMMENT = "# pip-lock:"
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # conda's only reserved env var (conda/base/constants.py RESERVED_ENV_VARS): conda warns and ignores it
 # (conda/core/prefix_data.py `_ensure_no_reserved_env_vars`, conda/activate.py).
@@ -138,6 +141,8 @@ class ExplicitLock:
     # "# channel: NAME URL" comment lines: the channel name each package URL's base stands for (base URL -> name),
     # so that a site mirroring NAME elsewhere finds the packages there.
     channels: dict[str, str] = field(default_factory=dict)
+    # (packages, sha256 of the companion pip lock) when the env had a pip part, else None
+    pip_lock: tuple[int, str] | None = None
 
 
 # conda's MatchSpec drops a bracket section that holds no key=value pair: `dask[complete]` is `dask`
@@ -382,9 +387,13 @@ def read_explicit(path: Path) -> ExplicitLock:
     first_line: dict[str, tuple[int, str]] = {}  # package name -> (line, file name)
     variables: dict[str, str] = {}
     channels: dict[str, str] = {}
+    pip_lock = None
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line:
+            continue
+        if line.startswith(PIP_LOCK_COMMENT):
+            pip_lock = _pip_lock_comment(path, n, line)
             continue
         if line.startswith("#"):
             named = _lock_comment(path, n, raw, variables, channels)
@@ -401,7 +410,15 @@ def read_explicit(path: Path) -> ExplicitLock:
     if not pkgs:
         raise SpecError(f"lock file {path}: lists no packages")
     return ExplicitLock(path=str(path), platform=platform, packages=tuple(pkgs),
-                        variables=check_variables(variables, f"lock file {path}"), channels=channels)
+                        variables=check_variables(variables, f"lock file {path}"), channels=channels,
+                        pip_lock=pip_lock)
+
+
+def _pip_lock_comment(path: Path, n: int, line: str) -> tuple[int, str]:
+    m = re.match(re.escape(PIP_LOCK_COMMENT) + r" (\d+) packages?, sha256 ([0-9a-f]{64})\b", line)
+    if m is None:
+        raise SpecError(f"lock file {path} line {n}: expected '{PIP_LOCK_COMMENT} N packages, sha256 HEX'")
+    return int(m.group(1)), m.group(2)
 
 
 def _lock_comment(path: Path, n: int, raw: str, variables: dict[str, str], channels: dict[str, str]) -> str | None:
@@ -469,9 +486,11 @@ def check_sources(
         raise UsageError(f"--from OLD starts from OLD's specs; give more with --add, not as arguments ({specs[0]})")
 
 
-def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None) -> str:
+def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str, str] | None = None,
+                  pip_lock: str | None = None, name: str = "NAME") -> str:
     """A conda explicit file; the env's spec-file variables and the names of the channels its URLs stand for ride
-    along as comments (conda skips them, read_explicit reads them back)."""
+    along as comments (conda skips them, read_explicit reads them back), and for an env with a pip part (PIP_LOCK:
+    the text of its companion lock) the count and hash of its pins."""
     named = {}
     for p in packages:
         base = p.url.rsplit("/", 2)[0]
@@ -481,9 +500,17 @@ def explicit_text(packages: list[PackageEntry], subdir: str, variables: dict[str
         "# This file may be used to create an environment using: cpkgs new-env NAME --lock FILE",
         f"# platform: {subdir}",
         *(f"{VARIABLE_COMMENT} {k}={v}" for k, v in (variables or {}).items()),
-        *(f"{CHANNEL_COMMENT} {name} {base}" for base, name in named.items()),
+        *(f"{CHANNEL_COMMENT} {channel} {base}" for base, channel in named.items()),
+        *([pip_lock_comment(pip_lock, name)] if pip_lock else []),
         "@EXPLICIT",
     ]
     for p in packages:
         lines.append(f"{p.url}#{p.sha256}" if p.sha256 else (f"{p.url}#{p.md5}" if p.md5 else p.url))
     return "\n".join(lines) + "\n"
+
+
+def pip_lock_comment(text: str, name: str) -> str:
+    n = sum(1 for line in text.splitlines() if re.match(r"[A-Za-z0-9]", line))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return (f"{PIP_LOCK_COMMENT} {n} package{'s' if n != 1 else ''}, sha256 {digest}; the pip part's pins: "
+            f"cpkgs export {name} --format pip > FILE, then new-env --lock THIS --pip-lock FILE")

@@ -252,7 +252,7 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
         base_prefix=prefix,
         python=xy,
         installation=installation,
-        has_pip=rec.package("pip") is not None,
+        has_pip=rec.can_import("pip"),
         notice=notice,
     )
 

@@ -93,7 +93,7 @@ def usage(site: Site, rec: EnvRecord) -> list[tuple[str, str]]:
         ("csh, tcsh", f"source {csh}\nconda activate {rec.name}"),
         ("Environment modules (after sourcing the profile above)", f"module load {rec.family}/{rec.version}"),
     ]
-    if wants_kernel(rec.packages):
+    if wants_kernel(rec.all_packages):
         out.append(("Jupyter kernels", f"{rec.name}\n{rec.name} (user site)"))
     out += [
         ("Your own packages on top of it",

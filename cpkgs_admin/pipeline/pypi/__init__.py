@@ -1,19 +1,18 @@
 """The pip part of an env (environment.yml's `pip:` section), self-contained: parse, lock, install, record, verify.
 
-What the new-env pipeline calls, step by step (DESIGN.md "Environment lifecycle"):
-
-1. spec         requirements.parse_pip_section(items, spec_file) -> PipRequest
-                config.pypi_config_from_mapping(data.get("pypi"), source) -> PypiConfig   (cpkgs.yaml)
-2. solve+stage  target.target_python(staging, final) -> TargetPython      (after rattler installed the conda part)
-                resolve.lock_pip(request, target, config, store=, cache_dir=, work_dir=) -> PipLock
-                resolve.lock_from_file(record.read_lock_text(path), target, config, ...) -> PipLock   (--lock)
-4. pip part     install.install_pip(lock, target, cache_dir=, work_dir=, hard_links=) -> list[PypiPackage]
-5. post-process record.lock_text(packages, lock.options, name) -> the companion requirements file
-                PypiPackage.to_json() -> the env record's `"kind": "pypi"` entries
-6. verify       verify.pip_expected_files(prefix) -> entries to merge with verify.expected_files
-                verify.records_digest(prefix) -> keep beside meta_sha256
-export/mirror   record.mirror_wheels(packages, store, dest, layout="find-links"|"simple") -> IndexOptions
-kernels etc.    inventory.provides(prefix, "ipykernel") / provides(prefix, "IPython", module=True)
+The pipeline's calls (pipeline/pip.py, DESIGN.md "Environment lifecycle") go through part.py:
+1. spec         part.plan_pip_part(lines, spec dir, source, cpkgs.yaml pypi:, pip_lock=, pip_index=) -> PipPlan
+                (requirements.parse_pip_section, resolve.check_policy; record.read_lock_text for --pip-lock)
+2. dry run      part.dry_run_pip_part(plan, target.target_for_paths(...), inventory.distributions_from_paths(...))
+4. pip part     part.build_pip_part(plan, target.target_for_prefix(staging, final, platform, native=), store=,
+                cache_dir=, work_dir=, hard_links=) -> PipPart: resolve.lock_pip / lock_from_file (uv, for the env's
+                python version and platform: target.python_platform), artifacts.wheel_for (download or isolated
+                build into store.WheelStore), install.install_pip (uv natively, `installer` for another platform),
+                bytecode.compile_pip_part
+5. post-process record.lock_text -> conda-meta/cpkgs/pip-lock.txt; verify.pip_manifest -> conda-meta/cpkgs/pypi.json
+6. verify       integrity.pipfiles (every RECORD at pypi.json's hash, every file at its RECORD's)
+mirror          record.mirror_wheels(packages, store, dest, layout="simple")
+When uv fails, availability.missing_requirements names every requirement no location lists.
 
 Nothing here imports click or exits; every failure is a PipError (a SpecError) with one line naming what is wrong.
 `packaging` is imported inside the functions that parse requirements, versions and file names: 35 ms to import

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -56,13 +57,23 @@ def wheel_for(name: str, version: str, art: Artifact, *, store: WheelStore, targ
     if not allow_build:
         raise PipError(f"pip: {name} {version} has no wheel for this env's python and building from source is "
                        "off (cpkgs.yaml pypi.build_from_source: false)")
+    # A source built before for the same python and platform gives the wheel built then: envs built from one
+    # sdist or commit hold the same bytes (builds are not reproducible: a zip's timestamps differ).
+    for_target = f"{target.full_version} {target.platform.triple}"
     if art.kind in ("sdist", "archive"):
         sdist, sha = store.download(art.url, art.sha256)
-        built, _sha = store.add(_build(sdist, name, version, target, opts, cache_dir, work_dir))
+        built = store.built(f"sdist {sha} {for_target}")
+        if built is None:
+            built, wheel_sha = store.add(_build(sdist, name, version, target, opts, cache_dir, work_dir))
+            store.remember_built(f"sdist {sha} {for_target}", wheel_sha)
         return built, Source(kind="sdist", url=art.url, sha256=sha)
     if art.kind == "vcs":
-        src = _checkout(art, name, work_dir)
-        built, _sha = store.add(_build(src, name, version, target, opts, cache_dir, work_dir))
+        key = f"vcs {art.url} {art.commit} {art.subdirectory or ''} {for_target}"
+        built = store.built(key) if art.commit else None
+        if built is None:
+            src = _checkout(art, name, work_dir)
+            built, wheel_sha = store.add(_build(src, name, version, target, opts, cache_dir, work_dir))
+            store.remember_built(key, wheel_sha)
         return built, Source(kind="vcs", url=art.url if art.url.startswith("git+") else f"git+{art.url}",
                              commit=art.commit, requested_revision=art.requested_revision,
                              subdirectory=art.subdirectory)
@@ -111,12 +122,20 @@ def _build(src: Path, name: str, version: str, target: TargetPython, opts: Index
     out = work_dir / f"built-{canonical(name)}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    run_uv(["build", "--no-config", "--wheel", "--out-dir", str(out), "--python", str(target.executable),
+    # The env's own python builds, so a compiled extension fits its ABI; an env for another platform cannot run
+    # its python here: cpkgs' own builds, and only a pure wheel (no compiled code, no platform tag) is kept.
+    python = str(target.executable) if target.native else sys.executable
+    run_uv(["build", "--no-config", "--wheel", "--out-dir", str(out), "--python", python,
             "--cache-dir", str(cache_dir), *index_args(opts), str(src)], what=f"building {name} {version}")
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
         raise PipError(f"pip: building {name} {version} gave {len(wheels)} wheels, expected one")
-    got_name, got_version, _b, _t = parse_wheel_filename(wheels[0].name)
+    got_name, got_version, _b, tags = parse_wheel_filename(wheels[0].name)
     if canonical(got_name) != canonical(name) or got_version != Version(version):
         raise PipError(f"pip: building {name} {version} gave {wheels[0].name}")
+    if not target.native and any(t.abi != "none" or t.platform != "any" for t in tags):
+        raise PipError(f"pip: {name} {version} has no wheel for {target.platform.subdir} (python {target.version}) "
+                       f"and its source builds a platform wheel ({wheels[0].name}), which cannot be made for "
+                       f"{target.platform.subdir} on this host: build it on a {target.platform.subdir} host and list "
+                       "the wheel")
     return wheels[0]

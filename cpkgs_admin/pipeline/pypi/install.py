@@ -18,13 +18,20 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
+from installer import install
+from installer.destinations import SchemeDictionaryDestination
+from installer.exceptions import InstallerError
+from installer.sources import WheelFile
+
 from cpkgs_admin.errors import PipError
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
 from cpkgs_admin.pipeline.pypi.record import PypiPackage
-from cpkgs_admin.pipeline.pypi.resolve import PipLock, scheme_of
+from cpkgs_admin.pipeline.pypi.resolve import PipLock
+from cpkgs_admin.pipeline.pypi.store import sha256_path
 from cpkgs_admin.pipeline.pypi.target import TargetPython
 from cpkgs_admin.pipeline.pypi.uvtool import run_uv
-from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, format_record, read_record, record_hash, wheel_contents
+from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, format_record, record_hash, wheel_contents
 
 # Longest '#!' line pip and uv write as is: Linux before 5.1 (BINPRM_BUF_SIZE 128) and other systems cut longer ones.
 SHEBANG_MAX = 127
@@ -33,12 +40,26 @@ SHEBANG_MAX = 127
 def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_dir: Path, hard_links: bool = False,
                 inventory: EnvInventory | None = None) -> list[PypiPackage]:
     """Install LOCK into TARGET.staging; return its packages with their dist-info paths. HARD_LINKS: files may be
-    hard links into uv's cache (only when that cache is as admin-only as the conda one:
-    pipeline.plan.cache_is_admin_only)."""
+    hard links into uv's cache (only when that cache is as admin-only as the conda one: build.cache_is_admin_only).
+    An env of this host's platform is installed by uv with its own python; another platform's by `installer`, which
+    runs nothing of the env. Either way the scripts are then re-headed for the final prefix (finish_dist)."""
     if not lock.packages:
         return []
     inv = inventory or EnvInventory(target.staging)
     contents = check_clobber(lock, target, inv)
+    if target.native:
+        _install_uv(lock, target, cache_dir, work_dir, hard_links)
+    else:
+        _install_foreign(lock, target)
+    out = []
+    for p in lock.packages:
+        dist_info = contents[p.name].dist_info
+        finish_dist(target, dist_info, p)
+        out.append(replace(p, dist_info=dist_info))
+    return out
+
+
+def _install_uv(lock: PipLock, target: TargetPython, cache_dir: Path, work_dir: Path, hard_links: bool) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     pinned = "".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n" for p in lock.packages)
     (work_dir / "locked.txt").write_text(pinned)
@@ -50,12 +71,30 @@ def install_pip(lock: PipLock, target: TargetPython, *, cache_dir: Path, work_di
             "--no-index", *links, "--no-build", "--break-system-packages", "--cache-dir", str(cache_dir),
             "--link-mode", "hardlink" if hard_links else "copy", "-r", str(work_dir / "locked.txt")],
            what="installing the pip part")
-    out = []
+
+
+def _install_foreign(lock: PipLock, target: TargetPython) -> None:
+    """An env for another platform (an osx-arm64 env built on Linux): its python cannot run here, so uv (which asks
+    the interpreter) cannot install; pypa's `installer` writes each wheel by the scheme read from the staged files.
+    Scripts name the staging python here, like uv's, and are re-headed by finish_dist. The wheel's hashes are
+    checked against the lock first (installer checks each member against the wheel's RECORD as it writes)."""
+    scheme = target.scheme()
+    dest = SchemeDictionaryDestination(
+        {"purelib": str(target.staging / scheme["purelib"]), "platlib": str(target.staging / scheme["platlib"]),
+         "scripts": str(target.staging / scheme["scripts"]), "data": str(target.staging / scheme["data"]),
+         "headers": str(target.staging / scheme["include"])},
+        interpreter=str(target.executable), script_kind="posix")
     for p in lock.packages:
-        dist_info = contents[p.name].dist_info
-        finish_dist(target, dist_info, p)
-        out.append(replace(p, dist_info=dist_info))
-    return out
+        wheel = lock.wheels[p.name]
+        if sha256_path(wheel) != p.sha256:
+            raise PipError(f"pip: {wheel.name} no longer has the sha256 it was locked with ({p.sha256})")
+        meta = {"INSTALLER": b"cpkgs\n", **({"REQUESTED": b""} if p.requested else {})}
+        try:
+            with WheelFile.open(wheel) as source:
+                source.validate_record()
+                install(source, dest, additional_metadata=meta)
+        except (InstallerError, ValueError, OSError) as exc:
+            raise PipError(f"pip: installing {wheel.name}: {exc}") from None
 
 
 def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dict[str, WheelContents]:
@@ -64,7 +103,7 @@ def check_clobber(lock: PipLock, target: TargetPython, inv: EnvInventory) -> dic
     claimed: dict[str, PypiPackage] = {}
     contents: dict[str, WheelContents] = {}
     for p in lock.packages:
-        c = lock.contents.get(p.name) or wheel_contents(lock.wheels[p.name], scheme_of(target), p.name, p.version)
+        c = lock.contents.get(p.name) or wheel_contents(lock.wheels[p.name], target.scheme(), p.name, p.version)
         contents[p.name] = c
         for rel in c.paths:
             owner = inv.owners.get(rel)
@@ -123,7 +162,7 @@ def retarget_script(data: bytes, old: str, new: str) -> bytes | None:
     return None
 
 
-def _replace_file(path: Path, data: bytes, mode: int) -> None:
+def replace_file(path: Path, data: bytes, mode: int) -> None:
     """A new inode with DATA (never a write through a hard link into uv's cache)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -149,18 +188,23 @@ def finish_dist(target: TargetPython, dist_info: str, pkg: PypiPackage) -> None:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             continue
+        # pip and uv make everything they put into bin/ executable, whatever mode the wheel's zip entry had;
+        # `installer` keeps the zip's mode.
+        mode = stat.S_IMODE(st.st_mode) | 0o111
         with open(path, "rb") as fh:
             data = fh.read()
         new_data = retarget_script(data, old, new)
         if new_data is not None:
-            _replace_file(Path(path), new_data, stat.S_IMODE(st.st_mode))
+            replace_file(Path(path), new_data, mode)
             row[1:] = [record_hash(new_data), str(len(new_data))]
             changed = True
+        elif mode != stat.S_IMODE(st.st_mode):
+            os.chmod(path, mode)
     extra = {}
     direct = direct_url(pkg)
     if direct is not None:
         data = (json.dumps(direct, sort_keys=True) + "\n").encode()
-        _replace_file(d / "direct_url.json", data, 0o644)
+        replace_file(d / "direct_url.json", data, 0o644)
         extra[posixpath.relpath(f"{dist_info}/direct_url.json", site)] = [record_hash(data), str(len(data))]
     requested = posixpath.relpath(f"{dist_info}/REQUESTED", site)
     if not pkg.requested and any(r[0] == requested for r in rows):
@@ -176,7 +220,7 @@ def finish_dist(target: TargetPython, dist_info: str, pkg: PypiPackage) -> None:
         text = format_record(rows)
         if old in text:
             raise PipError(f"pip: {dist_info}/RECORD names the staging dir {target.staging}")
-        _replace_file(d / "RECORD", text.encode(), 0o644)
+        replace_file(d / "RECORD", text.encode(), 0o644)
 
 
 def direct_url(pkg: PypiPackage) -> dict[str, object] | None:

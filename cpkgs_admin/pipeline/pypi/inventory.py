@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.integrity.manifest import read_conda_meta
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.pypi.requirements import canonical
-from cpkgs_admin.pipeline.pypi.wheelfile import headers, read_record
+from cpkgs_admin.pipeline.pypi.wheelfile import headers
 
 _SITE_GLOBS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/site-packages")
+# A distribution's metadata in a package's file list: name-version.dist-info/METADATA, an egg-info dir's PKG-INFO, or
+# an old single-file name-version[-pyX.Y].egg-info.
+_META_PATH = re.compile(r"(?P<dir>lib/(?:python3[^/]*/)?(?:site|dist)-packages/"
+                        r"(?P<stem>[^/]+)\.(?P<kind>dist|egg)-info)(?:/(?:METADATA|PKG-INFO))?\Z")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,26 @@ def conda_owners(meta: Iterable[tuple[Path, bytes, Any]]) -> dict[str, tuple[str
             if isinstance(rel, str):
                 out.setdefault(rel, who)
     return out
+
+
+def distributions_from_paths(packages: Iterable[tuple[str, str, Iterable[str]]]) -> list[Distribution]:
+    """The distributions conda packages will install, from their file lists ((conda name, version, paths) each):
+    name and version from the metadata directory's name (PEP 427 / setuptools escaping), for the dry run, which
+    stages nothing to read METADATA from."""
+    out: dict[str, Distribution] = {}
+    for conda_name, conda_version, paths in packages:
+        for p in paths:
+            m = _META_PATH.match(p)
+            if m is None or (m.group("kind") == "dist" and not p.endswith("/METADATA")):
+                continue
+            parts = m.group("stem").split("-")
+            if len(parts) < 2 or not parts[0] or not parts[1]:
+                continue
+            name = canonical(parts[0])
+            out.setdefault(name, Distribution(name=name, display_name=parts[0], version=parts[1],
+                                              metadata_dir=m.group("dir"), conda_package=conda_name,
+                                              conda_version=conda_version))
+    return list(out.values())
 
 
 class EnvInventory:

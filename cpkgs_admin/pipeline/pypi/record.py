@@ -69,6 +69,25 @@ class PypiPackage:
     source: Source | None = None
     dist_info: str = ""  # prefix-relative .dist-info, once installed
 
+    @property
+    def shown_source(self) -> str:
+        """Where it came from, as tables show it (the channel column): the index or find-links location, a git
+        URL at its commit, or the wheel's URL."""
+        if self.source is not None and self.source.kind == "vcs":
+            return self.source.pinned_url()
+        if self.source is not None and self.source.kind == "url":
+            return self.url
+        return self.index or self.url
+
+    def pin(self) -> str:
+        """An exact requirement line for it (`export --format yaml`): name==version, or the pinned git commit or
+        wheel URL it was built or taken from."""
+        if self.source is not None and self.source.kind == "vcs":
+            return f"{self.name} @ {self.source.pinned_url()}"
+        if self.source is not None and self.source.kind == "url":
+            return f"{self.name} @ {self.url}"
+        return f"{self.name}=={self.version}"
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": "pypi", "name": self.name, "version": self.version, "filename": self.filename,
                              "sha256": self.sha256, "url": self.url, "index": self.index,

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pipeline.pypi.config import index_url_problem
+from cpkgs_admin.site.pypi_config import index_url_problem
 
 WHEEL_EXT = ".whl"
 SDIST_EXTS = (".tar.gz", ".zip", ".tar.bz2", ".tgz")
@@ -240,6 +240,9 @@ def parse_requirement(text: str, where: str, base: Path, hashes: tuple[str, ...]
     try:
         req = Requirement(s)
     except InvalidRequirement as exc:
+        if "/" in s and not named:  # pip's reading too: a path, to a file or directory that is not there
+            missing = Path(os.path.abspath(base / os.path.expanduser(s.split(";")[0].strip())))
+            raise PipError(f"pip: {where}: {s!r} looks like a path, but {missing} does not exist") from None
         detail = str(exc).splitlines()[0] if str(exc) else "invalid"
         raise PipError(f"pip: {where}: invalid requirement {s!r}: {detail}") from None
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""

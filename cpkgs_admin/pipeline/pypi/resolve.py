@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import sys
 import tomllib
 import zipfile
 from collections.abc import Iterable
@@ -20,7 +22,7 @@ from typing import Any
 
 from cpkgs_admin.errors import PipError
 from cpkgs_admin.pipeline.pypi.artifacts import Artifact, index_args, wheel_for
-from cpkgs_admin.pipeline.pypi.config import PypiConfig
+from cpkgs_admin.pipeline.pypi.availability import missing_message, missing_requirements
 from cpkgs_admin.pipeline.pypi.inventory import Distribution, EnvInventory
 from cpkgs_admin.pipeline.pypi.record import LockedRequirements, LockEntry, PypiPackage, Source
 from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest, PipRequirement, canonical
@@ -28,6 +30,7 @@ from cpkgs_admin.pipeline.pypi.store import WheelStore, sha256_path
 from cpkgs_admin.pipeline.pypi.target import TargetPython
 from cpkgs_admin.pipeline.pypi.uvtool import UvFailed, run_uv
 from cpkgs_admin.pipeline.pypi.wheelfile import WheelContents, wheel_contents
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 REQUIREMENTS_IN = "requirements.in"
 
@@ -43,14 +46,9 @@ class PipLock:
     contents: dict[str, WheelContents] = field(default_factory=dict)
 
 
-def scheme_of(target: TargetPython) -> dict[str, str]:
-    return {"purelib": target.purelib, "platlib": target.platlib, "scripts": target.scripts, "data": target.data,
-            "include": target.include}
-
-
 def _locked(packages: list[PypiPackage], wheels: dict[str, Path], opts: IndexOptions,
             target: TargetPython) -> PipLock:
-    scheme = scheme_of(target)
+    scheme = target.scheme()
     contents = {p.name: wheel_contents(wheels[p.name], scheme, p.name, p.version) for p in packages}
     return PipLock(packages=tuple(packages), wheels=wheels, options=opts, contents=contents)
 
@@ -82,34 +80,71 @@ def effective_options(config: PypiConfig, spec: IndexOptions) -> IndexOptions:
     )
 
 
-def lock_pip(request: PipRequest, target: TargetPython, config: PypiConfig, *, store: WheelStore, cache_dir: Path,
-             work_dir: Path, inventory: EnvInventory | None = None) -> PipLock:
-    """Resolve REQUEST for TARGET's python against the conda distributions staged there; fetch or build each wheel.
-    WORK_DIR: a private scratch directory (kept by the caller or removed)."""
+def check_policy(request: PipRequest, config: PypiConfig) -> IndexOptions:
+    """Step 1: the site's `pypi:` rules for REQUEST (pip sections allowed, the spec's own indexes, builds from
+    source); the locations it resolves against."""
     opts = effective_options(config, request.options)
     if not config.build_from_source:
         for r in request.requirements:
             if r.kind == "vcs" or r.sdist:
                 raise PipError(f"pip: {r.where}: {r.text!r} needs a build from source, which this site does not "
                                "allow (cpkgs.yaml pypi.build_from_source: false)")
+    return opts
+
+
+@dataclass(frozen=True)
+class ResolvedPin:
+    """One package of a resolution that fetched nothing (the dry run)."""
+
+    name: str
+    version: str
+    index: str | None
+    requested: bool
+    requirement: str | None
+
+
+def lock_pip(request: PipRequest, target: TargetPython, config: PypiConfig, *, store: WheelStore, cache_dir: Path,
+             work_dir: Path, inventory: EnvInventory | None = None) -> PipLock:
+    """Resolve REQUEST for TARGET's python against the conda distributions staged there; fetch or build each wheel.
+    WORK_DIR: a private scratch directory (kept by the caller or removed)."""
+    opts = check_policy(request, config)
     inv = inventory or EnvInventory(target.staging)
-    provided = _provided(inv)
-    unpinnable = sorted({d.name for d in inv.conda_distributions()} - set(provided))
+    pins = _resolve(request, target, opts, inv.conda_distributions(), cache_dir, work_dir, config.build_from_source)
+    return _fetch(pins, request, target, opts, store, cache_dir, work_dir, config.build_from_source)
+
+
+def resolve_pip(request: PipRequest, target: TargetPython, config: PypiConfig, *, conda: list[Distribution],
+                cache_dir: Path, work_dir: Path) -> list[ResolvedPin]:
+    """The dry run's resolution: against CONDA (the distributions the conda part will install, from its packages'
+    file lists), nothing fetched (uv reads the indexes' metadata; an sdist's metadata may be built)."""
+    opts = check_policy(request, config)
+    pins = _resolve(request, target, opts, conda, cache_dir, work_dir, config.build_from_source)
+    asked = {r.name: r for r in request.requirements if r.name}
+    out = []
+    for p in pins:
+        req = asked.get(p.name) or _unnamed(request.requirements, p)
+        out.append(ResolvedPin(p.name, p.version, p.index, req is not None, req.text if req else None))
+    return out
+
+
+def _resolve(request: PipRequest, target: TargetPython, opts: IndexOptions, conda: list[Distribution],
+             cache_dir: Path, work_dir: Path, allow_build: bool) -> list[_Pin]:
+    provided = _provided(conda)
+    unpinnable = sorted({d.name for d in conda} - set(provided))
     for r in request.requirements:
         if r.name in provided and r.kind != "index":
             d = provided[r.name]
             raise PipError(f"pip: {r.where}: {r.text!r} would replace {d.display_name} {d.version} of the conda "
                            f"package {d.conda_package} {d.conda_version}; pip may not replace conda's files")
     work_dir.mkdir(parents=True, exist_ok=True)
-    pins = _compile(request, target, opts, provided, unpinnable, cache_dir, work_dir, config.build_from_source)
-    return _fetch(pins, request, target, opts, store, cache_dir, work_dir, config.build_from_source)
+    return _compile(request, target, opts, provided, unpinnable, cache_dir, work_dir, allow_build)
 
 
-def _provided(inv: EnvInventory) -> dict[str, Distribution]:
+def _provided(conda: list[Distribution]) -> dict[str, Distribution]:
     from packaging.version import InvalidVersion, Version  # noqa: PLC0415  (packaging: see __init__)
 
     out = {}
-    for d in inv.conda_distributions():
+    for d in conda:
         try:
             Version(d.version)
         except InvalidVersion:
@@ -159,11 +194,23 @@ def _stub_wheel(stubs: Path, d: Distribution) -> None:
         zf.writestr(f"{di}/RECORD", "\n".join([*rows, f"{di}/RECORD,,"]) + "\n")
 
 
+def target_args(target: TargetPython) -> list[str]:
+    """What uv resolves for: the env's python version and platform, never its interpreter (a dry run has none staged,
+    an osx-arm64 env's cannot run here). cpkgs' own interpreter only serves uv for building sdists' metadata; where
+    this user cannot resolve its real path (uv canonicalizes it), uv takes the first python on PATH for that."""
+    try:
+        os.path.realpath(sys.executable, strict=True)
+        python = ["--python", sys.executable]
+    except OSError:
+        python = []
+    return [*python, "--python-version", target.full_version, *target.platform.uv_args()]
+
+
 def _compile_args(target: TargetPython, opts: IndexOptions, cache_dir: Path, work: Path, out: str,
                   allow_build: bool) -> list[str]:
     # uv pip compile takes an existing output file's pins as preferences (pip-compile's habit): start from none.
     (work / out).unlink(missing_ok=True)
-    args = ["pip", "compile", str(work / REQUIREMENTS_IN), "--python", str(target.executable), "--cache-dir",
+    args = ["pip", "compile", str(work / REQUIREMENTS_IN), *target_args(target), "--cache-dir",
             str(cache_dir), "-o", str(work / out), "--no-header", "--annotation-style", "line",
             "--emit-index-annotation", *index_args(opts)]
     if opts.pre:
@@ -179,8 +226,11 @@ def _compile(request: PipRequest, target: TargetPython, opts: IndexOptions, prov
     no_emit = [a for d in provided.values() for a in ("--no-emit-package", d.name)]
     try:
         run_uv([*_compile_args(target, opts, cache_dir, work, "resolved.txt", allow_build), *extra, *no_emit],
-               what="resolving the pip requirements")
+               what="resolving the pip requirements", env=target.platform.environ())
     except UvFailed as failed:
+        missing = missing_requirements(request.requirements, opts)
+        if missing:
+            raise PipError(missing_message(missing, opts)) from None
         _diagnose(request, target, opts, provided, cache_dir, work, failed, allow_build)
         raise
     pins = _read_resolved((work / "resolved.txt").read_text())
@@ -196,7 +246,7 @@ def _diagnose(request: PipRequest, target: TargetPython, opts: IndexOptions, pro
     extra = _write_inputs(request, provided, [], free, with_conda=False)
     try:
         run_uv([*_compile_args(target, opts, cache_dir, free, "resolved.txt", allow_build), *extra],
-               what="resolving the pip requirements")
+               what="resolving the pip requirements", env=target.platform.environ())
     except UvFailed as alone:
         raise PipError(f"pip: cannot resolve the pip requirements: {alone.reason}") from None
     pins = {p.name: p for p in _read_resolved((free / "resolved.txt").read_text())}
@@ -268,10 +318,10 @@ def _artifacts(pins: list[_Pin], target: TargetPython, opts: IndexOptions, cache
     (sub / REQUIREMENTS_IN).write_text("".join(p.line + "\n" for p in pins))
     (sub / "uv.toml").write_text("\n")
     (sub / "pylock.toml").unlink(missing_ok=True)
-    run_uv(["pip", "compile", str(sub / REQUIREMENTS_IN), "--python", str(target.executable), "--cache-dir",
+    run_uv(["pip", "compile", str(sub / REQUIREMENTS_IN), *target_args(target), "--cache-dir",
             str(cache_dir), "--no-deps", "--config-file", str(sub / "uv.toml"), "-o", str(sub / "pylock.toml"),
             *index_args(opts), *(["--prerelease", "allow"] if opts.pre else [])],
-           what="locating the pinned pip packages")
+           what="locating the pinned pip packages", env=target.platform.environ())
     data = tomllib.loads((sub / "pylock.toml").read_text())
     out: dict[str, tuple[str, Artifact]] = {}
     for pkg in data.get("packages", []):

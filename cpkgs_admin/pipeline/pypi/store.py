@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from cpkgs_admin.errors import PipError
 
 _SHA = re.compile(r"[0-9a-f]{64}\Z")
+BUILT_DIR = ".built"  # source key (hashed) -> the sha256 of the wheel built from it
 _CHUNK = 1 << 20
 
 
@@ -113,6 +114,24 @@ class WheelStore:
         os.chmod(tmp, self.file_mode)
         os.replace(tmp, final)
         return final, got
+
+    def built(self, key: str) -> Path | None:
+        """The wheel remembered for KEY (a source at one commit or hash, for one python and platform), if it is
+        still in the store."""
+        try:
+            sha = (self.root / BUILT_DIR / hashlib.sha256(key.encode()).hexdigest()).read_text().strip()
+        except OSError:
+            return None
+        return self.get(sha)
+
+    def remember_built(self, key: str, sha256: str) -> None:
+        d = self.root / BUILT_DIR
+        self._mkdir(d)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".built-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(sha256 + "\n")
+        os.chmod(tmp, self.file_mode)
+        os.replace(tmp, d / hashlib.sha256(key.encode()).hexdigest())
 
     def copy_out(self, sha256: str, dest: Path) -> Path:
         src = self.get(sha256)

@@ -16,7 +16,9 @@ from cpkgs_admin.errors import PipError
 
 # Variables that would steer uv, pip (inside isolated builds) or the target interpreter away from what cpkgs asks.
 _DROP_PREFIXES = ("UV_", "PIP_")
-_DROP = frozenset({"VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"})
+_DROP = frozenset({"VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+                   # The env's platform decides the macOS wheels (target.PythonPlatform), not the admin's shell.
+                   "MACOSX_DEPLOYMENT_TARGET", "_PYTHON_HOST_PLATFORM", "ARCHFLAGS"})
 
 
 def uv_binary() -> str:
@@ -30,7 +32,7 @@ def uv_binary() -> str:
         raise PipError("the uv package is installed but its binary is missing; reinstall uv") from None
 
 
-def uv_environ() -> dict[str, str]:
+def uv_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP_PREFIXES) and k not in _DROP}
     # Builds run the env's own python: it must not write byte code into the staged stdlib (verify would find the
     # files no package lists).
@@ -38,15 +40,19 @@ def uv_environ() -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env["UV_NO_PROGRESS"] = "1"
     env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.update(extra or {})
     return env
 
 
-def run_uv(args: Sequence[str], *, what: str, cwd: Path | None = None,
-           timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """uv ARGS; a PipError naming WHAT and uv's own reason when it fails."""
+def run_uv(args: Sequence[str], *, what: str, cwd: Path | None = None, timeout: float | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """uv ARGS (ENV: variables to set, e.g. the macOS deployment target); a PipError naming WHAT and uv's own
+    reason when it fails."""
     cmd = [uv_binary(), *args]
+    # Never where the admin stands: uv would take a project's .venv or uv.toml found from the working directory.
+    cwd = cwd or Path("/")
     try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=uv_environ(), cwd=cwd,
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=uv_environ(env), cwd=cwd,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise PipError(f"pip: {what}: uv did not finish within {timeout:.0f}s") from None

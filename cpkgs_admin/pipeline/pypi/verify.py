@@ -2,7 +2,9 @@
 
 `pip_expected_files` gives verify.Expected entries (verify.check_integrity can merge them with conda-meta's, so its
 "unexpected file" check accepts the pip part's files); `check_pip_integrity` runs the check on its own. A RECORD
-cannot vouch for itself: `records_digest` is the hash of all of them, kept in the env record beside meta_sha256.
+cannot vouch for itself: at publish the pipeline writes `conda-meta/cpkgs/pypi.json` (`pip_manifest`: every pip
+distribution's dist-info dir and its RECORD's sha256), which lies inside the sealed metadata verify.meta_digest
+covers; `expected_from_manifest` then expects each RECORD at that hash and every file at its RECORD's.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from pathlib import Path
 
 from cpkgs_admin.integrity.checks import Problem
 from cpkgs_admin.integrity.manifest import Expected, sha256_file
+from cpkgs_admin.integrity.pipfiles import PIP_DIST_PREFIX, expected_pip_files, read_record, record_hex
 from cpkgs_admin.pipeline.pypi.inventory import EnvInventory
-from cpkgs_admin.pipeline.pypi.wheelfile import read_record, record_hex
-
-PIP_DIST_PREFIX = "pypi:"
 
 
 def pip_expected_files(prefix: Path, inventory: EnvInventory | None = None) -> dict[str, Expected]:
@@ -81,3 +81,9 @@ def records_digest(prefix: Path, inventory: EnvInventory | None = None) -> str:
         digest = sha256_file(str(record)) if record.is_file() else "-"
         h.update(f"{dist.metadata_dir}/RECORD".encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
+
+
+
+def expected_from_manifest(prefix: Path, manifest: dict[str, dict[str, str]]) -> dict[str, Expected]:
+    """What the pip part must hold (integrity.pipfiles, which verify.expected_files merges)."""
+    return expected_pip_files(prefix, manifest, Expected)

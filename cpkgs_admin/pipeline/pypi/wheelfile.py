@@ -138,23 +138,6 @@ def record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def record_hex(value: str) -> str | None:
-    """The sha256 hex digest of a RECORD hash field, None when it is empty or another algorithm."""
-    algo, _, digest = value.partition("=")
-    if algo != "sha256" or not digest:
-        return None
-    try:
-        return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
-    except ValueError:
-        return None
-
-
-def read_record(path: Path) -> list[list[str]]:
-    """RECORD rows [path, hash, size] (csv, as pip and uv write it)."""
-    text = path.read_text(encoding="utf-8")
-    return [row for row in csv.reader(io.StringIO(text)) if row]
-
-
 def format_record(rows: list[list[str]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
