@@ -249,7 +249,7 @@ else
                 _cpkgs_name=$_cpkgs_n
                 case $_cpkgs_n in "$_cpkgs_r/$_cpkgs_i/envs/"*) _cpkgs_name=${_cpkgs_n##*/} ;; esac
                 ;;
-            .*)
+            .* | @ENVS_GUARD@)
                 _cpkgs_err="no environment named '$_cpkgs_a' (see 'conda env list')"
                 ;;
             *)
@@ -314,7 +314,7 @@ else
                 for _cpkgs_f in "$_cpkgs_r/$_cpkgs_i/envs/"*; do
                     _cpkgs_f=${_cpkgs_f%/}  # ksh's markdirs option appends a slash to directories
                     _cpkgs_a=${_cpkgs_f##*/}
-                    case $_cpkgs_a in .* | '*') continue ;; esac
+                    case $_cpkgs_a in .* | '*' | @ENVS_GUARD@) continue ;; esac  # (the guard against conda)
                     [ -d "$_cpkgs_f" ] || continue
                     _cpkgs_s=' '
                     if [ "$_cpkgs_f" = "${CONDA_PREFIX-}" ]; then _cpkgs_s='*'; fi
@@ -353,11 +353,11 @@ else
                 _cpkgs_nb=$_cpkgs_n/bin
                 if [ -n "$_cpkgs_nbase" ]; then _cpkgs_nb=$_cpkgs_nb:$_cpkgs_nbase/bin; fi
             fi
-            # 1. the old env's deactivate.d scripts (a layer's own, then its base's), in reverse sorted order
-            # as conda runs them (the mirror of activation: what activated first is undone last).
-            for _cpkgs_d in ${_cpkgs_o:+"$_cpkgs_o"} ${_cpkgs_obase:+"$_cpkgs_obase"}; do
-                __cpkgs_scripts "$_cpkgs_d" deactivate
-            done
+            # 1. the old env's deactivate.d scripts (a layer's own, then its base's, which see the base as
+            # CONDA_PREFIX), in reverse sorted order as conda runs them (the mirror of activation: what activated
+            # first is undone last).
+            if [ -n "$_cpkgs_o" ]; then __cpkgs_scripts "$_cpkgs_o" deactivate; fi
+            if [ -n "$_cpkgs_obase" ]; then __cpkgs_as "$_cpkgs_obase" deactivate "$_cpkgs_o"; fi
             # 2. PATH: drop exactly what the old activation prepended, prepend the new env's entries.
             if [ -n "$_cpkgs_o" ]; then
                 case $PATH in
@@ -399,10 +399,10 @@ else
             elif [ -n "${PS1+x}" ]; then
                 PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
             fi
-            # 4. the new env's activate.d scripts (a layer's base's, then its own), sorted.
-            for _cpkgs_d in ${_cpkgs_nbase:+"$_cpkgs_nbase"} ${_cpkgs_n:+"$_cpkgs_n"}; do
-                __cpkgs_scripts "$_cpkgs_d" activate
-            done
+            # 4. the new env's activate.d scripts (a layer's base's, seeing the base as CONDA_PREFIX, then its
+            # own), sorted.
+            if [ -n "$_cpkgs_nbase" ]; then __cpkgs_as "$_cpkgs_nbase" activate "$_cpkgs_n"; fi
+            if [ -n "$_cpkgs_n" ]; then __cpkgs_scripts "$_cpkgs_n" activate; fi
             if [ -n "$_cpkgs_emit" ]; then __cpkgs_emit_csh; fi
         }
 
@@ -424,17 +424,40 @@ else
             done
         }
 
-        # The script _cpkgs_f of kind _cpkgs_k: sourced (_cpkgs_busy naming it, see conda()), or noted for csh.
+        # A layer's base's KIND.d scripts ($1, $2) with CONDA_PREFIX set to the base, then back to $3 (the layer):
+        # what they set from it (a package's X_HOME="${CONDA_PREFIX}/share/x") points into the base, as it would
+        # with the base activated on its own.
+        __cpkgs_as() {
+            __cpkgs_prefix "$1" "$2"
+            __cpkgs_scripts "$1" "$2"
+            __cpkgs_prefix "$3" "$2"
+        }
+
+        # CONDA_PREFIX=$1 between scripts of kind $2, here or (emit mode) for csh.
+        __cpkgs_prefix() {
+            if [ -z "$_cpkgs_emit" ]; then
+                CONDA_PREFIX=$1
+                export CONDA_PREFIX
+            elif [ "$2" = activate ]; then
+                _cpkgs_post="${_cpkgs_post}setenv CONDA_PREFIX$_cpkgs_t$1$_cpkgs_nl"
+            else
+                _cpkgs_pre="${_cpkgs_pre}setenv CONDA_PREFIX$_cpkgs_t$1$_cpkgs_nl"
+            fi
+        }
+
+        # The script _cpkgs_f of kind _cpkgs_k: sourced (_cpkgs_busy naming it, see conda()), or noted for csh (with
+        # the csh variable _cpkgs_busy naming it while it runs). Scripts cpkgs writes act only when _cpkgs_busy is
+        # set (the spec's variables) or only when it is not (a layer's, for other condas): cpkgs' conda does their
+        # work itself.
         __cpkgs_source() {
             if [ -z "$_cpkgs_emit" ]; then
                 _cpkgs_busy=$_cpkgs_f
                 . "$_cpkgs_f"
                 unset _cpkgs_busy
-            elif [ "$_cpkgs_k" = activate ]; then
-                _cpkgs_post="${_cpkgs_post}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
-            else
-                _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
+                return
             fi
+            _cpkgs_c="set _cpkgs_busy =$_cpkgs_t$_cpkgs_f${_cpkgs_nl}source$_cpkgs_t$_cpkgs_f${_cpkgs_nl}unset _cpkgs_busy$_cpkgs_nl"
+            if [ "$_cpkgs_k" = activate ]; then _cpkgs_post=$_cpkgs_post$_cpkgs_c; else _cpkgs_pre=$_cpkgs_pre$_cpkgs_c; fi
         }
 
     fi

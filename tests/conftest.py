@@ -225,6 +225,18 @@ def conda_channel_url(channel_dir: Path) -> Iterator[str]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _only_probe(path: Path) -> bool:
+    """PATH is an envs dir holding nothing but conda's write probe. conda 26.7.1 run by root makes that in its own
+    (root-writable) prefix on every `-n NAME` of a new env, whatever envs_dirs says: Context.__init__ resolves the
+    name (for the search path's $CONDA_PREFIX) before it has read any condarc (conda/base/context.py
+    Context.__init__, determine_target_prefix; conda/gateways/disk/create.py first_writable_envs_dir). Harmless, and
+    not the test's doing."""
+    try:
+        return path.name == "envs" and {e.name for e in os.scandir(path)} <= {".conda_envs_dir_test"}
+    except OSError:
+        return False
+
+
 class UserConda:
     """The ``conda_root`` conda as a user runs it: as uid 65534 (user=True) or root, confined to one test.
 
@@ -272,24 +284,29 @@ class UserConda:
         """``<root>/bin/conda ARGS``."""
         return self._run([str(self.exe), *args], env, timeout)
 
-    def shell(self, shell: str, script: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    def shell(self, shell: str, script: str, env: dict[str, str] | None = None, timeout: float = 300,
+              before: str = "", hook: bool = True) -> Result:
         """SCRIPT in a real SHELL (bash, zsh, ksh, dash, tcsh, csh) after the hook that `conda init` installs
-        in that shell's rc file; no rc file of the shell is read. csh: one command per line (csh expands
+        in that shell's rc file (BEFORE: lines an rc file runs ahead of the hook; HOOK=False: a shell where
+        this conda was never set up); no rc file of the shell is read. csh: one command per line (csh expands
         aliases such as `conda` line by line)."""
         exe = shlex.quote(str(self.exe))
+        if not hook:
+            flags = {"bash": ["--norc", "--noprofile"], "zsh": ["-f"], "tcsh": ["-f"], "csh": ["-f"]}.get(shell, [])
+            return self._run([shell, *flags, "-c", before + script], env, timeout)
         if shell in ("tcsh", "csh"):
-            hook = f'source "{self.root}/etc/profile.d/conda.csh"\n'
-            cmd = [shell, "-f", "-c", hook + script]
+            hook_line = f'source "{self.root}/etc/profile.d/conda.csh"\n'
+            cmd = [shell, "-f", "-c", before + hook_line + script]
         else:
             dialect = {"bash": "bash", "zsh": "zsh"}.get(shell, "posix")
-            hook = f'eval "$({exe} shell.{dialect} hook)"\n'
+            hook_line = f'eval "$({exe} shell.{dialect} hook)"\n'
             flags = {"bash": ["--norc", "--noprofile"], "zsh": ["-f"]}.get(shell, [])
-            cmd = [shell, *flags, "-c", hook + script]
+            cmd = [shell, *flags, "-c", before + hook_line + script]
         return self._run(cmd, env, timeout)
 
     def close(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
-        leftovers = [d for d in ("envs", "pkgs") if (self.root / d).exists()]
+        leftovers = [d for d in ("envs", "pkgs") if (self.root / d).exists() and not _only_probe(self.root / d)]
         for d in leftovers:
             shutil.rmtree(self.root / d)
         if leftovers:

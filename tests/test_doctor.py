@@ -350,7 +350,8 @@ def test_condarc_entry_as_this_shell_resolves_it(
     dsite = bare_site
     site = open_site(dsite)
     inst = site.installation_name(native_subdir())
-    (_home / ".condarc").write_text(f"envs_dirs: ['{item.format(root=dsite, inst=inst)}']\n")
+    # (your own envs dir first, as link-user writes it: the share first is a finding of its own)
+    (_home / ".condarc").write_text(f"envs_dirs: ['~/.conda/envs', '{item.format(root=dsite, inst=inst)}']\n")
     env = {"HOME": str(_home), "CPKGS_ROOT": str(dsite)}
     if with_var:
         env["CPKGS_INSTALLATION"] = inst

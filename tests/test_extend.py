@@ -95,11 +95,14 @@ def test_extend_makes_a_small_layer_as_any_user(built_site: Path, tmp_path: Path
     assert str(layer) in r.stdout
     assert elapsed < 2.0  # the benchmark holds the real bound (0.3 s); this only catches walking BASE
     # A fixed handful of entries, whatever BASE's size: nothing of BASE is copied or linked file by file; only
-    # its python scripts (here pip's) get a small wrapper each.
+    # its python scripts (here pip's) get a small wrapper each, and the layer its activate.d/deactivate.d scripts
+    # (its base comes along under any conda).
     entries = sorted(str(p.relative_to(layer)) for p in layer.rglob("*"))
     assert entries == [
         "bin", "bin/pip", "bin/pip3", "bin/python", "bin/python3", "bin/python3.11", "conda-meta", "conda-meta/cpkgs",
-        "conda-meta/cpkgs/layer", "etc", "etc/ipython", "etc/ipython/ipython_config.py", "etc/jupyter",
+        "conda-meta/cpkgs/layer", "etc", "etc/conda", "etc/conda/activate.d", "etc/conda/activate.d/00-cpkgs-layer.csh",
+        "etc/conda/activate.d/00-cpkgs-layer.sh", "etc/conda/deactivate.d", "etc/conda/deactivate.d/00-cpkgs-layer.csh",
+        "etc/conda/deactivate.d/00-cpkgs-layer.sh", "etc/ipython", "etc/ipython/ipython_config.py", "etc/jupyter",
         "etc/jupyter/jupyter_notebook_config.py", "etc/jupyter/jupyter_server_config.py",
         "lib", "lib/python3.11", "lib/python3.11/site-packages", "pyvenv.cfg",
     ]

@@ -205,3 +205,35 @@ def test_profiles_source_cleanly_in_bash_and_tcsh(tmp_path: Path) -> None:
     assert r.stdout.strip().endswith("ok"), r
     r = subprocess.run(["tcsh", "-c", f"source {root}/etc/profile.d/conda.csh; echo ok"], capture_output=True, text=True)
     assert r.stdout.strip().endswith("ok"), r
+
+
+def test_init_keeps_users_condas_out_of_the_site(tmp_path: Path) -> None:
+    """The guards (lifecycle/guards.py): `<root>/${CPKGS_INSTALLATION}/` (0500, holding a read-only file `envs`,
+    so no conda can make that envs dir) and `envs/conda-meta/history` (so conda refuses to create or replace an env
+    in envs/). A site made before them gets them from the next init; a place holding something else is a warning,
+    not a failed init."""
+    root = tmp_path / "x"
+    r = run_cpkgs("init", root=root)
+    assert r.returncode == 0, r
+    guard, envs_guard = root / "${CPKGS_INSTALLATION}", root / ENVS / "conda-meta"
+    assert "created ${CPKGS_INSTALLATION}/" in r.stdout and f"created {ENVS}/conda-meta/" in r.stdout, r
+    assert stat.S_IMODE(guard.stat().st_mode) == 0o500 and stat.S_IMODE(envs_guard.stat().st_mode) == 0o555
+    assert (guard / "envs").is_file() and stat.S_IMODE((guard / "envs").stat().st_mode) == 0o444
+    assert (envs_guard / "history").read_bytes() == b""
+    proc = as_nobody(["mkdir", "-p", str(guard / "envs")])
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr, proc
+    for d in (guard, envs_guard):  # a site from before the guards
+        os.chmod(d, 0o755)
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    r = run_cpkgs("init", root=root)
+    assert r.returncode == 0 and "created ${CPKGS_INSTALLATION}/" in r.stdout, r
+    assert (envs_guard / "history").is_file()
+    os.chmod(guard, 0o755)
+    (guard / "envs").unlink()
+    (guard / "envs" / "x").mkdir(parents=True)  # what a conda made where the guard was missing
+    r = run_cpkgs("init", root=root)
+    assert r.returncode == 0, r
+    assert f"{guard / 'envs'} exists and is not cpkgs' guard file" in r.stderr, r
+    assert (guard / "envs" / "x").is_dir()  # left for the admin to look at

@@ -89,15 +89,17 @@ channels:
 changeps1: False
 """
 
-def test_missing_file_is_created_with_just_the_entry(usite: Path, _home: Path) -> None:
+def test_missing_file_is_created_with_your_own_envs_first(usite: Path, _home: Path) -> None:
+    """The new key lists the user's own default (~/.conda/envs) before the share: conda creates new envs in the
+    first envs_dirs entry it can write, which for an admin or root would be the share (#16)."""
     r = run_cpkgs("link-user", root=usite)
     assert r.returncode == 0, r
     path = condarc(_home)
-    assert path.read_text() == f"envs_dirs:  # added by cpkgs link-user\n  - {entry_of(usite)}\n"
+    assert path.read_text() == f"envs_dirs:  # added by cpkgs link-user\n  - ~/.conda/envs\n  - {entry_of(usite)}\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert backups(_home) == []  # nothing existed, nothing to back up
     assert f"created {path}" in r.stdout
-    assert settings(path) == {"envs_dirs": [entry_of(usite)]}
+    assert settings(path) == {"envs_dirs": ["~/.conda/envs", entry_of(usite)]}
     # no lock or temp file left beside it
     assert sorted(p.name for p in _home.iterdir()) == [".condarc"]
 
@@ -141,7 +143,7 @@ def test_absent_key_is_appended_in_the_files_style(usite: Path, _home: Path) -> 
     new = path.read_bytes()
     assert new.startswith(old)
     # this file writes block lists at column 0 under their key: so does the new one
-    assert new[len(old) :] == f"envs_dirs:  # added by cpkgs link-user\n- {entry_of(usite)}\n".encode()
+    assert new[len(old) :] == f"envs_dirs:  # added by cpkgs link-user\n- ~/.conda/envs\n- {entry_of(usite)}\n".encode()
 
 
 @pytest.mark.parametrize(
@@ -240,7 +242,7 @@ def test_condarc_env_var_and_option_choose_the_file(usite: Path, _home: Path, tm
     other = tmp_path / "elsewhere.yml"
     r = run_cpkgs("link-user", root=usite, env={"CONDARC": str(other)})
     assert r.returncode == 0, r
-    assert settings(other)["envs_dirs"] == [entry_of(usite)]
+    assert settings(other)["envs_dirs"] == ["~/.conda/envs", entry_of(usite)]
     assert not condarc(_home).exists()
     third = tmp_path / "third.yml"
     r = run_cpkgs("link-user", "--condarc", str(third), root=usite, env={"CONDARC": str(other)})
@@ -476,25 +478,28 @@ def test_each_os_sharing_the_home_resolves_to_its_own_envs(usite: Path, _home: P
     linux = resolve_as_conda(profile, fake_host(tmp_path, "linux"), rc, tmp_path)
     mac = resolve_as_conda(profile, fake_host(tmp_path, "mac"), rc, tmp_path)
     assert linux["installation"] == "anaconda3_linux" and mac["installation"] == "anaconda3_macOS"
-    assert linux["dirs"] == [str(linux_envs)]
-    assert mac["dirs"] == [str(mac_envs)]
+    own = str(_home / ".conda" / "envs")  # first: conda creates new envs there, never in the share
+    assert linux["dirs"] == [own, str(linux_envs)]
+    assert mac["dirs"] == [own, str(mac_envs)]
 
 
 def test_unset_variable_resolves_to_a_dir_nobody_can_create(usite: Path, _home: Path) -> None:
-    """Without the profile, conda keeps `${CPKGS_INSTALLATION}` literally: that dir does not exist, and a user
-    (uid 65534 here) cannot create it, so conda neither lists nor creates envs there."""
+    """Without the profile, conda keeps `${CPKGS_INSTALLATION}` literally: that envs dir does not exist, and a user
+    (uid 65534 here) cannot create it, so conda neither lists nor creates envs there (init's guard: a 0500 dir
+    holding a file `envs`; root cannot make that a directory either)."""
     assert run_cpkgs("link-user", root=usite).returncode == 0
-    [item] = settings(condarc(_home))["envs_dirs"]
+    [_own, item] = settings(condarc(_home))["envs_dirs"]
     env = {k: v for k, v in os.environ.items() if k != "CPKGS_INSTALLATION"}
     literal = subprocess.run(
         [sys.executable, "-c", "import os,sys; print(os.path.abspath(os.path.expanduser(os.path.expandvars(sys.argv[1]))))", item],
         capture_output=True, text=True, env=env, check=True,
     ).stdout.strip()  # fmt: skip
     assert literal == f"{usite}/${{CPKGS_INSTALLATION}}/envs"
-    assert not os.path.exists(literal)
+    assert not os.path.isdir(literal) and os.path.isfile(literal)
     proc = as_nobody(["mkdir", "-p", literal])
     assert proc.returncode != 0 and "Permission denied" in proc.stderr, proc
-    assert not os.path.exists(os.path.dirname(literal))
+    proc = subprocess.run(["mkdir", "-p", literal], capture_output=True, text=True)  # root: "File exists"
+    assert proc.returncode != 0 and not os.path.isdir(literal), proc
 
 
 # ------------------------------------------------------------------------------------------ warnings
@@ -512,7 +517,7 @@ def test_warnings_name_hard_coded_dirs_and_nfs_package_caches(usite: Path, tmp_p
     assert any(f"{usite}/anaconda3_macOS/envs, the osx-arm64 envs" in w for w in warns)
     nfs = [w for w in warns if "pkgs_dirs" in w]
     assert len(nfs) == 1 and "/net/home/me/pkgs is on nfs4" in nfs[0]
-    quiet = link_warnings(site, parse_condarc(f"envs_dirs: ['{e}']\n", "rc"), e,
+    quiet = link_warnings(site, parse_condarc(f"envs_dirs: ['~/.conda/envs', '{e}']\n", "rc"), e,
                           environ={"CPKGS_INSTALLATION": "anaconda3_linux"}, mounts=mounts)  # fmt: skip
     assert quiet == []
 
@@ -534,7 +539,7 @@ def test_layout_the_splice_does_not_handle_falls_back_to_ruamel_round_trip(usite
     assert settings(path) == {
         "channels": ["conda-forge", "bioconda"],
         "ssl_verify": True,
-        "envs_dirs": [entry_of(usite)],
+        "envs_dirs": ["~/.conda/envs", entry_of(usite)],
     }
     assert "'bioconda'" in path.read_text() and "# one line" in path.read_text()  # quotes and comment kept
     assert unlink_user(usite).written

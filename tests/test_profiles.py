@@ -323,7 +323,8 @@ show d
     v = kv(r.stdout)
     assert v["b.PATH"] == f"{layer}/bin:{base}/bin:{v['a.PATH']}"
     assert (v["b.CONDA_PREFIX"], v["b.CONDA_DEFAULT_ENV"]) == (str(layer), str(layer))
-    assert (v["b.ACT"], v["b.ACT_PREFIX"]) == ("yes", str(layer))  # the base's script, CONDA_PREFIX = layer
+    # the base's script ran with CONDA_PREFIX = the base (its X_HOME="${CONDA_PREFIX}/share/x" points there, #16)
+    assert (v["b.ACT"], v["b.ACT_PREFIX"]) == ("yes", str(base))
     assert v["b.tool"] == "layer ok app ok"
     assert v["c.PATH"] == v["a.PATH"] and v["c.ACT"] == "<unset>"
     assert v["rc.stale"] == "1"
@@ -631,7 +632,8 @@ echo "P=$CONDA_PKGS_DIRS"
 """
     r = run_csh(script, csh_env(tmp_path, HOME=str(home)))
     v = kv(r.stdout)
-    assert v["b.PATH"] == f"{layer}/bin:{base}/bin:{v['a.PATH']}" and v.get("b.CPKGS_TEST_ACT_PREFIX") == str(layer), r
+    assert v["b.PATH"] == f"{layer}/bin:{base}/bin:{v['a.PATH']}" and v.get("b.CPKGS_TEST_ACT_PREFIX") == str(base), r
+    assert v["b.CONDA_PREFIX"] == str(layer), r  # the base's scripts saw the base; the layer is what is active
     assert "layer ok" in r.stdout and v["c.PATH"] == v["a.PATH"] and "c.CPKGS_TEST_ACT_PREFIX" not in v
     assert v["P"] == f"{tmp_path}/localtmp/cpkgs-pkgs-{os.getuid()}" and r.stderr == "", r
     # arm64 Mac: only the macOS installation

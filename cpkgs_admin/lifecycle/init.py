@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from cpkgs_admin.errors import ConfigError, PermissionProblem, SiteError, UsageError
+from cpkgs_admin.lifecycle.guards import GuardError, guards, make_guard
 from cpkgs_admin.outputs.profiles import render_profiles
 from cpkgs_admin.pipeline.cache import secure_cache
 from cpkgs_admin.site.audit import audit
@@ -311,6 +312,25 @@ def _make_tree(tree: _Tree) -> None:
         tree.ensure_dir(site.envs_dir(sub))
         tree.ensure_dir(site.records_dir / sub)
         tree.ensure_dir(site.retired_dir / site.installation_name(sub))
+    _make_guards(tree)
+
+
+def _make_guards(tree: _Tree) -> None:
+    """What keeps users' own condas from creating anything at the site (lifecycle.guards); a place holding something
+    else is a warning (verify and doctor name it), not a failed init."""
+    report, root = tree.report, tree.site.root
+    for directory, filename, text, mode in guards(tree.site):
+        existed = os.path.lexists(directory)
+        try:
+            changed = make_guard(directory, filename, text, mode)
+        except GuardError as exc:
+            report.warnings.append(str(exc))
+            continue
+        except PermissionError:
+            raise PermissionProblem(f"cannot make {directory}: permission denied") from None
+        if changed:
+            rel = str(directory.relative_to(root)) + "/"
+            (report.updated if existed else report.created).append(rel if not existed else rel + " (guard)")
 
 
 def _write_files(tree: _Tree, old: SiteConfig | None, changes: list[str]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError, PermissionProblem, UsageError
 from cpkgs_admin.integrity.tree import seal_tree, unseal_tree
 from cpkgs_admin.outputs.activation import keep_activation
+from cpkgs_admin.outputs.condafiles import remove_frozen, write_frozen
 from cpkgs_admin.outputs.sync import publish_outside, withdraw_outside
 from cpkgs_admin.site.audit import audited
 from cpkgs_admin.site.config import parse_duration
@@ -55,6 +56,8 @@ def seal_env(site: Site, name: str, platform: str | None) -> EnvRecord:
     rec = _live(site, name, platform)
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
+        # CEP 22's marker back first: the seal closes it with the rest (outputs.condafiles).
+        write_frozen(Path(rec.prefix), rec.name, site.root)
         seal_tree(Path(rec.prefix), site.admin_gid())
         rec.unsealed = None
         rec.status = "retired" if rec.retired else "active"
@@ -77,6 +80,7 @@ def unseal_env(site: Site, name: str, reason: str, platform: str | None) -> EnvR
     with env_locked(site, rec.name, rec.platform):
         rec = _live(site, name, rec.platform)
         unseal_tree(Path(rec.prefix))
+        remove_frozen(Path(rec.prefix))  # conda may change it during the window, as cpkgs may
         rec.unsealed = {"at": timestamp(), "by": current_user(), "reason": reason}
         rec.status = "unsealed"
         _update(site, rec, "unseal", reason=reason)

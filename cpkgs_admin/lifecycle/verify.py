@@ -15,6 +15,8 @@ from cpkgs_admin.integrity.checks import Problem, check_integrity, check_permiss
 from cpkgs_admin.integrity.content import escaping_symlinks
 from cpkgs_admin.integrity.manifest import meta_digest, package_executables, read_conda_meta
 from cpkgs_admin.integrity.owners import Owners
+from cpkgs_admin.lifecycle.guards import stray_entries
+from cpkgs_admin.outputs.condafiles import FROZEN, frozen_problem
 from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, get_record, load_all, load_record_file
 
 
@@ -62,7 +64,20 @@ def verify_prefix(
     roots = tuple(dict.fromkeys([str(prefix), os.path.realpath(prefix)]))
     rep.problems += [Problem("symlink", rel, f"points outside the environment ({target})")
                      for rel, target in escaping_symlinks(prefix, tree, roots)]
+    frozen = frozen_problem(prefix) if expect_sealed else None
+    if frozen is not None:  # CEP 22's marker: what stops root's own conda (outputs.condafiles)
+        rep.problems.append(Problem("frozen", FROZEN, frozen))
     rep.unsealed = not expect_sealed
+    return rep
+
+
+def verify_site(site: Any) -> VerifyReport | None:
+    """What a conda left at the site (lifecycle.guards): a report named `site`, or None when there is nothing."""
+    strays = stray_entries(site)
+    if not strays:
+        return None
+    rep = VerifyReport(name="site", platform="", prefix=str(site.root), status="")
+    rep.problems = [Problem("stray", s.path, s.why) for s in strays]
     return rep
 
 
@@ -89,6 +104,9 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
             reports.append(rep)
     reports += [_verify_record(site, rec) for rec in records]
     _name_sharing_envs(site, reports)
+    if not names:
+        whole = verify_site(site)
+        reports += [whole] if whole is not None else []
     return reports
 
 

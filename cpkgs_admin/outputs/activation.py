@@ -17,7 +17,8 @@ from cpkgs_admin.site.paths import Site
 from cpkgs_admin.site.records import EnvRecord
 
 # Shell bookkeeping and what the module/kernel set themselves: not "variables the activate.d scripts set".
-_NOT_ACTIVATION = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "PATH", "CONDA_PREFIX", "CONDA_DEFAULT_ENV"})
+_NOT_ACTIVATION = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "PATH", "CONDA_PREFIX", "CONDA_DEFAULT_ENV",
+                             "_cpkgs_busy"})
 
 
 ACTIVATION_TIMEOUT = 60.0
@@ -101,8 +102,10 @@ def activation_of_scripts(prefix: Path, name: str) -> Activation:
     if not scripts:
         return Activation()
     base_path = f"{prefix}/bin:/usr/bin:/bin"
+    # _cpkgs_busy: sourced as cpkgs' own conda sources them, so cpkgs' variables script (which acts only then: a real
+    # conda sets the spec's variables from conda-meta/state) is measured too.
     env = {"PATH": base_path, "CONDA_PREFIX": str(prefix), "CONDA_DEFAULT_ENV": name, "CONDA_SHLVL": "1",
-           "HOME": "/nonexistent", "LC_ALL": "C"}
+           "HOME": "/nonexistent", "LC_ALL": "C", "_cpkgs_busy": "activation"}
     # One shell: its environment, a separator no variable can contain (NUL-delimited, random), the scripts sourced
     # like conda does (one after another in sorted order, a failing one does not stop the rest; their own output
     # goes to stderr, away from the dumps), then its environment again.

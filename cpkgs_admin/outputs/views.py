@@ -76,7 +76,11 @@ def export_record(rec: EnvRecord, fmt: str) -> str:
         doc["variables"] = dict(rec.variables)
     # libyaml's emitter when PyYAML has it: the same text, ~8x faster (the catalog exports every env).
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return f"# {rec.name} ({rec.platform}), exported by cpkgs\n" + yaml.dump(doc, Dumper=dumper, sort_keys=False)
+    # `name:` stays (conda env export writes it too); a conda refuses it as a target (lifecycle.guards): the header
+    # says how to make a copy of one's own instead.
+    head = (f"# {rec.name} ({rec.platform}), exported by cpkgs\n"
+            f"# a copy of your own: conda env create -n NEWNAME -f FILE (conda refuses the shared env's name)\n")
+    return head + yaml.dump(doc, Dumper=dumper, sort_keys=False)
 
 
 def pip_pin(p: PackageEntry) -> str:

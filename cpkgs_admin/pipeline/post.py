@@ -1,7 +1,9 @@
-"""Step 4 of new-env (post-process): cpkgs' own files inside the staged env (the package list, the explicit lock,
-the spec's variables as activate.d/deactivate.d scripts, the PEP 668 marker and SQLite configs, the usage hook),
-then its manifests: the hashes of what cpkgs wrote, the executables, the embedded record. Anything that embeds a
-path embeds the final prefix, never the staging dir's."""
+"""Step 4 of new-env (post-process): rattler's conda-meta records made conda's (condameta.py); cpkgs' own files
+inside the staged env (the package list, the explicit lock, the spec's variables as activate.d/deactivate.d scripts
+for cpkgs' own conda, the PEP 668 marker and SQLite configs, the usage hook) and conda's (the history of what was
+requested, the spec's variables as conda's env_vars, CEP 22's frozen marker: outputs.condafiles), then its
+manifests: the hashes of what cpkgs wrote, the executables, the embedded record. Anything that embeds a path embeds
+the final prefix, never the staging dir's."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from cpkgs_admin.integrity.manifest import (
     EMBEDDED_RECORD,
     EXECUTABLES_LIST,
     SITE_MANIFEST,
+    CondaMeta,
     Expected,
     census_at_publish,
     meta_digest,
@@ -36,13 +39,16 @@ from cpkgs_admin.integrity.manifest import (
 from cpkgs_admin.integrity.pipfiles import PIP_LOCK, PIP_MANIFEST, expected_pip_files, pip_manifest
 from cpkgs_admin.integrity.tree import scan_tree
 from cpkgs_admin.integrity.watch import Final, StagedCheck, check_final
+from cpkgs_admin.outputs.condafiles import FROZEN, HISTORY, STATE, frozen_text, history_text, state_text
 from cpkgs_admin.outputs.envfiles import env_integration_files
 from cpkgs_admin.outputs.usage.hook import write_usage_files
+from cpkgs_admin.pipeline.condameta import normalise_conda_meta
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.site.files import write_staged
 from cpkgs_admin.site.paths import native_subdir
 from cpkgs_admin.site.records import EnvRecord, PackageEntry
 from cpkgs_admin.site.specs import check_variables, explicit_text
+from cpkgs_admin.site.text import csh_quote
 
 PKG_LIST = "list-of-pkgs-inside.txt"
 EXPLICIT_LOCK = "conda-meta/cpkgs/explicit.txt"
@@ -61,29 +67,36 @@ def _write_staged_json(path: Path, obj: Any) -> None:
 VARIABLES_SCRIPT = "cpkgs-variables"
 
 
-def _csh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"
-
-
 def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
     """The env's activate.d/deactivate.d scripts for a spec file's `variables:` (sh and csh), by relative path.
     Activation sets them before the packages' own scripts run (00-, first in sorted order); deactivation unsets
     them after the packages' scripts (00- again: deactivate.d scripts run in reverse sorted order, in conda and in
-    cpkgs' conda.sh), the order conda keeps for its env_vars. Every activation path runs them: conda.sh,
-    conda.csh, a user's own conda; modulefiles and kernels get them with the activation (the record keeps them)."""
+    cpkgs' conda.sh), the order conda keeps for its env_vars.
+
+    One mechanism per activation path, so nothing is applied twice: they act only when cpkgs' own conda (conda.sh,
+    conda.csh) sources them, which marks that with `_cpkgs_busy`. A real conda (the user's own, or one in the
+    installation) applies the same variables from conda-meta/state and runs these scripts as no-ops; modulefiles
+    and kernels take them from the record."""
     if not variables:
         return {}
     check_variables(variables, "variables")  # also those carried from a record (--from): names go into scripts
-    head = "# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env.\n"
+    head = ("# Written by cpkgs new-env from the spec file's `variables:`; part of the sealed env. For cpkgs' own\n"
+            "# conda only: a real conda sets them from conda-meta/state.\n")
     # Locale variables last: tcsh re-reads the rest of a file it is sourcing in a new LC_ALL/LANG.
     names = sorted(variables, key=lambda n: (n == "LANG" or n.startswith("LC_"), n))
+
+    def sh(lines: list[str]) -> str:
+        return head + 'if [ -n "${_cpkgs_busy-}" ]; then\n' + "".join(f"    {x}\n" for x in lines) + "fi\n"
+
+    def csh(lines: list[str]) -> str:
+        return head + "if ( $?_cpkgs_busy ) then\n" + "".join(f"    {x}\n" for x in lines) + "endif\n"
+
+    act, deact = f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}", f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}"
     return {
-        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.sh":
-            head + "".join(f"export {n}={shlex.quote(variables[n])}\n" for n in names),
-        f"etc/conda/activate.d/00-{VARIABLES_SCRIPT}.csh":
-            head + "".join(f"setenv {n} {_csh_quote(variables[n])}\n" for n in names),
-        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.sh": head + "".join(f"unset {n}\n" for n in names),
-        f"etc/conda/deactivate.d/00-{VARIABLES_SCRIPT}.csh": head + "".join(f"unsetenv {n}\n" for n in names),
+        f"{act}.sh": sh([f"export {n}={shlex.quote(variables[n])}" for n in names]),
+        f"{act}.csh": csh([f"setenv {n} {csh_quote(variables[n])}" for n in names]),
+        f"{deact}.sh": sh([f"unset {n}" for n in names]),
+        f"{deact}.csh": csh([f"unsetenv {n}" for n in names]),
     }
 
 
@@ -96,8 +109,11 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
     ours = {
         PKG_LIST: pkg_list_text(record.all_packages),
         EXPLICIT_LOCK: explicit_text(record.packages, record.platform, record.variables, pip_lock, record.name),
+        HISTORY: history_text(record),  # in place of rattler's empty one
         **(pip_files or {}),
     }
+    if record.variables:
+        ours[STATE] = state_text(record.variables)
     # Files added among the packages' own (python's stdlib dir, etc/conda/*.d): a package's file in their place is
     # refused, as replacing it would fail verification against conda-meta.
     added = {**variables_scripts(record.variables), **env_integration_files(staging, final, record)}
@@ -121,9 +137,15 @@ def post(job: Job) -> None:
     checked during the install (job.staged) and those checks stand for the records as they are now, the final check
     runs here (job.problems) and the walk only looks at what changed since; otherwise the check step reads it all."""
     staging, record = job.staging, job.record
+    # Whether the install-time checks stand is decided on the records as rattler left them, before cpkgs rewrites
+    # some of them as conda's (condameta: only hash fields those checks do not use; check_final takes conda-meta/
+    # as records, and the meta digest below is of the records as published).
     staged = job.staged if job.staged is not None and job.staged.stands() else None
-    job.meta = meta = staged.meta() if staged is not None else read_conda_meta(staging)
+    changed = normalise_conda_meta(staging)
+    job.meta = meta = _meta_after(staged, changed) if staged is not None else read_conda_meta(staging)
     site_files = post_process(staging, job.final, record, meta, job.pip_files)
+    # Not in the manifest: unseal removes it, seal writes it back (lifecycle.status); verify checks it on its own.
+    write_staged(staging / FROZEN, frozen_text(record.name, job.site.root), 0o444)
     pip = pip_manifest(staging, job.pip_dists) if job.pip_dists else None
     if pip is not None:  # inside conda-meta/cpkgs: covered by the meta digest below
         _write_staged_json(staging / PIP_MANIFEST, pip)
@@ -148,6 +170,17 @@ def post(job: Job) -> None:
     _write_staged_json(staging / EMBEDDED_RECORD, record.to_json())
     for rel in (SITE_MANIFEST, EXECUTABLES_LIST, EMBEDDED_RECORD, *([PIP_MANIFEST] if pip is not None else [])):
         job.tree[rel] = os.lstat(staging / rel)
+
+
+def _meta_after(staged: StagedCheck, changed: list[str]) -> CondaMeta:
+    """conda-meta as the watcher read it, with the records normalise_conda_meta rewrote (CHANGED) read again."""
+    out: CondaMeta = []
+    for path, raw, data in staged.meta():
+        if path.name in changed:
+            raw = path.read_bytes()
+            data = json.loads(raw)
+        out.append((path, raw, data))
+    return out
 
 
 def _final_check(staged: StagedCheck, manifest: dict[str, dict[str, Any]], pip: dict[str, dict[str, str]] | None,

@@ -40,6 +40,11 @@ STAGING_PREFIX = ".staging-"
 STAGING_SEP = "@"
 # Trash entries: `NAME@PLATFORM@STAMP` (STAMP: when the env was removed, in seconds since the epoch).
 _TRASH_NAME = re.compile(r".+@[a-z0-9-]+@(?P<stamp>[0-9]+)\Z")
+# The variable the site's profiles export with this host's installation dir (`anaconda3_linux`): link-user's
+# envs_dirs item names `<root>/${CPKGS_INSTALLATION}/envs`, which conda expands per host.
+INSTALLATION_VAR = "CPKGS_INSTALLATION"
+# What makes conda refuse to create an env inside an installation's envs/ (see Site.envs_guard).
+ENVS_GUARD = "conda-meta"
 # In the package cache: digests of cache inodes new-env has already hashed (integrity.memo), rattler's repodata cache.
 HASH_MEMO_DIR = ".cpkgs-verified"
 REPODATA_DIR = "repodata"
@@ -183,6 +188,20 @@ class Site:
 
     def env_prefix(self, name: str, subdir: str) -> Path:
         return self.envs_dir(subdir) / name
+
+    # --- what a user's own conda must never create at the site (README: "Your own conda")
+    @property
+    def unset_installation_dir(self) -> Path:
+        """`<root>/${CPKGS_INSTALLATION}`: where link-user's envs_dirs item points while the profile is not sourced
+        (conda leaves an unset variable as it is). `init` keeps a guard there: a directory only its owner may enter,
+        holding a file named `envs`, so conda can never create that envs dir (lifecycle.init)."""
+        return self.root / ("${" + INSTALLATION_VAR + "}")
+
+    def envs_guard(self, subdir: str) -> Path:
+        """`envs/conda-meta/` holding an empty `history`: conda takes envs/ for an environment and refuses every
+        env it would create directly inside one ("cannot be immediately nested"), before it deletes an existing env
+        of that name (conda/core/prefix_data.py validate_path, conda/cli/main_create.py)."""
+        return self.envs_dir(subdir) / ENVS_GUARD
 
     def record_path(self, name: str, subdir: str) -> Path:
         return self.records_dir / subdir / f"{name}.json"

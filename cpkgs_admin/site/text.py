@@ -32,3 +32,9 @@ def printable(text: str) -> str:
     """TEXT with what must not reach a terminal shown as \\uXXXX instead: for text cpkgs did not check itself (what a
     package's activate.d script sets, a record from before these checks)."""
     return "".join(f"\\u{ord(c):04x}" if control_character(c) else c for c in text)
+
+
+def csh_quote(text: str) -> str:
+    """TEXT as one csh word: single quotes ('\\'' for a quote) and \\! for a history bang, which csh expands even
+    inside single quotes. (No newline: csh cannot carry one in a word.)"""
+    return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"

@@ -1,7 +1,7 @@
 """`cpkgs link-user` / `cpkgs unlink-user`: list the site's shared envs in the user's own conda (`envs_dirs`).
 
 Shared homes: one `~/.condarc` is read by conda on Linux and on macOS alike, so the entry must not name one OS's
-installation. It names none: link-user appends exactly one item
+installation. It names none: link-user adds the item
 
     <root>/${CPKGS_INSTALLATION}/envs
 
@@ -11,22 +11,27 @@ envs_dirs (github.com/conda/conda): conda/base/context.py declares `_envs_dirs =
 aliases=("envs_dirs", "envs_path"), expandvars=True)` (conda/common/configuration.py applies `os.path.expandvars`
 to each raw value) and `mockable_context_envs_dirs` passes every entry through conda/common/path.py
 `expand()` = `abspath(expanduser(expandvars(path)))`. Where CPKGS_INSTALLATION is unset, expandvars leaves the text
-as it is: `<root>/${CPKGS_INSTALLATION}/envs` does not exist and users cannot create it (the root is not theirs),
-so conda lists nothing from it and never creates an env there. The item goes last: conda creates new envs in the
-first writable entry, so the user's own dirs keep that role.
+as it is: `<root>/${CPKGS_INSTALLATION}` is a guard `cpkgs init` keeps (Site.unset_installation_dir), so conda lists
+nothing from it and never creates an env there.
+
+The shared envs never come first: conda puts an envs_dirs list's items before its fixed dirs
+(`mockable_context_envs_dirs`) and creates new envs in the first one it can write (conda/gateways/disk/create.py
+`first_writable_envs_dir`) — for an admin or root, the share. So when link-user creates the key it writes the
+user's own default first, `~/.conda/envs` (conda's per-user envs dir, expanded by conda on every host), then the
+site's item; in an existing list the site's item is appended after the user's own.
 
 The user's file is theirs. ruamel.yaml's round-trip composer (the YAML library conda itself reads condarc files
 with) locates the nodes; the change is spliced in at their marks so every byte outside the touched list stays as
 it was (a full round-trip dump re-indents and re-spaces); every result is parsed again and must equal the old
-settings plus (or minus) exactly that one item, else ruamel's round-trip dump is used and checked the same way.
+settings plus (or minus) exactly those items, else ruamel's round-trip dump is used and checked the same way.
 userfile.edit_file does the writing: with the rights of the user who controls the file (root editing a user's
 condarc becomes that user in a child process), under a lock beside it, a timestamped backup (the newest 3 kept),
 an atomic replace that keeps owner, group and mode, and no lost lines when the user's editor writes meanwhile; a
 symlinked file (dotfile managers) is edited at its target and stays a symlink.
 
-unlink-user removes every item equal to that entry, nothing else. When link-user had to create the `envs_dirs` key
-it marks the key's line with the comment `# added by cpkgs link-user`; unlink-user removes such a key once its list
-is empty, and leaves `envs_dirs: []` when the key was the user's.
+unlink-user removes exactly what link-user added: every item equal to the site's entry, and, in a key link-user
+created (its line carries the comment `# added by cpkgs link-user`), the key itself once only the default it wrote
+is left. A key the user wrote stays (as `envs_dirs: []` if nothing else was in it).
 """
 
 from __future__ import annotations
@@ -48,14 +53,15 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from cpkgs_admin.errors import ConfigError, CpkgsError, UsageError
-from cpkgs_admin.site.config import SiteConfig
 from cpkgs_admin.site.files import read_text_file
-from cpkgs_admin.site.paths import Site, open_site
+from cpkgs_admin.site.paths import INSTALLATION_VAR, Site, open_site
 from cpkgs_admin.users.mounts import current_mounts, network_fstype
 from cpkgs_admin.users.userfile import KEEP_BACKUPS, Outcome, edit_file
 
-INSTALLATION_VAR = "CPKGS_INSTALLATION"
 MARKER = "added by cpkgs link-user"
+# The user's own envs dir that link-user writes before the share when it creates the key: conda's per-user default
+# (its `~` expanded by conda on each host, conda/base/context.py mockable_context_envs_dirs).
+OWN_ENVS = "~/.conda/envs"
 KEY = "envs_dirs"
 ALIAS_KEY = "envs_path"  # conda's alias of envs_dirs; a file holding both is rejected by conda itself
 LOCK_LEASE = 30.0
@@ -101,12 +107,11 @@ class CondarcChange:
 def shared_envs_entry(site: Site) -> str:
     """`<root>/${CPKGS_INSTALLATION}/envs`: the site's envs dir with the installation left to the shell profile.
 
-    Asked of the Site (which alone knows the tree) for an installation whose name is the variable itself.
+    The Site alone knows the tree: it names that directory (and `init` keeps a guard there).
     """
     if "$" in str(site.root):
         raise UsageError(f"site root {site.root} contains '$': conda would expand it inside envs_dirs")
-    templ = SiteConfig(installations={"*": "${" + INSTALLATION_VAR + "}"})
-    return str(site.with_config(templ).envs_dir("*"))
+    return str(site.unset_installation_dir / "envs")
 
 
 def conda_expand(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -355,7 +360,8 @@ def _seq_indent(doc: _Doc) -> int:
 
 
 def _splice_append(doc: _Doc, entry: str) -> str | None:
-    """The text with `entry` appended to envs_dirs, or None when the layout is one the splice does not handle."""
+    """The text with `entry` appended to envs_dirs (a new key: OWN_ENVS, then `entry`), or None when the layout is
+    one the splice does not handle."""
     text, nl = doc.text, _newline(doc.text)
     if doc.seq is None:
         if doc.root is not None and doc.root.flow_style:
@@ -363,8 +369,8 @@ def _splice_append(doc: _Doc, entry: str) -> str | None:
         col = doc.root.value[0][0].start_mark.column if doc.root is not None and doc.root.value else 0
         head = text if not text or text.endswith("\n") else text + nl
         ind = " " * col
-        item = " " * _seq_indent(doc) + "- " + _scalar(entry, None, flow=False)
-        return f"{head}{ind}{doc.key}:  # {MARKER}{nl}{ind}{item}{nl}"
+        lines = "".join(f"{ind}{' ' * _seq_indent(doc)}- {_scalar(v, None, flow=False)}{nl}" for v in (OWN_ENVS, entry))
+        return f"{head}{ind}{doc.key}:  # {MARKER}{nl}{lines}"
     items = doc.items
     if doc.seq.flow_style:
         close = doc.seq.end_mark.index - 1
@@ -453,14 +459,17 @@ def _dump_edit(doc: _Doc, edit: Callable[[Any], None]) -> str:
 
 
 def _appended(doc: _Doc, entry: str) -> str:
+    new = [entry] if doc.key in doc.data else [OWN_ENVS, entry]
+
     def edit(data: Any) -> None:
         if doc.key in data:
             data[doc.key].append(entry)
         else:
-            data[doc.key] = CommentedSeq([entry])
+            data[doc.key] = CommentedSeq(new)
+            data.yaml_add_eol_comment(f"# {MARKER}", doc.key)  # so unlink-user knows the key is link-user's
 
     expect = dict(doc.data)
-    expect[doc.key] = [*doc.values(), entry]
+    expect[doc.key] = [*doc.values(), *new]
     out = _splice_append(doc, entry)
     if out is not None and _reads_as(out, expect):
         return out
@@ -492,6 +501,16 @@ def _removed(doc: _Doc, entry: str) -> str:
     if _removed_ok(out, doc, expect_list):
         return out
     raise CpkgsError(f"{doc.name}: cannot remove {entry!r} from {doc.key} without changing other settings")
+
+
+def _unlinked(doc: _Doc, entry: str) -> str:
+    """The text without ENTRY; a key link-user created (marked) goes whole once only the OWN_ENVS it wrote before
+    ENTRY is left."""
+    text = _removed(doc, entry)
+    rest = parse_condarc(text, doc.name)
+    if _key_marked(rest) and rest.values() == [OWN_ENVS]:
+        text = _removed(rest, OWN_ENVS)
+    return text
 
 
 def _removed_ok(text: str, doc: _Doc, expect_list: list[Any]) -> bool:
@@ -598,7 +617,12 @@ def link_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False)
         message = f"would add {entry} to {doc.key} in {where}"
     else:
         message = f"{'created' if out.old is None else 'updated'} {where}: {doc.key} += {entry}" + _written_notes(out)
-    return _change(path, entry, out, message, link_warnings(site, final, entry))
+    warnings = link_warnings(site, final, entry)
+    target = Path(out.target)
+    if target.name not in CONDARC_NAMES and target.suffix not in (".yml", ".yaml"):
+        warnings.append(f"conda does not read {target}: it reads a condarc only when it is named .condarc or condarc "
+                        "or ends in .yml or .yaml (conda/common/configuration.py)")
+    return _change(path, entry, out, message, warnings)
 
 
 def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = False) -> CondarcChange:
@@ -613,7 +637,7 @@ def unlink_user(root: Path, condarc: Path | None = None, *, dry_run: bool = Fals
         doc = parse_condarc(old, str(path))
         if entry not in doc.values():
             return None
-        return _removed(doc, entry)
+        return _unlinked(doc, entry)
 
     out = _edit(path, compute, dry_run)
     changed = out.new is not None and out.new != out.old
@@ -652,6 +676,10 @@ def link_warnings(
                 f"{doc.key} also lists {value}, the {platform} envs: conda on every OS sharing this home "
                 f"would offer them; remove that item (the entry link-user adds picks this OS's envs)"
             )
+    first = shared_first(site, doc.values(), env)
+    if first is not None:
+        out.append(f"{doc.key} lists the shared envs ({first}) first: {SHARED_FIRST_WHY}; put a directory of your "
+                   f"own before it (e.g. {OWN_ENVS})")
     for value, _resolved, fstype in pkgs_dirs_items(doc, env, current_mounts() if mounts is None else mounts):
         if fstype:
             out.append(
@@ -659,6 +687,23 @@ def link_warnings(
                 f"remove pkgs_dirs (the site's conda.sh points CONDA_PKGS_DIRS to local disk)"
             )
     return out
+
+
+# Why a condarc must not list the shared envs first (link-user's warning, doctor's finding).
+SHARED_FIRST_WHY = ("conda creates new envs in the first envs_dirs entry it can write, for an admin or root inside "
+                    "the share")
+CONDARC_NAMES = (".condarc", "condarc")
+
+
+def shared_first(site: Site, values: Iterable[Any], environ: Mapping[str, str]) -> str | None:
+    """The first envs_dirs item when it is link-user's entry or names this host's shared envs, else None. (Another
+    OS's envs dir has a finding of its own: it does not belong in the list at all.)"""
+    items = list(values)
+    if not items or not isinstance(items[0], str):
+        return None
+    use = site.host_platform()
+    mine = str(site.envs_dir(use)) if use else None
+    return items[0] if items[0] == shared_envs_entry(site) or conda_expand(items[0], environ) == mine else None
 
 
 def envs_dirs_items(site: Site, values: Iterable[Any], environ: Mapping[str, str]) -> list[tuple[str, str, str | None]]:

@@ -21,21 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
+from cpkgs_admin.lifecycle.guards import missing_guards, stray_entries
 from cpkgs_admin.lifecycle.purge import purge_due, trash_past_grace
 from cpkgs_admin.lifecycle.verify import verify_envs
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.locks import list_locks
-from cpkgs_admin.site.paths import Site, native_subdir, open_site
+from cpkgs_admin.site.paths import ENVS_GUARD, INSTALLATION_VAR, Site, native_subdir, open_site
 from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, EnvRecord, load_all, load_record_file, removed_line
 from cpkgs_admin.site.text import printable
 from cpkgs_admin.users.condarc import (
-    INSTALLATION_VAR,
+    OWN_ENVS,
+    SHARED_FIRST_WHY,
     conda_expand,
     default_condarc,
     envs_dirs_items,
     pkgs_dirs_items,
     read_condarc,
     shared_envs_entry,
+    shared_first,
 )
 from cpkgs_admin.users.mounts import NETWORK_FSTYPES, current_mounts, mount_of, network_fstype
 
@@ -145,7 +148,7 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
         return
     note = "" if sub in site.config.platforms else f" (no {sub} installation: falls back to {use} under Rosetta)"
     try:
-        count = sum(1 for e in os.scandir(site.envs_dir(use)) if not e.name.startswith("."))
+        count = sum(1 for e in os.scandir(site.envs_dir(use)) if not e.name.startswith(".") and e.name != ENVS_GUARD)
     except OSError:
         count = 0
     rep.add(WARN if note else OK, "installation", f"{sub} -> {inst} ({path}, {count} env(s)){note}")
@@ -305,6 +308,13 @@ def _check_envs_dirs(rep: DoctorReport, site: Site, env: Mapping[str, str], path
         rep.add(OK, "condarc", f"{path}: {key} lists the shared envs ({linked} -> {mine})")
     else:
         rep.add(WARN, "condarc", f"{path}: {key} does not list the shared envs", "cpkgs link-user")
+    first = shared_first(site, doc.values(), env)
+    if first is not None:
+        # Only for those who can write the share does conda act on it; for the others it is a warning.
+        writable = mine is not None and os.access(mine, os.W_OK)
+        rep.add(FAIL if writable else WARN, "condarc", f"{path}: {key} lists the shared envs ({first}) first: "
+                f"{SHARED_FIRST_WHY}", f"cpkgs unlink-user; cpkgs link-user (it writes {OWN_ENVS} first), or move "
+                "the item after your own envs dirs")
 
 
 def _lexists(path: Path) -> bool | None:
@@ -358,6 +368,18 @@ def _check_admin(rep: DoctorReport, site: Site) -> None:
         rep.add(FAIL, "records", msg, DAMAGED_RECORD_HINT)
     _check_unsealed(rep, records)
     _check_trash(rep, site, records)
+    _check_guards(rep, site)
+
+
+def _check_guards(rep: DoctorReport, site: Site) -> None:
+    """What users' own condas may have left at the site, and the guards that keep them from it (lifecycle.guards)."""
+    strays = stray_entries(site)
+    for stray in strays:
+        rep.add(FAIL, "strays", f"{stray.path}: {stray.why}")
+    missing = missing_guards(site)
+    if missing:
+        rep.add(WARN, "guards", f"missing: {', '.join(map(str, missing))} (a conda could create envs at the site)",
+                "cpkgs init")
 
 
 def _check_locks(rep: DoctorReport, site: Site) -> None:

@@ -8,7 +8,10 @@ site-packages on sys.path (X shadows BASE's copy) while everything BASE ships st
 exactly the place where installing is safe.
 
 The layer records BASE for the shell in `DIR/conda-meta/cpkgs/layer` (three lines: BASE prefix, BASE name,
-installation dir name); conda.sh reads it to put DIR/bin then BASE/bin on PATH and run BASE's activate.d scripts.
+installation dir name); conda.sh reads it to put DIR/bin then BASE/bin on PATH and run BASE's activate.d scripts
+(with CONDA_PREFIX set to BASE). Any other conda (a user's own) gets the same from the layer's own activate.d and
+deactivate.d scripts and its conda-meta/state (the spec's variables): outputs.layerscripts. BASE's directory
+listings of etc/conda/*.d are read once, for those scripts.
 
 SQLite off NFS: IPython and Jupyter read `sys.prefix/etc/ipython` and `sys.prefix/etc/jupyter`, and a layer's
 sys.prefix is DIR, not BASE, so the config cpkgs writes into BASE would not apply. The layer gets the same files
@@ -35,9 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError, EnvNotFound, PermissionProblem, UsageError
+from cpkgs_admin.outputs.condafiles import STATE
+from cpkgs_admin.outputs.layerscripts import layer_scripts, layer_state
 from cpkgs_admin.outputs.localdb import db_config_files
 from cpkgs_admin.site.paths import Site, open_site
 from cpkgs_admin.site.records import EnvRecord, get_record, retired_line
+from cpkgs_admin.site.text import control_character, printable
 from cpkgs_admin.users.userfile import chain, group_label, others_can_write, private_group, user_label
 
 LAYER_FILE = "conda-meta/cpkgs/layer"
@@ -214,6 +220,9 @@ def extend_env(root: Path, base: str, directory: Path, *, force: bool = False) -
     """Create (or with force, re-point) the layer DIR on shared env BASE. Nothing is written before every check."""
     site = open_site(root)
     directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
+    if control_character(str(directory)):
+        # The layer file holds it on a line, its scripts in sh and csh words (csh has none for a newline).
+        raise UsageError(f"{printable(str(directory))}: a layer's path cannot hold control characters (newlines, tabs)")
     rec = _base_record(site, base)
     prefix = Path(rec.prefix)
     version = rec.python_version
@@ -261,6 +270,15 @@ def _base_record(site: Site, base: str) -> EnvRecord:
     return rec
 
 
+def _old_base(directory: Path) -> Path | None:
+    """The base DIRECTORY is a layer of before `extend --force` re-points it (its variables leave with it)."""
+    try:
+        first = (directory / LAYER_FILE).read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(first) if first.startswith("/") else None
+
+
 def _write_layer(directory: Path, rec: EnvRecord, interpreter: Path, installation: str) -> None:
     """The layer's files in DIRECTORY, the layer file last."""
     prefix, version = Path(rec.prefix), rec.python_version
@@ -287,6 +305,12 @@ def _write_layer(directory: Path, rec: EnvRecord, interpreter: Path, installatio
         _mkdirs((directory / rel).parent)
         _write(directory / rel, text)
     _write_wrappers(directory, prefix / "bin")
+    for rel, text in layer_scripts(directory, prefix, rec.name).items():
+        _mkdirs((directory / rel).parent)
+        _write(directory / rel, text)
+    state = layer_state(directory, prefix, _old_base(directory))
+    if state is not None:
+        _write(directory / STATE, state)
     # Written last: the shell treats DIR as a layer only once everything above is in place.
     _write(directory / LAYER_FILE, f"{prefix}\n{rec.name}\n{installation}\n")
 
