@@ -10,6 +10,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "building the local test channel (cached per machine)"
 CHANNEL=$($PY tests/channel/build_channel.py)
 echo "$CHANNEL"
+step "the local test wheelhouse: wheels downloaded from PyPI once per machine (cached), for the pip part"
+WHEELS=$($PY tests/wheelhouse/build_wheelhouse.py)/wheels
+echo "$WHEELS"
 
 if [ -d "$ROOT" ]; then
   step "removing the previous demo site"
@@ -17,8 +20,8 @@ if [ -d "$ROOT" ]; then
   rm -rf "$ROOT"
 fi
 
-step "cpkgs init"
-$CPKGS init -c "file://$CHANNEL"
+step "cpkgs init  (offline: no PyPI index, the wheelhouse as the site's find-links dir)"
+$CPKGS init -c "file://$CHANNEL" --pypi-index-url none --pypi-find-links "$WHEELS"
 $CPKGS init
 
 step "an admin's spec for family 'demo'"
@@ -63,6 +66,31 @@ if [ -f "$ROOT/etc/profile.d/conda.sh" ] && grep -q 'conda()' "$ROOT/etc/profile
     conda deactivate
   "
 fi
+
+step "an env with a pip part: specs/web.yml (conda python + pip; markdown-it-py, cowsay and rich from PyPI)"
+cat > "$ROOT/specs/web.yml" <<'YML'
+dependencies:
+  - python
+  - pip
+  - pip:
+      - markdown-it-py
+      - cowsay==6.1
+YML
+cat "$ROOT/specs/web.yml"
+$CPKGS new-env web-1.0 --dry-run
+$CPKGS new-env web-1.0
+step "cpkgs info web-1.0  (conda and pypi packages; the pip part pinned to wheels by sha256)"
+$CPKGS info web-1.0
+"$ROOT/anaconda3_linux/envs/web-1.0/bin/cowsay" -t "installed by pip, sealed by cpkgs"
+step "cpkgs new-env web-2.0 -f (rich instead of cowsay), then cpkgs diff web-1.0 web-2.0"
+sed 's/cowsay==6.1/rich/' "$ROOT/specs/web.yml" > "$ROOT/web-2.yml"
+$CPKGS new-env web-2.0 -f "$ROOT/web-2.yml"
+rm -f "$ROOT/web-2.yml"
+$CPKGS diff web-1.0 web-2.0
+step "cpkgs export web-1.0 --format pip  (pip/uv install it with --require-hashes)"
+$CPKGS export web-1.0 --format pip
+step "cpkgs verify web-1.0 web-2.0  (pip's files against their RECORD, like conda's)"
+$CPKGS verify web-1.0 web-2.0
 
 step "a notebook env: python + ipykernel gets Jupyter kernels"
 $CPKGS new-env nb-1.0 python pip ipykernel cpkgs-test-activate

@@ -96,8 +96,8 @@ TIMED = """
 import sys, time
 t0 = time.perf_counter()
 from pathlib import Path
-from cpkgs_admin.site import open_site
-from cpkgs_admin.catalog import render_catalog, update_catalog
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.outputs.catalog import render_catalog, update_catalog
 site = open_site(Path(sys.argv[1]))
 t1, c1 = time.perf_counter(), time.process_time()
 if sys.argv[2] == "full":

@@ -36,7 +36,7 @@ def hashed_bytes(prefix: Path) -> int:
     import os
     import stat
 
-    from cpkgs_admin.verify import expected_files
+    from cpkgs_admin.integrity.manifest import expected_files
 
     total = 0
     for e in expected_files(prefix).values():

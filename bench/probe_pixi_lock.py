@@ -29,7 +29,7 @@ def main() -> None:
 
     from rattler import LockChannel, LockFile, LockPlatform
 
-    from cpkgs_admin.solve import make_gateway
+    from cpkgs_admin.pipeline.solve import make_gateway
 
     channel = C.channel_dir()
     from rattler import Channel, MatchSpec

@@ -5,6 +5,8 @@ Only cli.py turns these into a stderr line and an exit status; core modules just
 
 from __future__ import annotations
 
+import errno
+
 
 class CpkgsError(Exception):
     """A failure with a one-line message that names the thing at fault."""
@@ -16,12 +18,6 @@ class UsageError(CpkgsError):
     """Bad arguments or names: the command was never going to work."""
 
     exit_code = 2
-
-
-class NotImplementedYet(CpkgsError):
-    """A contract command whose issue has not landed: say so, never pretend."""
-
-    exit_code = 1
 
 
 class SiteError(CpkgsError):
@@ -75,8 +71,6 @@ class CheckFailed(CpkgsError):
 def os_error_text(exc: OSError) -> str:
     """One line for an OSError: the path(s) it names, what the system said and the errno's name, e.g.
     "/nfs/cpkgs/x: Read-only file system (EROFS)"."""
-    import errno
-
     code = errno.errorcode.get(exc.errno or 0)
     what = exc.strerror or str(exc)
     if code:

@@ -57,24 +57,9 @@ if ( $#_cpkgs_u > 0 ) then
 else
     set _cpkgs_u = ""
 endif
+# `uname -sm` -> platform: cpkgs' table (site/paths.py UNAME_PLATFORMS), rendered in.
 switch ( "$_cpkgs_u" )
-    case "Linux x86_64":
-    case "Linux amd64":
-        set _cpkgs_sub = linux-64
-        breaksw
-    case "Linux aarch64":
-    case "Linux arm64":
-        set _cpkgs_sub = linux-aarch64
-        breaksw
-    case "Linux ppc64le":
-        set _cpkgs_sub = linux-ppc64le
-        breaksw
-    case "Darwin arm64":
-        set _cpkgs_sub = osx-arm64
-        breaksw
-    case "Darwin x86_64":
-        set _cpkgs_sub = osx-64
-        breaksw
+@PLATFORM_CASES_CSH@
     default:
         set _cpkgs_sub = ""
 endsw
@@ -86,13 +71,22 @@ if ( "$_cpkgs_inst" != "" ) then
     set _cpkgs_inst = ( $_cpkgs_inst )
     set _cpkgs_inst = "$_cpkgs_inst[2]"
 endif
-# An arm64 Mac runs x86_64 envs under Rosetta: use the osx-64 installation when there is no arm64 one.
-if ( "$_cpkgs_sub" == osx-arm64 ) then
+# A host whose own installation is missing runs another platform's envs where it can (site/paths.py
+# FALLBACK_PLATFORMS, rendered in): an arm64 Mac runs x86_64 envs under Rosetta.
+set _cpkgs_fb = ""
+switch ( "$_cpkgs_sub" )
+@FALLBACK_CASES_CSH@
+endsw
+if ( "$_cpkgs_fb" != "" ) then
     if ( "$_cpkgs_inst" == "" || ! -d "$_cpkgs_root/$_cpkgs_inst/envs" ) then
         set _cpkgs_inst = ""
         foreach _cpkgs_w ( @INSTALLATIONS@ )
-            if ( "$_cpkgs_w" =~ "osx-64=*" ) set _cpkgs_inst = "$_cpkgs_w:s/osx-64=//"
+            if ( "$_cpkgs_w" =~ "${_cpkgs_fb}=*" ) set _cpkgs_inst = "$_cpkgs_w:s/=/ /"
         end
+        if ( "$_cpkgs_inst" != "" ) then
+            set _cpkgs_inst = ( $_cpkgs_inst )
+            set _cpkgs_inst = "$_cpkgs_inst[2]"
+        endif
     endif
 endif
 

@@ -18,8 +18,8 @@
 #
 # Rules this file keeps (tested in bash, zsh, dash, ksh): no Python, one fork per source (a subshell running
 # `uname -sm`; it also runs `mkdir -m 700` / `ls -ldn` the first time the package cache dir is created or
-# adopted), safe under `set -eu` and zsh `errexit nounset`, idempotent, and only `conda` (a function) plus the
-# variables above are left behind.
+# adopted), safe under `set -eu` and zsh `errexit nounset`, idempotent, and only `conda` and its `__cpkgs_*` helpers
+# (functions, as conda's own hook has its `__conda_*`) plus the variables above are left behind.
 
 _cpkgs_root=@ROOT_SH@
 _cpkgs_nl='
@@ -64,12 +64,9 @@ case $_cpkgs_u in
     *"$_cpkgs_nl"*) _cpkgs_probe=${_cpkgs_u#*"$_cpkgs_nl"}; _cpkgs_u=${_cpkgs_u%%"$_cpkgs_nl"*} ;;
     *) _cpkgs_probe= ;;
 esac
+# `uname -sm` -> platform: cpkgs' table (site/paths.py UNAME_PLATFORMS), rendered in.
 case $_cpkgs_u in
-    'Linux x86_64' | 'Linux amd64') _cpkgs_sub=linux-64 ;;
-    'Linux aarch64' | 'Linux arm64') _cpkgs_sub=linux-aarch64 ;;
-    'Linux ppc64le') _cpkgs_sub=linux-ppc64le ;;
-    'Darwin arm64') _cpkgs_sub=osx-arm64 ;;
-    'Darwin x86_64') _cpkgs_sub=osx-64 ;;
+@PLATFORM_CASES_SH@
     *) _cpkgs_sub= ;;
 esac
 # The site's platform map, rendered by `cpkgs write-profiles` from cpkgs.yaml: SUBDIR=INSTALLATION words.
@@ -77,11 +74,16 @@ for _cpkgs_w in @INSTALLATIONS@; do
     # (the '=' quoted: zsh would expand an empty sub's bare =* as a command path)
     case $_cpkgs_w in "$_cpkgs_sub="*) _cpkgs_inst=${_cpkgs_w#*=} ;; esac
 done
-# An arm64 Mac runs x86_64 envs under Rosetta: use the osx-64 installation when there is no arm64 one.
-if [ "$_cpkgs_sub" = osx-arm64 ] && { [ -z "$_cpkgs_inst" ] || [ ! -d "$_cpkgs_root/$_cpkgs_inst/envs" ]; }; then
+# A host whose own installation is missing runs another platform's envs where it can (site/paths.py
+# FALLBACK_PLATFORMS, rendered in): an arm64 Mac runs x86_64 envs under Rosetta.
+case $_cpkgs_sub in
+@FALLBACK_CASES_SH@
+    *) _cpkgs_fb= ;;
+esac
+if [ -n "$_cpkgs_fb" ] && { [ -z "$_cpkgs_inst" ] || [ ! -d "$_cpkgs_root/$_cpkgs_inst/envs" ]; }; then
     _cpkgs_inst=
     for _cpkgs_w in @INSTALLATIONS@; do
-        case $_cpkgs_w in osx-64=*) _cpkgs_inst=${_cpkgs_w#*=} ;; esac
+        case $_cpkgs_w in "$_cpkgs_fb="*) _cpkgs_inst=${_cpkgs_w#*=} ;; esac
     done
 fi
 
@@ -155,7 +157,8 @@ else
         # prints csh commands instead of changing this shell.
         conda() {
             # zsh: variables made here are the function's temporaries, unset on the way out (no warnings for them
-            # under warn_create_global); globs as below.  These options restore themselves on return.
+            # under warn_create_global); globs as below.  These options restore themselves on return (and hold
+            # in the __cpkgs_* helpers it calls).
             if [ -n "${ZSH_VERSION-}" ]; then
                 setopt localoptions nonomatch glob nowarncreateglobal nocshnullglob nomarkdirs
             fi
@@ -174,6 +177,7 @@ else
                 return
             fi
             _cpkgs_r=@ROOT_SH@
+            _cpkgs_rd=@RETIRED_SH@
             _cpkgs_i=${CPKGS_INSTALLATION-}
             _cpkgs_rc=0 _cpkgs_err= _cpkgs_go= _cpkgs_o= _cpkgs_ob= _cpkgs_obase= _cpkgs_n= _cpkgs_nb= _cpkgs_nbase=
             _cpkgs_name= _cpkgs_lvl=${CONDA_SHLVL:-0} _cpkgs_push= _cpkgs_pop= _cpkgs_msg= _cpkgs_pre= _cpkgs_post=
@@ -191,117 +195,10 @@ else
                 fi
             fi
             case ${1-} in
-            activate)
-                _cpkgs_a=${2-}
-                if [ $# -gt 2 ]; then _cpkgs_a=-; fi
-                case $_cpkgs_a in
-                '' | -*)
-                    _cpkgs_err="usage: conda activate NAME|PATH (this site's conda has no base env and no options)"
-                    ;;
-                */* | . | ..)
-                    # A path: made absolute and normalised without forking (., .., //, trailing /).
-                    case $_cpkgs_a in /*) ;; *) _cpkgs_a=$PWD/$_cpkgs_a ;; esac
-                    _cpkgs_n= _cpkgs_s=$_cpkgs_a/
-                    while [ -n "$_cpkgs_s" ]; do
-                        _cpkgs_c=${_cpkgs_s%%/*} _cpkgs_s=${_cpkgs_s#*/}
-                        case $_cpkgs_c in
-                        '' | .) ;;
-                        ..) _cpkgs_n=${_cpkgs_n%/*} ;;
-                        *) _cpkgs_n=$_cpkgs_n/$_cpkgs_c ;;
-                        esac
-                    done
-                    if [ ! -d "$_cpkgs_n/conda-meta" ]; then
-                        _cpkgs_err="no conda environment at $_cpkgs_n"
-                    fi
-                    _cpkgs_name=$_cpkgs_n
-                    case $_cpkgs_n in "$_cpkgs_r/$_cpkgs_i/envs/"*) _cpkgs_name=${_cpkgs_n##*/} ;; esac
-                    ;;
-                .*)
-                    _cpkgs_err="no environment named '$_cpkgs_a' (see 'conda env list')"
-                    ;;
-                *)
-                    _cpkgs_n=$_cpkgs_r/$_cpkgs_i/envs/$_cpkgs_a _cpkgs_name=$_cpkgs_a
-                    if [ -z "$_cpkgs_i" ] || [ ! -d "$_cpkgs_n" ]; then
-                        _cpkgs_err="no environment named '$_cpkgs_a' in $_cpkgs_r/$_cpkgs_i/envs (see 'conda env list')"
-                    fi
-                    ;;
-                esac
-                if [ -z "$_cpkgs_err" ]; then
-                    # A personal layer (cpkgs extend): conda-meta/cpkgs/layer = base prefix, base name,
-                    # base installation.  Its base's programs and activate.d scripts come along.
-                    _cpkgs_bn= _cpkgs_bi=
-                    if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
-                        { IFS= read -r _cpkgs_nbase || :; IFS= read -r _cpkgs_bn || :; IFS= read -r _cpkgs_bi || :; } \
-                            < "$_cpkgs_n/conda-meta/cpkgs/layer"
-                        if [ -z "$_cpkgs_nbase" ] || [ ! -d "$_cpkgs_nbase" ]; then
-                            _cpkgs_err="$_cpkgs_n is a personal layer on ${_cpkgs_bn:-an env} ($_cpkgs_nbase), which no longer exists; rebuild the layer on a current env"
-                        fi
-                    elif [ "$_cpkgs_name" != "$_cpkgs_n" ]; then
-                        _cpkgs_bn=$_cpkgs_name _cpkgs_bi=$_cpkgs_i
-                    fi
-                    # A retired env: its marker holds the one line to show (read by a builtin: no fork).  A removed
-                    # one's line refuses the activation: its tree stays only for jobs already running from it.
-                    if [ -n "$_cpkgs_bn" ] && [ -f "$_cpkgs_r/.cpkgs/retired/$_cpkgs_bi/$_cpkgs_bn" ]; then
-                        IFS= read -r _cpkgs_msg < "$_cpkgs_r/.cpkgs/retired/$_cpkgs_bi/$_cpkgs_bn" || :
-                        case $_cpkgs_msg in "cpkgs: $_cpkgs_bn was removed"*) _cpkgs_err=${_cpkgs_msg#cpkgs: } ;; esac
-                    fi
-                fi
-                if [ -z "$_cpkgs_err" ]; then
-                    _cpkgs_go=1 _cpkgs_o=${CONDA_PREFIX-}
-                    if [ "$_cpkgs_o" != "$_cpkgs_n" ]; then
-                        if [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then _cpkgs_push=$_cpkgs_lvl; fi
-                        _cpkgs_lvl=$((_cpkgs_lvl + 1))
-                    fi
-                fi
-                ;;
-            deactivate)
-                _cpkgs_o=${CONDA_PREFIX-}
-                if [ $# -gt 1 ]; then
-                    _cpkgs_err="usage: conda deactivate (it takes no arguments)"
-                elif [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then
-                    _cpkgs_go=1 _cpkgs_lvl=$((_cpkgs_lvl - 1))
-                    if [ "$_cpkgs_lvl" -gt 0 ]; then
-                        eval "_cpkgs_n=\${CONDA_PREFIX_$_cpkgs_lvl-}"
-                        _cpkgs_pop=$_cpkgs_lvl _cpkgs_name=$_cpkgs_n
-                        case $_cpkgs_n in "$_cpkgs_r/$_cpkgs_i/envs/"*) _cpkgs_name=${_cpkgs_n##*/} ;; esac
-                        if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
-                            IFS= read -r _cpkgs_nbase < "$_cpkgs_n/conda-meta/cpkgs/layer" || :
-                        fi
-                    fi
-                fi
-                ;;
-            env | info)
-                if [ $# -eq 2 ] && { [ "$1 $2" = "env list" ] || [ "$1 $2" = "info -e" ] || [ "$1 $2" = "info --envs" ]; }; then
-                    printf '# conda environments (cpkgs site %s, %s):\n#\n' "$_cpkgs_r" "$_cpkgs_i"
-                    for _cpkgs_f in "$_cpkgs_r/$_cpkgs_i/envs/"*; do
-                        _cpkgs_f=${_cpkgs_f%/}  # ksh's markdirs option appends a slash to directories
-                        _cpkgs_a=${_cpkgs_f##*/}
-                        case $_cpkgs_a in .* | '*') continue ;; esac
-                        [ -d "$_cpkgs_f" ] || continue
-                        _cpkgs_s=' '
-                        if [ "$_cpkgs_f" = "${CONDA_PREFIX-}" ]; then _cpkgs_s='*'; fi
-                        _cpkgs_c=
-                        if [ -f "$_cpkgs_r/.cpkgs/retired/$_cpkgs_i/$_cpkgs_a" ]; then
-                            IFS= read -r _cpkgs_c < "$_cpkgs_r/.cpkgs/retired/$_cpkgs_i/$_cpkgs_a" || :
-                            case $_cpkgs_c in
-                            # removed: listed only where it is still active
-                            "cpkgs: $_cpkgs_a was removed"*) [ "$_cpkgs_s" = '*' ] || continue; _cpkgs_c='  (removed)' ;;
-                            *) _cpkgs_c='  (retired)' ;;
-                            esac
-                        fi
-                        printf '%-24s %s  %s%s\n' "$_cpkgs_a" "$_cpkgs_s" "$_cpkgs_f" "$_cpkgs_c"
-                    done
-                    case ${CONDA_PREFIX-} in
-                    '' | "$_cpkgs_r/$_cpkgs_i/envs/"*) ;;
-                    *) printf '%-24s *  %s\n' '' "$CONDA_PREFIX" ;;
-                    esac
-                else
-                    _cpkgs_err=unavailable
-                fi
-                ;;
-            *)
-                _cpkgs_err=unavailable
-                ;;
+            activate) __cpkgs_activate "$@" ;;
+            deactivate) __cpkgs_deactivate "$@" ;;
+            env | info) __cpkgs_env_list "$@" ;;
+            *) _cpkgs_err=unavailable ;;
             esac
             if [ "$_cpkgs_err" = unavailable ]; then
                 _cpkgs_s=  # the words joined by spaces whatever IFS is ("$*" joins with IFS's first character)
@@ -313,147 +210,285 @@ else
                 printf 'cpkgs: %s\n' "$_cpkgs_err" >&2
                 _cpkgs_rc=1
             elif [ -n "$_cpkgs_go" ]; then
-                if [ -n "$_cpkgs_msg" ]; then printf '%s\n' "$_cpkgs_msg" >&2; fi
-                # The old env's PATH entries: its bin, and its base's bin for a layer.
-                if [ -n "$_cpkgs_o" ]; then
-                    _cpkgs_ob=$_cpkgs_o/bin
-                    if [ -f "$_cpkgs_o/conda-meta/cpkgs/layer" ]; then
-                        IFS= read -r _cpkgs_obase < "$_cpkgs_o/conda-meta/cpkgs/layer" || :
-                        if [ -n "$_cpkgs_obase" ]; then _cpkgs_ob=$_cpkgs_ob:$_cpkgs_obase/bin; fi
-                    fi
-                fi
-                if [ -n "$_cpkgs_n" ]; then
-                    _cpkgs_nb=$_cpkgs_n/bin
-                    if [ -n "$_cpkgs_nbase" ]; then _cpkgs_nb=$_cpkgs_nb:$_cpkgs_nbase/bin; fi
-                fi
-                # 1. the old env's deactivate.d scripts (a layer's own, then its base's), in reverse sorted order
-                # as conda runs them (the mirror of activation: what activated first is undone last).
-                for _cpkgs_d in ${_cpkgs_o:+"$_cpkgs_o"} ${_cpkgs_obase:+"$_cpkgs_obase"}; do
-                    _cpkgs_s=
-                    for _cpkgs_f in "$_cpkgs_d/etc/conda/deactivate.d/"*."$_cpkgs_ext"; do
-                        if [ -f "$_cpkgs_f" ]; then _cpkgs_s=$_cpkgs_f$_cpkgs_nl$_cpkgs_s; fi
-                    done
-                    while [ -n "$_cpkgs_s" ]; do
-                        _cpkgs_f=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
-                        if [ -n "$_cpkgs_emit" ]; then
-                            _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
-                        else
-                            _cpkgs_busy=$_cpkgs_f
-                            . "$_cpkgs_f"
-                            unset _cpkgs_busy
-                        fi
-                    done
-                done
-                # 2. PATH: drop exactly what the old activation prepended, prepend the new env's entries.
-                if [ -n "$_cpkgs_o" ]; then
-                    case $PATH in
-                    "$_cpkgs_ob") PATH= ;;
-                    "$_cpkgs_ob":*) PATH=${PATH#"$_cpkgs_ob":} ;;
-                    *)
-                        for _cpkgs_e in "$_cpkgs_o/bin" ${_cpkgs_obase:+"$_cpkgs_obase/bin"}; do
-                            case :$PATH: in
-                            *":$_cpkgs_e:"*)
-                                _cpkgs_s=:$PATH:
-                                _cpkgs_s=${_cpkgs_s%%":$_cpkgs_e:"*}:${_cpkgs_s#*":$_cpkgs_e:"}
-                                _cpkgs_s=${_cpkgs_s#:}
-                                PATH=${_cpkgs_s%:}
-                                ;;
-                            esac
-                        done
-                        ;;
-                    esac
-                fi
-                if [ -n "$_cpkgs_n" ]; then PATH=$_cpkgs_nb${PATH:+:$PATH}; fi
-                export PATH
-                # 3. conda's variables and the prompt.
-                if [ -n "$_cpkgs_push" ]; then
-                    eval "CONDA_PREFIX_$_cpkgs_push=\$_cpkgs_o; export CONDA_PREFIX_$_cpkgs_push"
-                fi
-                if [ -n "$_cpkgs_pop" ]; then unset "CONDA_PREFIX_$_cpkgs_pop"; fi
-                _cpkgs_s=${CONDA_PROMPT_MODIFIER-}
-                if [ -n "$_cpkgs_n" ]; then
-                    CONDA_PREFIX=$_cpkgs_n CONDA_DEFAULT_ENV=$_cpkgs_name CONDA_PROMPT_MODIFIER="($_cpkgs_name) "
-                    CONDA_SHLVL=$_cpkgs_lvl
-                    export CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL
-                else
-                    unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER
-                    CONDA_SHLVL=0
-                    export CONDA_SHLVL
-                fi
-                if [ -n "$_cpkgs_emit" ]; then
-                    if [ -n "${prompt+x}" ]; then prompt=${CONDA_PROMPT_MODIFIER-}${prompt#"$_cpkgs_s"}; fi
-                elif [ -n "${PS1+x}" ]; then
-                    PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
-                fi
-                # 4. the new env's activate.d scripts (a layer's base's, then its own), sorted.
-                for _cpkgs_d in ${_cpkgs_nbase:+"$_cpkgs_nbase"} ${_cpkgs_n:+"$_cpkgs_n"}; do
-                    for _cpkgs_f in "$_cpkgs_d/etc/conda/activate.d/"*."$_cpkgs_ext"; do
-                        [ -f "$_cpkgs_f" ] || continue
-                        if [ -n "$_cpkgs_emit" ]; then
-                            _cpkgs_post="${_cpkgs_post}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
-                        else
-                            _cpkgs_busy=$_cpkgs_f
-                            . "$_cpkgs_f"
-                            unset _cpkgs_busy
-                        fi
-                    done
-                done
-                if [ -n "$_cpkgs_emit" ]; then
-                    # For cpkgs-conda.csh: one line of csh.  Lines "COMMAND<TAB>VALUE" get VALUE single-quoted
-                    # for csh ('\'' for a quote, \! for a history bang).
-                    _cpkgs_s=$_cpkgs_pre
-                    for _cpkgs_e in PATH CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL \
-                        ${_cpkgs_pop:+"CONDA_PREFIX_$_cpkgs_pop"} ${_cpkgs_push:+"CONDA_PREFIX_$_cpkgs_push"} prompt; do
-                        if eval "[ -n \"\${$_cpkgs_e+x}\" ]"; then
-                            eval "_cpkgs_a=\$$_cpkgs_e"
-                            if [ "$_cpkgs_e" = prompt ]; then _cpkgs_c='set prompt ='; else _cpkgs_c="setenv $_cpkgs_e"; fi
-                            _cpkgs_s="$_cpkgs_s$_cpkgs_c$_cpkgs_t$_cpkgs_a$_cpkgs_nl"
-                        elif [ "$_cpkgs_e" != prompt ]; then
-                            _cpkgs_s="${_cpkgs_s}unsetenv $_cpkgs_e$_cpkgs_nl"
-                        fi
-                    done
-                    _cpkgs_s=$_cpkgs_s$_cpkgs_post _cpkgs_a=
-                    while [ -n "$_cpkgs_s" ]; do
-                        _cpkgs_v=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
-                        case $_cpkgs_v in
-                        *"$_cpkgs_t"*)
-                            _cpkgs_a="$_cpkgs_a${_cpkgs_v%%"$_cpkgs_t"*} " _cpkgs_v=${_cpkgs_v#*"$_cpkgs_t"} _cpkgs_c=
-                            while :; do
-                                case $_cpkgs_v in
-                                *"'"*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%"'"*}'\\''" _cpkgs_v=${_cpkgs_v#*"'"} ;;
-                                *) break ;;
-                                esac
-                            done
-                            _cpkgs_v=$_cpkgs_c$_cpkgs_v _cpkgs_c=
-                            while :; do
-                                case $_cpkgs_v in
-                                *!*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%!*}\\!" _cpkgs_v=${_cpkgs_v#*!} ;;
-                                *) break ;;
-                                esac
-                            done
-                            _cpkgs_a="$_cpkgs_a'$_cpkgs_c$_cpkgs_v';"
-                            ;;
-                        *) _cpkgs_a="$_cpkgs_a$_cpkgs_v;" ;;
-                        esac
-                    done
-                    printf '%s\n' "$_cpkgs_a"
-                fi
+                __cpkgs_switch
             fi
             case $_cpkgs_g in *f*) set -f ;; esac
             case $_cpkgs_g in *F*) shopt -s failglob ;; esac
-            eval "unset _cpkgs_busy _cpkgs_g _cpkgs_r _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase _cpkgs_n \
-                _cpkgs_nb _cpkgs_nbase _cpkgs_name _cpkgs_lvl _cpkgs_push _cpkgs_pop _cpkgs_msg _cpkgs_pre _cpkgs_post \
-                _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl _cpkgs_emit; \
-                return $_cpkgs_rc"
+            eval "unset _cpkgs_busy _cpkgs_g _cpkgs_r _cpkgs_rd _cpkgs_i _cpkgs_rc _cpkgs_err _cpkgs_go _cpkgs_o _cpkgs_ob _cpkgs_obase \
+                _cpkgs_n _cpkgs_nb _cpkgs_nbase _cpkgs_name _cpkgs_lvl _cpkgs_push _cpkgs_pop _cpkgs_msg _cpkgs_pre _cpkgs_post \
+                _cpkgs_ext _cpkgs_a _cpkgs_s _cpkgs_c _cpkgs_d _cpkgs_e _cpkgs_f _cpkgs_k _cpkgs_v _cpkgs_bn _cpkgs_bi _cpkgs_t _cpkgs_nl \
+                _cpkgs_emit; return $_cpkgs_rc"
         }
+        # The helpers below share conda()'s temporaries (sh has no local variables): conda() sets them up and
+        # unsets them all on its way out.
+
+        # conda activate NAME|PATH: which env (_cpkgs_n, shown as _cpkgs_name; a layer's base _cpkgs_nbase), its
+        # retirement line (_cpkgs_msg), the stack (_cpkgs_push, _cpkgs_lvl); or why not (_cpkgs_err).
+        __cpkgs_activate() {
+            _cpkgs_a=${2-}
+            if [ $# -gt 2 ]; then _cpkgs_a=-; fi
+            case $_cpkgs_a in
+            '' | -*)
+                _cpkgs_err="usage: conda activate NAME|PATH (this site's conda has no base env and no options)"
+                ;;
+            */* | . | ..)
+                # A path: made absolute and normalised without forking (., .., //, trailing /).
+                case $_cpkgs_a in /*) ;; *) _cpkgs_a=$PWD/$_cpkgs_a ;; esac
+                _cpkgs_n= _cpkgs_s=$_cpkgs_a/
+                while [ -n "$_cpkgs_s" ]; do
+                    _cpkgs_c=${_cpkgs_s%%/*} _cpkgs_s=${_cpkgs_s#*/}
+                    case $_cpkgs_c in
+                    '' | .) ;;
+                    ..) _cpkgs_n=${_cpkgs_n%/*} ;;
+                    *) _cpkgs_n=$_cpkgs_n/$_cpkgs_c ;;
+                    esac
+                done
+                if [ ! -d "$_cpkgs_n/conda-meta" ]; then
+                    _cpkgs_err="no conda environment at $_cpkgs_n"
+                fi
+                _cpkgs_name=$_cpkgs_n
+                case $_cpkgs_n in "$_cpkgs_r/$_cpkgs_i/envs/"*) _cpkgs_name=${_cpkgs_n##*/} ;; esac
+                ;;
+            .*)
+                _cpkgs_err="no environment named '$_cpkgs_a' (see 'conda env list')"
+                ;;
+            *)
+                _cpkgs_n=$_cpkgs_r/$_cpkgs_i/envs/$_cpkgs_a _cpkgs_name=$_cpkgs_a
+                if [ -z "$_cpkgs_i" ] || [ ! -d "$_cpkgs_n" ]; then
+                    _cpkgs_err="no environment named '$_cpkgs_a' in $_cpkgs_r/$_cpkgs_i/envs (see 'conda env list')"
+                fi
+                ;;
+            esac
+            if [ -z "$_cpkgs_err" ]; then
+                # A personal layer (cpkgs extend: conda-meta/cpkgs/layer = base prefix, base name, base
+                # installation): its base's programs and activate.d scripts come along. A shared env's retired
+                # marker: its one line is shown (read by a builtin: no fork), or, for a removed env, refuses the
+                # activation (its tree stays only for jobs already running from it).
+                _cpkgs_bn= _cpkgs_bi=
+                if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
+                    { IFS= read -r _cpkgs_nbase || :; IFS= read -r _cpkgs_bn || :; IFS= read -r _cpkgs_bi || :; } \
+                        < "$_cpkgs_n/conda-meta/cpkgs/layer"
+                    if [ -z "$_cpkgs_nbase" ] || [ ! -d "$_cpkgs_nbase" ]; then
+                        _cpkgs_err="$_cpkgs_n is a personal layer on ${_cpkgs_bn:-an env} ($_cpkgs_nbase), which no longer exists; rebuild the layer on a current env"
+                    fi
+                elif [ "$_cpkgs_name" != "$_cpkgs_n" ]; then
+                    _cpkgs_bn=$_cpkgs_name _cpkgs_bi=$_cpkgs_i
+                fi
+                if [ -n "$_cpkgs_bn" ] && [ -f "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" ]; then
+                    IFS= read -r _cpkgs_msg < "$_cpkgs_rd/$_cpkgs_bi/$_cpkgs_bn" || :
+                    case $_cpkgs_msg in "cpkgs: $_cpkgs_bn was removed"*) _cpkgs_err=${_cpkgs_msg#cpkgs: } ;; esac
+                fi
+            fi
+            if [ -z "$_cpkgs_err" ]; then
+                _cpkgs_go=1 _cpkgs_o=${CONDA_PREFIX-}
+                if [ "$_cpkgs_o" != "$_cpkgs_n" ]; then
+                    if [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then _cpkgs_push=$_cpkgs_lvl; fi
+                    _cpkgs_lvl=$((_cpkgs_lvl + 1))
+                fi
+            fi
+        }
+
+        # conda deactivate: back to the env below on the stack (CONDA_PREFIX_<n>), or none.
+        __cpkgs_deactivate() {
+            _cpkgs_o=${CONDA_PREFIX-}
+            if [ $# -gt 1 ]; then
+                _cpkgs_err="usage: conda deactivate (it takes no arguments)"
+            elif [ -n "$_cpkgs_o" ] && [ "$_cpkgs_lvl" -gt 0 ]; then
+                _cpkgs_go=1 _cpkgs_lvl=$((_cpkgs_lvl - 1))
+                if [ "$_cpkgs_lvl" -gt 0 ]; then
+                    eval "_cpkgs_n=\${CONDA_PREFIX_$_cpkgs_lvl-}"
+                    _cpkgs_pop=$_cpkgs_lvl _cpkgs_name=$_cpkgs_n
+                    case $_cpkgs_n in "$_cpkgs_r/$_cpkgs_i/envs/"*) _cpkgs_name=${_cpkgs_n##*/} ;; esac
+                    if [ -f "$_cpkgs_n/conda-meta/cpkgs/layer" ]; then
+                        IFS= read -r _cpkgs_nbase < "$_cpkgs_n/conda-meta/cpkgs/layer" || :
+                    fi
+                fi
+            fi
+        }
+
+        # conda env list (and conda info -e / --envs): this host's installation's envs, retired ones marked,
+        # removed ones only where still active.
+        __cpkgs_env_list() {
+            if [ $# -eq 2 ] && { [ "$1 $2" = "env list" ] || [ "$1 $2" = "info -e" ] || [ "$1 $2" = "info --envs" ]; }; then
+                printf '# conda environments (cpkgs site %s, %s):\n#\n' "$_cpkgs_r" "$_cpkgs_i"
+                for _cpkgs_f in "$_cpkgs_r/$_cpkgs_i/envs/"*; do
+                    _cpkgs_f=${_cpkgs_f%/}  # ksh's markdirs option appends a slash to directories
+                    _cpkgs_a=${_cpkgs_f##*/}
+                    case $_cpkgs_a in .* | '*') continue ;; esac
+                    [ -d "$_cpkgs_f" ] || continue
+                    _cpkgs_s=' '
+                    if [ "$_cpkgs_f" = "${CONDA_PREFIX-}" ]; then _cpkgs_s='*'; fi
+                    _cpkgs_c=
+                    if [ -f "$_cpkgs_rd/$_cpkgs_i/$_cpkgs_a" ]; then
+                        IFS= read -r _cpkgs_c < "$_cpkgs_rd/$_cpkgs_i/$_cpkgs_a" || :
+                        case $_cpkgs_c in
+                        # removed: listed only where it is still active
+                        "cpkgs: $_cpkgs_a was removed"*) [ "$_cpkgs_s" = '*' ] || continue; _cpkgs_c='  (removed)' ;;
+                        *) _cpkgs_c='  (retired)' ;;
+                        esac
+                    fi
+                    printf '%-24s %s  %s%s\n' "$_cpkgs_a" "$_cpkgs_s" "$_cpkgs_f" "$_cpkgs_c"
+                done
+                case ${CONDA_PREFIX-} in
+                '' | "$_cpkgs_r/$_cpkgs_i/envs/"*) ;;
+                *) printf '%-24s *  %s\n' '' "$CONDA_PREFIX" ;;
+                esac
+            else
+                _cpkgs_err=unavailable
+            fi
+        }
+
+        # From the old env (_cpkgs_o) to the new one (_cpkgs_n; none: deactivated all the way), as conda does it.
+        __cpkgs_switch() {
+            if [ -n "$_cpkgs_msg" ]; then printf '%s\n' "$_cpkgs_msg" >&2; fi
+            # The old env's PATH entries: its bin, and its base's bin for a layer.
+            if [ -n "$_cpkgs_o" ]; then
+                _cpkgs_ob=$_cpkgs_o/bin
+                if [ -f "$_cpkgs_o/conda-meta/cpkgs/layer" ]; then
+                    IFS= read -r _cpkgs_obase < "$_cpkgs_o/conda-meta/cpkgs/layer" || :
+                    if [ -n "$_cpkgs_obase" ]; then _cpkgs_ob=$_cpkgs_ob:$_cpkgs_obase/bin; fi
+                fi
+            fi
+            if [ -n "$_cpkgs_n" ]; then
+                _cpkgs_nb=$_cpkgs_n/bin
+                if [ -n "$_cpkgs_nbase" ]; then _cpkgs_nb=$_cpkgs_nb:$_cpkgs_nbase/bin; fi
+            fi
+            # 1. the old env's deactivate.d scripts (a layer's own, then its base's), in reverse sorted order
+            # as conda runs them (the mirror of activation: what activated first is undone last).
+            for _cpkgs_d in ${_cpkgs_o:+"$_cpkgs_o"} ${_cpkgs_obase:+"$_cpkgs_obase"}; do
+                __cpkgs_scripts "$_cpkgs_d" deactivate
+            done
+            # 2. PATH: drop exactly what the old activation prepended, prepend the new env's entries.
+            if [ -n "$_cpkgs_o" ]; then
+                case $PATH in
+                "$_cpkgs_ob") PATH= ;;
+                "$_cpkgs_ob":*) PATH=${PATH#"$_cpkgs_ob":} ;;
+                *)
+                    for _cpkgs_e in "$_cpkgs_o/bin" ${_cpkgs_obase:+"$_cpkgs_obase/bin"}; do
+                        case :$PATH: in
+                        *":$_cpkgs_e:"*)
+                            _cpkgs_s=:$PATH:
+                            _cpkgs_s=${_cpkgs_s%%":$_cpkgs_e:"*}:${_cpkgs_s#*":$_cpkgs_e:"}
+                            _cpkgs_s=${_cpkgs_s#:}
+                            PATH=${_cpkgs_s%:}
+                            ;;
+                        esac
+                    done
+                    ;;
+                esac
+            fi
+            if [ -n "$_cpkgs_n" ]; then PATH=$_cpkgs_nb${PATH:+:$PATH}; fi
+            export PATH
+            # 3. conda's variables and the prompt.
+            if [ -n "$_cpkgs_push" ]; then
+                eval "CONDA_PREFIX_$_cpkgs_push=\$_cpkgs_o; export CONDA_PREFIX_$_cpkgs_push"
+            fi
+            if [ -n "$_cpkgs_pop" ]; then unset "CONDA_PREFIX_$_cpkgs_pop"; fi
+            _cpkgs_s=${CONDA_PROMPT_MODIFIER-}
+            if [ -n "$_cpkgs_n" ]; then
+                CONDA_PREFIX=$_cpkgs_n CONDA_DEFAULT_ENV=$_cpkgs_name CONDA_PROMPT_MODIFIER="($_cpkgs_name) "
+                CONDA_SHLVL=$_cpkgs_lvl
+                export CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL
+            else
+                unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER
+                CONDA_SHLVL=0
+                export CONDA_SHLVL
+            fi
+            if [ -n "$_cpkgs_emit" ]; then
+                if [ -n "${prompt+x}" ]; then prompt=${CONDA_PROMPT_MODIFIER-}${prompt#"$_cpkgs_s"}; fi
+            elif [ -n "${PS1+x}" ]; then
+                PS1=${CONDA_PROMPT_MODIFIER-}${PS1#"$_cpkgs_s"}
+            fi
+            # 4. the new env's activate.d scripts (a layer's base's, then its own), sorted.
+            for _cpkgs_d in ${_cpkgs_nbase:+"$_cpkgs_nbase"} ${_cpkgs_n:+"$_cpkgs_n"}; do
+                __cpkgs_scripts "$_cpkgs_d" activate
+            done
+            if [ -n "$_cpkgs_emit" ]; then __cpkgs_emit_csh; fi
+        }
+
+        # DIR's KIND.d scripts (KIND: activate, sorted; deactivate, in reverse): each sourced here, or in emit
+        # mode noted for csh (_cpkgs_pre before the variables change, _cpkgs_post after).
+        __cpkgs_scripts() {
+            _cpkgs_k=$2 _cpkgs_s=
+            for _cpkgs_f in "$1/etc/conda/$2.d/"*."$_cpkgs_ext"; do
+                [ -f "$_cpkgs_f" ] || continue
+                if [ "$_cpkgs_k" = activate ]; then
+                    __cpkgs_source
+                else
+                    _cpkgs_s=$_cpkgs_f$_cpkgs_nl$_cpkgs_s
+                fi
+            done
+            while [ -n "$_cpkgs_s" ]; do
+                _cpkgs_f=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
+                __cpkgs_source
+            done
+        }
+
+        # The script _cpkgs_f of kind _cpkgs_k: sourced (_cpkgs_busy naming it, see conda()), or noted for csh.
+        __cpkgs_source() {
+            if [ -z "$_cpkgs_emit" ]; then
+                _cpkgs_busy=$_cpkgs_f
+                . "$_cpkgs_f"
+                unset _cpkgs_busy
+            elif [ "$_cpkgs_k" = activate ]; then
+                _cpkgs_post="${_cpkgs_post}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
+            else
+                _cpkgs_pre="${_cpkgs_pre}source$_cpkgs_t$_cpkgs_f$_cpkgs_nl"
+            fi
+        }
+
     fi
 fi
 if [ -n "$_cpkgs_why" ] && [ "${CPKGS_VERBOSE-}" = 1 ]; then
     printf 'cpkgs: not set up: %s\n' "$_cpkgs_why" >&2
 fi
 unset _cpkgs_root _cpkgs_out _cpkgs_nl _cpkgs_inst _cpkgs_why _cpkgs_pkgs _cpkgs_probe _cpkgs_uid _cpkgs_k _cpkgs_v _cpkgs_x \
-    _cpkgs_u _cpkgs_sub _cpkgs_w _cpkgs_ok
-# cpkgs-conda.csh runs this file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
+    _cpkgs_u _cpkgs_sub _cpkgs_fb _cpkgs_w _cpkgs_ok
+# Sourced, this file ends here: a shell never reads (nor parses) the rest, which is for cpkgs-conda.csh: it runs this
+# file as a script (`/bin/sh conda.sh`) to borrow the `conda` function above.
+[ -n "${_cpkgs_csh-}" ] || return 0 2>/dev/null || exit 0
+
+# For cpkgs-conda.csh: the whole change as one line of csh.  Lines "COMMAND<TAB>VALUE" get VALUE
+# single-quoted for csh ('\'' for a quote, \! for a history bang).
+__cpkgs_emit_csh() {
+    _cpkgs_s=$_cpkgs_pre
+    for _cpkgs_e in PATH CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDA_SHLVL \
+        ${_cpkgs_pop:+"CONDA_PREFIX_$_cpkgs_pop"} ${_cpkgs_push:+"CONDA_PREFIX_$_cpkgs_push"} prompt; do
+        if eval "[ -n \"\${$_cpkgs_e+x}\" ]"; then
+            eval "_cpkgs_a=\$$_cpkgs_e"
+            if [ "$_cpkgs_e" = prompt ]; then _cpkgs_c='set prompt ='; else _cpkgs_c="setenv $_cpkgs_e"; fi
+            _cpkgs_s="$_cpkgs_s$_cpkgs_c$_cpkgs_t$_cpkgs_a$_cpkgs_nl"
+        elif [ "$_cpkgs_e" != prompt ]; then
+            _cpkgs_s="${_cpkgs_s}unsetenv $_cpkgs_e$_cpkgs_nl"
+        fi
+    done
+    _cpkgs_s=$_cpkgs_s$_cpkgs_post _cpkgs_a=
+    while [ -n "$_cpkgs_s" ]; do
+        _cpkgs_v=${_cpkgs_s%%"$_cpkgs_nl"*} _cpkgs_s=${_cpkgs_s#*"$_cpkgs_nl"}
+        case $_cpkgs_v in
+        *"$_cpkgs_t"*)
+            _cpkgs_a="$_cpkgs_a${_cpkgs_v%%"$_cpkgs_t"*} " _cpkgs_v=${_cpkgs_v#*"$_cpkgs_t"} _cpkgs_c=
+            while :; do
+                case $_cpkgs_v in
+                *"'"*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%"'"*}'\\''" _cpkgs_v=${_cpkgs_v#*"'"} ;;
+                *) break ;;
+                esac
+            done
+            _cpkgs_v=$_cpkgs_c$_cpkgs_v _cpkgs_c=
+            while :; do
+                case $_cpkgs_v in
+                *!*) _cpkgs_c="$_cpkgs_c${_cpkgs_v%%!*}\\!" _cpkgs_v=${_cpkgs_v#*!} ;;
+                *) break ;;
+                esac
+            done
+            _cpkgs_a="$_cpkgs_a'$_cpkgs_c$_cpkgs_v';"
+            ;;
+        *) _cpkgs_a="$_cpkgs_a$_cpkgs_v;" ;;
+        esac
+    done
+    printf '%s\n' "$_cpkgs_a"
+}
+
 case ${_cpkgs_csh-} in
 emit) conda ${_cpkgs_a1+"$_cpkgs_a1"} ${_cpkgs_a2+"$_cpkgs_a2"} ;;
 run) conda "$@" ;;

@@ -24,6 +24,10 @@ sys.path.insert(0, str(REPO / "tests" / "conda_client"))
 from build_channel import ensure_channel  # noqa: E402
 from build_conda import ensure_conda  # noqa: E402
 
+# The site tree as make_site builds it (DESIGN.md, the default installations): linux-64's installation and its envs,
+# relative to the root.
+LINUX = "anaconda3_linux"
+ENVS = f"{LINUX}/envs"
 NOBODY_UID = 65534
 NOBODY = ("--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups")
 # Packages of the standard test env: python + every kind of test package.

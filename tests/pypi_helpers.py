@@ -22,16 +22,16 @@ sys.path.insert(0, str(REPO / "tests" / "wheelhouse"))
 
 from build_wheelhouse import ensure_wheelhouse, make_wheel, write_simple  # noqa: E402
 
-from cpkgs_admin.pypi.config import PypiConfig  # noqa: E402
-from cpkgs_admin.pypi.install import install_pip  # noqa: E402
-from cpkgs_admin.pypi.record import PypiPackage, read_lock_text  # noqa: E402
-from cpkgs_admin.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
-from cpkgs_admin.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
-from cpkgs_admin.pypi.store import WheelStore  # noqa: E402
-from cpkgs_admin.pypi.target import TargetPython, target_python  # noqa: E402
+from cpkgs_admin.pipeline.pypi.install import install_pip  # noqa: E402
+from cpkgs_admin.pipeline.pypi.record import PypiPackage, read_lock_text  # noqa: E402
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, PipRequest  # noqa: E402
+from cpkgs_admin.pipeline.pypi.resolve import PipLock, lock_from_file, lock_pip  # noqa: E402
+from cpkgs_admin.pipeline.pypi.store import WheelStore  # noqa: E402
+from cpkgs_admin.pipeline.pypi.target import PythonPlatform, TargetPython, python_platform, target_for_prefix  # noqa: E402
+from cpkgs_admin.site.pypi_config import PypiConfig  # noqa: E402
 
-__all__ = ["Env", "Pip", "git_repo", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
-           "wheel_dir", "wheelhouse", "write_simple"]
+__all__ = ["Env", "Pip", "git_repo", "mac_python_channel", "http_index", "make_env", "make_wheel", "offline_config", "pip", "uv_cache",
+           "wheel_dir", "wheelhouse", "world_wheel_dir", "write_simple"]
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +53,21 @@ def offline_config(wheel_dir: Path) -> PypiConfig:
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+
+@pytest.fixture(scope="session")
+def world_wheel_dir(wheel_dir: Path) -> Iterator[Path]:
+    """The wheelhouse's wheels where uid 65534 can read them (hard links in a fresh 0755 dir under /tmp: the cache
+    sits in root's home)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="cpkgs-test-wheels-"))
+    os.chmod(base, 0o755)
+    for f in wheel_dir.iterdir():
+        os.link(f, base / f.name)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -113,13 +128,22 @@ class Env:
     @property
     def target(self) -> TargetPython:
         if self._target is None:
-            self._target = target_python(self.staging, self.final)
+            self._target = target_for_prefix(self.staging, self.final, LINUX, native=True)
         return self._target
 
     def publish(self) -> Path:
         os.rename(self.staging, self.final)
         return self.final
 
+
+# The platform of the test channel's envs as new-env resolves for them: linux-64 at this host's glibc.
+def _linux() -> PythonPlatform:
+    from cpkgs_admin.pipeline.solve import virtual_packages
+
+    return python_platform("linux-64", {v.name.normalized: str(v.version) for v in virtual_packages("linux-64", {})})
+
+
+LINUX = _linux()
 
 _RECORDS: dict[tuple[str, ...], list[object]] = {}
 
@@ -130,8 +154,8 @@ def make_env(tmp_path: Path, channel_url: str) -> Callable[..., Env]:
     patched in), under tmp_path/envs."""
     from rattler import Config, install
 
-    from cpkgs_admin.channels import Source
-    from cpkgs_admin.solve import solve, virtual_packages
+    from cpkgs_admin.pipeline.solve import solve, virtual_packages
+    from cpkgs_admin.site.channels import Source
 
     def make(*specs: str, name: str = "demo-1.0", envs: Path | None = None) -> Env:
         key = tuple(specs)
@@ -172,3 +196,62 @@ class Pip:
 @pytest.fixture
 def pip(tmp_path: Path, uv_cache: Path) -> Pip:
     return Pip(tmp_path, uv_cache)
+
+
+# ------------------------------------------------------------------------------------------------------------ macOS
+
+MACHO_MAGIC = b"\xcf\xfa\xed\xfe"  # a 64-bit Mach-O file starts so: no Linux kernel will run it
+
+
+def mac_python_channel(dest: Path) -> Path:
+    """A channel with one osx-arm64 package `python 3.11.7` that stands in for conda-forge's: the layout a real one
+    has where cpkgs looks (conda-meta record, bin/python -> python3.11, lib/python3.11/os.py, site-packages) and a
+    bin/python3.11 that is no program this host can run. The one fake at the macOS boundary: a real macOS python
+    cannot run here, and a build for osx-arm64 must not try to run it."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    from rattler.index import index_fs
+
+    channel = dest / "channel"
+    for sub in ("osx-arm64", "noarch"):
+        (channel / sub).mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, bytes | str]] = [
+        ("bin/python3.11", MACHO_MAGIC + b"\0" * 28 + b"cpkgs test stand-in for a macOS python\n"),
+        ("bin/python", "python3.11"),
+        ("lib/python3.11/os.py", b"# stand-in: the stdlib dir of a macOS CPython 3.11\n"),
+        ("lib/python3.11/site-packages/README.txt", b"This directory exists so that you can install packages.\n"),
+    ]
+    index = {"name": "python", "version": "3.11.7", "build": "h0_cpkgs_standin", "build_number": 0, "depends": [],
+             "subdir": "osx-arm64", "platform": "osx", "arch": "arm64", "license": "PSF-2.0", "timestamp": 0}
+    paths = []
+    for path, content in files:
+        if isinstance(content, str):
+            paths.append({"_path": path, "path_type": "softlink", "size_in_bytes": 0})
+        else:
+            paths.append({"_path": path, "path_type": "hardlink", "sha256": hashlib.sha256(content).hexdigest(),
+                          "size_in_bytes": len(content)})
+
+    def member(tf: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = None, mode: int = 0o644) -> None:
+        info = tarfile.TarInfo(name)
+        info.mtime = 0
+        if link is not None:
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+            tf.addfile(info)
+            return
+        info.size, info.mode = len(data), mode
+        tf.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(channel / "osx-arm64" / "python-3.11.7-h0_cpkgs_standin.tar.bz2", "w:bz2") as tf:
+        for path, content in files:
+            if isinstance(content, str):
+                member(tf, path, link=content)
+            else:
+                member(tf, path, content, mode=0o755 if path.startswith("bin/") else 0o644)
+        member(tf, "info/index.json", json.dumps(index).encode())
+        member(tf, "info/paths.json", json.dumps({"paths": paths, "paths_version": 1}).encode())
+        member(tf, "info/files", "".join(p + "\n" for p, _c in files).encode())
+    asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
+    return channel

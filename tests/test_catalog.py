@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from markupsafe import Markup
 
-from conftest import make_site, run_cpkgs, tree_hash
+from conftest import ENVS, make_site, run_cpkgs, tree_hash
 
 PLAT = "linux-64"
 CATALOG = "share/cpkgs-catalog"
@@ -39,7 +39,7 @@ def record(root: Path, name: str, packages: list[dict[str, Any]], *, status: str
            created: str = "2024-05-01T12:00:00+0000", **fields: Any) -> dict[str, Any]:
     family, _, version = name.rpartition("-")
     rec = {"schema": 2, "name": name, "family": family, "version": version, "platform": PLAT,
-           "prefix": str(root / "anaconda3_linux" / "envs" / name), "requested_specs": [p["name"] for p in packages],
+           "prefix": str(root / ENVS / name), "requested_specs": [p["name"] for p in packages],
            "channels": ["https://conda.example.org/main"], "packages": packages, "creator": "admin", "host": "build1",
            "created": created, "cpkgs_version": "0.1.0", "size": 123456789, "file_count": 42, "status": status,
            **fields}
@@ -52,7 +52,7 @@ def record(root: Path, name: str, packages: list[dict[str, Any]], *, status: str
 
 
 def site_of(root: Path) -> Any:
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.paths import open_site
 
     return open_site(root)
 
@@ -107,7 +107,7 @@ def bare(tmp_path: Path) -> Path:
 def test_admin_text_and_channel_metadata_are_shown_as_text(bare: Path) -> None:
     """A retire message holding a script, package metadata with quotes and angle brackets, control characters and
     a bidi override: every page shows them as text (what a browser's textContent gives back), none holds them raw."""
-    from cpkgs_admin.catalog import render_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog
 
     message = f"{XSS} \x1b[31mred\x07 \u202eevil"
     record(bare, "app-1.0", [pkg("python", "3.11.7"), pkg("lib", "1.0")], status="retired",
@@ -141,8 +141,8 @@ def test_admin_text_and_channel_metadata_are_shown_as_text(bare: Path) -> None:
 def test_spec_file_is_shown_only_while_it_is_what_built_the_env(bare: Path) -> None:
     """The family's spec file (admin text: its comments) is shown, escaped, while it hashes to the record's
     spec_sha256 (spec.from_family's digest); once edited the page says so instead of showing other text."""
-    from cpkgs_admin.catalog import render_catalog
-    from cpkgs_admin.spec import from_family
+    from cpkgs_admin.outputs.catalog import render_catalog
+    from cpkgs_admin.site.specs import from_family
 
     spec = bare / "specs" / "app.yml"
     spec.write_text(f"# the app family {XSS} & co\ndependencies: [python]\n")
@@ -159,7 +159,7 @@ def test_spec_file_is_shown_only_while_it_is_what_built_the_env(bare: Path) -> N
 
 
 def test_js_data_cannot_end_a_script_or_a_string() -> None:
-    from cpkgs_admin.catalog.render import js_data
+    from cpkgs_admin.outputs.catalog.render import js_data
 
     value = {"k": "</script><!-- \u2028\u2029 & é"}
     text = js_data("X", value)
@@ -168,7 +168,7 @@ def test_js_data_cannot_end_a_script_or_a_string() -> None:
 
 
 def test_visible_controls() -> None:
-    from cpkgs_admin.catalog.render import text, visible_controls
+    from cpkgs_admin.outputs.catalog.render import text, visible_controls
 
     assert visible_controls("a\x1b[1mb\x00\x7f\x9b\u202e\tc\n") == "a\\x1b[1mb\\x00\\x7f\\x9b\\u202e\tc\n"
     assert text(f"{NASTY}\x1b") == "a&quot;&#x27;&lt;&gt;&amp;b\\x1b"
@@ -180,7 +180,7 @@ def test_visible_controls() -> None:
 def test_pypi_entries_get_their_kind_and_index(bare: Path) -> None:
     """Entries with `kind: pypi` (the spec's pip: part, from the pip step) show as such, with their index; entries
     without a kind are conda packages."""
-    from cpkgs_admin.catalog import render_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog
 
     record(bare, "py-1.0", [pkg("python", "3.11.7"),
                             {**pkg("requests", "2.32.3", ""), "kind": "pypi", "channel": "",
@@ -197,7 +197,7 @@ def test_pypi_entries_get_their_kind_and_index(bare: Path) -> None:
 def test_versions_in_conda_order_and_removed_ones_skipped_for_diffs(bare: Path) -> None:
     """A family's previous version is by conda's version order (1.10 after 1.9), skipping removed versions; the diff
     page shows what changed against it; removed envs stay listed with their status."""
-    from cpkgs_admin.catalog import render_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog
 
     record(bare, "f-1.9", [pkg("lib", "1.9"), pkg("gone", "1.0")])
     record(bare, "f-1.10", [pkg("lib", "1.10")], status="removed",
@@ -232,9 +232,9 @@ def _diff_rows(html: str) -> list[str]:
 def test_extension_sections_are_rendered_escaped(bare: Path) -> None:
     """The extension point the usage panel will use: a provider's sections appear on every env page and the index,
     built with the catalog's own escaping."""
-    from cpkgs_admin.catalog import render_catalog
-    from cpkgs_admin.catalog.render import render_html
-    from cpkgs_admin.catalog.sections import Section
+    from cpkgs_admin.outputs.catalog import render_catalog
+    from cpkgs_admin.outputs.catalog.render import render_html
+    from cpkgs_admin.outputs.catalog.sections import Section
 
     class Usage:
         def env_sections(self, site: Any, rec: Any) -> list[Section]:
@@ -257,7 +257,7 @@ def test_extension_sections_are_rendered_escaped(bare: Path) -> None:
 
 
 def _assert_same_as_full_render(root: Path) -> None:
-    from cpkgs_admin.catalog import render_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog
 
     d = root / CATALOG
     incremental = files_of(d)
@@ -272,7 +272,7 @@ def _assert_same_as_full_render(root: Path) -> None:
 def test_update_rewrites_only_the_changed_pages_and_equals_a_full_render(bare: Path) -> None:
     """After each change an update writes exactly: the changed env's files, its family neighbours' pages (their
     prev/next links and diffs), the index and the search data; and the catalog is then what a full render makes."""
-    from cpkgs_admin.catalog import render_catalog, update_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog, update_catalog
 
     for fam in ("a", "b"):
         for v in ("1.0", "2.0", "3.0"):
@@ -324,7 +324,7 @@ def test_update_rewrites_only_the_changed_pages_and_equals_a_full_render(bare: P
 def test_update_without_state_renders_everything(bare: Path) -> None:
     """A catalog without its state (deleted, or written for another root or by other templates) is rendered whole
     by the next update, so it cannot be left half old."""
-    from cpkgs_admin.catalog import render_catalog, update_catalog
+    from cpkgs_admin.outputs.catalog import render_catalog, update_catalog
 
     record(bare, "a-1.0", [pkg("lib", "1.0")])
     record(bare, "a-2.0", [pkg("lib", "2.0")])
@@ -344,8 +344,8 @@ def test_damaged_record_keeps_its_pages_and_is_reported(bare: Path) -> None:
     """A record that cannot be read stops only its own pages (and its neighbours' diffs): they stay as they were;
     `cpkgs catalog` reports it after rendering the rest, as `list` does (exit 1); a publish of another env does not
     mention it (list and verify do)."""
-    from cpkgs_admin.catalog import after_change, update_catalog
-    from cpkgs_admin.records import load_record_file
+    from cpkgs_admin.outputs.catalog import after_change, update_catalog
+    from cpkgs_admin.site.records import load_record_file
 
     record(bare, "a-1.0", [pkg("lib", "1.0")])
     record(bare, "a-2.0", [pkg("lib", "2.0")])

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.doctor import Mount, mount_of, network_fstype, run_doctor
-from cpkgs_admin.site import native_subdir, open_site
+from cpkgs_admin.site.paths import native_subdir, open_site
+from cpkgs_admin.users.doctor import run_doctor
+from cpkgs_admin.users.mounts import Mount, mount_of, network_fstype
 
 LINE = re.compile(r"\[(ok  |warn|fail)\] ([a-z_-]+): (.+)\Z")
 USER_CHECKS = {"site", "filesystem", "installation", "profile", "pkgs-cache", "condarc", "ipython", "jupyter"}

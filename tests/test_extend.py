@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
+from conftest import ENVS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
 
-ENVS = "anaconda3_linux/envs"
 PIP_ENV = "py-1.0"  # python + pip, sealed, with the PEP 668 marker
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
-from cpkgs_admin.site import load_config_file
+from conftest import ENVS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
+from cpkgs_admin.site.config import load_config_file
 
 
 def test_init_builds_the_tree(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_admin_group_makes_tree_group_writable(tmp_path: Path) -> None:
     import grp
 
     gid = grp.getgrnam("staff").gr_gid
-    st = (root / "anaconda3_linux" / "envs").stat()
+    st = (root / ENVS).stat()
     assert st.st_gid == gid
     assert stat.S_IMODE(st.st_mode) == 0o2775
     assert stat.S_IMODE((root / "cpkgs.yaml").stat().st_mode) == 0o664
@@ -183,9 +183,9 @@ def test_ordinary_user_reads_but_cannot_write(tmp_path: Path) -> None:
     root = make_site(tmp_path / "x", None)
     world_traversable(root)
     assert as_nobody(["cat", str(root / "cpkgs.yaml")]).returncode == 0
-    assert as_nobody(["ls", str(root / "anaconda3_linux" / "envs")]).returncode == 0
+    assert as_nobody(["ls", str(root / ENVS)]).returncode == 0
     assert as_nobody(["sh", "-c", f". {root}/etc/profile.d/conda.sh"]).returncode == 0
-    for target in (root / "new-file", root / "anaconda3_linux" / "envs" / "x", root / ".cpkgs" / "locks" / "x"):
+    for target in (root / "new-file", root / ENVS / "x", root / ".cpkgs" / "locks" / "x"):
         r = as_nobody(["touch", str(target)])
         assert r.returncode != 0 and not target.exists()
     assert as_nobody(["rm", "-f", str(root / "cpkgs.yaml")]).returncode != 0

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_nobody, make_site, run_cpkgs, world_traversable
+from conftest import ENVS, as_nobody, make_site, run_cpkgs, world_traversable
 
-ENVS = "anaconda3_linux/envs"
 # A uid with no passwd entry and nothing of its own on this machine: its /tmp/cpkgs-<uid> is ours to stage.
 STRANGER = 54321
 
@@ -259,7 +258,7 @@ def test_module_and_kernel_names_collide_only_within_one_platform(nb_site: Path)
 def test_activation_reads_what_scripts_set_not_what_they_print(tmp_path: Path) -> None:
     """activate.d scripts run in a real /bin/sh, one after another; what they print (even NUL-delimited text that
     looks like `env -0` output) is not taken for variables, and a failing script does not stop the next."""
-    from cpkgs_admin.integrations import activation_of
+    from cpkgs_admin.outputs.activation import activation_of
 
     prefix = tmp_path / "env"
     act = prefix / "etc" / "conda" / "activate.d"
@@ -281,7 +280,7 @@ def test_activation_reads_what_scripts_set_not_what_they_print(tmp_path: Path) -
 
 def test_activate_d_script_that_exits_the_shell_is_an_error_not_an_empty_activation(tmp_path: Path) -> None:
     from cpkgs_admin.errors import CpkgsError
-    from cpkgs_admin.integrations import activation_of
+    from cpkgs_admin.outputs.activation import activation_of
 
     act = tmp_path / "env" / "etc" / "conda" / "activate.d"
     act.mkdir(parents=True)
@@ -295,7 +294,7 @@ def test_activate_d_script_the_measuring_user_cannot_read_is_an_error(tmp_path: 
     """Measured as uid 65534 (run by root): a script that user cannot read is named, not silently left out of the
     activation kept for modulefiles and kernels."""
     from cpkgs_admin.errors import CpkgsError
-    from cpkgs_admin.integrations import activation_of
+    from cpkgs_admin.outputs.activation import activation_of
 
     act = tmp_path / "env" / "etc" / "conda" / "activate.d"
     act.mkdir(parents=True)

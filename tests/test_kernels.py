@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_site, run_cpkgs, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, LINUX, make_site, run_cpkgs, world_traversable
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +165,12 @@ def test_kernels_of_a_non_primary_platform_live_under_its_installation(
     root = make_site(tmp_path / "site", channel_url, "--platform", "osx-arm64", "--platform", "linux-64")
     r = run_cpkgs("new-env", "nb-1.0", "python", "ipykernel", root=root)
     assert r.returncode == 0, r
-    mine = root / "anaconda3_linux" / "share" / "jupyter"
+    mine = root / LINUX / "share" / "jupyter"
     spec = json.loads((mine / "kernels" / "nb-1.0" / "kernel.json").read_text())
     assert spec["argv"][0] == f"{root / ENVS / 'nb-1.0'}/bin/python"
     assert (mine / "kernels" / "nb-1.0-usersite" / "kernel.json").is_file()
     assert os.listdir(root / "share" / "jupyter" / "kernels") == []
-    assert (root / "anaconda3_linux" / "modulefiles" / "nb" / "1.0.lua").is_file()
+    assert (root / LINUX / "modulefiles" / "nb" / "1.0.lua").is_file()
     assert not (root / "modulefiles" / "nb").exists()
     monkeypatch.setenv("JUPYTER_PATH", str(mine))
     assert {"nb-1.0", "nb-1.0-usersite"} <= set(KernelSpecManager().get_all_specs())

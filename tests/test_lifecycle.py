@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, make_site, run_cpkgs, tree_hash, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, LINUX, NOBODY, make_site, run_cpkgs, tree_hash, world_traversable
 
 
 def build(root: Path, name: str) -> None:
@@ -31,7 +29,7 @@ def test_retire_marks_and_hides(tmp_path: Path, channel_url: str) -> None:
     assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["r-2.0"]
     every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
     assert every["r-1.0"]["status"] == "retired" and every["r-1.0"]["successor"] == "r-2.0"
-    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "r-1.0"
+    marker = root / ".cpkgs" / "retired" / LINUX / "r-1.0"
     assert marker.read_text() == "cpkgs: r-1.0 is retired; use r-2.0 (faster)\n"
     assert (root / ENVS / "r-1.0" / "bin" / "cpkgs-test-app").exists()  # retired envs stay usable
     info = run_cpkgs("info", "r-1.0", "--json", root=root).json()
@@ -84,7 +82,7 @@ def test_remove_keeps_the_env_for_running_jobs_until_purge(tmp_path: Path, chann
 
         # What sees envs: the shells' marker refuses it (naming the successor); listings hide it; its modulefile
         # and kernels are gone and refresh does not bring them back; the name stays taken.
-        marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "g-1.0"
+        marker = root / ".cpkgs" / "retired" / LINUX / "g-1.0"
         assert marker.read_text() == "cpkgs: g-1.0 was removed; use g-2.0\n"
         assert [e["name"] for e in run_cpkgs("list", "--json", root=root).json()] == ["g-2.0"]
         every = {e["name"]: e for e in run_cpkgs("list", "--all", "--json", root=root).json()}
@@ -190,8 +188,8 @@ def test_purge_removes_staging_dirs_of_dead_builds_only(tmp_path: Path, channel_
     live.mkdir(mode=0o700)
     # A running build of live-1.0 holds its name's lock.
     code = (
-        "import sys; from pathlib import Path; from cpkgs_admin.locking import env_locked; "
-        "from cpkgs_admin.site import open_site\n"
+        "import sys; from pathlib import Path; from cpkgs_admin.site.locks import env_locked; "
+        "from cpkgs_admin.site.paths import open_site\n"
         "with env_locked(open_site(Path(sys.argv[1])), 'live-1.0', 'linux-64'):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"
     )
@@ -255,7 +253,7 @@ def test_damaged_record_is_one_line_naming_the_file(tmp_path: Path, channel_url:
 def test_records_read_again_once_another_process_replaced_them(tmp_path: Path, channel_url: str) -> None:
     """A long-lived process that looked at the records (as new-env does three times) sees another process's
     retire at its next look, not the record it parsed before."""
-    from cpkgs_admin.records import load_all
+    from cpkgs_admin.site.records import load_all
 
     root = make_site(tmp_path / "site", channel_url)
     build(root, "s-1.0")
@@ -402,7 +400,7 @@ def test_successor_must_be_current_and_removing_one_warns(tmp_path: Path, channe
     assert r.stderr == ("cpkgs: warning: s-1.0 is retired with s-1.1 as its successor, so its users are sent to a "
                         "removed environment: run 'cpkgs retire s-1.0 --successor NEWER'\n")
     assert run_cpkgs("retire", "s-1.0", "--successor", "s-1.2", root=root).returncode == 0
-    marker = root / ".cpkgs" / "retired" / "anaconda3_linux" / "s-1.0"
+    marker = root / ".cpkgs" / "retired" / LINUX / "s-1.0"
     assert marker.read_text() == "cpkgs: s-1.0 is retired; use s-1.2\n"
     r = run_cpkgs("retire", "s-1.2", root=root)
     assert r.returncode == 0 and r.stderr == (

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import as_nobody, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.condarc import link_user, link_warnings, parse_condarc, shared_envs_entry, unlink_user
-from cpkgs_admin.doctor import Mount
-from cpkgs_admin.site import open_site
+from conftest import ENVS, as_nobody, make_site, run_cpkgs, world_traversable
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.users.condarc import link_user, link_warnings, parse_condarc, shared_envs_entry, unlink_user
+from cpkgs_admin.users.mounts import Mount
 
 BACKUP = re.compile(r"\.condarc\.cpkgs-backup-\d{8}T\d{6}(-\d+)?\Z")
 
@@ -470,7 +470,7 @@ def test_each_os_sharing_the_home_resolves_to_its_own_envs(usite: Path, _home: P
         pytest.skip("the site's conda.sh does not export CPKGS_INSTALLATION yet (issue 4 lands it)")
     assert run_cpkgs("link-user", root=usite).returncode == 0
     rc = condarc(_home)
-    linux_envs, mac_envs = usite / "anaconda3_linux" / "envs", usite / "anaconda3_macOS" / "envs"
+    linux_envs, mac_envs = usite / ENVS, usite / "anaconda3_macOS" / "envs"
     assert linux_envs.is_dir() and mac_envs.is_dir()
 
     linux = resolve_as_conda(profile, fake_host(tmp_path, "linux"), rc, tmp_path)

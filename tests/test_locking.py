@@ -127,7 +127,7 @@ def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
     target = tmp_path / "state.json"
     target.write_text(json.dumps({"v": 0}))
     code = (
-        "import sys, json; from pathlib import Path; from cpkgs_admin.locking import atomic_write_json\n"
+        "import sys, json; from pathlib import Path; from cpkgs_admin.site.files import atomic_write_json\n"
         "i = 0\n"
         "while True:\n"
         "    i += 1; atomic_write_json(Path(sys.argv[1]), {'v': i, 'pad': 'x' * 200000})\n"
@@ -152,8 +152,8 @@ def test_release_after_break_keeps_the_new_owners_record_and_reports_the_loss(ls
         "import sys, time, subprocess\n"
         "from pathlib import Path\n"
         "from cpkgs_admin.errors import CpkgsError\n"
-        "from cpkgs_admin.locking import site_locked, read_owner\n"
-        "from cpkgs_admin.site import open_site\n"
+        "from cpkgs_admin.site.locks import site_locked, read_owner\n"
+        "from cpkgs_admin.site.paths import open_site\n"
         "site = open_site(Path(sys.argv[1]))\n"
         "try:\n"
         "    with site_locked(site):\n"

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import make_site, run_cpkgs
+from conftest import ENVS, make_site, run_cpkgs
 
 SPECS = ("python", "cpkgs-test-app", "cpkgs-test-textprefix", "cpkgs-test-binprefix")
 
@@ -52,7 +52,7 @@ def test_mirror_and_lock_rebuild_on_a_site_without_channels(tmp_path: Path, chan
     r = run_cpkgs("new-env", "demo-1.0", "--lock", str(lock), "-c", mirror.as_uri(), root=site_b)
     assert r.returncode == 0, r
     assert package_set(site_b, "demo-1.0") == want
-    prefix_b = site_b / "anaconda3_linux/envs/demo-1.0"
+    prefix_b = site_b / ENVS / "demo-1.0"
     import subprocess
 
     out = subprocess.run([str(prefix_b / "bin" / "cpkgs-test-textprefix")], capture_output=True, text=True)

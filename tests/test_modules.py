@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cpkgs
+from conftest import ENVS, run_cpkgs
 
 LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
-ENVS = "anaconda3_linux/envs"
 TREES = ["modulefiles", "modulefiles-tcl"]
 
 pytestmark = pytest.mark.skipif(not LMOD_INIT.is_file(), reason="Lmod is not installed (make sysdeps installs it)")

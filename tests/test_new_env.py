@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL_SPECS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, FULL_SPECS, as_nobody, make_site, run_cpkgs, tree_hash, world_traversable
 
 
 def test_published_env_runs_and_embeds_final_prefix(built_site: Path) -> None:
@@ -549,8 +547,8 @@ def test_init_and_builds_are_audited(built_site: Path) -> None:
 def test_a_build_never_touches_another_names_staging_dir(site: Path) -> None:
     """`rr-1` must not take `.staging-rr-1-2@…` (another name's build, running under its own lock) for its own
     leftover; once no build of rr-1-2 holds that lock, the dir is a dead build's and the next build removes it."""
-    from cpkgs_admin.locking import env_locked
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.locks import env_locked
+    from cpkgs_admin.site.paths import open_site
 
     envs = site / ENVS
     other = envs / ".staging-rr-1-2@0123456789ab"

@@ -10,7 +10,6 @@ import pytest
 
 from conftest import as_nobody, run_cpkgs, world_traversable
 
-ENVS = "anaconda3_linux/envs"
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
 
 

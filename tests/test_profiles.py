@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.profiles import PROFILE_TEMPLATES, render_profiles
-from cpkgs_admin.site import Site, SiteConfig
+from conftest import LINUX, REPO, make_site, run_cpkgs, world_traversable
+from cpkgs_admin.outputs.profiles import PROFILE_TEMPLATES, render_profiles
+from cpkgs_admin.site.config import SiteConfig
+from cpkgs_admin.site.paths import Site
 
 SH_SHELLS = ["bash", "zsh", "dash", "ksh"]
-LINUX = "anaconda3_linux"
-
 
 # ------------------------------------------------------------------------------------------------- helpers
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -14,13 +14,13 @@ from pypi_helpers import Env, Pip
 
 from conftest import as_nobody, tree_hash, world_traversable
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.install import retarget_script, shebang
-from cpkgs_admin.pypi.inventory import EnvInventory, provides
-from cpkgs_admin.pypi.requirements import parse_pip_section
-from cpkgs_admin.pypi.verify import check_pip_integrity, pip_expected_files, records_digest
-from cpkgs_admin.seal import scan_tree
-from cpkgs_admin.verify import expected_files
+from cpkgs_admin.integrity.manifest import expected_files
+from cpkgs_admin.integrity.tree import scan_tree
+from cpkgs_admin.pipeline.pypi.install import retarget_script, shebang
+from cpkgs_admin.pipeline.pypi.inventory import EnvInventory, provides
+from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
+from cpkgs_admin.pipeline.pypi.verify import check_pip_integrity, pip_expected_files, records_digest
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 
 def install(pip: Pip, env: Env, config: PypiConfig, *lines: str):  # type: ignore[no-untyped-def]
@@ -46,6 +46,7 @@ def test_console_scripts_run_after_publish_as_an_ordinary_user(make_env, pip: Pi
     assert {p.name for p in packages} == {"markdown-it-py", "mdurl", "tqdm", "cowsay", "cpkgs-datascript"}
     for p in packages:
         assert p.dist_info.startswith("lib/python3.11/site-packages/") and (env.staging / p.dist_info).is_dir()
+    assert check_pip_integrity(env.staging) == []  # the re-headed scripts' RECORD rows too
     final = env.publish()
     no_staging_path_anywhere(final)
     world_traversable(final)
@@ -93,7 +94,7 @@ def test_hard_links_only_when_asked_and_never_written_through(make_env, pip: Pip
     spec = env.staging.parent.parent / "spec.yml"
     spec.write_text("dependencies: [python]\n")
     lock = pip.lock(parse_pip_section(["markdown-it-py"], spec), env, offline_config)
-    from cpkgs_admin.pypi.install import install_pip
+    from cpkgs_admin.pipeline.pypi.install import install_pip
 
     install_pip(lock, env.target, cache_dir=uv_cache, work_dir=pip.work / "hl", hard_links=True)
     site = env.staging / "lib/python3.11/site-packages"
@@ -197,9 +198,11 @@ def test_what_the_env_provides(make_env, pip: Pip, offline_config: PypiConfig) -
     assert {d.name for d in inv.pip_distributions()} == {"markdown-it-py", "mdurl"}
 
 
-def test_uv_is_given_the_staging_interpreter_only(make_env) -> None:
+def test_the_target_is_read_from_the_staged_files(make_env) -> None:
     env = make_env("python")
     t = env.target
     assert t.executable == env.staging / "bin" / "python" and t.final_executable == env.final / "bin" / "python"
-    assert (t.version, t.purelib, t.scripts) == ("3.11", "lib/python3.11/site-packages", "bin")
-    assert not list(env.staging.rglob("__pycache__"))  # asking python about itself wrote no byte code
+    assert (t.version, t.full_version, t.purelib, t.scripts, t.native) == (
+        "3.11", "3.11.7", "lib/python3.11/site-packages", "bin", True)
+    assert t.platform.triple.startswith("x86_64-manylinux_2_")
+    assert not list(env.staging.rglob("__pycache__"))  # nothing ran, nothing wrote byte code

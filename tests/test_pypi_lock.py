@@ -15,9 +15,9 @@ from pypi_helpers import Env, Pip
 
 from conftest import tree_hash
 from cpkgs_admin.errors import PipError
-from cpkgs_admin.pypi.config import PypiConfig
-from cpkgs_admin.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text
-from cpkgs_admin.pypi.requirements import parse_pip_section
+from cpkgs_admin.pipeline.pypi.record import PypiPackage, lock_text, mirror_wheels, read_lock_text
+from cpkgs_admin.pipeline.pypi.requirements import parse_pip_section
+from cpkgs_admin.site.pypi_config import PypiConfig
 
 KERNEL = ("python", "ipykernel")  # ipykernel's package holds pygments 2.21.0, packaging 26.3, wcwidth 0.9.4 ...
 
@@ -77,9 +77,9 @@ def test_url_for_a_conda_distribution_is_refused(make_env, pip: Pip, offline_con
 
 def test_a_requirement_no_index_has(make_env, pip: Pip, offline_config: PypiConfig) -> None:
     env = make_env("python")
-    msg = refused(pip, env, offline_config, "rich", "cpkgs-no-such-package>=1")
-    assert msg.startswith("pip: cannot resolve the pip requirements:")
-    assert "cpkgs-no-such-package" in msg and "not found" in msg
+    msg = refused(pip, env, offline_config, "rich", "cpkgs-no-such-package>=1", "cpkgs-nor-this")
+    assert msg == (f"pip: no index has 'cpkgs-no-such-package>=1', 'cpkgs-nor-this' (indexes: none; find-links: "
+                   f"{offline_config.find_links[0]})")
 
 
 def test_a_hash_mismatch(make_env, pip: Pip, offline_config: PypiConfig) -> None:

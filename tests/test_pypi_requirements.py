@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cpkgs_admin.errors import ConfigError, CpkgsError, PipError, SpecError
-from cpkgs_admin.pypi.config import PYPI_INDEX, PypiConfig, pypi_config_from_mapping
-from cpkgs_admin.pypi.requirements import IndexOptions, logical_lines, parse_pip_section
+from cpkgs_admin.pipeline.pypi.requirements import IndexOptions, logical_lines, parse_pip_section
+from cpkgs_admin.site.pypi_config import PYPI_INDEX, PypiConfig, pypi_config_from_mapping
 
 
 def spec(tmp_path: Path) -> Path:

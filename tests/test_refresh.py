@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import run_cpkgs, tree_hash
+from conftest import ENVS, run_cpkgs, tree_hash
 
 
 def _build(site: Path) -> None:
@@ -134,8 +134,8 @@ def test_refresh_on_another_platforms_host_keeps_activate_d_variables(site: Path
     """A refresh on a macOS admin host rewrites the Linux envs' modulefiles from their records: what the activate.d
     scripts set, measured once at publish on Linux, stays in them. There is no macOS host here: refresh runs
     in-process with this host's platform reported as osx-arm64 (the only fake)."""
-    import cpkgs_admin.site as site_mod
-    from cpkgs_admin.refresh import refresh_site
+    import cpkgs_admin.site.paths as site_mod
+    from cpkgs_admin.lifecycle.refresh import refresh_site
 
     _build(site)  # a-1.0 has cpkgs-test-activate
     record = json.loads((site / ".cpkgs" / "records" / "linux-64" / "a-1.0.json").read_text())
@@ -157,7 +157,7 @@ def test_one_envs_broken_activate_script_does_not_stop_refresh_or_retire(site: P
     lua = site / "modulefiles" / "a" / "1.0.lua"
     good = lua.read_text()
     assert run_cpkgs("unseal", "a-1.0", "--reason", "test", root=site).returncode == 0
-    act = site / "anaconda3_linux" / "envs" / "a-1.0" / "etc" / "conda" / "activate.d"
+    act = site / ENVS / "a-1.0" / "etc" / "conda" / "activate.d"
     (act / "zz-bad.sh").write_text("exit 0\n")
     assert run_cpkgs("seal", "a-1.0", root=site).returncode == 0
     r = run_cpkgs("refresh", root=site)

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, as_nobody, cpkgs_env, make_site, run_cpkgs, tree_hash
+from conftest import ENVS, LINUX, REPO, as_nobody, cpkgs_env, make_site, run_cpkgs, tree_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "adversarial"))
 from make_channel import WORLD_WRITABLE, build_adversarial_channel  # noqa: E402
-
-ENVS = "anaconda3_linux/envs"
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +87,7 @@ def test_package_content_that_must_not_be_published_is_refused(adv_site: Path, w
     assert _leftovers(adv_site) == [] and _no_locks(adv_site)
     assert sorted(p.name for p in world.iterdir()) == ["evil"]
     assert not Path("/tmp/cpkgs-test-abs-path-evil").exists()
-    assert not (adv_site / "anaconda3_linux" / "cpkgs-test-dotdot-evil").exists()
+    assert not (adv_site / LINUX / "cpkgs-test-dotdot-evil").exists()
     if "symlink to" not in why and "outside" not in why:  # refused from the package's file list, before install
         cached = [p.name for p in (adv_site / ".cpkgs" / "pkgs").iterdir() if p.name.startswith(package)]
         assert cached == [], cached
@@ -99,10 +97,10 @@ _FILL_CACHE = """
 import asyncio, sys
 from pathlib import Path
 from rattler import Platform, install
-from cpkgs_admin.build import rattler_config
-from cpkgs_admin.site import open_site
-from cpkgs_admin.channels import Source
-from cpkgs_admin.solve import check_channels, solve, virtual_packages
+from cpkgs_admin.pipeline.plan import rattler_config
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.site.channels import Source
+from cpkgs_admin.pipeline.solve import check_channels, solve, virtual_packages
 site = open_site(Path(sys.argv[1]))
 sources = check_channels([Source(c, c) for c in site.config.channels])
 records = solve(sources, (sys.argv[2],), "linux-64", virtual_packages("linux-64", {}), [], None)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, REPO, as_nobody, make_site, run_cpkgs, world_traversable
+from conftest import ENVS, NOBODY, REPO, as_nobody, make_site, run_cpkgs, world_traversable
 
 WORKER = str(REPO / "tests" / "helpers" / "lock_worker.py")
 ADMIN_GROUP = "cpkgstestadm"
@@ -92,7 +92,7 @@ def test_takeover_clock_never_written_through_a_members_symlink(group_site: Path
 _LOCK_IN = """
 import sys, time
 from pathlib import Path
-from cpkgs_admin.locking import SiteLock
+from cpkgs_admin.site.locks import SiteLock
 with SiteLock(Path(sys.argv[1]), what="x", lease_seconds=2.0, timeout=float(sys.argv[2])):
     print("held", flush=True)
     time.sleep(float(sys.argv[3]))
@@ -204,7 +204,7 @@ def test_umask_000_admin_leaves_no_cache_users_can_write(tmp_path: Path, channel
                     ["flock", "-s", f"{entry}.lock", "true"],
                     ["flock", "-s", f"{cache}/.cache.lock", "true"]):
         assert as_nobody(attempt).returncode != 0, attempt
-    assert as_nobody([str(root / "anaconda3_linux" / "envs" / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
+    assert as_nobody([str(root / ENVS / "u-1.0" / "bin" / "cpkgs-test-app")]).stdout == "app ok\n"
     for path in (root / ".cpkgs" / "locks", root / ".cpkgs" / "audit.log", *cache.rglob("*")):
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, path
@@ -327,8 +327,8 @@ def test_doctor_reports_an_empty_lock(site: Path) -> None:
 _HOLD_ENV_LOCK = """
 import sys, time
 from pathlib import Path
-from cpkgs_admin.locking import env_locked
-from cpkgs_admin.site import open_site
+from cpkgs_admin.site.locks import env_locked
+from cpkgs_admin.site.paths import open_site
 with env_locked(open_site(Path(sys.argv[1])), "gone-1.0", "linux-64"):
     print("held", flush=True)
     time.sleep(3600)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, as_nobody, cpkgs_env, make_site, run_cpkgs, world_traversable
-from cpkgs_admin.condarc import link_user, unlink_user
+from conftest import ENVS, REPO, as_nobody, cpkgs_env, make_site, run_cpkgs, world_traversable
+from cpkgs_admin.users.condarc import link_user, unlink_user
 
 USER, OTHER = 65534, 65533
 BACKUP = re.compile(r"\.condarc\.cpkgs-backup-\d{8}T\d{6}(-\d+)?\Z")
@@ -401,4 +401,4 @@ def test_spec_and_lock_files_that_are_fifos_or_not_utf8(usite: Path, tmp_path: P
         assert one_line_error(r) == f"cpkgs: spec file {spec}: not UTF-8 text (byte 25)"
     finally:
         spec.unlink()
-    assert not (usite / "anaconda3_linux" / "envs" / "x-1.0").exists()
+    assert not (usite / ENVS / "x-1.0").exists()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_channel, make_site, run_cpkgs, tree_hash
-from cpkgs_admin.spec import from_environment_file
+from conftest import ENVS, make_channel, make_site, run_cpkgs, tree_hash
+from cpkgs_admin.site.specs import from_environment_file
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_unknown_keys_and_path_are_warned_about_and_ignored(tmp_path: Path, mirr
     assert warnings[2] == f"cpkgs: warning: spec file {f}: variables: PATH is reserved; ignored, as conda does"
     rec = run_cpkgs("info", "k-1.0", "--json", root=site).json()
     assert rec["variables"] == {"LHAPDF": "/depot/lhapdf"}
-    script = site / "anaconda3_linux/envs/k-1.0/etc/conda/activate.d/00-cpkgs-variables.sh"
+    script = site / ENVS / "k-1.0/etc/conda/activate.d/00-cpkgs-variables.sh"
     assert "PATH" not in script.read_text() and "LHAPDF" in script.read_text()
 
 
@@ -229,7 +229,7 @@ def test_family_spec_carries_pip_lines_through_extends(tmp_path: Path) -> None:
     specs.mkdir()
     (specs / "base.yml").write_text("dependencies: [python, {pip: [numpy]}]\n")
     (specs / "ml.yml").write_text("extends: base\ndependencies: [cpkgs-test-app, {pip: [-r reqs.txt]}]\n")
-    from cpkgs_admin.spec import from_family
+    from cpkgs_admin.site.specs import from_family
 
     spec = from_family(specs, "ml")
     assert spec.pip == ("numpy", "-r reqs.txt") and spec.pip_dir == str(specs.resolve())

@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_site, run_cpkgs, world_traversable
+from conftest import ENVS, make_site, run_cpkgs, world_traversable
 
-ENVS = "anaconda3_linux/envs"
 ENV = "ana-1.0"
 ALICE = ("--reuid", "65534", "--regid", "65534", "--clear-groups")
 BOB = ("--reuid", "65533", "--regid", "65533", "--clear-groups")

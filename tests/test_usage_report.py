@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_site, run_cpkgs
-from cpkgs_admin.records import EnvRecord, save_record
-from cpkgs_admin.site import open_site
-from cpkgs_admin.usage.chart import package_chart_svg, usage_panels
-from cpkgs_admin.usage.config import UsageConfig, csh_line, send_value, sh_line
-from cpkgs_admin.usage.report import usage_report
+from conftest import ENVS, make_site, run_cpkgs
+from cpkgs_admin.outputs.usage.chart import package_chart_svg, usage_panels
+from cpkgs_admin.outputs.usage.report import usage_report
+from cpkgs_admin.site.paths import open_site
+from cpkgs_admin.site.records import EnvRecord, save_record
+from cpkgs_admin.site.usage_config import UsageConfig, csh_line, send_value, sh_line
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -61,7 +61,7 @@ def configure(root: Path, logs: list[str]) -> None:
 
 def fake_env(root: Path, name: str, modules: dict[str, list[str]], created_days_ago: float | None = None) -> None:
     """An env dir holding only its module index (and, with CREATED_DAYS_AGO, a record of the site)."""
-    prefix = root / "anaconda3_linux" / "envs" / name
+    prefix = root / ENVS / name
     (prefix / "conda-meta" / "cpkgs").mkdir(parents=True)
     (prefix / "conda-meta" / "cpkgs" / "modules.json").write_text(json.dumps({"schema": 1, "modules": modules}))
     if created_days_ago is not None:
@@ -231,7 +231,7 @@ def _staged(tmp_path: Path, xy: str = "3.11") -> Path:
 
 
 def test_module_index_conda_namespace_and_pypi(tmp_path: Path) -> None:
-    from cpkgs_admin.usage.hook import module_index
+    from cpkgs_admin.outputs.usage.hook import module_index
 
     prefix = _staged(tmp_path)
     sp = "lib/python3.11/site-packages"
@@ -264,7 +264,7 @@ def test_module_index_conda_namespace_and_pypi(tmp_path: Path) -> None:
 def test_hook_files_byte_code_fallbacks_and_conflicts(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from cpkgs_admin.usage.hook import HOOK_SOURCE, hook_files
+    from cpkgs_admin.outputs.usage.hook import HOOK_SOURCE, hook_files
 
     rec = SimpleNamespace(name="a-1.0", platform="osx-arm64", python_version="3.11.9")
     prefix = _staged(tmp_path)

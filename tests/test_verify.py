@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_site, run_cpkgs, world_traversable
-
-ENVS = "anaconda3_linux/envs"
+from conftest import ENVS, make_site, run_cpkgs, world_traversable
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +192,7 @@ def test_verify_by_a_user_who_cannot_read_everything_reports_it(tmp_path: Path, 
     """Any user may run verify; a directory they cannot list is a problem in the report, not an internal error."""
     root = make_site(tmp_path / "site", channel_url)
     assert run_cpkgs("new-env", "r-1.0", "cpkgs-test-app", root=root).returncode == 0
-    bin_dir = root / "anaconda3_linux" / "envs" / "r-1.0" / "bin"
+    bin_dir = root / ENVS / "r-1.0" / "bin"
     os.chmod(bin_dir, 0o500)
     world_traversable(root)
     r = run_cpkgs("verify", "r-1.0", root=root, user=True)

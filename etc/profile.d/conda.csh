@@ -57,6 +57,7 @@ if ( $#_cpkgs_u > 0 ) then
 else
     set _cpkgs_u = ""
 endif
+# `uname -sm` -> platform: cpkgs' table (site/paths.py UNAME_PLATFORMS), rendered in.
 switch ( "$_cpkgs_u" )
     case "Linux x86_64":
     case "Linux amd64":
@@ -86,13 +87,24 @@ if ( "$_cpkgs_inst" != "" ) then
     set _cpkgs_inst = ( $_cpkgs_inst )
     set _cpkgs_inst = "$_cpkgs_inst[2]"
 endif
-# An arm64 Mac runs x86_64 envs under Rosetta: use the osx-64 installation when there is no arm64 one.
-if ( "$_cpkgs_sub" == osx-arm64 ) then
+# A host whose own installation is missing runs another platform's envs where it can (site/paths.py
+# FALLBACK_PLATFORMS, rendered in): an arm64 Mac runs x86_64 envs under Rosetta.
+set _cpkgs_fb = ""
+switch ( "$_cpkgs_sub" )
+    case osx-arm64:
+        set _cpkgs_fb = osx-64
+        breaksw
+endsw
+if ( "$_cpkgs_fb" != "" ) then
     if ( "$_cpkgs_inst" == "" || ! -d "$_cpkgs_root/$_cpkgs_inst/envs" ) then
         set _cpkgs_inst = ""
         foreach _cpkgs_w ( linux-64=anaconda3_linux osx-arm64=anaconda3_macOS )
-            if ( "$_cpkgs_w" =~ "osx-64=*" ) set _cpkgs_inst = "$_cpkgs_w:s/osx-64=//"
+            if ( "$_cpkgs_w" =~ "${_cpkgs_fb}=*" ) set _cpkgs_inst = "$_cpkgs_w:s/=/ /"
         end
+        if ( "$_cpkgs_inst" != "" ) then
+            set _cpkgs_inst = ( $_cpkgs_inst )
+            set _cpkgs_inst = "$_cpkgs_inst[2]"
+        endif
     endif
 endif
 

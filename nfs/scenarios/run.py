@@ -217,8 +217,8 @@ def lock_count() -> None:
 @scenario
 def lease() -> None:
     from cpkgs_admin.errors import LockBusy
-    from cpkgs_admin.locking import site_locked
-    from cpkgs_admin.site import open_site
+    from cpkgs_admin.site.locks import site_locked
+    from cpkgs_admin.site.paths import open_site
 
     if ROLE == "A":
         holder = subprocess.Popen([PY, LOCK_WORKER, str(RL), "hold"], stdout=subprocess.PIPE, text=True, cwd="/tmp")
@@ -461,7 +461,7 @@ def silly_rename() -> None:
                 f"A purged an env whose file it holds open: {brief(p)}; silly-renamed {nfs_files}; "
                 f"kept_busy {rep.get('kept_busy')}, deleted {rep.get('deleted')}; A's read of a file B purged "
                 f"under it: {after}" + ("" if ok else " -- purge reports the entry deleted while A's .nfs file "
-                "keeps it in the trash (envs.py _delete_tree_except_nfs: the unlink on the holding host silly-renames "
+                "keeps it in the trash (lifecycle/purge.py _delete_tree_except_nfs: the unlink on the holding host silly-renames "
                 "and succeeds, the final rmtree(ignore_errors) leaves the dir, and busy stays empty)"))
             put("silly_rename.a_purged")
             get("silly_rename.b_purged2")
@@ -501,10 +501,10 @@ def silly_rename() -> None:
 
 @scenario
 def link_user() -> None:
-    have = (REPO / "cpkgs_admin" / "condarc.py").exists()
+    have = (REPO / "cpkgs_admin" / "users" / "condarc.py").exists()
     if not have:
         if ROLE == "A":
-            out("PENDING", "link_user", "cpkgs_admin/condarc.py (link-user) does not exist yet")
+            out("PENDING", "link_user", "cpkgs_admin/users/condarc.py (link-user) does not exist yet")
         return
     home = NFS / "home" / "shared"
     condarc = home / ".condarc"

@@ -33,9 +33,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from cpkgs_admin.errors import LockBusy
-from cpkgs_admin.locking import site_locked
-from cpkgs_admin.site import open_site
+from cpkgs_admin.site.locks import site_locked
+from cpkgs_admin.site.paths import open_site
 
 
 def bump(counter: Path) -> None:

@@ -111,11 +111,14 @@ def _platforms() -> list[str]:
 
 
 def _download(dest: Path) -> None:
-    binary, source = [], []
+    binary, source, other = [], [], []
     for raw in LIST.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if line.startswith("--no-binary "):
             source.append(line.split(None, 1)[1])
+        elif line.startswith("--platform "):
+            _opt, tag, req = line.split(None, 2)
+            other.append((tag, req))
         elif line:
             binary.append(line)
     py = f"{sys.version_info[0]}{sys.version_info[1]}"
@@ -127,6 +130,9 @@ def _download(dest: Path) -> None:
               "--abi", "abi3", "--abi", "none", *plat, req])
     for req in source:
         _run([*base, "--no-binary=:all:", req])
+    for tag, req in other:  # another platform's wheel (macOS) for the same python
+        _run([*base, "--only-binary=:all:", "--python-version", py, "--implementation", "cp", "--abi", f"cp{py}",
+              "--abi", "abi3", "--abi", "none", "--platform", tag, req])
 
 
 def _run(cmd: list[str]) -> None:

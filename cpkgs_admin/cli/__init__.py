@@ -1,0 +1,179 @@
+"""Command line: one click group, one thin function per command, in cli/<group>.py.
+
+The only part that prints or exits. Every command parses its options, calls one core function, and renders the
+value it returns as a table or (with --json) as one JSON document. Core errors are CpkgsError subclasses carrying
+their exit code; they become one line on stderr. Tracebacks only with -v.
+
+May import: every part.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+import warnings
+from typing import Any
+
+import click
+
+from cpkgs_admin import __version__
+from cpkgs_admin.cli.common import Ctx
+from cpkgs_admin.errors import CpkgsError, os_error_text
+from cpkgs_admin.site.locks import set_notice
+from cpkgs_admin.site.text import printable
+
+_state: dict[str, Any] = {"verbose": 0}
+
+# Each command's module (cli/<group>.py) is imported when that command runs: it imports its part of cpkgs at the
+# top, and the parts differ in cost (the catalog's jinja2, verify's hashing pools, conda-pack, rattler): 135 ms more
+# on every `cpkgs list` if all were loaded (python -X importtime).
+COMMANDS = {
+    "init": "admin:init", "write-profiles": "admin:write_profiles_cmd", "refresh": "admin:refresh",
+    "locks": "admin:locks", "catalog": "catalog:catalog", "usage": "usage:usage",
+    "new-env": "build:new_env",
+    "list": "envs:list_cmd", "info": "envs:info", "diff": "envs:diff", "export": "envs:export",
+    "verify": "verify:verify", "doctor": "doctor:doctor",
+    "seal": "status:seal", "unseal": "status:unseal", "retire": "status:retire", "remove": "status:remove",
+    "purge": "status:purge",
+    "pack": "pack:pack", "mirror": "pack:mirror",
+    "link-user": "users:link_user", "unlink-user": "users:unlink_user", "extend": "users:extend",
+}
+
+
+class _Commands(click.Group):
+    """The group whose commands are imported by name when they run (COMMANDS); `--help` imports them all."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(f"cpkgs_admin.cli.{module}"), attr), cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--root", metavar="DIR", help="Site root (default: $CPKGS_ROOT, else /nfs/cpkgs).")
+@click.option("-v", "--verbose", count=True, help="More output; tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.version_option(__version__, prog_name="cpkgs")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None:
+    """cpkgs: a site's shared conda installation on a network drive.
+
+    Admins build sealed, versioned environments under the site root; users activate them from any Linux or macOS
+    host that mounts it (source <root>/etc/profile.d/conda.sh), from Lmod modules or from Jupyter.
+    """
+    _state["verbose"] = verbose
+    ctx.obj = Ctx(root, verbose, quiet)
+    # What core code says while it works (a lock waited for, a dead lock recovered): on stderr, unless -q.
+    set_notice(None if quiet else _log_notice)
+
+
+def _log_notice(msg: str) -> None:
+    click.echo(f"cpkgs: {msg}", err=True)
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+
+
+def _interrupted(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _interrupted_exit() -> int:
+    _quiet_teardown()
+    # On a terminal the cursor is still after the "^C" the terminal echoed.
+    click.echo(("\n" if sys.stderr.isatty() else "") + "cpkgs: interrupted", err=True)
+    return 130
+
+
+def _quiet_teardown() -> None:
+    """An interrupt can land while asyncio is setting up an event loop for rattler: freeing the half-made loop
+    and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr. The process
+    is about to exit; the user gets one line, not those."""
+    sys.unraisablehook = lambda _unraisable: None
+    warnings.simplefilter("ignore")
+
+
+def _failed(text: str, code: int) -> int:
+    """One line whatever it quotes (a path, a package's file name, a spec): control characters escaped."""
+    if _state["verbose"]:
+        traceback.print_exc()
+    click.echo(f"cpkgs: {printable(text)}", err=True)
+    return code
+
+
+def _click_error(exc: click.ClickException) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cpkgs` (click >= 8.2): the help, as click shows it
+        click.echo(exc.format_message(), err=True)
+        return 2
+    # One line, like every other error (click's own show() adds a usage block and a hint line).
+    hint = ""
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        hint = f" (see '{exc.ctx.command_path} --help')"
+    click.echo(f"cpkgs: {exc.format_message()}{hint}", err=True)
+    return 2 if isinstance(exc, click.UsageError) else exc.exit_code
+
+
+def _internal_error(exc: Exception) -> int:
+    if _interrupted(exc):  # Python 3.11 wraps an interrupt during some imports (e.g. "Error calling __set_name__")
+        return _interrupted_exit()
+    if _state["verbose"]:
+        traceback.print_exc()
+    click.echo(f"cpkgs: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+    return 1
+
+
+def _run(argv: list[str] | None) -> int:
+    if os.environ.get("_CPKGS_COMPLETE"):  # shell completion: click's own main() knows how
+        cli.main(args=argv, prog_name="cpkgs")
+    try:
+        # click's main() without its interrupt handling, which writes an empty line to stderr before ours.
+        args = list(sys.argv[1:] if argv is None else argv)
+        with cli.make_context("cpkgs", args) as ctx:
+            cli.invoke(ctx)
+    except CpkgsError as exc:
+        return _failed(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        _quiet_teardown()
+        click.echo("cpkgs: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        return _click_error(exc)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except (KeyboardInterrupt, EOFError):
+        return _interrupted_exit()
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        # The filesystem failing under a command (EIO, EROFS, ENOSPC, a server gone): one line naming the path and
+        # the errno; the locks a dead process leaves are recovered by the next one.
+        return _failed(os_error_text(exc), 1)
+    except Exception as exc:
+        return _internal_error(exc)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = _run(argv)
+    # py-rattler 0.28's native runtime can crash during interpreter finalization (SIGSEGV/SIGABRT in about a third
+    # of runs after a solve or index): the work is done and every lock released by now, so leave without
+    # finalizing. Flush first: os._exit skips Python's buffered-stream cleanup.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+    os._exit(code)
