@@ -77,7 +77,7 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
 
 
 def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None,
-                 pip_files: dict[str, str] | None = None) -> list[str]:
+                 pip_files: dict[str, str] | None = None, *, usage: bool = True) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
     META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given); PIP_FILES: what the
     pip step left (its lock text), written among cpkgs' own."""
@@ -98,8 +98,8 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
     if meta is None:
         meta = read_conda_meta(staging)
     # The usage hook and module index (outputs/usage/hook.py): in every env with python, whether records are on or not.
-    usage = write_usage_files(staging, final, record, meta, native=record.platform == native_subdir())
-    return [*ours, *added, *usage]
+    hook = write_usage_files(staging, final, record, meta, native=record.platform == native_subdir()) if usage else []
+    return [*ours, *added, *hook]
 
 
 def post(job: Job) -> None:
@@ -109,7 +109,8 @@ def post(job: Job) -> None:
     else can write the 0700 staging dir, so the scan stays true until the rename."""
     staging, record = job.staging, job.record
     job.meta = meta = read_conda_meta(staging)
-    site_files = post_process(staging, job.final, record, meta, job.pip_files)
+    site_files = [*post_process(staging, job.final, record, meta, job.pip_files, usage=job.usage_hook),
+                  *job.own_files]
     if job.pip_dists:  # inside conda-meta/cpkgs: covered by the meta digest below
         _write_staged_json(staging / PIP_MANIFEST, pip_manifest(staging, job.pip_dists))
     record.imports = importable(staging, IMPORTS_OF_INTEREST) if record.python_version else []
