@@ -430,7 +430,7 @@ def test_profile_start_costs_no_access_to_the_tool(shell: str, tmp_path: Path) -
     if shell == "tcsh":
         # tcsh hashes every PATH directory whenever PATH changes (its command hash table; `unhash` would make every
         # later command search PATH instead): one directory open of the new entry, as for each other PATH entry.
-        hashed = [ln for ln in lines if re.search(rf'open\w*\(AT_FDCWD, "[^"]+/cpkgs-tool/bin", [^)]*O_DIRECTORY', ln)]
+        hashed = [ln for ln in lines if re.search(r'open\w*\(AT_FDCWD, "[^"]+/cpkgs-tool/bin", [^)]*O_DIRECTORY', ln)]
         assert len(hashed) == 1, lines
         lines = [ln for ln in lines if ln not in hashed]
     assert not lines, lines

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.site.paths import STAGING_PREFIX, Site
 from cpkgs_admin.site.records import EnvRecord, load_record_file, save_record
 
@@ -55,7 +56,7 @@ def tool_records(site: Site, subdir: str) -> list[EnvRecord]:
     for n in names:
         try:
             out.append(load_record_file(d / n))
-        except Exception:  # noqa: BLE001 - a damaged record is verify's to report; here it is simply no build
+        except CpkgsError:  # a damaged record is verify's to report; here it is no build
             continue
     return sorted(out, key=lambda r: r.created)
 

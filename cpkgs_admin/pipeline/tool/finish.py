@@ -5,16 +5,17 @@ platform, whose python cannot run here)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import posixpath
-import importlib.util
 import subprocess
 from pathlib import Path
 
 from packaging.tags import compatible_tags, cpython_tags, mac_platforms, parse_tag
 
 from cpkgs_admin.errors import BuildError
+from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.pipeline.check import DamagedCache, check
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.pipeline.leftovers import discarded_on_failure
@@ -25,7 +26,6 @@ from cpkgs_admin.pipeline.pypi.bytecode import compile_sources
 from cpkgs_admin.pipeline.pypi.install import replace_file
 from cpkgs_admin.pipeline.pypi.wheelfile import format_record, record_hash
 from cpkgs_admin.pipeline.stage import make_staging, stage
-from cpkgs_admin.integrity.pipfiles import read_record
 from cpkgs_admin.site.paths import native_subdir
 from cpkgs_admin.site.records import timestamp
 from cpkgs_admin.site.tools import TOOL_INFO, TOOL_SCHEMA
@@ -125,10 +125,12 @@ def runs(job: Job) -> None:
     try:
         cmd = [str(job.staging / "bin" / "python"), "-I", "-B", "-m", "cpkgs_admin", "--version"]
         as_user = os.getuid() == 0
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", stdin=subprocess.DEVNULL,
-                              env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/"},
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd="/",
+                              stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/"},
                               user=NOBODY if as_user else None, group=NOBODY if as_user else None,
                               extra_groups=[] if as_user else None)
+    except subprocess.TimeoutExpired:
+        raise BuildError("the staged tool does not run: `cpkgs --version` did not finish in 300s") from None
     finally:
         os.chmod(job.staging, 0o700)
     if proc.returncode != 0 or not proc.stdout.startswith(f"cpkgs, version {job.record.version}"):

@@ -91,7 +91,7 @@ def running_wheel(out_dir: Path, pypi: PypiConfig) -> OwnWheel:
 
 def running_closure(dist: md.Distribution) -> list[str]:
     """name==version of every installed dependency of DIST (this host's markers): what the tool gets."""
-    env = {**default_environment(), "extra": ""}
+    env: dict[str, str] = {**{k: str(v) for k, v in default_environment().items()}, "extra": ""}
     seen: dict[str, str] = {}
     todo = [Requirement(r) for r in (dist.requires or [])]
     while todo:
