@@ -46,7 +46,8 @@ def tool_wheels() -> tuple[Path, list[str]]:
 
 def set_pypi(root: Path, wheels: Path) -> None:
     cfg = root / "cpkgs.yaml"
-    cfg.write_text(cfg.read_text() + f"pypi:\n  index_url: null\n  find_links:\n    - {wheels}\n")
+    text = re.sub(r"(?ms)^pypi:.*?(?=^\S|\Z)", "", cfg.read_text())  # init writes the site's own section
+    cfg.write_text(text + f"pypi:\n  index_url: null\n  find_links:\n    - {wheels}\n")
 
 
 def local_install(tmp: Path, root: Path, wheels: Path, pins: list[str]) -> Path:

@@ -724,8 +724,9 @@ def tool() -> None:
             out("FAIL", "tool", "no TOOL_WHEELS from the harness (tests/wheelhouse/build_wheelhouse.py)")
         else:
             cfg = R / "cpkgs.yaml"
-            if "pypi:" not in cfg.read_text():
-                cfg.write_text(cfg.read_text() + f"pypi:\n  index_url: null\n  find_links:\n    - {wheels}\n")
+            # init writes the site's own pypi: section; this offline site's is the tool wheelhouse
+            text = re.sub(r"(?ms)^pypi:.*?(?=^\S|\Z)", "", cfg.read_text())
+            cfg.write_text(text + f"pypi:\n  index_url: null\n  find_links:\n    - {wheels}\n")
             p, dt = cpkgs(R, "install-tool")
             out("MEASURE" if p.returncode == 0 else "FAIL", "tool_install",
                 f"install-tool onto the NFS site: {dt:.1f}s ({brief(p)}) [one TCG vCPU]")

@@ -124,7 +124,9 @@ def runs(job: Job) -> None:
     os.chmod(job.staging, 0o555)
     try:
         cmd = [str(job.staging / "bin" / "python"), "-I", "-B", "-m", "cpkgs_admin", "--version"]
-        as_user = os.getuid() == 0
+        # As an ordinary user where one can reach it (root writes through seals); else (a root not open to
+        # others) as this admin: -I -B writes nothing either way.
+        as_user = os.getuid() == 0 and _world_searchable(job.staging)
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd="/",
                               stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/"},
                               user=NOBODY if as_user else None, group=NOBODY if as_user else None,
@@ -136,6 +138,10 @@ def runs(job: Job) -> None:
     if proc.returncode != 0 or not proc.stdout.startswith(f"cpkgs, version {job.record.version}"):
         last = (proc.stderr.strip().splitlines() or [proc.stdout.strip() or f"exit {proc.returncode}"])[-1]
         raise BuildError(f"the staged tool does not run (python -m cpkgs_admin --version): {last}")
+
+
+def _world_searchable(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
 def fits_platform(job: Job) -> None:
