@@ -660,3 +660,41 @@ def test_macos_installation_from_this_linux_host(tmp_path: Path, channel_url: st
     r = run_cpkgs("verify", root=root)
     assert r.returncode == 4 and "cpkgs_admin/__pycache__/errors." in r.stdout, r
     chmod_back(root)
+
+
+# ------------------------------------------------------------------------------------------------ the wheel
+
+
+def _installed(wheel: Path, prefix: Path) -> Path:
+    """WHEEL installed (pypa's installer) into a venv-like PREFIX; its site-packages."""
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    sp = prefix / "lib" / f"python{PY_XY}" / "site-packages"
+    dest = SchemeDictionaryDestination({"purelib": str(sp), "platlib": str(sp), "scripts": str(prefix / "bin"),
+                                        "data": str(prefix), "headers": str(prefix / "include")},
+                                       interpreter=sys.executable, script_kind="posix")
+    with WheelFile.open(wheel) as source:
+        install(source, dest, additional_metadata={"INSTALLER": b"pip\n"})
+    return sp
+
+
+def test_a_regular_install_is_repacked_into_the_same_cpkgs(v2_wheel: Path, tmp_path: Path) -> None:
+    """A pip-installed cpkgs (no checkout) is made into a wheel from its RECORD: the same files, so the same
+    identity as the wheel it was installed from; a file changed since the install is refused with one line."""
+    from cpkgs_admin.errors import BuildError
+    from cpkgs_admin.pipeline.tool.wheel import _repack, wheel_digest
+
+    sp = _installed(v2_wheel, tmp_path / "venv")
+    (dist,) = importlib.metadata.distributions(name="cpkgs", path=[str(sp)])
+    out = tmp_path / "out"
+    out.mkdir()
+    whl = _repack(dist, out)
+    assert wheel_digest(whl) == wheel_digest(v2_wheel)
+    again = tmp_path / "again"
+    again.mkdir()
+    assert _repack(dist, again).read_bytes() == whl.read_bytes()  # fixed timestamps: the same bytes
+    (sp / "cpkgs_admin" / "errors.py").write_text("# changed\n")
+    with pytest.raises(BuildError, match=r"cpkgs_admin/errors\.py has changed since it was installed"):
+        _repack(dist, tmp_path)
