@@ -18,6 +18,7 @@ from cpkgs_admin.errors import CpkgsError, PermissionProblem
 from cpkgs_admin.integrity.tree import make_removable
 from cpkgs_admin.lifecycle.status import only_owner_deletes
 from cpkgs_admin.pipeline.leftovers import clean_stale_staging
+from cpkgs_admin.pipeline.tool.switch import clean_leftovers
 from cpkgs_admin.site.audit import audited
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.files import make_dir_exact
@@ -211,8 +212,9 @@ def _move_superseded_tools(site: Site, grace: float | None, now: float, rep: Pur
     GRACE that long after the switch away from them; no stamp: the last switch, bin/cpkgs's mtime), moved into the
     trash and their records dropped; the others listed as waiting. The current build is never purged."""
     moved: set[str] = set()
-    for platform in tool_platforms(site):
+    for platform in [p for p in site.config.platforms if p in tool_platforms(site) or site.tool_dir(p).is_dir()]:
         with tool_locked(site, platform):
+            rep.staging_removed += clean_leftovers(site, platform)  # no install-tool runs: the lock is ours
             cur = current_build(site, platform)
             for rec in tool_records(site, platform):
                 build = build_of(rec)

@@ -105,7 +105,7 @@ def _store(site: Site, own: OwnWheel) -> Path:
 def _one(site: Site, subdir: str, own: OwnWheel, stored: Path, rebuild: bool, tmp: Path, log: Log) -> ToolResult:
     t0 = time.monotonic()
     with tool_locked(site, subdir):
-        warnings = clean_leftovers(site, subdir)
+        warnings = [f"removed {p}: left by an install-tool that did not finish" for p in clean_leftovers(site, subdir)]
         records = {build_of(r): r for r in tool_records(site, subdir)}
         cur = current_build(site, subdir)
         cur_rec = records.get(cur) if cur else None

@@ -25,7 +25,7 @@ from cpkgs_admin.site.tools import build_dirs, build_of, current_build, save_too
 
 def clean_leftovers(site: Site, subdir: str) -> list[str]:
     """Under the tool's lock: staging dirs (their builders are dead: the lock is ours) and published builds with no
-    record that are not current (a run killed between rename and record). Warnings naming what went."""
+    record that are not current (a run killed between rename and record). The paths removed."""
     d = site.tool_dir(subdir)
     recorded = {build_of(r) for r in tool_records(site, subdir)}
     gone = []
@@ -38,7 +38,7 @@ def clean_leftovers(site: Site, subdir: str) -> list[str]:
         if n.startswith(STAGING_PREFIX) or (n in build_dirs(site, subdir) and n not in recorded and n != cur):
             remove_leftover(d / n)
             gone.append(n)
-    return [f"removed {d / n}: left by an install-tool that did not finish" for n in gone]
+    return [str(d / n) for n in gone]
 
 
 def publish_build(job: Job) -> None:
