@@ -145,6 +145,37 @@ if grep -q 'conda()' "$ROOT/etc/profile.d/conda.sh"; then
   bash -c "source '$ROOT/etc/profile.d/conda.sh'; conda activate '$LAYER'; python -c 'import hello_layer; print(\"activated layer:\", hello_layer.hello())'; cpkgs-test-app; conda deactivate"
 fi
 
+if command -v rsyslogd >/dev/null; then
+  step "usage records (opt-in): a local rsyslog collector, two programs, then cpkgs usage"
+  USAGE="$ROOT-usage"
+  rm -rf "$USAGE" && mkdir -p "$USAGE/work"
+  PORT=$($PY -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat > "$USAGE/rsyslog.conf" <<CONF
+global(workDirectory="$USAGE/work" net.enableDNS="off")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="$PORT")
+if \$programname == "cpkgs-usage" or \$programname == "demo-sync" then { action(type="omfile" file="$USAGE/usage.log") stop }
+CONF
+  rsyslogd -n -f "$USAGE/rsyslog.conf" -i "$USAGE/rsyslogd.pid" 2>"$USAGE/rsyslogd.err" &
+  RSYSLOGD=$!
+  trap 'kill $RSYSLOGD 2>/dev/null || true' EXIT
+  sleep 1
+  # cpkgs.yaml's usage section (off by default): on, this collector, its log file.
+  sed -i -e 's/^  enabled: false/  enabled: true/' -e "s|^  collector: null|  collector: udp://127.0.0.1:$PORT|" \
+      -e "s|^  logs: \[\]|  logs: [$USAGE/usage.log]|" "$ROOT/cpkgs.yaml"
+  sed -n '/^usage:/,$p' "$ROOT/cpkgs.yaml"
+  $CPKGS refresh >/dev/null   # the switch goes into conda.sh/conda.csh, modulefiles and kernels
+  bash -c "source '$ROOT/etc/profile.d/conda.sh'; conda activate demo-2.0; python -c 'import pip; print(\"pip\", pip.__version__)'"
+  bash -c "source '$ROOT/etc/profile.d/conda.sh'; conda activate nb-1.0; python -c 'import IPython; print(\"IPython\", IPython.__version__)'"
+  logger -n 127.0.0.1 -P "$PORT" -d -t demo-sync "sync" 2>/dev/null || true
+  for _ in $(seq 50); do grep -q demo-sync "$USAGE/usage.log" 2>/dev/null && break; sleep 0.1; done
+  $CPKGS usage
+  kill $RSYSLOGD 2>/dev/null || true
+fi
+
+step "cpkgs catalog: the site's static web page (this host's installation)"
+$CPKGS catalog
+
 step "cpkgs install-tool  (this cpkgs on the share: python + its wheels, sealed, byte-compiled, run once as nobody)"
 $CPKGS install-tool
 ls -l "$ROOT/anaconda3_linux/cpkgs-tool/bin"

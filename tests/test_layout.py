@@ -20,12 +20,16 @@ PACKAGE = REPO / "cpkgs_admin"
 MAX_FUNCTION_LINES = 60
 # Imports of cpkgs' own modules inside a function, each for a start-up cost measured with `python -X importtime`
 # (its comment says which): (importing module, imported module).
-LAZY_INTERNAL = {("cpkgs_admin.pipeline.build", "cpkgs_admin.pipeline.assemble"),
-                 # the pip machinery (uv's driver, installer, the resolver), for envs with a pip part only
-                 ("cpkgs_admin.pipeline.spec", "cpkgs_admin.pipeline.pypi.part"),
-                 ("cpkgs_admin.pipeline.build", "cpkgs_admin.pipeline.pip"),
-                 ("cpkgs_admin.pipeline.assemble", "cpkgs_admin.pipeline.pip"),
-                 ("cpkgs_admin.lifecycle.pack", "cpkgs_admin.pipeline.pip")}
+LAZY_INTERNAL = {
+    ("cpkgs_admin.pipeline.build", "cpkgs_admin.pipeline.assemble"),
+    # The CLI's modules load inside the entry point's try, so a Ctrl-C while they import is one line.
+    ("cpkgs_admin.__main__", "cpkgs_admin.cli"),
+    # the pip machinery (uv's driver, installer, the resolver), for envs with a pip part only
+    ("cpkgs_admin.pipeline.spec", "cpkgs_admin.pipeline.pypi.part"),
+    ("cpkgs_admin.pipeline.build", "cpkgs_admin.pipeline.pip"),
+    ("cpkgs_admin.pipeline.assemble", "cpkgs_admin.pipeline.pip"),
+    ("cpkgs_admin.lifecycle.pack", "cpkgs_admin.pipeline.pip"),
+}
 # Modules outside the parts' folders: the package itself (its version), the error tree, `python -m cpkgs_admin`.
 TOP_MODULES = {"cpkgs_admin": set(), "cpkgs_admin.errors": set(), "cpkgs_admin.__main__": {"cli"}}
 

@@ -412,8 +412,8 @@ def test_ctrl_c_at_any_moment_leaves_nothing_users_can_enter(tmp_path: Path, cha
             while not list(envs.glob(f".staging-{name}@*")) and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.001)
             time.sleep(rng.uniform(0.0, 0.03))
-        else:
-            time.sleep(rng.uniform(0.05, full))
+        else:  # anywhere in the run once cpkgs' own code runs (the interpreter's first ~0.1 s is Python's own start-up)
+            time.sleep(rng.uniform(0.15, max(0.16, full)))
         p.send_signal(signal.SIGINT)
         if i % 4 == 3:  # an impatient second Ctrl-C, while the first one's cleanup runs
             time.sleep(rng.uniform(0.0, 0.03))
@@ -427,8 +427,8 @@ def test_ctrl_c_at_any_moment_leaves_nothing_users_can_enter(tmp_path: Path, cha
             assert stat.S_IMODE(prefix.stat().st_mode) == 0o555
             assert name in {e["name"] for e in run_cpkgs("list", "--json", root=root).json()}
         else:
-            assert p.returncode == 130 and err.endswith("cpkgs: interrupted\n"), (p.returncode, err)
-            assert err.count("\n") == 1 or (i % 4 == 3 and err == "cpkgs: interrupted\n" * 2), err
+            # One line, also after a second, impatient Ctrl-C (ignored while the first one's clean-up runs).
+            assert (p.returncode, err) == (130, "cpkgs: interrupted\n"), (p.returncode, err)
             assert not prefix.exists()
         world_traversable(root)
         for leftover in envs.glob(".staging-*"):

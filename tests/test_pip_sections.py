@@ -228,9 +228,20 @@ def test_export_then_lock_on_a_second_site_with_only_the_mirror(built: Path, tmp
     r = run_cpkgs("new-env", "web-1.0", "--lock", str(conda_lock), root=other)
     one_line_failure(r, "pip part", "--pip-lock")
     nothing_left(other, "web-1.0")
-    r = run_cpkgs("new-env", "web-1.0", "--lock", str(conda_lock), "--pip-lock", str(pip_lock), "-c",
-                  mirror.as_uri(), "--pip-index", (mirror / "pypi/simple").as_uri(), root=other)
+    r = run_cpkgs("new-env", "web-1.0", "--pip-lock", str(pip_lock), root=other)
+    assert r.returncode == 2 and "--pip-lock goes with --lock FILE" in r.stderr, r
+    # A companion edited after the export is the admin's call: built as given, with a warning naming both files.
+    edited = tmp_path / "web.pip.edited.txt"
+    edited.write_text(pip_lock.read_text() + "# reviewed by the admin\n")
+    via_mirror = ["-c", mirror.as_uri(), "--pip-index", (mirror / "pypi/simple").as_uri()]
+    r = run_cpkgs("new-env", "web-1.0", "--lock", str(conda_lock), "--pip-lock", str(edited), *via_mirror,
+                  "--dry-run", root=other)
     assert r.returncode == 0, r
+    assert f"--pip-lock {edited} is not the pip part lock file {conda_lock} was exported with" in r.stderr, r
+    r = run_cpkgs("new-env", "web-1.0", "--lock", str(conda_lock), "--pip-lock", str(pip_lock), *via_mirror,
+                  root=other)
+    assert r.returncode == 0, r
+    assert "warning" not in r.stderr, r.stderr
 
     def identity(root: Path) -> set[tuple[str, str, str, str]]:
         return {(k, n, p["version"], p["sha256"]) for (k, n), p in packages(root, "web-1.0").items()}

@@ -352,10 +352,25 @@ def test_records_counted_exactly(usage_site: Path, collector: Collector, tmp_pat
         assert pkgs[("ipykernel", "conda")] == 1  # bob: IPython, packaging; alice's IPython run opted out
         assert pkgs[("mytool", "user")] == 1
         assert not [k for k in pkgs if k[1] == "module"], pkgs  # every env module mapped to its package
-        # retire names the last use.
+        # The catalog: a full render reads the logs into the env's panel and the index's chart.
+        r = run_cpkgs("catalog", root=root)
+        assert r.returncode == 0, r
+        index = Path(r.stdout.strip())
+        page = index.parent / "envs" / ENV / "index.html"
+        assert "<dt>runs</dt><dd>5</dd><dt>distinct users</dt><dd>2</dd>" in page.read_text(), page.read_text()
+        front = index.read_text()
+        assert 'id="usage-records"' in front and "5 python runs recorded" in front and "<svg" in front
+        assert ">pip<" in front and ">ipykernel<" in front  # bars of the package chart
+        # A sixth run; retire then updates the catalog without reading the logs (the panels of the last full
+        # render: a publish's update stays fast however large the logs), and names the last use itself.
+        r = run_as(ALICE, [py(root), "-c", "import pip"], user_env("alice", send))
+        assert r.returncode == 0 and len(collector.records()) == 6, r
         r = run_cpkgs("retire", ENV, root=root)
         assert r.returncode == 0, r
-        assert re.search(rf"{ENV}: last used \d{{4}}-\d\d-\d\dT.* by 2 user\(s\); 5 run\(s\)", r.stdout), r
+        assert re.search(rf"{ENV}: last used \d{{4}}-\d\d-\d\dT.* by 2 user\(s\); 6 run\(s\)", r.stdout), r
+        assert "retired" in page.read_text() and "<dt>runs</dt><dd>5</dd>" in page.read_text()
+        assert run_cpkgs("catalog", root=root).returncode == 0
+        assert "<dt>runs</dt><dd>6</dd>" in page.read_text() and "6 python runs recorded" in index.read_text()
     finally:
         set_usage(root, enabled=False)
         run_cpkgs("refresh", root=root)

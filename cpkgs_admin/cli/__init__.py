@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -112,9 +113,12 @@ def _interrupted_exit() -> int:
 
 def _quiet_teardown() -> None:
     """An interrupt can land while asyncio is setting up an event loop for rattler: freeing the half-made loop
-    and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr. The process
-    is about to exit; the user gets one line, not those."""
+    and the coroutine it never ran then prints "Exception ignored ..." and "never awaited" to stderr; rattler's
+    threads, still finishing their work for a moment, print "RuntimeError: Event loop is closed" through
+    sys.excepthook when they hand a result to the closed loop. The process is about to exit; the user gets one
+    line, not those."""
     sys.unraisablehook = lambda _unraisable: None
+    sys.excepthook = lambda *_exc: None
     warnings.simplefilter("ignore")
 
 
@@ -178,7 +182,18 @@ def _run(argv: list[str] | None) -> int:
     return 0
 
 
+def _first_interrupt(_signum: int, _frame: Any) -> None:
+    """Ctrl-C: stop cleanly. Further Ctrl-Cs are ignored from here on: an impatient second one used to land in the
+    middle of the clean-up (staging dir, lock release) or of the one-line message, and ended in a traceback or a
+    half-removed staging dir. SIGQUIT (Ctrl-\\) and SIGKILL still end the process at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_teardown()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the caller ignores SIGINT
+        signal.signal(signal.SIGINT, _first_interrupt)
     code = _run(argv)
     # py-rattler 0.28's native runtime can crash during interpreter finalization (SIGSEGV/SIGABRT in about a third
     # of runs after a solve or index): the work is done and every lock released by now, so leave without

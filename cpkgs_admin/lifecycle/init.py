@@ -46,6 +46,8 @@ CONFIG_HEADER = """\
 # channel_alias: where channel names channel_map does not hold live (as conda's channel_alias); null: refused
 # pypi: the pip part of specs: enabled (false refuses pip: sections), index_url (a site mirror of PyPI; null: none),
 #   extra_index_urls, find_links (wheelhouse dirs or URLs), spec_indexes (may specs name their own), build_from_source
+# usage: opt-in usage records (README "Usage records"): enabled, collector (udp://IP:PORT or syslog), logs (the
+#   collector's files 'cpkgs usage' reads), sample (0-1), user_names (plain or hashed); 'cpkgs refresh' applies it
 """
 
 

@@ -20,7 +20,6 @@ from rattler.package_streaming import PackageArchive
 
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.integrity.content import FileEntry, check_paths, path_problem, refuse
-from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.site.paths import HASH_MEMO_DIR
 
@@ -135,7 +134,7 @@ def read_package_files(records: list[Any], cache_dir: Path, client: Any) -> list
         sem = asyncio.Semaphore(_CONCURRENT_READS)
         return list(await asyncio.gather(*(one(r, sem) for r in records)))
 
-    return aio.run(all_of())
+    return asyncio.run(all_of())
 
 
 def _blocks(size: int) -> int:

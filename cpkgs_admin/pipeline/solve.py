@@ -3,6 +3,7 @@ explicit lock file's packages there; the packages chosen, as the record will lis
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -24,9 +25,8 @@ from rattler import (
 from rattler import solve as rsolve
 
 from cpkgs_admin.errors import SolveError, SpecError, UsageError
-from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.job import BuildRequest, Log
-from cpkgs_admin.pipeline.spec import pip_plan, resolve_spec
+from cpkgs_admin.pipeline.spec import pip_lock_warnings, pip_plan, resolve_spec
 from cpkgs_admin.site.channels import ChannelMap, Source, lock_channel, plan_channels
 from cpkgs_admin.site.config import channel_problem
 from cpkgs_admin.site.paths import Site, native_subdir
@@ -157,7 +157,7 @@ def solve(
         )
 
     try:
-        return aio.run(run())
+        return asyncio.run(run())
     except Exception as exc:
         name = type(exc).__name__
         text = str(exc)
@@ -198,7 +198,7 @@ def missing_specs(
                                    recursive=False)
 
     try:
-        per_source = aio.run(run())
+        per_source = asyncio.run(run())
     except Exception:  # the solve's own reason is the better message then
         return []
     records = [r for recs in per_source for r in recs]
@@ -241,7 +241,7 @@ def resolve_lock(lock: ExplicitLock, sources: Sequence[Source], subdir: str, cac
         return await gw.query([Channel(u) for u in urls], [subdir, "noarch"], specs, recursive=False)
 
     try:
-        result = aio.run(run())
+        result = asyncio.run(run())
     except Exception as exc:
         raise SolveError(f"cannot read channels for lock file {lock.path}: {_first_line(exc)}") from None
     by_file: dict[str, list[Any]] = {}
@@ -295,8 +295,8 @@ def choose_packages(site: Site, req: BuildRequest, lock: ExplicitLock | None, su
         used: dict[str, list[str]] = {}
         for src in sources:
             used.setdefault(src.name, []).append(src.url)
-        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")), [],
-                      pip_plan(site, req, spec, lock))
+        return Chosen(spec, records, [], used, lambda r: names.get(r.file_name, str(r.channel or "")),
+                      pip_lock_warnings(req, lock), pip_plan(site, req, spec, lock))
     spec, locked = resolve_spec(site, req, subdir)
     pip = pip_plan(site, req, spec, None)
     if not spec.specs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,21 @@ def pip_plan(site: Site, req: BuildRequest, spec: Spec, lock: ExplicitLock | Non
             return None
         return plan_pip_part((), None, "", site.config.pypi, pip_lock=req.pip_lock, pip_index=req.pip_index)
     return plan_pip_part(spec.pip, spec.pip_dir, spec.source or "spec", site.config.pypi, pip_index=req.pip_index)
+
+
+def pip_lock_warnings(req: BuildRequest, lock: ExplicitLock) -> list[str]:
+    """A --pip-lock file other than the one the lock's `# pip-lock:` comment hashes is built as given (an edited
+    companion is the admin's call), said once."""
+    if lock.pip_lock is None or req.pip_lock is None:
+        return []
+    try:
+        digest = hashlib.sha256(req.pip_lock.read_bytes()).hexdigest()
+    except OSError:
+        return []  # step 1 reading it says why, in one line
+    if digest == lock.pip_lock[1]:
+        return []
+    return [f"--pip-lock {req.pip_lock} is not the pip part lock file {lock.path} was exported with (sha256 "
+            f"{digest[:12]}..., its comment says {lock.pip_lock[1][:12]}...): building the pins it holds"]
 
 
 def check_python(plan: PipPlan | None, packages: list[PackageEntry], where: str) -> None:

@@ -4,6 +4,7 @@ only package-cache entries nobody else could write are linked, hard links only i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 
@@ -11,7 +12,6 @@ from rattler import MatchSpec, Platform, install
 
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.integrity.memo import HashMemo
-from cpkgs_admin.pipeline import aio
 from cpkgs_admin.pipeline.cache import RATTLER_CACHE_LOCK, check_entries, close_entry_locks
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.pipeline.plan import InstallPlan, cache_is_admin_only, mib, mount_point, plan_install
@@ -78,7 +78,7 @@ def install_planned(job: Job, plan: InstallPlan) -> None:
         )
 
     try:
-        aio.run(run())
+        asyncio.run(run())
     except Exception as exc:
         text = str(exc)
         if "(os error 28)" in text:  # ENOSPC: the estimate passed and the disk filled all the same

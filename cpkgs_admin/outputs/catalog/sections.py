@@ -7,7 +7,7 @@ like everything else; an SVG chart goes inline in it (no external assets). Pages
 text changes, and an env's page is rendered when its record, or a neighbour's, changes, or by a full render
 (`cpkgs catalog`, `cpkgs refresh`): a provider whose data changes on its own asks for a full render.
 
-Register a provider by adding it to PROVIDERS below.
+Providers are registered in providers.py.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ class Section:
 
 
 class SectionProvider(Protocol):
+    """`begin(site, platform, full) -> {file: text}` may also be defined: called once per render before any page
+    (FULL: every page is rendered), it prepares the provider's data and returns files to write into the catalog
+    directory (e.g. what a full render read, for the updates after it)."""
+
     def env_sections(self, site: Site, rec: EnvRecord) -> Sequence[Section]: ...
 
     def index_sections(self, site: Site, platform: str, envs: Sequence[EnvSummary]) -> Sequence[Section]: ...
 
-
-PROVIDERS: tuple[SectionProvider, ...] = ()

@@ -20,8 +20,9 @@ from typing import Any
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.outputs.catalog import pages
 from cpkgs_admin.outputs.catalog.model import EnvSummary, Families, summarize
+from cpkgs_admin.outputs.catalog.providers import PROVIDERS
 from cpkgs_admin.outputs.catalog.render import fingerprint
-from cpkgs_admin.outputs.catalog.sections import PROVIDERS, SectionProvider
+from cpkgs_admin.outputs.catalog.sections import SectionProvider
 from cpkgs_admin.outputs.catalog.state import STATE, Key, State, load_state, stat_key
 from cpkgs_admin.site.files import atomic_write, make_dirs_exact, write_if_changed
 from cpkgs_admin.site.locks import site_locked
@@ -190,8 +191,12 @@ def _render_files(site: Site, platform: str, state: State | None, names: tuple[s
     listing = _listing(site, platform)
     records = _Records(listing)
     plan = _plan(listing, records, state, names)
-    cat = pages.Catalog(site, platform, plan.summaries, records, providers)
     files: dict[str, str] = {}
+    for provider in providers:
+        begin = getattr(provider, "begin", None)  # optional (sections.SectionProvider)
+        if begin is not None:
+            files.update(begin(site, platform, state is None))
+    cat = pages.Catalog(site, platform, plan.summaries, records, providers)
     stale: list[str] = []
     for n in sorted(plan.touched & set(plan.summaries)):
         try:

@@ -4,9 +4,9 @@ The catalog's renderer calls one function:
 
     index_html, per_env = usage_panels(site, platform)        # or usage_panels(site, platform, report=...)
 
-`index_html` is a <section> for the catalog's index page (records read, the site-wide chart of package prevalence:
+`index_html` is a <div> for the catalog's index page (records read, the site-wide chart of package prevalence:
 distinct users per package, top 30, and the envs nobody used lately); `per_env` maps each env name of PLATFORM to a
-<section> for its page (runs, users, last use, weekly runs over the last half year, its most used packages). Both
+<div> for its page (runs, users, last use, weekly runs over the last half year, its most used packages). Both
 are "" / {} when the site keeps no usage logs; when the logs cannot be read here the index section says why (one
 escaped line) and there are no env sections. Every text that comes from a log, a record or a path is HTML-escaped
 (log lines are written by users' processes).
@@ -107,9 +107,9 @@ def env_panel_html(env: EnvUsage, now: float) -> str:
         rows.append(("runs from personal layers", str(env.layer_runs)))
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     pkgs = "".join(f"<li>{_e(p.name)} <small>({_e(p.kind)})</small>: {p.users} users</li>" for p in env.top_packages)
-    return (f'<section class="cpkgs-usage cpkgs-usage-env" data-env="{_e(env.name)}"><h3>Usage</h3>'
+    return (f'<div class="cpkgs-usage cpkgs-usage-env" data-env="{_e(env.name)}">'
             f"<dl>{items}</dl>{weekly_svg(env.weekly, now)}"
-            + (f"<h4>Most used packages</h4><ol>{pkgs}</ol>" if pkgs else "") + "</section>")
+            + (f"<h3>Most used packages</h3><ol>{pkgs}</ol>" if pkgs else "") + "</div>")
 
 
 def index_panel_html(report: UsageReport, platform: str | None = None) -> str:
@@ -124,9 +124,9 @@ def index_panel_html(report: UsageReport, platform: str | None = None) -> str:
     else:
         unused = f"<p>Every env was used in the last {_e(days)} days.</p>"
     span = f"{_day(report.first)} to {_day(report.last)}" if report.records else "no records yet"
-    return ('<section class="cpkgs-usage cpkgs-usage-index"><h2>Usage</h2>'
+    return ('<div class="cpkgs-usage cpkgs-usage-index">'
             f"<p>{report.records} python runs recorded ({_e(span)}); {report.skipped_lines} log lines skipped.</p>"
-            f"{package_chart_svg(report.packages)}{unused}</section>")
+            f"<h3>Distinct users per package (top 30)</h3>{package_chart_svg(report.packages)}{unused}</div>")
 
 
 def usage_panels(site: Site, platform: str | None = None, report: UsageReport | None = None,
@@ -138,8 +138,8 @@ def usage_panels(site: Site, platform: str | None = None, report: UsageReport | 
         try:
             report = usage_report(site)
         except CpkgsError as exc:
-            return (f'<section class="cpkgs-usage cpkgs-usage-index"><h2>Usage</h2><p>usage data unavailable: '
-                    f"{_e(exc)}</p></section>", {})
+            return (f'<div class="cpkgs-usage cpkgs-usage-index"><p>usage data unavailable: '
+                    f"{_e(exc)}</p></div>", {})
     now = time.time() if now is None else now
     envs = {e.name: env_panel_html(e, now) for e in report.envs if platform is None or e.platform == platform}
     return index_panel_html(report, platform), envs
