@@ -136,8 +136,9 @@ def _build_source(source: Path, out_dir: Path, pypi: PypiConfig) -> Path:
             shutil.copy2(f, copy / f.name)
     for top in sorted(tops):
         shutil.copytree(source / top, copy / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    run_uv(["build", "--no-config", "--wheel", *_locations(pypi), "--out-dir", str(out_dir / "dist"), str(copy)],
-           what="building the running cpkgs' wheel", timeout=600)
+    # A private cache: the admin's ~/.cache may be read-only or shared; the build backend is a few small wheels.
+    run_uv(["build", "--no-config", "--wheel", *_locations(pypi), "--cache-dir", str(out_dir / "uv-cache"),
+            "--out-dir", str(out_dir / "dist"), str(copy)], what="building the running cpkgs' wheel", timeout=600)
     (whl,) = (out_dir / "dist").glob("cpkgs-*.whl")
     return whl
 
