@@ -109,7 +109,8 @@ def _one(site: Site, subdir: str, own: OwnWheel, stored: Path, rebuild: bool, tm
         records = {build_of(r): r for r in tool_records(site, subdir)}
         cur = current_build(site, subdir)
         cur_rec = records.get(cur) if cur else None
-        if cur_rec is not None and cur_rec.extra.get("cpkgs_digest") == own.digest and not rebuild:
+        intact = cur is not None and (site.tool_build(cur, subdir) / "bin" / "cpkgs").is_file()
+        if cur_rec is not None and intact and cur_rec.extra.get("cpkgs_digest") == own.digest and not rebuild:
             return _result(cur_rec, "current", cur, t0, warnings)
         kept = [r for b, r in records.items() if b != cur and r.extra.get("cpkgs_digest") == own.digest
                 and site.tool_build(b, subdir).is_dir()]
@@ -133,7 +134,7 @@ def _next_name(version: str, taken: set[str]) -> str:
 
 def _result(rec: EnvRecord, action: str, previous: str | None, t0: float, warnings: list[str],
             purge_after: str | None = None) -> ToolResult:
-    return ToolResult(platform=rec.platform, version=str(rec.extra.get("cpkgs_version_installed") or rec.version),
+    return ToolResult(platform=rec.platform, version=rec.version,
                       build=build_of(rec), prefix=rec.prefix, action=action,
                       previous=previous if action != "current" else None, python=rec.python_version or "",
                       packages=len(rec.all_packages), files=rec.file_count, size=rec.size,
