@@ -384,6 +384,19 @@ def test_doctor_reports_an_installation_without_tool(tmp_path: Path, home: Path)
     assert "cpkgs install-tool" in tool["fix"], tool
 
 
+def test_doctor_fails_a_link_to_a_missing_build(tmp_path: Path, home: Path) -> None:
+    root = make_site(tmp_path / "site", None)
+    (tool_dir(root) / "bin").mkdir(parents=True)
+    os.symlink("../9.9.9/bin/cpkgs", tool_bin(root))
+    world_traversable(root)
+    p = as_user([sys.executable, "-m", "cpkgs_admin", "--root", str(root), "doctor", "--json"], home,
+                PYTHONDONTWRITEBYTECODE="1")
+    (tool,) = [f for f in json.loads(p.stdout)["findings"] if f["check"] == "tool"]
+    assert tool["status"] == "fail", tool
+    assert tool["message"] == f"{tool_bin(root)} points to 9.9.9, which is missing", tool
+    assert "cpkgs install-tool" in tool["fix"], tool
+
+
 # ------------------------------------------------------------------------------------------------ profiles
 
 
