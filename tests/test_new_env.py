@@ -208,7 +208,7 @@ BAD_YAML = [
     ("dependencies: [python\n", "invalid YAML"),
     ("- python\n", "expected a mapping"),
     ("dependencies: python\n", "must be a list"),
-    ("dependencies:\n  - python\n  - pip:\n    - requests\n", "'pip:' section is not supported"),
+    ("dependencies:\n  - python\n  - pip:\n    - -e .\n", "pip[0]: -e .: an editable install"),
     ("dependencies:\n  - 'python >>= 3'\n", "invalid match spec"),
     ("channels: [5]\ndependencies: [python]\n", "'channels' must be a list"),
     ("dependencies: [python]\ndependencies: [cpkgs-test-app]\n", "line 2 invalid YAML: duplicate key 'dependencies'"),

@@ -201,9 +201,9 @@ def test_text_forms_of_real_files(tmp_path: Path, mirrors: Path) -> None:
     assert got["cpkgs-test-lib"]["version"] == "1.1"
 
 
-def test_pip_section_is_parsed_but_still_refused_at_build(tmp_path: Path, mirrors: Path) -> None:
-    """The `pip:` list reaches the Spec (lines as written, and the file's directory for `-r FILE`) for the PyPI step;
-    until that step lands the build refuses it with the same line as before, having changed nothing."""
+def test_pip_section_reaches_the_spec_and_is_checked_before_the_solve(tmp_path: Path, mirrors: Path) -> None:
+    """The `pip:` list reaches the Spec (lines as written, and the file's directory for `-r FILE`) for the pip step,
+    which reads it before any solve: a `-r` file that is not there is one line, nothing changed."""
     site = mapped_site(tmp_path / "site", mirrors)
     f = tmp_path / "sub" / "environment.yml"
     f.parent.mkdir()
@@ -216,8 +216,7 @@ def test_pip_section_is_parsed_but_still_refused_at_build(tmp_path: Path, mirror
     before = tree_hash(site)
     r = run_cpkgs("new-env", "p-1.0", "-f", str(f), root=site)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r
-    assert r.stderr == (f"cpkgs: spec file {f}: a 'pip:' section is not supported; build conda packages or use "
-                        "'cpkgs extend'\n")
+    assert r.stderr.startswith("cpkgs: pip: ") and str(f.parent / "requirements.txt") in r.stderr, r
     assert tree_hash(site) == before
     f.write_text("dependencies:\n  - python\n  - pip: [1, 2]\n")
     r = run_cpkgs("new-env", "p-1.0", "-f", str(f), root=site)
