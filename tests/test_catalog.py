@@ -8,6 +8,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import pytest
 from markupsafe import Markup
 
-from conftest import ENVS, make_site, run_cpkgs, tree_hash
+from conftest import ENVS, REPO, cpkgs_env, make_site, run_cpkgs, tree_hash
 
 PLAT = "linux-64"
 CATALOG = "share/cpkgs-catalog"
@@ -365,6 +368,62 @@ def test_damaged_record_keeps_its_pages_and_is_reported(bare: Path) -> None:
     assert r.returncode == 1 and r.stdout == f"{d}/index.html\n", r
     assert r.stderr.splitlines()[-1].startswith(f"cpkgs: {path}: unreadable record"), r
     assert (d / "envs" / "a-1.0" / "index.html").read_text() == before
+
+
+def _writers(log: Path, under: Path) -> set[str]:
+    """The pids of an `strace -f -e trace=openat` log that created files UNDER."""
+    pids = set()
+    for line in log.read_text().splitlines():
+        pid, _, call = line.partition(" ")
+        if "O_CREAT" in call and f'"{under}/' in call:
+            pids.add(pid)
+    return pids
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="worker processes need two CPUs")
+def test_full_render_by_worker_processes_is_the_one_process_render(bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cpkgs catalog` on a site big enough renders env pages in worker processes (whole families each), and writes
+    exactly what one process writes: also for a family the name-based shares split (a hand-made record whose family
+    is not its name's: its pages are made again with every summary) and with a damaged record (reported the same)."""
+    from cpkgs_admin.outputs.catalog import render_catalog, workers
+
+    for f in range(12):
+        for v in range(1, 7):
+            record(bare, f"fam{f:02d}-{v}.0", [pkg("lib", f"{v}.0"), pkg(f"only{f}", "1.0"), pkg("python", "3.11.7")])
+    record(bare, "zz-9.0", [pkg("lib", "9.0"), pkg("python", "3.11.7")], family="fam01", version="9.0")
+    damaged = bare / ".cpkgs/records/linux-64/fam03-2.0.json"
+    damaged.write_text("{not json")
+    d = bare / CATALOG
+    log = bare.parent / "strace.log"
+    cmd = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(log),
+           sys.executable, "-m", "cpkgs_admin", "--root", str(bare), "catalog"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cpkgs_env(None), cwd=str(REPO), timeout=300)
+    assert r.returncode == 1 and r.stdout == f"{d}/index.html\n", r
+    assert r.stderr.splitlines()[-1].startswith(f"cpkgs: {damaged}: unreadable record"), r
+    assert len(_writers(log, d / "envs")) >= 2, "env pages were not written by worker processes"
+    diff = texts((d / "envs" / "zz-9.0" / "diff.html").read_text(), "h1")
+    assert diff and "fam01-6.0" in diff[0], diff
+    forked = files_of(d)
+    shutil.rmtree(d)
+    monkeypatch.setattr(workers, "worker_count", lambda envs: 1)
+    rep = render_catalog(site_of(bare), [PLAT])
+    assert [p for p, _msg in rep.damaged] == [damaged]
+    assert files_of(d) == forked
+
+
+def test_a_killed_worker_leaves_the_work_to_the_caller() -> None:
+    """A worker killed (kill -9, the OOM killer) is not a failure of the render: map_forked says so (None) and the
+    caller renders in-process."""
+    from cpkgs_admin.outputs.catalog import workers
+
+    def die_on_one(x: int) -> int:
+        if x == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 2 * x
+
+    assert workers.map_forked(die_on_one, [0, 1, 2]) is None
+    assert workers.map_forked(lambda x: 2 * x, [0, 1, 2]) == [0, 2, 4]
 
 
 # ----------------------------------------------------------------------------------------------------- real envs

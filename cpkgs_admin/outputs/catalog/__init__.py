@@ -9,7 +9,8 @@ Interface (the rest of cpkgs uses only these):
     update_catalog(site, platform, names) after a change to NAMES: their pages, their family neighbours', the index
     after_change(site, record, warnings)  the hook publish/retire/remove call: update_catalog, a failure a warning
     index_file(site, platform)            the index.html users open
-Extra sections (the usage panel): sections.py.
+Extra sections (the usage panel): sections.py. A full render of a big site runs its env pages in forked workers
+(workers.py), whole families each.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cpkgs_admin.errors import CpkgsError
-from cpkgs_admin.outputs.catalog import pages
+from cpkgs_admin.outputs.catalog import pages, workers
 from cpkgs_admin.outputs.catalog.model import EnvSummary, Families, summarize
 from cpkgs_admin.outputs.catalog.providers import PROVIDERS
 from cpkgs_admin.outputs.catalog.render import fingerprint
@@ -190,34 +190,128 @@ def _render_files(site: Site, platform: str, state: State | None, names: tuple[s
     report = CatalogReport(indexes={platform: str(index_file(site, platform))})
     listing = _listing(site, platform)
     records = _Records(listing)
-    plan = _plan(listing, records, state, names)
-    files: dict[str, str] = {}
-    for provider in providers:
-        begin = getattr(provider, "begin", None)  # optional (sections.SectionProvider)
-        if begin is not None:
-            files.update(begin(site, platform, state is None))
+    files = _begin(site, platform, state is None, providers)
+    cdir = site.catalog_dir(platform)
+    forked = _forked(site, platform, listing, providers) if state is None else None
+    if forked is None:
+        plan = _plan(listing, records, state, names)
+    else:
+        plan = forked.plan(listing)
+        records.failed.update(forked.failed)
     cat = pages.Catalog(site, platform, plan.summaries, records, providers)
-    stale: list[str] = []
-    for n in sorted(plan.touched & set(plan.summaries)):
-        try:
-            mine = pages.env_outputs(cat, n, exports=n in plan.read)
-        except CpkgsError:  # its record, or its previous version's, cannot be read (records.failed): pages stay
-            continue
-        files.update(mine)
-        kinds = ("page", "diff", "lock", "yml") if n in plan.read else ("page", "diff")
-        stale += [rel for rel, what in pages.env_files(n).items() if what in kinds and rel not in mine]
+    envs, stale = _env_pages(cat, plan.touched & set(plan.summaries), plan.read)
+    files.update(envs)
     for n in plan.gone:
         stale += list(pages.env_files(n))
     files.update(pages.site_outputs(cat))
-    cdir = site.catalog_dir(platform)
-    report.written = write_files(site, cdir, files)
+    written = write_files(site, cdir, files)
+    if forked is not None:
+        stale += forked.stale
+        written = sorted(set(written) | set(forked.written))
     if state is None:
         stale += _orphans(cdir, set(listing))
-    report.removed = remove_files(cdir, stale)
+    report.written = written
+    report.removed = remove_files(cdir, [rel for rel in stale if rel not in files])
     _save_state(site, cdir, State(str(site.root), platform, fingerprint(), plan.keys, plan.summaries))
     report.envs = len(plan.summaries)
     report.damaged = [records.failed[n] for n in sorted(records.failed)]
     return report
+
+
+def _begin(site: Site, platform: str, full: bool, providers: Sequence[SectionProvider]) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for provider in providers:
+        begin = getattr(provider, "begin", None)  # optional (sections.SectionProvider)
+        if begin is not None:
+            files.update(begin(site, platform, full))
+    return files
+
+
+def _env_pages(cat: pages.Catalog, names: Iterable[str], read: set[str]) -> tuple[dict[str, str], list[str]]:
+    """The files of NAMES (their exports too for those in READ), and those of their files they no longer have."""
+    files: dict[str, str] = {}
+    stale: list[str] = []
+    for n in sorted(names):
+        try:
+            mine = pages.env_outputs(cat, n, exports=n in read)
+        except CpkgsError:  # its record, or its previous version's, cannot be read (records.failed): pages stay
+            continue
+        files.update(mine)
+        kinds = ("page", "diff", "lock", "yml") if n in read else ("page", "diff")
+        stale += [rel for rel, what in pages.env_files(n).items() if what in kinds and rel not in mine]
+    return files, stale
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class _Share:
+    """What one worker of a full render did: its families' summaries, the files it wrote, those it found stale,
+    the records it could not read."""
+
+    summaries: dict[str, EnvSummary]
+    written: list[str]
+    stale: list[str]
+    failed: dict[str, tuple[Path, str]]
+
+
+@dataclass
+class _Forked:
+    """The workers' shares together; REDO: envs whose family the shares split (a record whose family is not the one
+    its name gives), rendered again by the caller with every summary."""
+
+    summaries: dict[str, EnvSummary]
+    written: list[str]
+    stale: list[str]
+    failed: dict[str, tuple[Path, str]]
+    redo: set[str]
+
+    def plan(self, listing: dict[str, tuple[Path, Key]]) -> _Plan:
+        read = set(self.summaries)
+        return _Plan(self.summaries, set(self.redo), read, set(), {n: listing[n][1] for n in read})
+
+
+def _forked(site: Site, platform: str, listing: dict[str, tuple[Path, Key]],
+            providers: Sequence[SectionProvider]) -> _Forked | None:
+    """A full render's env pages by worker processes (workers.py), or None: render them here."""
+    count = workers.worker_count(len(listing))
+    if count < 2:
+        return None
+    cdir = site.catalog_dir(platform)
+    dmode, _fmode, gid = _modes(site)
+    make_dirs_exact(cdir / pages.ENVS, dmode, gid)  # before the workers, who each make only their envs' dirs
+
+    def share(names: list[str]) -> _Share:
+        return _render_share(site, platform, {n: listing[n] for n in names}, providers)
+
+    shares = workers.map_forked(share, workers.family_shares(listing, count))
+    if shares is None:
+        return None
+    out = _Forked({}, [], [], {}, set())
+    where: dict[str, set[int]] = {}
+    for i, sh in enumerate(shares):
+        out.summaries.update(sh.summaries)
+        out.written += sh.written
+        out.stale += sh.stale
+        out.failed.update(sh.failed)
+        for s in sh.summaries.values():
+            where.setdefault(s.family, set()).add(i)
+    split = {family for family, idx in where.items() if len(idx) > 1}
+    out.redo = {n for n, s in out.summaries.items() if s.family in split}
+    return out
+
+
+def _render_share(site: Site, platform: str, listing: dict[str, tuple[Path, Key]],
+                  providers: Sequence[SectionProvider]) -> _Share:
+    """In a worker: LISTING's envs (whole families) read, summarized, their files rendered and written."""
+    records = _Records(listing)
+    summaries: dict[str, EnvSummary] = {}
+    read = _read(records, listing, summaries)
+    cat = pages.Catalog(site, platform, summaries, records, providers)
+    files, stale = _env_pages(cat, read, read)
+    written = write_files(site, site.catalog_dir(platform), files)
+    return _Share(summaries, written, stale, dict(records.failed))
 
 
 def _orphans(cdir: Path, names: set[str]) -> list[str]:
