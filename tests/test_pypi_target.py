@@ -190,8 +190,9 @@ def test_the_pipeline_calls_and_the_manifest_verify_trusts(make_env, pip: Pip, o
     import json
 
     from cpkgs_admin.integrity.checks import check_integrity
+    from cpkgs_admin.integrity.pipfiles import pip_manifest
     from cpkgs_admin.pipeline.pypi.part import build_pip_part, plan_pip_part
-    from cpkgs_admin.pipeline.pypi.verify import expected_from_manifest, pip_manifest
+    from cpkgs_admin.pipeline.pypi.verify import expected_from_manifest
     from cpkgs_admin.pipeline.pypi.wheelfile import record_hash
 
     env = make_env("python")
