@@ -11,8 +11,12 @@ step "building the local test channel (cached per machine)"
 CHANNEL=$($PY tests/channel/build_channel.py)
 echo "$CHANNEL"
 step "the local test wheelhouse: wheels downloaded from PyPI once per machine (cached), for the pip part"
-WHEELS=$($PY tests/wheelhouse/build_wheelhouse.py)/wheels
+HOUSES=$($PY tests/wheelhouse/build_wheelhouse.py)
+WHEELS=$(echo "$HOUSES" | head -1)/wheels
 echo "$WHEELS"
+step "the cpkgs tool's wheels (cpkgs' dependencies at this venv's versions; cached), for install-tool"
+TOOL_WHEELS=$(echo "$HOUSES" | tail -1)/wheels
+echo "$TOOL_WHEELS"
 
 if [ -d "$ROOT" ]; then
   step "removing the previous demo site"
@@ -21,7 +25,7 @@ if [ -d "$ROOT" ]; then
 fi
 
 step "cpkgs init  (offline: no PyPI index, the wheelhouse as the site's find-links dir)"
-$CPKGS init -c "file://$CHANNEL" --pypi-index-url none --pypi-find-links "$WHEELS"
+$CPKGS init -c "file://$CHANNEL" --pypi-index-url none --pypi-find-links "$WHEELS" --pypi-find-links "$TOOL_WHEELS"
 $CPKGS init
 
 step "an admin's spec for family 'demo'"
@@ -171,5 +175,12 @@ fi
 
 step "cpkgs catalog: the site's static web page (this host's installation)"
 $CPKGS catalog
+
+step "cpkgs install-tool  (this cpkgs on the share: python + its wheels, sealed, byte-compiled, run once as nobody)"
+$CPKGS install-tool
+ls -l "$ROOT/anaconda3_linux/cpkgs-tool/bin"
+step "a user with only the profile runs cpkgs from the share"
+env -i HOME="${HOME:-/tmp}" PATH=/usr/bin:/bin bash --norc --noprofile -c \
+  "source '$ROOT/etc/profile.d/conda.sh'; command -v cpkgs; cpkgs --version; cpkgs list"
 
 step "done: the demo site is in $ROOT"

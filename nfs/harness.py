@@ -185,6 +185,17 @@ def copy_channel() -> Path:
     return dst
 
 
+def copy_tool_wheels() -> Path:
+    """Build (cached) the wheels of `cpkgs install-tool` (tests/wheelhouse/build_wheelhouse.py prints the tool
+    wheelhouse last) and copy its find-links dir into the run dir, readable by the guests' users."""
+    out = sh(str(REPO / ".venv/bin/python"), str(REPO / "tests/wheelhouse/build_wheelhouse.py")).stdout.strip()
+    src = Path(out.splitlines()[-1]) / "wheels"
+    dst = RUN / "tool-wheels"
+    shutil.copytree(src, dst)
+    subprocess.run(["chmod", "-R", "a+rX", str(dst)], check=True)
+    return dst
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -279,8 +290,9 @@ def main() -> int:
     log(f"kernel {kv} ({pkg}), initramfs {initrd}")
     prepare_run_dir()
     channel = copy_channel()
+    wheels = copy_tool_wheels()
     (RUN / "export/ctl/config.sh").write_text(
-        f"CHANNEL={channel.as_uri()}\nONLY={args.only}\nWATCH={args.watch}\n")
+        f"CHANNEL={channel.as_uri()}\nONLY={args.only}\nWATCH={args.watch}\nexport TOOL_WHEELS={wheels}\n")
     ganesha = start_ganesha()
     guests: list[Guest] = []
     try:

@@ -145,6 +145,13 @@ else
     else if ( ":${JUPYTER_PATH}:" !~ "*:${_cpkgs_out}/share/jupyter:*" ) then
         setenv JUPYTER_PATH "${JUPYTER_PATH}:$_cpkgs_out/share/jupyter"
     endif
+    # --- the `cpkgs` command (cpkgs install-tool): appended once, nothing shadowed; no stat, no fork (tcsh rehashes
+    # on a PATH change; a host whose installation has no tool has no cpkgs).
+    if ( ! $?PATH ) then
+        setenv PATH "$_cpkgs_root/$_cpkgs_inst/@TOOL_BIN@"
+    else if ( ":${PATH}:" !~ "*:${_cpkgs_root}/${_cpkgs_inst}/@TOOL_BIN@:*" ) then
+        setenv PATH "${PATH}:$_cpkgs_root/$_cpkgs_inst/@TOOL_BIN@"
+    endif
 
     if ( -f "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.csh" ) then
         # A real conda lives in this installation: its own hook defines `conda`.

@@ -141,6 +141,12 @@ else
         *":$_cpkgs_out/share/jupyter:"*) ;;
         *) JUPYTER_PATH=${JUPYTER_PATH:+$JUPYTER_PATH:}$_cpkgs_out/share/jupyter; export JUPYTER_PATH ;;
     esac
+    # --- the `cpkgs` command (cpkgs install-tool): appended once, nothing of the system's or the user's shadowed. A
+    # string of what is known here: no stat, no fork (a host whose installation has no tool has no cpkgs).
+    case :${PATH-}: in
+        *":$_cpkgs_root/$_cpkgs_inst/@TOOL_BIN@:"*) ;;
+        *) PATH=${PATH:+$PATH:}$_cpkgs_root/$_cpkgs_inst/@TOOL_BIN@; export PATH ;;
+    esac
 
     if [ -f "$_cpkgs_root/$_cpkgs_inst/etc/profile.d/conda.sh" ]; then
         # A real conda lives in this installation: its own hook defines `conda`.

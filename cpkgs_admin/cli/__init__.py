@@ -24,6 +24,7 @@ from cpkgs_admin.cli.common import Ctx
 from cpkgs_admin.errors import CpkgsError, os_error_text
 from cpkgs_admin.site.notices import set_notice
 from cpkgs_admin.site.text import printable
+from cpkgs_admin.site.tools import running_tool
 
 _state: dict[str, Any] = {"verbose": 0}
 
@@ -40,6 +41,7 @@ COMMANDS = {
     "purge": "status:purge",
     "pack": "pack:pack", "mirror": "pack:mirror",
     "link-user": "users:link_user", "unlink-user": "users:unlink_user", "extend": "users:extend",
+    "install-tool": "tool:install_tool_cmd",
 }
 
 
@@ -60,7 +62,8 @@ class _Commands(click.Group):
 @click.option("--root", metavar="DIR", help="Site root (default: $CPKGS_ROOT, else /nfs/cpkgs).")
 @click.option("-v", "--verbose", count=True, help="More output; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-@click.version_option(__version__, prog_name="cpkgs")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda c, _p, v: _version(c, v),
+              help="Show the version (and which site's tool this is) and exit.")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None:
     """cpkgs: a site's shared conda installation on a network drive.
@@ -72,6 +75,15 @@ def cli(ctx: click.Context, root: str | None, verbose: int, quiet: bool) -> None
     ctx.obj = Ctx(root, verbose, quiet)
     # What core code says while it works (a lock waited for, a dead lock recovered): on stderr, unless -q.
     set_notice(None if quiet else _log_notice)
+
+
+def _version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    tool = running_tool()
+    where = f" (the site's tool for {tool.get('platform')} at {tool.get('prefix')})" if tool else ""
+    click.echo(printable(f"cpkgs, version {__version__}{where}"))
+    ctx.exit()
 
 
 def _log_notice(msg: str) -> None:

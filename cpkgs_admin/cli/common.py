@@ -4,6 +4,7 @@ sizes, ages, warning lines, the records that could not be read)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ import click
 
 from cpkgs_admin.site.paths import Site, open_site, resolve_root
 from cpkgs_admin.site.records import DAMAGED_RECORD_HINT
+from cpkgs_admin.site.tools import running_tool
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,7 +22,9 @@ class Ctx:
     """The group's options, for every command: the site root (not opened yet), -v and -q."""
 
     def __init__(self, root: str | None, verbose: int, quiet: bool) -> None:
-        self.root = resolve_root(root)
+        # The site's own tool (cpkgs-tool/<build>) serves its site when neither --root nor $CPKGS_ROOT says.
+        tool = running_tool() if not root and not os.environ.get("CPKGS_ROOT") else None
+        self.root = resolve_root(root or (str(tool["root"]) if tool and tool.get("root") else None))
         self.verbose = verbose
         self.quiet = quiet
 

@@ -75,6 +75,9 @@ def purge(c: Ctx, older_than: str | None, as_json: bool) -> None:
         emit_json(rep.to_json())
     else:
         for w in rep.waiting:
+            if w.get("kind") == "tool":
+                c.say(f"waiting {w['name']} ({w['platform']}): superseded, kept until {w['purge_after']}")
+                continue
             c.say(f"waiting {w['prefix']} (removed; kept for running jobs until {w['purge_after'] or '?'})")
         for p in rep.moved:
             c.say(f"moved   {p} to the trash")

@@ -18,13 +18,15 @@ from cpkgs_admin.errors import CpkgsError, PermissionProblem
 from cpkgs_admin.integrity.tree import make_removable
 from cpkgs_admin.lifecycle.status import only_owner_deletes
 from cpkgs_admin.pipeline.leftovers import clean_stale_staging
+from cpkgs_admin.pipeline.tool.switch import clean_leftovers
 from cpkgs_admin.site.audit import audited
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.files import make_dir_exact
-from cpkgs_admin.site.locks import SiteLock, env_locked
+from cpkgs_admin.site.locks import SiteLock, env_locked, tool_locked
 from cpkgs_admin.site.paths import Site, trash_stamp
 from cpkgs_admin.site.process import current_user
 from cpkgs_admin.site.records import EnvRecord, epoch_of, load_all, load_record_file, save_record, timestamp
+from cpkgs_admin.site.tools import build_of, current_build, tool_platforms, tool_records
 
 
 @dataclass
@@ -153,6 +155,7 @@ def purge_trash(site: Site, older_than: str | None) -> PurgeReport:
     with purge_lock:
         now = time.time()
         moved = _move_removed_envs(site, grace if older_than is not None else None, now, rep)
+        moved |= _move_superseded_tools(site, grace if older_than is not None else None, now, rep)
         _empty_trash(site, grace, now, moved, rep)
     if rep.deleted or rep.kept_busy or rep.staging_removed or rep.failed or rep.moved:
         audited(site, "purge", moved=rep.moved, deleted=rep.deleted, kept_busy=rep.kept_busy,
@@ -202,6 +205,48 @@ def _move_removed_envs(site: Site, grace: float | None, now: float, rep: PurgeRe
         rep.moved.append(str(prefix))
         moved.add(str(trash))
     return moved
+
+
+def _move_superseded_tools(site: Site, grace: float | None, now: float, rep: PurgeReport) -> set[str]:
+    """Builds of the cpkgs tool that are not current, past their grace (the record's superseded.purge_after, or with
+    GRACE that long after the switch away from them; no stamp: the last switch, bin/cpkgs's mtime), moved into the
+    trash and their records dropped; the others listed as waiting. The current build is never purged."""
+    moved: set[str] = set()
+    for platform in [p for p in site.config.platforms if p in tool_platforms(site) or site.tool_dir(p).is_dir()]:
+        with tool_locked(site, platform):
+            rep.staging_removed += clean_leftovers(site, platform)  # no install-tool runs: the lock is ours
+            cur = current_build(site, platform)
+            for rec in tool_records(site, platform):
+                build = build_of(rec)
+                if build == cur:
+                    continue
+                due = _tool_due(site, rec, grace)
+                if due > now:
+                    rep.waiting.append({"name": f"tool {build}", "platform": platform, "prefix": rec.prefix,
+                                        "purge_after": timestamp(due), "kind": "tool"})
+                    continue
+                prefix = Path(rec.prefix)
+                if os.path.lexists(prefix):
+                    trash = site.trash_entry(f"cpkgs-tool-{build}", platform, int(now))
+                    make_dir_exact(site.trash_dir, site.private_modes()[0], site.admin_gid())
+                    _move_to_trash(prefix, trash)
+                    rep.moved.append(rec.prefix)
+                    moved.add(str(trash))
+                site.tool_record_path(build, platform).unlink(missing_ok=True)
+    return moved
+
+
+def _tool_due(site: Site, rec: EnvRecord, grace: float | None) -> float:
+    sup = rec.extra.get("superseded") or {}
+    if grace is None and epoch_of(sup.get("purge_after")) is not None:
+        return float(epoch_of(sup.get("purge_after")) or 0)
+    at = epoch_of(sup.get("at"))
+    if at is None:
+        try:
+            at = os.lstat(site.tool_bin(rec.platform)).st_mtime
+        except OSError:
+            at = 0.0
+    return at + (grace if grace is not None else parse_duration(site.config.trash_grace, "trash_grace"))
 
 
 def _move_removed_env(site: Site, rec: EnvRecord, prefix: Path, trash: Path) -> None:

@@ -18,6 +18,7 @@ from cpkgs_admin.integrity.owners import Owners
 from cpkgs_admin.lifecycle.guards import stray_entries
 from cpkgs_admin.outputs.condafiles import FROZEN, frozen_problem
 from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, get_record, load_all, load_record_file
+from cpkgs_admin.site.tools import build_of, tool_platforms, tool_records
 
 
 @dataclass
@@ -32,6 +33,7 @@ class VerifyReport:
     status: str = "active"  # the record's
     # Why the env was not checked (removed, and moved away by `purge` before or during the walk), or None.
     skipped: str | None = None
+    kind: str = "env"  # or "tool": a build of the installation's cpkgs tool (cpkgs install-tool)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,7 +109,21 @@ def verify_envs(site: Any, names: Iterable[str]) -> list[VerifyReport]:
     if not names:
         whole = verify_site(site)
         reports += [whole] if whole is not None else []
+        reports += _verify_tools(site)
     return reports
+
+
+def _verify_tools(site: Any) -> list[VerifyReport]:
+    """Every build of the cpkgs tool still present, as an env (its record has an env record's fields)."""
+    out = []
+    for platform in tool_platforms(site):
+        for rec in tool_records(site, platform):
+            if not os.path.lexists(rec.prefix):
+                continue
+            rep = _verify_record(site, rec)
+            rep.name, rep.kind = f"cpkgs tool {build_of(rec)} ({rec.platform})", "tool"
+            out.append(rep)
+    return out
 
 
 def _verify_record(site: Any, rec: Any) -> VerifyReport:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cpkgs_admin.errors import UsageError
 from cpkgs_admin.site.files import write_if_changed
-from cpkgs_admin.site.paths import ENVS_GUARD, FALLBACK_PLATFORMS, UNAME_PLATFORMS, Site
+from cpkgs_admin.site.paths import ENVS_GUARD, FALLBACK_PLATFORMS, TOOL_BIN, UNAME_PLATFORMS, Site
 from cpkgs_admin.site.usage_config import csh_line, sh_line
 
 # output name in <root>/etc/profile.d -> template in profiles/.  cpkgs-conda.csh is the csh `conda` alias's body.
@@ -54,6 +54,8 @@ def substitutions(site: Site) -> dict[str, str]:
         "RETIRED_SH": shlex.quote(str(site.retired_dir)),
         # The envs dir's guard against conda (Site.envs_guard): no env, never listed or activated. A plain word.
         "ENVS_GUARD": ENVS_GUARD,
+        # The tool's bin under an installation (cpkgs install-tool): a plain relative path, no quoting needed.
+        "TOOL_BIN": TOOL_BIN,
         **platform_cases(),
     }
 

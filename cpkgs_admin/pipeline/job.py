@@ -126,6 +126,8 @@ class Job:
     pip: PipPlan | None = None  # the pip part (pipeline/pip.py), None: none
     pip_files: dict[str, str] = field(default_factory=dict)  # what the pip step leaves for the post-process
     pip_dists: list[tuple[str, str, str]] = field(default_factory=list)  # (name, version, dist-info dir)
+    own_files: list[str] = field(default_factory=list)  # files cpkgs wrote before the post-process (its manifest)
+    usage_hook: bool = True  # the usage hook and module index (not in the cpkgs tool: no env of the site)
 
     def __post_init__(self) -> None:
         self.new_staging()

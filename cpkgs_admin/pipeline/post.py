@@ -101,7 +101,7 @@ def variables_scripts(variables: dict[str, str]) -> dict[str, str]:
 
 
 def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] | None = None,
-                 pip_files: dict[str, str] | None = None) -> list[str]:
+                 pip_files: dict[str, str] | None = None, *, usage: bool = True) -> list[str]:
     """Site files inside the env; anything embedding a path embeds FINAL. Returns the relative paths written.
     META: conda-meta as integrity.manifest.read_conda_meta parsed it (read here when not given); PIP_FILES: what the
     pip step left (its lock text), written among cpkgs' own."""
@@ -125,8 +125,8 @@ def post_process(staging: Path, final: Path, record: EnvRecord, meta: list[Any] 
     if meta is None:
         meta = read_conda_meta(staging)
     # The usage hook and module index (outputs/usage/hook.py): in every env with python, whether records are on or not.
-    usage = write_usage_files(staging, final, record, meta, native=record.platform == native_subdir())
-    return [*ours, *added, *usage]
+    hook = write_usage_files(staging, final, record, meta, native=record.platform == native_subdir()) if usage else []
+    return [*ours, *added, *hook]
 
 
 def post(job: Job) -> None:
@@ -143,7 +143,8 @@ def post(job: Job) -> None:
     staged = job.staged if job.staged is not None and job.staged.stands() else None
     changed = normalise_conda_meta(staging)
     job.meta = meta = _meta_after(staged, changed) if staged is not None else read_conda_meta(staging)
-    site_files = post_process(staging, job.final, record, meta, job.pip_files)
+    site_files = [*post_process(staging, job.final, record, meta, job.pip_files, usage=job.usage_hook),
+                  *job.own_files]
     # Not in the manifest: unseal removes it, seal writes it back (lifecycle.status); verify checks it on its own.
     write_staged(staging / FROZEN, frozen_text(record.name, job.site.root), 0o444)
     pip = pip_manifest(staging, job.pip_dists) if job.pip_dists else None

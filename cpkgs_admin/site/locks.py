@@ -662,3 +662,17 @@ def uv_cache_locked(site: Site) -> Iterator[SiteLock]:
     )
     with lock:
         yield lock
+
+
+@contextlib.contextmanager
+def tool_locked(site: Site, subdir: str) -> Iterator[SiteLock]:
+    """One `install-tool` (or purge of tool builds) per installation at a time."""
+    sweep_once(site.locks_dir, site.config.lease_seconds)
+    lock = SiteLock(
+        site.tool_lock(subdir),
+        what=f"the cpkgs tool ({subdir})",
+        lease_seconds=site.config.lease_seconds,
+        timeout=site.config.lock_timeout,
+    )
+    with lock:
+        yield lock

@@ -38,6 +38,10 @@ FALLBACK_PLATFORMS: dict[str, str] = {"osx-arm64": "osx-64"}
 # `.staging-rr-1@<id>` can never be mistaken for a staging dir of `rr-1-2`.
 STAGING_PREFIX = ".staging-"
 STAGING_SEP = "@"
+# The cpkgs tool's place in an installation, and the one entry of it on users' PATH (rendered into the profiles).
+# Not <installation>/bin: that is a real conda's base env's bin (python, pip, ...) where one is installed there.
+TOOL_DIR = "cpkgs-tool"
+TOOL_BIN = f"{TOOL_DIR}/bin"
 # Trash entries: `NAME@PLATFORM@STAMP` (STAMP: when the env was removed, in seconds since the epoch).
 _TRASH_NAME = re.compile(r".+@[a-z0-9-]+@(?P<stamp>[0-9]+)\Z")
 # The variable the site's profiles export with this host's installation dir (`anaconda3_linux`): link-user's
@@ -185,6 +189,30 @@ class Site:
 
     def envs_dir(self, subdir: str) -> Path:
         return self.installation(subdir) / "envs"
+
+    # --- the cpkgs tool of an installation (cpkgs install-tool): builds beside one bin/ holding only `cpkgs`
+    def tool_dir(self, subdir: str) -> Path:
+        return self.installation(subdir) / TOOL_DIR
+
+    def tool_bin(self, subdir: str) -> Path:
+        """What users' PATH gets (the profiles append <installation>/TOOL_BIN): a link to the current build's."""
+        return self.tool_dir(subdir) / "bin" / "cpkgs"
+
+    def tool_build(self, build: str, subdir: str) -> Path:
+        return self.tool_dir(subdir) / build
+
+    def tool_staging(self, build: str, subdir: str, token: str) -> Path:
+        return self.tool_dir(subdir) / f"{STAGING_PREFIX}{build}{STAGING_SEP}{token}"
+
+    def tool_records_dir(self, subdir: str) -> Path:
+        return self.state_dir / "tools" / subdir
+
+    def tool_record_path(self, build: str, subdir: str) -> Path:
+        """Named as the record names itself (cpkgs-<build>), as records/<platform>/<name>.json."""
+        return self.tool_records_dir(subdir) / f"cpkgs-{build}.json"
+
+    def tool_lock(self, subdir: str) -> Path:
+        return self.locks_dir / f"tool-{subdir}.lock"
 
     def env_prefix(self, name: str, subdir: str) -> Path:
         return self.envs_dir(subdir) / name

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cpkgs_admin
+from cpkgs_admin import __version__
 from cpkgs_admin.errors import CpkgsError
 from cpkgs_admin.lifecycle.guards import missing_guards, stray_entries
 from cpkgs_admin.lifecycle.purge import purge_due, trash_past_grace
@@ -27,8 +29,9 @@ from cpkgs_admin.lifecycle.verify import verify_envs
 from cpkgs_admin.site.config import parse_duration
 from cpkgs_admin.site.locks import list_locks
 from cpkgs_admin.site.paths import ENVS_GUARD, INSTALLATION_VAR, Site, native_subdir, open_site
-from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, EnvRecord, load_all, load_record_file, removed_line
+from cpkgs_admin.site.records import DAMAGED_RECORD_HINT, EnvRecord, epoch_of, load_all, load_record_file, removed_line
 from cpkgs_admin.site.text import printable
+from cpkgs_admin.site.tools import build_of, current_build, running_tool, tool_info, tool_platforms, tool_records
 from cpkgs_admin.users.condarc import (
     OWN_ENVS,
     SHARED_FIRST_WHY,
@@ -105,6 +108,7 @@ def run_doctor(
         rep.add(OK, "site", f"{root} is mounted and readable (cpkgs.yaml schema {site.config.schema})")
         _check_filesystem(rep, site, table)
         _check_installation(rep, site)
+        _check_tool(rep, site)
         _check_profile(rep, site, env)
         _check_active_env(rep, site, env)
     _check_pkgs_cache(rep, site, env, table)
@@ -152,6 +156,37 @@ def _check_installation(rep: DoctorReport, site: Any) -> None:
     except OSError:
         count = 0
     rep.add(WARN if note else OK, "installation", f"{sub} -> {inst} ({path}, {count} env(s)){note}")
+
+
+def _check_tool(rep: DoctorReport, site: Site) -> None:
+    """The installation's cpkgs command (cpkgs install-tool), and which cpkgs this user runs."""
+    use = site.host_platform()
+    if use is None or not site.installation(use).is_dir():
+        return  # the installation check said why
+    inst, link = site.installation_name(use), site.tool_bin(use)
+    build = current_build(site, use)
+    if build is None:
+        what = f"{link} is not a link to a tool build" if os.path.lexists(link) else f"{inst} has no cpkgs tool"
+        rep.add(WARN, "tool", f"{what}: users of this host have no cpkgs command",
+                f"an admin runs 'cpkgs install-tool --platform {use}'")
+        return
+    info = tool_info(site.tool_build(build, use))
+    if info is None:
+        rep.add(FAIL, "tool", f"{link} points to {build}, which is missing", "an admin runs 'cpkgs install-tool'")
+        return
+    running = running_tool()
+    mine = "" if running and running.get("prefix") == info.get("prefix") else (
+        f"; you run cpkgs {__version__} from {Path(cpkgs_admin.__file__).parent}")
+    rep.add(OK, "tool", printable(f"cpkgs {info.get('version')} is on the share for {inst} ({link}){mine}"))
+
+
+def _check_tool_builds(rep: DoctorReport, site: Site) -> None:
+    """Superseded tool builds past their grace, awaiting `cpkgs purge`."""
+    now = time.time()
+    due = [f"{build_of(r)} ({r.platform})" for p in tool_platforms(site) for r in tool_records(site, p)
+           if (epoch_of((r.extra.get("superseded") or {}).get("purge_after")) or now + 1) <= now]
+    if due:
+        rep.add(WARN, "tool", f"superseded cpkgs tool builds past their grace: {', '.join(due)}", "run 'cpkgs purge'")
 
 
 def _check_profile(rep: DoctorReport, site: Any, env: Mapping[str, str]) -> None:
@@ -369,6 +404,7 @@ def _check_admin(rep: DoctorReport, site: Site) -> None:
     _check_unsealed(rep, records)
     _check_trash(rep, site, records)
     _check_guards(rep, site)
+    _check_tool_builds(rep, site)
 
 
 def _check_guards(rep: DoctorReport, site: Site) -> None:

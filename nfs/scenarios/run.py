@@ -712,6 +712,58 @@ def _bench() -> None:
         (recdir / f"fake{i:03d}-1.0.json").unlink()
 
 
+@scenario
+def tool() -> None:
+    """cpkgs on the share (install-tool): A installs it on the NFS site; on both hosts an ordinary user (uid 1000)
+    with only the profile sourced runs it; then `cpkgs --help` and `cpkgs list` from the tool on NFS against the
+    venv's cpkgs (a pip install, read over 9p here), A then B (the guests share 2 cores), the first run on each host
+    with a cold NFS cache."""
+    wheels = os.environ.get("TOOL_WHEELS", "")
+    if ROLE == "A":
+        if not wheels:
+            out("FAIL", "tool", "no TOOL_WHEELS from the harness (tests/wheelhouse/build_wheelhouse.py)")
+        else:
+            cfg = R / "cpkgs.yaml"
+            # init writes the site's own pypi: section; this offline site's is the tool wheelhouse
+            text = re.sub(r"(?ms)^pypi:.*?(?=^\S|\Z)", "", cfg.read_text())
+            cfg.write_text(text + f"pypi:\n  index_url: null\n  find_links:\n    - {wheels}\n")
+            p, dt = cpkgs(R, "install-tool")
+            out("MEASURE" if p.returncode == 0 else "FAIL", "tool_install",
+                f"install-tool onto the NFS site: {dt:.1f}s ({brief(p)}) [one TCG vCPU]")
+    barrier("tool.installed")
+    tool_bin = R / "anaconda3_linux" / "cpkgs-tool" / "bin" / "cpkgs"
+    if not tool_bin.exists():
+        if ROLE == "A":
+            out("FAIL", "tool", f"{tool_bin} is missing after install-tool")
+        return
+    if ROLE == "B":
+        get("tool.measured", timeout=1800)
+    prof = R / "etc" / "profile.d" / "conda.sh"
+    p, first = run(["bash", "--norc", "--noprofile", "-c",
+                    f". '{prof}'; command -v cpkgs; cpkgs --version; cpkgs list --json"], user=1000)
+    lines = p.stdout.splitlines()
+    ok = p.returncode == 0 and lines[:1] == [str(tool_bin)] and "the site's tool" in (lines[1:2] or [""])[0]
+    try:
+        listed = len(json.loads("\n".join(lines[2:])))
+    except ValueError:
+        listed, ok = -1, False
+    out("PASS" if ok else "FAIL", "tool",
+        f"uid 1000 with only conda.sh sourced on {HOST}: `cpkgs` is {lines[:1]}, --version {lines[1:2]}, "
+        f"list --json {listed} envs; first run (cold NFS cache, bash + 3 commands) {first:.2f}s ({brief(p)})")
+    env = {"CPKGS_ROOT": str(R)}
+    fig = []
+    for name, args in (("--help", ["--help"]), ("list", ["list"])):
+        ta, tb = [], []
+        for _ in range(7):
+            ta.append(run([str(tool_bin), *args], env=env, user=1000)[1])
+            tb.append(run([CPKGS, *args], env=env, user=1000)[1])
+        a, b = sorted(ta)[3], sorted(tb)[3]
+        fig.append(f"`cpkgs {name}` tool on NFS {a * 1000:.0f} ms vs venv (9p) {b * 1000:.0f} ms = {a / b:.2f}")
+    out("MEASURE", "tool_vs_local", f"{HOST}: " + "; ".join(fig) + " (medians of 7 alternating, TCG guest)")
+    if ROLE == "A":
+        put("tool.measured")
+
+
 def _strace_total(text: str) -> str:
     for line in text.splitlines():
         if line.strip().endswith("total"):

@@ -6,6 +6,13 @@ wheels made here for cases PyPI has no small example of) and ``simple/`` (a PEP 
 the tests' HTTP index). Cached under ``$CPKGS_TEST_WHEELHOUSE_CACHE`` (default ``~/.cache/cpkgs-test-wheelhouse``)
 in ``wheelhouse-<key>``, ``<key>`` hashing ``wheelhouse.txt``, this file, the Python version and the machine; built
 in a temporary directory renamed into place under a file lock, as the test channel is (tests/channel).
+
+``ensure_tool_wheels()`` (also built by ``python build_wheelhouse.py``) is a second find-links directory, for the
+``cpkgs install-tool`` tests: cpkgs' runtime dependency closure at exactly the versions the running interpreter has
+installed (what install-tool pins the tool to), as CPython 3.X wheels for this machine's Linux AND for macOS arm64
+(py-rattler and uv are the big ones: about 100 MB in all), plus the build backend of cpkgs' own source
+(``[build-system] requires``, for ``uv build`` of an editable checkout). Cached in ``tool-<key>``, ``<key>`` hashing
+those pins, so a fresh clone whose venv resolved newer versions downloads them instead of failing offline.
 """
 
 from __future__ import annotations
@@ -221,8 +228,108 @@ def _build(tmp: Path) -> None:
     write_simple(wheels, tmp / "simple")
 
 
+# ------------------------------------------------------------------------------------------ the cpkgs tool's wheels
+
+# pip --platform values per tool platform (pip adds the compatible older and universal2 tags itself).
+TOOL_PLATFORMS = {"linux-64": _platforms(), "osx-arm64": ["macosx_11_0_arm64"]}
+# cpkgs' pyproject [build-system] requires (setuptools>=77, wheel), at wheelhouse.txt's versions.
+TOOL_BUILD = ("setuptools==84.2.1", "wheel==0.48.0")
+_MARKERS = {
+    "linux-64": {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                 "os_name": "posix"},
+    "osx-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64",
+                  "os_name": "posix"},
+}
+
+
+def tool_requirements(platform_name: str) -> list[str]:
+    """cpkgs' runtime dependency closure for PLATFORM_NAME, each `name==version` as installed here; a dependency
+    only that platform needs (not installed here) as its requirement line."""
+    import importlib.metadata as md
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = {**default_environment(), **_MARKERS[platform_name], "extra": ""}
+    seen: dict[str, str] = {}
+    todo = [Requirement(r) for r in (md.distribution("cpkgs").requires or [])]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            seen[name] = str(req)
+            continue
+        seen[name] = f"{name}=={dist.version}"
+        todo += [Requirement(r) for r in (dist.requires or [])]
+    return sorted(seen.values())
+
+
+def tool_cache_key() -> str:
+    h = hashlib.sha256()
+    for plat in TOOL_PLATFORMS:
+        h.update(f"{plat}: {' '.join(tool_requirements(plat))}\n".encode())
+    h.update(" ".join(TOOL_BUILD).encode() + b"\0" + Path(__file__).resolve().read_bytes())
+    h.update(f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}".encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_tool_wheels(cache_root: Path | None = None) -> Path:
+    """The directory holding ``wheels/`` (find-links) and ``simple/`` (PEP 503) of the tool's wheels."""
+    root = (Path(cache_root) if cache_root is not None else default_cache_root()).expanduser().resolve()
+    key = tool_cache_key()
+    final = root / f"tool-{key}"
+    if is_complete(final):
+        return final
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"tool-{key}.lock")):
+        if is_complete(final):
+            return final
+        for stale in root.glob(f".tool-{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp = root / f".tool-{key}.tmp-{os.getpid()}"
+        (tmp / "wheels").mkdir(parents=True)
+        try:
+            t0 = time.monotonic()
+            _log(f"downloading the cpkgs tool's wheels into {final}")
+            _download_tool(tmp / "wheels")
+            for f in (tmp / "wheels").iterdir():
+                os.chmod(f, 0o644)
+            write_simple(tmp / "wheels", tmp / "simple")
+            (tmp / _DONE).write_text(key + "\n")
+            os.replace(tmp, final)
+            _log(f"tool wheels ready in {time.monotonic() - t0:.1f}s")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _download_tool(dest: Path) -> None:
+    py = f"{sys.version_info[0]}{sys.version_info[1]}"
+    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(dest), "--index-url",
+            "https://pypi.org/simple", "--only-binary=:all:", "--python-version", py, "--implementation", "cp",
+            "--abi", f"cp{py}", "--abi", "abi3", "--abi", "none"]
+    for plat, tags in TOOL_PLATFORMS.items():
+        plat_args = [a for t in tags for a in ("--platform", t)]
+        for req in tool_requirements(plat):  # one at a time, as _download: --no-deps pins each
+            _run([*base, *plat_args, req])
+    for req in TOOL_BUILD:
+        _run([*base, req])
+
+
 def main() -> int:
     print(ensure_wheelhouse())
+    print(ensure_tool_wheels())
     return 0
 
 

@@ -98,6 +98,11 @@ def _cache_path(target: TargetPython, source: str) -> str:
     return os.path.join(head, "__pycache__", f"{tail[:-3]}.{tag}.pyc")
 
 
+def compile_sources(pairs: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    """PAIRS (source, dfile) compiled by this interpreter, as for the pip part: [(pyc, RECORD hash, size)]."""
+    return _compile_here(pairs)
+
+
 def _compile_here(pairs: list[tuple[str, str]]) -> list[tuple[str, str, int]]:
     namespace: dict[str, Any] = {"__name__": "cpkgs_bytecode"}
     exec(compile(_COMPILE, "<cpkgs bytecode>", "exec"), namespace)  # the very code the env's python runs
