@@ -607,72 +607,36 @@ def _flock_holders(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def site_locked(site: Site, timeout: float | None = None) -> Iterator[SiteLock]:
+def _locked(site: Site, path: Path, what: str, timeout: float | None) -> Iterator[SiteLock]:
+    """Every named lock of the site: the lease and timeout of cpkgs.yaml, dead same-host locks swept first."""
     sweep_once(site.locks_dir, site.config.lease_seconds)
-    lock = SiteLock(
-        site.site_lock,
-        what=f"site {site.root}",
-        lease_seconds=site.config.lease_seconds,
-        timeout=site.config.lock_timeout if timeout is None else timeout,
-    )
+    lock = SiteLock(path, what=what, lease_seconds=site.config.lease_seconds,
+                    timeout=site.config.lock_timeout if timeout is None else timeout)
     with lock:
         yield lock
 
 
-@contextlib.contextmanager
-def env_locked(site: Site, name: str, subdir: str, timeout: float | None = None) -> Iterator[SiteLock]:
-    sweep_once(site.locks_dir, site.config.lease_seconds)
-    lock = SiteLock(
-        site.env_lock(name, subdir),
-        what=f"environment {name} ({subdir})",
-        lease_seconds=site.config.lease_seconds,
-        timeout=site.config.lock_timeout if timeout is None else timeout,
-    )
-    with lock:
-        yield lock
+def site_locked(site: Site, timeout: float | None = None) -> contextlib.AbstractContextManager[SiteLock]:
+    return _locked(site, site.site_lock, f"site {site.root}", timeout)
 
 
-@contextlib.contextmanager
-def cache_locked(site: Site) -> Iterator[SiteLock]:
+def env_locked(site: Site, name: str, subdir: str,
+               timeout: float | None = None) -> contextlib.AbstractContextManager[SiteLock]:
+    return _locked(site, site.env_lock(name, subdir), f"environment {name} ({subdir})", timeout)
+
+
+def cache_locked(site: Site) -> contextlib.AbstractContextManager[SiteLock]:
     """The site package cache: py-rattler guards it with flock, which NFS does not honour across hosts (builds on
     two hosts could extract into one entry at once); this NFS-safe lock serializes them."""
-    sweep_once(site.locks_dir, site.config.lease_seconds)
-    lock = SiteLock(
-        site.locks_dir / "pkgs-cache.lock",
-        what="the site package cache",
-        lease_seconds=site.config.lease_seconds,
-        timeout=site.config.lock_timeout,
-    )
-    with lock:
-        yield lock
+    return _locked(site, site.locks_dir / "pkgs-cache.lock", "the site package cache", None)
 
 
-
-
-@contextlib.contextmanager
-def uv_cache_locked(site: Site) -> Iterator[SiteLock]:
+def uv_cache_locked(site: Site) -> contextlib.AbstractContextManager[SiteLock]:
     """uv's cache (.cpkgs/uv-cache) and the wheel store: uv locks its cache with flock, which NFS does not honour
     across hosts; every uv call of a build runs under this NFS-safe lock instead."""
-    sweep_once(site.locks_dir, site.config.lease_seconds)
-    lock = SiteLock(
-        site.locks_dir / "uv-cache.lock",
-        what="the site's uv cache",
-        lease_seconds=site.config.lease_seconds,
-        timeout=site.config.lock_timeout,
-    )
-    with lock:
-        yield lock
+    return _locked(site, site.locks_dir / "uv-cache.lock", "the site's uv cache", None)
 
 
-@contextlib.contextmanager
-def tool_locked(site: Site, subdir: str) -> Iterator[SiteLock]:
+def tool_locked(site: Site, subdir: str) -> contextlib.AbstractContextManager[SiteLock]:
     """One `install-tool` (or purge of tool builds) per installation at a time."""
-    sweep_once(site.locks_dir, site.config.lease_seconds)
-    lock = SiteLock(
-        site.tool_lock(subdir),
-        what=f"the cpkgs tool ({subdir})",
-        lease_seconds=site.config.lease_seconds,
-        timeout=site.config.lock_timeout,
-    )
-    with lock:
-        yield lock
+    return _locked(site, site.tool_lock(subdir), f"the cpkgs tool ({subdir})", None)
