@@ -262,7 +262,8 @@ class Guest:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timeout", type=float, default=1080, help="seconds for the guests' whole run (default 18 min)")
+    # 11 scenarios took ~17 min on a quiet 2-CPU host (2026-12-06: the tool scenario builds cpkgs on NFS in TCG)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds for the guests' whole run (default 30 min)")
     ap.add_argument("--mem", type=int, default=1024, help="MiB of RAM per guest")
     ap.add_argument("--only", default="", help="comma-separated scenario names to run (default: all)")
     ap.add_argument("--watch", type=int, default=120, help="seconds between the guests' watchdog reports")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cpkgs, tree_hash
+from conftest import REPO, cpkgs_env, run_cpkgs, tree_hash
 
 CONTRACT = [
     "init", "new-env", "list", "info", "diff", "export", "verify", "seal", "unseal", "retire", "remove", "purge",
@@ -24,6 +26,28 @@ def test_help_lists_the_whole_contract() -> None:
     r = run_cpkgs("locks", "--help")
     assert "break" in r.stdout
 
+
+
+def test_help_lists_each_command_as_its_own_help_says_without_importing_it() -> None:
+    """`cpkgs --help` shows each command's summary from cli.SUMMARIES, importing no command module (they pull in
+    the pip machinery, the catalog, conda-pack...: 5 s of `--help` in a TCG guest over NFS); each summary is the
+    first sentence of that command's own help, so the listing is what click would print with them all imported."""
+    import click
+
+    from cpkgs_admin.cli import COMMANDS, SUMMARIES, cli
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cpkgs_admin", "--help"], capture_output=True,
+                          text=True, env=cpkgs_env(None), cwd=str(REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert {f"cpkgs_admin.cli.{m.split(':')[0]}" for m in COMMANDS.values()} & imported == set()
+    ctx = click.Context(cli)
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name in COMMANDS:
+        cmd = cli.get_command(ctx, name)
+        assert cmd is not None and cmd.get_short_help_str(10**6) == SUMMARIES[name], name
+        shown = [line.split(None, 1)[1] for line in proc.stdout.splitlines() if line.split(None, 1)[:1] == [name]]
+        assert len(shown) == 1 and SUMMARIES[name].startswith(shown[0].removesuffix("...")), (name, shown)
 
 def test_python_dash_m_and_version() -> None:
     r = run_cpkgs("--version")

@@ -45,11 +45,51 @@ COMMANDS = {
 }
 
 
+# What `cpkgs --help` lists for each command: the first sentence of its help, kept here so that listing them imports
+# none of their modules (all of them: 200+ ms more, 5 s in a TCG guest reading cpkgs over NFS);
+# tests/test_cli_help.py holds each to its command's own help.
+SUMMARIES = {
+    'catalog': "Render the catalog web page (every env, its packages, how to use it); print this host's index.html.",
+    'diff': 'Packages added, removed and changed between two environments.',
+    'doctor': "Check this user's and this host's setup (exit 4 when a check fails).",
+    'export': 'Print an environment as an explicit lock file or environment.yml.',
+    'extend': 'Personal layer in DIR on top of shared env BASE (pip installs go to DIR).',
+    'info': "Show an environment's record and packages.",
+    'init': 'Create or upgrade the site tree (idempotent).',
+    'install-tool': "Put cpkgs itself on the share for each installation: a sealed build users' profiles put on PATH.",
+    'link-user': "Add the site's shared envs to your own conda (envs_dirs).",
+    'list': 'List environments (reads records only).',
+    'locks': 'List held locks with owner and age.',
+    'mirror': "A local channel holding exactly NAME's packages.",
+    'new-env': 'Build a sealed, versioned environment NAME (e.g. ml-pyroot-2024.1).',
+    'pack': 'conda-pack archive of NAME for machines without the drive.',
+    'purge': ('Move removed envs past their grace into the trash and delete it; busy .nfs files are skipped and'
+              ' reported.'),
+    'refresh': 'Regenerate profiles, modulefiles and kernelspecs; remove orphans.',
+    'remove': "Hide an environment and refuse new activations; 'purge' after the grace moves it away.",
+    'retire': 'Mark an environment retired (it stays usable).',
+    'seal': 'Make an environment read-only again.',
+    'unlink-user': 'Remove exactly what link-user added.',
+    'unseal': 'Make an environment owner-writable for a maintenance window (audited).',
+    'usage': 'Runs, users and last use per env and users per package, from the usage logs (cpkgs.yaml usage.logs).',
+    'verify': "Check permissions and every file's integrity (exit 4 on problems).",
+    'write-profiles': 'Render <root>/etc/profile.d/conda.sh and conda.csh.',
+}
+
+
 class _Commands(click.Group):
-    """The group whose commands are imported by name when they run (COMMANDS); `--help` imports them all."""
+    """The group whose commands are imported by name when they run (COMMANDS); `--help` lists SUMMARIES."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMANDS})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        # click's own shortening of a help text, on the summary instead of the imported command
+        rows = [(n, click.Command(n, help=SUMMARIES[n]).get_short_help_str(limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:

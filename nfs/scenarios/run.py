@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from cpkgs_admin.site.paths import ENVS_GUARD
+
 ROLE = sys.argv[1]
 PEER = "B" if ROLE == "A" else "A"
 CHANNEL = sys.argv[2]
@@ -326,7 +328,8 @@ def build_while_reading() -> None:
         else:
             names = [e["name"] for e in json.loads(p.stdout)]
         envs = env_dir(R, "x").parent
-        visible = sorted(n for n in os.listdir(envs) if not n.startswith("."))
+        # envs/conda-meta is init's guard against a user's conda (issue 16), never an env: cpkgs lists it nowhere.
+        visible = sorted(n for n in os.listdir(envs) if not n.startswith(".") and n != ENVS_GUARD)
         for n in sorted(set(names) | set(visible)):
             d = env_dir(R, n)
             if n in names:
