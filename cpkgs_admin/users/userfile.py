@@ -453,8 +453,20 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fill(fd: int, data: bytes, st: os.stat_result | None) -> None:
-    """DATA into a new file, with the mode and (if its editor may give it) the group of the file it stands for."""
+def _fill(fd: int, path: Path | str, data: bytes, st: os.stat_result | None) -> None:
+    """DATA into the new file PATH open at FD, with the mode and (if its editor may give it) the group of the file it
+    stands for; FD closed, PATH unlinked if that fails."""
+    try:
+        _fill_fd(fd, data, st)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _fill_fd(fd: int, data: bytes, st: os.stat_result | None) -> None:
     _write_all(fd, data)
     if st is not None and os.fstat(fd).st_gid != st.st_gid:
         with contextlib.suppress(PermissionError):  # a group the editor is not in: the directory's stays
@@ -478,28 +490,14 @@ def _keep_copy(target: Path, data: bytes, st: os.stat_result | None, kind: str) 
             fd = os.open(candidate, flags, 0o600)
         except FileExistsError:
             continue
-        try:
-            _fill(fd, data, st)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(candidate)
-            raise
-        finally:
-            os.close(fd)
+        _fill(fd, candidate, data, st)
         return candidate
     raise CpkgsError(f"{target}: too many files named {base}*")
 
 
 def _temp_file(target: Path, data: bytes, st: os.stat_result | None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".cpkgs-tmp")  # O_EXCL, 0600
-    try:
-        _fill(fd, data, st)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
+    _fill(fd, tmp, data, st)
     return Path(tmp)
 
 
