@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 from cpkgs_admin import __version__
 from cpkgs_admin.errors import BuildError
@@ -75,7 +76,7 @@ def _staged(job: Job) -> None:
     more from freshly fetched and extracted packages, with a warning naming them. A second failure is the build's
     error."""
     try:
-        _stage_and_check(job)
+        stage_and_check(job)
         return
     except DamagedCache as damaged:
         with cache_locked(job.site):
@@ -86,13 +87,14 @@ def _staged(job: Job) -> None:
                             "again")
     job.new_staging()
     try:
-        _stage_and_check(job)
+        stage_and_check(job)
     except DamagedCache as again:
         raise BuildError(f"{again.message}, also after extracting {', '.join(again.dists)} again") from None
 
 
-def _stage_and_check(job: Job) -> None:
-    """Steps 3 to 5 in a new private staging dir; any failure removes it (DamagedCache too)."""
+def stage_and_check(job: Job, own_step: tuple[str, Callable[[Job], None]] | None = None) -> None:
+    """Steps 3 to 5 in a new private staging dir; any failure removes it (DamagedCache too). OWN_STEP: (its timing
+    name, the step) writing a build's own files after the pip step, before the post-process (the cpkgs tool's)."""
     make_staging(job)
     with discarded_on_failure(job.staging, job.record.name, fenced=lambda: job.installing):
         with job.timed("install"):
@@ -103,6 +105,9 @@ def _stage_and_check(job: Job) -> None:
 
             with job.timed("pip"):
                 pip_step(job)
+        if own_step is not None:
+            with job.timed(own_step[0]):
+                own_step[1](job)
         with job.timed("post"):
             post(job)
         with job.timed("verify"):

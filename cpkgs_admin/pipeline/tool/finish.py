@@ -16,16 +16,14 @@ from packaging.tags import compatible_tags, cpython_tags, mac_platforms, parse_t
 
 from cpkgs_admin.errors import BuildError
 from cpkgs_admin.integrity.pipfiles import read_record
-from cpkgs_admin.pipeline.check import DamagedCache, check
+from cpkgs_admin.pipeline.assemble import stage_and_check
+from cpkgs_admin.pipeline.check import DamagedCache
 from cpkgs_admin.pipeline.job import Job
 from cpkgs_admin.pipeline.leftovers import discarded_on_failure
-from cpkgs_admin.pipeline.pip import pip_step
-from cpkgs_admin.pipeline.post import post
 from cpkgs_admin.pipeline.publish import seal
 from cpkgs_admin.pipeline.pypi.bytecode import compile_sources
 from cpkgs_admin.pipeline.pypi.install import replace_file
 from cpkgs_admin.pipeline.pypi.wheelfile import format_record, record_hash
-from cpkgs_admin.pipeline.stage import make_staging, stage
 from cpkgs_admin.site.paths import native_subdir
 from cpkgs_admin.site.records import timestamp
 from cpkgs_admin.site.tools import TOOL_INFO, TOOL_SCHEMA
@@ -38,21 +36,11 @@ _MAGIC = {"linux": (b"\x7fELF",), "osx": (b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xb
 def build_and_check(job: Job) -> None:
     job.usage_hook = False
     job.site.tool_dir(job.subdir).mkdir(mode=job.site.shared_modes()[0], exist_ok=True)
-    make_staging(job)
-    with discarded_on_failure(job.staging, job.record.name, fenced=lambda: job.installing):
-        try:
-            with job.timed("install"):
-                stage(job)
-            with job.timed("pip"):
-                pip_step(job)
-            with job.timed("tool"):
-                tool_files(job)
-            with job.timed("post"):
-                post(job)
-            with job.timed("verify"):
-                check(job)
-        except DamagedCache as damaged:  # no second try here: the next install-tool fetches again
-            raise BuildError(damaged.message) from None
+    try:
+        stage_and_check(job, ("tool", tool_files))
+    except DamagedCache as damaged:  # no second try here: the next install-tool fetches again
+        raise BuildError(damaged.message) from None
+    with discarded_on_failure(job.staging, job.record.name, fenced=lambda: False):
         with job.timed("seal"):
             seal(job)
         with job.timed("run"):
